@@ -1,0 +1,531 @@
+"""The command line: one thin command per library entry point.
+
+    modelmill --help
+    modelmill models list
+    modelmill data import train.jsonl --name reviews
+    modelmill train --data reviews --name reviews-lora
+    modelmill chat smollm2-135m-instruct:reviews-lora --prompt "..."
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from modelmill.errors import InputError, ModelmillError
+
+
+# ---------------------------------------------------------------- plumbing
+
+class Group(click.Group):
+    """Turns ModelmillError into one line on stderr and its exit code; keeps commands in order."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ModelmillError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+def _store():
+    from modelmill.store import open_store
+
+    return open_store()
+
+
+def dataclass_options(cls, exclude: tuple[str, ...] = ()):
+    """Click options built from a config dataclass: names, defaults, help and choices live there."""
+    def decorate(f):
+        for fld in reversed(dataclasses.fields(cls)):
+            if fld.name in exclude:
+                continue
+            flag = "--" + fld.name.replace("_", "-")
+            meta = fld.metadata
+            typ: Any = {int: int, float: float, str: str, bool: bool}.get(
+                type(fld.default) if fld.default is not dataclasses.MISSING else str, str)
+            if "choices" in meta:
+                typ = click.Choice(meta["choices"])
+            if typ is bool:
+                f = click.option(f"{flag}/--no-{flag[2:]}", fld.name, default=None,
+                                 help=f"{meta.get('help', '')} [default: {'on' if fld.default else 'off'}]")(f)
+            else:
+                f = click.option(flag, fld.name, type=typ, default=None,
+                                 help=f"{meta.get('help', '')} [default: {fld.default}]")(f)
+        return f
+    return decorate
+
+
+def build_config(cls, flags: dict, config_file: str | None):
+    """Defaults < YAML file < flags. Unknown YAML keys and bad values name the file and key."""
+    values: dict = {}
+    if config_file:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise InputError("no such file", file=config_file, field="--config", fix="give a YAML file path")
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise InputError(f"not valid YAML ({getattr(e, 'problem', e)})", file=config_file,
+                             line=mark.line + 1 if mark else None, fix="check the indentation and colons")
+        if not isinstance(loaded, dict):
+            raise InputError("expected a mapping of settings", file=config_file, fix="write one `key: value` a line")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key, val in loaded.items():
+            k = str(key).replace("-", "_")
+            if k not in known:
+                raise InputError(f"unknown setting '{key}'", file=config_file, field=str(key),
+                                 fix="known settings: " + ", ".join(sorted(known)))
+            want = type(known[k].default)
+            if want is float and isinstance(val, int) and not isinstance(val, bool):
+                val = float(val)
+            if want in (int, float, str, bool) and not isinstance(val, want) or (want is int and isinstance(val, bool)):
+                raise InputError(f"expected {want.__name__}, got {type(val).__name__} ({val!r})", file=config_file,
+                                 field=str(key), fix=f"e.g. {key}: {known[k].default!r}")
+            values[k] = val
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return cls(**values)
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(*headers, box=None, header_style="bold", pad_edge=False)
+    for r in rows:
+        t.add_row(*[str(c) for c in r])
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
+
+
+def _human(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="modelmill")
+def main():
+    """modelmill: a self-hosted model factory. Base models, data, fine-tuning, chat.
+
+    Everything lives under $MODELMILL_HOME (default ~/.modelmill).
+    """
+
+
+# ---------------------------------------------------------------- models
+
+@main.group(cls=Group)
+def models():
+    """Base models: the built-in default, local Hugging Face folders, GGUF files."""
+
+
+@models.command("list")
+def models_list():
+    """List base models."""
+    from modelmill.models.registry import ModelRegistry
+
+    rows = ModelRegistry(_store()).list()
+    _table([[r.name, r.source_type, r.info.get("architecture") or "-", _human(r.info.get("num_parameters")),
+             r.info.get("context_length") or "-", "yes" if r.path else "on first use"] for r in rows],
+           ["NAME", "SOURCE", "ARCHITECTURE", "PARAMS", "CONTEXT", "READY"])
+
+
+@models.command("show")
+@click.argument("name")
+@click.option("--template/--no-template", default=True, help="Print the chat template.")
+def models_show(name, template):
+    """Show a model: architecture, parameters, context length, chat template."""
+    from modelmill.models.inspect import read_chat_template
+    from modelmill.models.registry import ModelRegistry
+
+    reg = ModelRegistry(_store())
+    row = reg.ready(name)
+    info = row.info or {}
+    lines = [("name", row.name), ("source", f"{row.source_type}: {row.source}"), ("path", row.path),
+             ("architecture", info.get("architecture")), ("model type", info.get("model_type")),
+             ("parameters", f"{info.get('num_parameters') or 0:,}"), ("context length", info.get("context_length")),
+             ("vocabulary", info.get("vocab_size")), ("dtype", info.get("dtype")), ("eos token", info.get("eos_token")),
+             ("weights sha256", reg.base_hash(row))]
+    for k, v in lines:
+        click.echo(f"{k + ':':<16}{v}")
+    tpl = row.chat_template or read_chat_template(row.path)
+    if template:
+        click.echo("chat template:" + (" (set at registration)" if row.chat_template else ""))
+        click.echo(tpl or "(none)")
+
+
+@models.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path())
+@click.option("--chat-template", default=None,
+              help="chatml, llama3, alpaca or a .jinja file; needed when the model has none.")
+def models_add(name, path, chat_template):
+    """Register a local Hugging Face folder (used in place) or a GGUF file (converted once)."""
+    from modelmill.models.registry import ModelRegistry
+
+    row = ModelRegistry(_store()).add(name, path, chat_template)
+    info = row.info
+    click.echo(f"added {row.name}: {info.get('architecture')}, {info.get('num_parameters') or 0:,} parameters, "
+               f"context {info.get('context_length')}")
+
+
+@models.command("remove")
+@click.argument("name")
+def models_remove(name):
+    """Unregister a model (files modelmill converted are deleted; your own folder is kept)."""
+    from modelmill.models.registry import ModelRegistry
+
+    ModelRegistry(_store()).remove(name)
+    click.echo(f"removed {name}")
+
+
+# ---------------------------------------------------------------- data
+
+@main.group(cls=Group)
+def data():
+    """Datasets: import, inspect, clean, split and mix. Each version is a content hash."""
+
+
+def _parse_field_map(items: tuple[str, ...]) -> dict[str, str] | None:
+    out = {}
+    for item in items:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise InputError(f"'{item}' is not FILE_COLUMN=FIELD", field="--field", fix="e.g. --field review=text")
+        out[src] = dst
+    return out or None
+
+
+@data.command("import")
+@click.argument("file", type=click.Path())
+@click.option("--name", required=True, help="Dataset name; a new version is added when the content changes.")
+@click.option("--format", "fmt", default="auto",
+              help="auto, alpaca, sharegpt, messages, preference, text or classification.")
+@click.option("--field", "fields_", multiple=True, metavar="COLUMN=FIELD",
+              help="Rename a column first, e.g. --field review=text --field rating=label.")
+@click.option("--skip-invalid", is_flag=True, help="Leave out records that do not fit (listed), instead of stopping.")
+def data_import(file, name, fmt, fields_, skip_invalid):
+    """Import a JSONL, JSON, CSV or Parquet file."""
+    from modelmill.data.catalog import DatasetCatalog
+
+    row, created, skipped = DatasetCatalog(_store()).import_file(file, name, fmt, _parse_field_map(fields_),
+                                                                 skip_invalid)
+    for n, err in skipped[:20]:
+        click.echo(f"skipped: {err}", err=True)
+    if len(skipped) > 20:
+        click.echo(f"skipped: ... and {len(skipped) - 20} more", err=True)
+    what = "imported" if created else "unchanged, already stored as"
+    labels = f", labels: {', '.join(row.labels)}" if row.labels else ""
+    click.echo(f"{what} {row.ref}: {row.num_records} {row.kind} records ({row.format}){labels}")
+
+
+@data.command("list")
+@click.option("--all", "all_versions", is_flag=True, help="Every version, not only the newest.")
+def data_list(all_versions):
+    """List datasets (newest version of each)."""
+    from modelmill.data.catalog import DatasetCatalog
+
+    rows = DatasetCatalog(_store()).list(all_versions)
+    _table([[r.name, r.version, r.kind, r.format, r.num_records, r.origin.get("op", "-"),
+             r.created_at.strftime("%Y-%m-%d %H:%M")] for r in rows],
+           ["NAME", "VERSION", "KIND", "FORMAT", "RECORDS", "FROM", "CREATED"])
+
+
+@data.command("show")
+@click.argument("ref")
+@click.option("-n", "--head", default=3, show_default=True, help="Records to print.")
+def data_show(ref, head):
+    """Show a dataset's versions, origin and first records."""
+    from modelmill.data.catalog import DatasetCatalog
+
+    cat = DatasetCatalog(_store())
+    row = cat.resolve(ref, "REF")
+    click.echo(f"{row.ref}  {row.kind} ({row.format}), {row.num_records} records, sha256 {row.content_hash}")
+    click.echo(f"origin: {json.dumps(row.origin, ensure_ascii=False)}")
+    if row.labels:
+        click.echo(f"labels: {', '.join(row.labels)}")
+    click.echo("versions: " + ", ".join(f"{v.version} ({v.num_records})" for v in cat.versions(row.name)))
+    for rec in cat.records(row)[:head]:
+        click.echo(json.dumps(rec, ensure_ascii=False)[:500])
+
+
+@data.command("stats")
+@click.argument("ref")
+@click.option("--model", default="smollm2-135m-instruct", show_default=True,
+              help="Model whose tokenizer counts the tokens.")
+def data_stats(ref, model):
+    """Counts, label balance and a token-length histogram."""
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.data.stats import format_stats, stats
+
+    store = _store()
+    row = DatasetCatalog(store).resolve(ref, "REF")
+    tok = _tokenizer(store, model)
+    click.echo(f"{row.ref} (tokens counted with {model})")
+    click.echo(format_stats(stats(DatasetCatalog(store).records(row), row.kind, tokenizer=tok)))
+
+
+def _tokenizer(store, model: str):
+    from transformers import AutoTokenizer
+
+    from modelmill.models.registry import ModelRegistry
+
+    base = ModelRegistry(store).ready(model)
+    tok = AutoTokenizer.from_pretrained(base.path)
+    if base.chat_template:
+        tok.chat_template = base.chat_template
+    tok.model_max_length = 10**9  # we count, we do not truncate
+    return tok
+
+
+@data.command("split")
+@click.argument("ref")
+@click.option("--test-size", default=0.1, show_default=True, type=float,
+              help="A fraction in (0, 1), or a number of records (>= 1).")
+@click.option("--seed", default=0, show_default=True, help="Shuffle seed.")
+@click.option("--no-stratify", is_flag=True, help="Do not keep label shares equal on both sides.")
+def data_split(ref, test_size, seed, no_stratify):
+    """Seeded train/test split into NAME-train and NAME-test."""
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.data.split import split
+
+    cat = DatasetCatalog(_store())
+    row = cat.resolve(ref, "REF")
+    size = int(test_size) if test_size >= 1 and float(test_size).is_integer() else test_size
+    train, test = split(cat.records(row), test_size=size, seed=seed, stratify=not no_stratify, kind=row.kind)
+    origin = {"op": "split", "from": row.ref, "test_size": test_size, "seed": seed}
+    for suffix, recs in (("train", train), ("test", test)):
+        out, _ = cat.save(f"{row.name}-{suffix}", recs, row.kind, row.format, row.labels, {**origin, "part": suffix})
+        click.echo(f"{out.ref}: {out.num_records} records")
+
+
+@data.command("clean")
+@click.argument("ref")
+@click.option("--name", default=None, help="Name for the result (default: the same name, as a new version).")
+@click.option("--max-tokens", type=int, default=None, help="Drop records longer than this (needs --model's tokenizer).")
+@click.option("--model", default="smollm2-135m-instruct", show_default=True, help="Tokenizer for --max-tokens.")
+@click.option("--near-dup", default=0.9, show_default=True, type=float,
+              help="Jaccard similarity at or above which a record is a near duplicate (1 turns it off).")
+@click.option("--show", default=20, show_default=True, help="Dropped records to list.")
+def data_clean(ref, name, max_tokens, model, near_dup, show):
+    """Drop empty, duplicate, near-duplicate and over-length records; say what and why."""
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.data.clean import clean
+
+    if not 0 < near_dup <= 1:
+        raise InputError(f"must be in (0, 1], got {near_dup}", field="--near-dup", fix="e.g. --near-dup 0.9")
+    store = _store()
+    cat = DatasetCatalog(store)
+    row = cat.resolve(ref, "REF")
+    tok = _tokenizer(store, model) if max_tokens else None
+    res = clean(cat.records(row), row.kind, tokenizer=tok, max_tokens=max_tokens,
+                near_dup_threshold=None if near_dup >= 1 else near_dup)
+    for n, why in res.dropped[:show]:
+        click.echo(f"dropped record {n}: {why}")
+    if len(res.dropped) > show:
+        click.echo(f"... and {len(res.dropped) - show} more")
+    origin = {"op": "clean", "from": row.ref, "dropped": len(res.dropped), "max_tokens": max_tokens,
+              "near_dup": near_dup}
+    out, created = cat.save(name or row.name, res.kept, row.kind, row.format, row.labels, origin)
+    click.echo(f"kept {len(res.kept)} of {row.num_records} records -> {out.ref}"
+               + ("" if created else " (unchanged)"))
+
+
+@data.command("mix")
+@click.argument("name")
+@click.option("--from", "sources", multiple=True, required=True, metavar="DATASET:RATIO",
+              help="A source and its share, e.g. --from general:0.3 --from domain:0.7.")
+@click.option("--size", type=int, default=None, help="Records in the mix (default: the most without repeats).")
+@click.option("--seed", default=0, show_default=True, help="Sampling and shuffling seed.")
+def data_mix(name, sources, size, seed):
+    """Mix datasets by ratio into a new chat dataset (keeps general skills while learning the domain)."""
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.data.mix import mix
+
+    cat = DatasetCatalog(_store())
+    parts = []
+    for item in sources:
+        ref, sep, ratio = item.rpartition(":")
+        try:
+            r = float(ratio)
+        except ValueError:
+            r = -1
+        if not sep or not ref or r <= 0:
+            raise InputError(f"'{item}' is not DATASET:RATIO with a ratio > 0", field="--from",
+                             fix="e.g. --from general:0.3")
+        row = cat.resolve(ref, "--from")
+        parts.append((row.ref, cat.records(row), row.kind, r))
+    if size is not None and size < 1:
+        raise InputError(f"must be >= 1, got {size}", field="--size", fix="e.g. --size 1000")
+    res = mix(parts, size=size, seed=seed)
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
+    origin = {"op": "mix", "from": [{"dataset": p[0], "ratio": p[3]} for p in parts], "size": size, "seed": seed}
+    out, created = cat.save(name, list(res), "chat", "messages", None, origin)
+    counts: dict[str, int] = {}
+    for rec in res:
+        src = rec.get("meta", {}).get("source", "?")
+        counts[src] = counts.get(src, 0) + 1
+    click.echo(f"{out.ref}: {out.num_records} records (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
+
+
+@data.command("remove")
+@click.argument("ref")
+def data_remove(ref):
+    """Remove a dataset version (NAME@VERSION) or all versions of NAME."""
+    from modelmill.data.catalog import DatasetCatalog
+
+    rows = DatasetCatalog(_store()).remove(ref)
+    click.echo("removed " + ", ".join(r.ref for r in rows))
+
+
+# ---------------------------------------------------------------- train
+
+from modelmill.train.sft import SFTConfig  # noqa: E402  (light: no torch at import)
+
+
+@main.command("train")
+@dataclass_options(SFTConfig)
+@click.option("--config", "config_file", type=click.Path(), default=None,
+              help="YAML file of settings (same names as the flags); flags override it.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run named --name from its last checkpoint.")
+@click.option("--log-file", type=click.Path(), default=None, help="Write the trainer's output here instead of the terminal.")
+@click.option("--accelerate-config", type=click.Path(), default=None,
+              help="An accelerate config file (multi-GPU, DeepSpeed, FSDP).")
+def train_cmd(config_file, resume, log_file, accelerate_config, **flags):
+    """Fine-tune a base model on a dataset (LoRA by default) and register the adapter."""
+    from modelmill.train.runs import train
+
+    if resume and not flags.get("name"):
+        raise InputError("--resume needs the run's name", field="--name", fix="add --name NAME")
+    cfg = build_config(SFTConfig, flags, config_file)
+    store = _store()
+    row = train(store, cfg, resume=resume, log_file=Path(log_file) if log_file else None,
+                accelerate_config=accelerate_config)
+    m = row.metrics
+    click.echo(f"adapter {row.name} (base {row.base_model}, data {row.dataset}@{row.dataset_version}): "
+               f"{m.get('global_step')} steps, final loss {m.get('train_loss', float('nan')):.4f}, "
+               f"{m.get('train_runtime', 0):.0f} s -> {row.path}")
+
+
+# ---------------------------------------------------------------- adapters
+
+@main.group(cls=Group)
+def adapters():
+    """Fine-tuned adapters and their lineage."""
+
+
+@adapters.command("list")
+@click.option("--base", default=None, help="Only adapters of this base model.")
+def adapters_list(base):
+    """List adapters."""
+    from modelmill.adapters import AdapterRegistry
+
+    rows = AdapterRegistry(_store()).list(base)
+    _table([[r.name, r.base_model, r.method, f"{r.dataset}@{r.dataset_version}", r.metrics.get("global_step", "-"),
+             f"{r.metrics['train_loss']:.4f}" if "train_loss" in r.metrics else "-",
+             r.created_at.strftime("%Y-%m-%d %H:%M")] for r in rows],
+           ["NAME", "BASE", "METHOD", "DATASET", "STEPS", "LOSS", "CREATED"])
+
+
+@adapters.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The whole lineage record as JSON.")
+def adapters_show(name, as_json):
+    """Show an adapter's lineage: base and hash, dataset version, config, versions, metrics."""
+    from modelmill.adapters import AdapterRegistry
+
+    r = AdapterRegistry(_store()).get(name)
+    d = {"name": r.name, "method": r.method, "base_model": r.base_model, "base_model_sha256": r.base_model_hash,
+         "dataset": f"{r.dataset}@{r.dataset_version}", "dataset_sha256": r.dataset_hash, "path": r.path,
+         "created_at": r.created_at.isoformat(), "metrics": r.metrics, "config": r.config, "versions": r.versions}
+    if as_json:
+        click.echo(json.dumps(d, indent=2, ensure_ascii=False))
+        return
+    for k in ("name", "method", "base_model", "base_model_sha256", "dataset", "dataset_sha256", "path", "created_at"):
+        click.echo(f"{k + ':':<20}{d[k]}")
+    for section in ("metrics", "config", "versions"):
+        click.echo(f"{section}:")
+        for k, v in d[section].items():
+            click.echo(f"  {k:<24}{v}")
+
+
+@adapters.command("remove")
+@click.argument("name")
+def adapters_remove(name):
+    """Remove an adapter and its files."""
+    from modelmill.adapters import AdapterRegistry
+
+    AdapterRegistry(_store()).remove(name)
+    click.echo(f"removed {name}")
+
+
+# ---------------------------------------------------------------- chat
+
+from modelmill.chat import Sampling  # noqa: E402  (light: no torch at import)
+
+
+@main.command("chat")
+@click.argument("model")
+@dataclass_options(Sampling)
+@click.option("--prompt", default=None, help="Ask once and exit (default: interactive).")
+@click.option("--system", default=None, help="A system message.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+def chat_cmd(model, prompt, system, device, **flags):
+    """Chat with MODEL, MODEL:ADAPTER or ADAPTER."""
+    from modelmill.chat import stream_reply
+    from modelmill.models.loading import load_for_inference
+
+    sampling = build_config(Sampling, flags, None)
+    m, tok, label = load_for_inference(_store(), model, device)
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+
+    def ask(text: str) -> None:
+        history.append({"role": "user", "content": text})
+        parts = []
+        for piece in stream_reply(m, tok, history, sampling):
+            parts.append(piece)
+            click.echo(piece, nl=False)
+        click.echo()
+        history.append({"role": "assistant", "content": "".join(parts)})
+
+    if prompt is not None:
+        if not prompt.strip():
+            raise InputError("the prompt is empty", field="--prompt", fix="give some text")
+        ask(prompt)
+        return
+    click.echo(f"chatting with {label}; /reset clears the conversation, /exit or Ctrl-D leaves", err=True)
+    while True:
+        try:
+            text = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            click.echo()
+            return
+        if text.strip() in ("/exit", "/quit"):
+            return
+        if text.strip() == "/reset":
+            del history[1 if system else 0:]
+            continue
+        if text.strip():
+            try:
+                ask(text)
+            except InputError as e:
+                click.echo(f"error: {e}", err=True)
+                history.pop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

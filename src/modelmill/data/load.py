@@ -1,0 +1,123 @@
+"""Load a data file into canonical records, and write/read/hash canonical JSONL.
+
+    data = load_file("reviews.csv", field_map={"review": "text", "rating": "label"})
+    data.format, data.kind, len(data.records), data.labels
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelmill.errors import InputError
+from modelmill.data.formats import Where, detect_format, get_format, labels_of
+from modelmill.data.readers import iter_jsonl, read_records, record_unit
+
+
+@dataclass
+class LoadedData:
+    format: str
+    """Name of the format the records were read as (e.g. "alpaca")."""
+    kind: str
+    """"chat", "preference", "text" or "classification": the shape of ``records``."""
+    records: list[dict]
+    """Canonical records, in file order."""
+    labels: list[str] | None
+    """Distinct labels of classification data (``labels_of`` order), else None."""
+    source: str
+    """The file the records came from."""
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    """(position, error) of records left out with ``skip_invalid=True``."""
+
+
+def load_file(path: str | Path, format: str = "auto", field_map: dict[str, str] | None = None,
+              *, skip_invalid: bool = False) -> LoadedData:
+    """Read ``path`` and normalize every record to the canonical shape of its format's kind.
+
+    ``field_map`` renames input fields first (``{"review": "text"}``). With ``format="auto"``
+    the first record decides the format and every other record must fit it. With
+    ``skip_invalid`` records that do not fit are left out and listed in ``skipped``
+    instead of stopping the load.
+    """
+    path = Path(path)
+    fmt = None if format == "auto" else get_format(format)
+    unit = record_unit(path)
+    records, skipped = [], []
+    for n, raw in read_records(path):
+        where = Where(str(path), n, unit)
+        if field_map:
+            if not records and not skipped:
+                _check_field_map(field_map, raw, where)
+            raw = _rename(raw, field_map)
+        try:
+            fmt = fmt or detect_format(raw, where)
+            records.append(fmt.normalize(raw, where))
+        except InputError as e:
+            if not skip_invalid or fmt is None:
+                raise
+            skipped.append((n, str(e)))
+    if not records:
+        raise InputError(f"no valid records ({len(skipped)} skipped, the first: {skipped[0][1]})",
+                         file=str(path), fix="check that the file is in the format you named")
+    labels = labels_of(records) if fmt.kind == "classification" else None
+    return LoadedData(fmt.name, fmt.kind, records, labels, str(path), skipped)
+
+
+def _rename(record: dict, field_map: dict[str, str]) -> dict:
+    out = {k: v for k, v in record.items() if k not in field_map}
+    out.update({new: record[old] for old, new in field_map.items() if old in record})
+    return out
+
+
+def _check_field_map(field_map: dict[str, str], first: dict, where: Where) -> None:
+    for old, new in field_map.items():
+        if not (isinstance(old, str) and isinstance(new, str)):
+            raise InputError(f"expected names, got {old!r} -> {new!r}", field="--field-map",
+                             fix="map input column names to format field names, e.g. review=text")
+        if old not in first and new not in first:
+            raise where.error("--field-map", f"column '{old}' is not in the first record "
+                              f"(it has: {', '.join(sorted(first))})", fix="map a column the file has")
+
+
+def _line(record: dict) -> str:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def content_hash(records: Iterable[dict]) -> str:
+    """sha256 hex of the records as canonical JSON lines: equal content, equal hash."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(_line(r).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> Path:
+    """Write canonical JSON lines to ``path`` through a temp file and a rename, so a reader
+    never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for r in records:
+                f.write(_line(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSONL file (an empty file gives ``[]``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", file=str(path), fix="check the path")
+    return [r for _, r in iter_jsonl(path)]

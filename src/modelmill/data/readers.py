@@ -1,0 +1,161 @@
+"""Read records from .jsonl, .json, .csv/.tsv and .parquet files, with their positions.
+
+    for n, record in read_records("train.jsonl"): ...
+
+``n`` is the 1-based line for JSONL and CSV, and the 1-based record index for JSON
+arrays and Parquet (see ``record_unit``). Every problem is an ``InputError`` that names
+the file and the position.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelmill.errors import InputError
+from modelmill.data.formats.base import Where, type_name
+
+UTF8_FIX = ("convert the file to UTF-8, e.g. `iconv -f GBK -t UTF-8 in.jsonl > out.jsonl`, "
+            "or re-save it as UTF-8 in your editor")
+
+
+@dataclass(frozen=True)
+class Reader:
+    read: Callable[[Path], Iterator[tuple[int, dict]]]
+    unit: str  # "line" or "record": what the position counts
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(position, record)`` for each record; raise ``InputError`` on bad input.
+
+    A wrong extension or a missing file is reported at once, the rest while reading.
+    """
+    path = Path(path)
+    reader = _reader_for(path)
+    if not path.is_file():
+        raise InputError("file not found" if not path.exists() else "is not a file", file=str(path),
+                         fix="check the path")
+    return _nonempty(reader.read(path), path)
+
+
+def _nonempty(items: Iterator[tuple[int, dict]], path: Path) -> Iterator[tuple[int, dict]]:
+    count = 0
+    for item in items:
+        count += 1
+        yield item
+    if count == 0:
+        raise InputError("no records", file=str(path),
+                         fix="add at least one record, or check that you chose the right file")
+
+
+def record_unit(path: str | Path) -> str:
+    """"line" or "record": what the positions from ``read_records(path)`` count."""
+    return _reader_for(Path(path)).unit
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """JSON Lines: one object a line; blank lines are skipped."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            text = _decode(raw, path, n)
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InputError(f"not valid JSON: {e.msg} (column {e.colno})", file=str(path), line=n,
+                                 fix="write one complete JSON object per line; check quotes, commas "
+                                     "and brackets on this line") from None
+            if not isinstance(record, dict):
+                raise InputError(f"expected a JSON object, got {type_name(record)}", file=str(path), line=n,
+                                 fix='write each line as an object like {"text": "..."}')
+            yield n, record
+
+
+def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
+    """A JSON array of objects, or an object with the array under "data"."""
+    text = _decode(path.read_bytes(), path, 1)
+    try:
+        data = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as e:
+        fix = "fix the JSON syntax at that spot"
+        if e.msg == "Extra data":
+            fix = "if the file has one JSON object per line, rename it to .jsonl"
+        raise InputError(f"not valid JSON: {e.msg} (column {e.colno})", file=str(path), line=e.lineno,
+                         fix=fix) from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise InputError(f"expected a list of records, got {type_name(data)}", file=str(path),
+                         fix='write a JSON array [{...}, {...}] or {"data": [{...}, ...]}')
+    for i, record in enumerate(data, start=1):
+        if not isinstance(record, dict):
+            raise Where(str(path), i, "record").error(
+                None, f"expected a JSON object, got {type_name(record)}",
+                fix="make every element of the array an object")
+        yield i, record
+
+
+def _csv_reader(delimiter: str) -> Callable[[Path], Iterator[tuple[int, dict]]]:
+    def read(path: Path) -> Iterator[tuple[int, dict]]:
+        # Decode up front (utf-8-sig drops Excel's BOM) so a bad byte gets its line number.
+        text = _decode(path.read_bytes(), path, 1)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        reader.fieldnames = [h.strip() for h in reader.fieldnames or []]  # "text, label" works too
+        start = 2  # the header is line 1; a quoted cell may span lines, so track where rows start
+        for row in reader:
+            if None in row:
+                raise InputError(f"{len(reader.fieldnames) + len(row[None])} cells but the header has "
+                                 f"{len(reader.fieldnames)}", file=str(path), line=start,
+                                 fix="quote cells that contain the delimiter, or name every column")
+            record = {k: v for k, v in row.items() if v not in (None, "")}  # empty cell = absent
+            if record:
+                yield start, record
+            start = reader.line_num + 1
+    return read
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a damaged or non-Parquet file
+        raise InputError(f"not a readable Parquet file ({e})", file=str(path),
+                         fix="re-export the file as Parquet, or use JSONL or CSV") from None
+    i = 0
+    for batch in pf.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            i += 1
+            yield i, {k: v for k, v in row.items() if v is not None}
+
+
+READERS: dict[str, Reader] = {
+    ".jsonl": Reader(iter_jsonl, "line"),
+    ".json": Reader(_read_json, "record"),
+    ".csv": Reader(_csv_reader(","), "line"),
+    ".tsv": Reader(_csv_reader("\t"), "line"),
+    ".parquet": Reader(_read_parquet, "record"),
+}
+
+
+def _reader_for(path: Path) -> Reader:
+    ext = path.suffix.lower()
+    if ext not in READERS:
+        raise InputError(f"unsupported file type '{ext or path.name}'", file=str(path),
+                         fix="use one of: " + ", ".join(READERS))
+    return READERS[ext]
+
+
+def _decode(raw: bytes, path: Path, first_line: int) -> str:
+    """UTF-8 text of ``raw`` (which starts at ``first_line``); on a bad byte, name its line."""
+    try:
+        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + raw[:e.start].count(b"\n")
+        raise InputError(f"not UTF-8 text: byte 0x{raw[e.start]:02x} cannot be decoded", file=str(path),
+                         line=line, fix=UTF8_FIX) from None

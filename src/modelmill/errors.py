@@ -1,0 +1,55 @@
+"""Errors meant for people: each names where the problem is and how to fix it.
+
+The CLI prints ``str(err)`` on one line and exits non-zero; the REST layer will turn the
+same fields into a JSON body.
+"""
+
+from __future__ import annotations
+
+
+class ModelmillError(Exception):
+    """A problem the user can fix. ``str()`` is one line: where, what, and the fix."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None, fix: str | None = None):
+        self.message = message
+        self.file = file
+        self.line = line
+        self.field = field
+        self.fix = fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:  # one line, e.g. "data.jsonl:3: field 'output': missing. Fix: ..."
+        where = ""
+        if self.file:
+            where = str(self.file) + (f":{self.line}" if self.line is not None else "")
+        elif self.line is not None:
+            where = f"line {self.line}"
+        parts = []
+        if where:
+            parts.append(where + ":")
+        if self.field:
+            parts.append(f"field '{self.field}':" if not self.field.startswith("--") else f"{self.field}:")
+        parts.append(self.message.rstrip("."))
+        text = " ".join(parts) + "."
+        if self.fix:
+            text += " Fix: " + self.fix.rstrip(".") + "."
+        return text.replace("\n", " ")
+
+
+class InputError(ModelmillError):
+    """Bad user input: a data file, a flag, a config value."""
+
+
+class NotFoundError(ModelmillError):
+    """A named model, adapter or dataset that is not in the registry."""
+
+    exit_code = 3
+
+
+class ConflictError(ModelmillError):
+    """A name that is already taken, or an adapter used with the wrong base."""
+
+    exit_code = 4

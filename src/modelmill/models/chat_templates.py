@@ -1,0 +1,68 @@
+"""Named chat templates shipped with modelmill, for base models that come without one.
+
+    from modelmill.models.chat_templates import resolve_chat_template
+    text = resolve_chat_template("chatml")           # a built-in name
+    text = resolve_chat_template("my_format.jinja")  # or a Jinja file
+
+The templates live as files in ``models/templates/*.jinja``; adding a format is adding a
+file. Each one renders system/user/assistant messages and honours
+``add_generation_prompt``, the way ``tokenizer.apply_chat_template`` calls it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from modelmill.errors import InputError
+
+_TEMPLATE_DIR = "templates"
+
+
+def chat_template_names() -> list[str]:
+    """The built-in template names, sorted (``['alpaca', 'chatml', 'llama3']``)."""
+    folder = resources.files("modelmill.models").joinpath(_TEMPLATE_DIR)
+    return sorted(p.name[: -len(".jinja")] for p in folder.iterdir() if p.name.endswith(".jinja"))
+
+
+def builtin_chat_template(name: str) -> str:
+    """The text of a built-in template; InputError listing the names when unknown."""
+    names = chat_template_names()
+    if name not in names:
+        raise InputError(f"unknown chat template {name!r}", field="--chat-template",
+                         fix=f"use one of {', '.join(names)} or a path to a .jinja file")
+    return resources.files("modelmill.models").joinpath(_TEMPLATE_DIR).joinpath(f"{name}.jinja").read_text("utf-8")
+
+
+def resolve_chat_template(name_or_path: str | Path) -> str:
+    """Template text for a built-in name, a ``.jinja`` file, or a literal template.
+
+    A string that contains ``{%`` or ``{{`` is taken as the template itself, so the REST
+    layer can pass one inline.
+    """
+    value = str(name_or_path).strip() if not isinstance(name_or_path, Path) else name_or_path
+    if isinstance(value, str):
+        if not value:
+            raise InputError("the chat template is empty", field="--chat-template",
+                             fix=f"use one of {', '.join(chat_template_names())} or a path to a .jinja file")
+        if "{%" in value or "{{" in value:
+            return value
+        if value in chat_template_names():
+            return builtin_chat_template(value)
+    path = Path(value).expanduser()
+    if path.is_file():
+        try:
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read the chat template: {e}", file=str(path),
+                             fix="pass a UTF-8 Jinja file") from None
+        if not text.strip():
+            raise InputError("the chat template file is empty", file=str(path),
+                             fix="write a Jinja chat template into it, or use a built-in name")
+        return text
+    names = ", ".join(chat_template_names())
+    if path.suffix == ".jinja" or "/" in str(value) or "\\" in str(value):
+        raise InputError("chat template file not found", file=str(path),
+                         fix=f"check the path, or use one of {names}")
+    raise InputError(f"unknown chat template {str(value)!r}", field="--chat-template",
+                     fix=f"use one of {names} or a path to a .jinja file")

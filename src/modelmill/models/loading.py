@@ -1,0 +1,49 @@
+"""Load a registered model, with or without an adapter, for inference.
+
+    model, tokenizer, label = load_for_inference(store, "smollm2-135m-instruct:reviews-lora")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelmill.store import Store
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_for_inference(store: Store, ref: str, device: str = "auto"):
+    """(model in eval mode, tokenizer with the right chat template, resolved 'base:adapter' label)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.models.registry import ModelRegistry
+
+    base, adapter = AdapterRegistry(store).resolve_ref(ref)
+    base = ModelRegistry(store).ready(base.name)
+    device = pick_device(device)
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if adapter is not None and adapter.method == "full":
+        model = AutoModelForCausalLM.from_pretrained(adapter.path, dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter.path)
+    tok_dir = adapter.path if adapter is not None and (Path(adapter.path) / "tokenizer_config.json").exists() else base.path
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    if base.chat_template:
+        tokenizer.chat_template = base.chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    label = f"{base.name}:{adapter.name}" if adapter is not None else base.name
+    return model, tokenizer, label

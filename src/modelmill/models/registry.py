@@ -1,0 +1,173 @@
+"""The base-model registry: built-in models, local Hugging Face folders and GGUF files.
+
+    reg = ModelRegistry(open_store())
+    reg.add("qwen3-0.6b", "/models/Qwen3-0.6B")          # a folder, used in place
+    reg.add("my-gguf", "/models/x.Q8_0.gguf")           # converted once to safetensors
+    path = reg.ready("smollm2-135m-instruct").path      # converts the built-in on first use
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sqlalchemy import select
+
+from modelmill.errors import ConflictError, InputError, NotFoundError
+from modelmill.names import check_name
+from modelmill.store import Store
+from modelmill.store.tables import Adapter, BaseModel
+
+
+class ModelRegistry:
+    def __init__(self, store: Store):
+        self.store = store
+
+    # reading
+    def list(self) -> list[BaseModel]:
+        """Registered models, plus built-ins not converted yet (with ``path`` None)."""
+        from modelmill.models.builtin import BUILTIN_MODELS
+
+        with self.store.session() as s:
+            rows = list(s.scalars(select(BaseModel).order_by(BaseModel.name)))
+        known = {r.name for r in rows}
+        for name, meta in BUILTIN_MODELS.items():
+            if name not in known:
+                rows.append(self._builtin_row(name, meta))
+        return sorted(rows, key=lambda r: r.name)
+
+    def get(self, name: str) -> BaseModel:
+        from modelmill.models.builtin import BUILTIN_MODELS
+
+        with self.store.session() as s:
+            row = s.scalar(select(BaseModel).where(BaseModel.name == name))
+        if row is not None:
+            return row
+        if name in BUILTIN_MODELS:
+            return self._builtin_row(name, BUILTIN_MODELS[name])
+        names = ", ".join(r.name for r in self.list()) or "none"
+        raise NotFoundError(f"unknown model '{name}' (registered: {names})",
+                            fix="see `modelmill models list`, or register it with `modelmill models add NAME PATH`")
+
+    def ready(self, name: str, progress: bool = True) -> BaseModel:
+        """The model with a loadable folder, converting a built-in on first use."""
+        row = self.get(name)
+        if row.path and Path(row.path).is_dir():
+            return row
+        if row.source_type == "builtin":
+            return self._install_builtin(name, progress)
+        raise NotFoundError(f"the files of model '{name}' are gone", file=row.path or row.source,
+                            fix=f"`modelmill models remove {name}` and add it again")
+
+    def base_hash(self, row: BaseModel) -> str:
+        """SHA-256 of the model's weights (its GGUF for converted models), cached by size and mtime."""
+        from modelmill.models.hashing import file_sha256
+
+        if row.file_hash:
+            return row.file_hash
+        return file_sha256(row.source if row.source_type in ("builtin", "gguf") else row.path,
+                           cache_dir=self.store.cache_dir)
+
+    # writing
+    def add(self, name: str, path: str | Path, chat_template: str | None = None, progress: bool = True) -> BaseModel:
+        from modelmill.models.builtin import BUILTIN_MODELS
+
+        check_name(name, "NAME")
+        if name in BUILTIN_MODELS or self._row(name) is not None:
+            raise ConflictError(f"a model named '{name}' already exists", field="NAME",
+                                fix="choose another name, or `modelmill models remove` the old one")
+        src = Path(path).expanduser().resolve()
+        if not src.exists():
+            raise InputError("no such file or folder", file=str(path),
+                             fix="give a Hugging Face model folder or a .gguf file")
+        if src.is_file() and src.suffix.lower() == ".gguf":
+            return self._add_gguf(name, src, chat_template, progress)
+        if src.is_dir():
+            return self._add_folder(name, src, chat_template)
+        raise InputError("not a model folder or a .gguf file", file=str(path),
+                         fix="give a Hugging Face model folder (config.json, weights, tokenizer) or a .gguf file")
+
+    def remove(self, name: str) -> None:
+        row = self.get(name)
+        with self.store.session() as s:
+            users = list(s.scalars(select(Adapter.name).where(Adapter.base_model == name)))
+        if users:
+            raise ConflictError(f"model '{name}' is the base of adapters: {', '.join(users)}", field="NAME",
+                                fix="remove those first with `modelmill adapters remove NAME`")
+        with self.store.session() as s:
+            db_row = s.scalar(select(BaseModel).where(BaseModel.name == name))
+            if db_row is not None:
+                s.delete(db_row)
+        # Only folders modelmill made are deleted; a user's own folder is left alone.
+        if row.path and row.source_type in ("builtin", "gguf"):
+            self.store.remove_tree(Path(row.path))
+
+    # helpers
+    def _row(self, name: str) -> BaseModel | None:
+        with self.store.session() as s:
+            return s.scalar(select(BaseModel).where(BaseModel.name == name))
+
+    def _builtin_row(self, name: str, meta: dict) -> BaseModel:
+        info = {k: meta.get(k) for k in ("architecture", "num_parameters", "context_length", "description", "license")}
+        info["status"] = "not converted yet (converted on first use)"
+        try:
+            source = str(meta["find_source"]())
+        except NotFoundError as e:
+            source, info["status"] = "", str(e)
+        return BaseModel(name=name, source_type="builtin", source=source, path=None, info=info)
+
+    def _install_builtin(self, name: str, progress: bool) -> BaseModel:
+        from modelmill.models.builtin import builtin_source
+
+        gguf = builtin_source(name)
+        return self._convert_and_register(name, "builtin", gguf, None, progress)
+
+    def _add_gguf(self, name, gguf: Path, chat_template, progress) -> BaseModel:
+        from modelmill.models.inspect import inspect_gguf
+
+        info = inspect_gguf(gguf)
+        if progress:
+            print(f"{gguf.name}: {info.architecture}, {info.num_parameters or 0:,} parameters, "
+                  f"context {info.context_length}", file=sys.stderr)
+        if not info.has_chat_template and not chat_template:
+            raise InputError("the GGUF file has no chat template", file=str(gguf), field="--chat-template",
+                             fix="pass --chat-template chatml|llama3|alpaca|FILE.jinja")
+        return self._convert_and_register(name, "gguf", gguf, chat_template, progress)
+
+    def _convert_and_register(self, name, source_type, gguf: Path, chat_template, progress) -> BaseModel:
+        from modelmill.models.convert import convert_gguf
+        from modelmill.models.hashing import file_sha256
+        from modelmill.models.inspect import inspect_model
+
+        out = self.store.models_dir / name
+        if out.exists():  # left by an earlier conversion whose registration failed
+            self.store.remove_tree(out)
+        convert_gguf(gguf, out, progress=progress, chat_template=chat_template)
+        try:
+            info = inspect_model(out).to_dict()
+            info.pop("chat_template", None)
+            row = BaseModel(name=name, source_type=source_type, source=str(gguf), path=str(out),
+                            chat_template=None, info=info,
+                            file_hash=file_sha256(gguf, cache_dir=self.store.cache_dir))
+            with self.store.session() as s:
+                s.add(row)
+            return row
+        except BaseException:
+            self.store.remove_tree(out)
+            raise
+
+    def _add_folder(self, name, folder: Path, chat_template) -> BaseModel:
+        from modelmill.models.inspect import read_chat_template, validate_hf_folder
+
+        info = validate_hf_folder(folder, chat_template)
+        template = info.chat_template if chat_template else None
+        d = info.to_dict()
+        d.pop("chat_template", None)
+        if not template and not read_chat_template(folder):
+            raise InputError("the folder has no chat template", file=str(folder), field="--chat-template",
+                             fix="pass --chat-template chatml|llama3|alpaca|FILE.jinja")
+        row = BaseModel(name=name, source_type="hf", source=str(folder), path=str(folder),
+                        chat_template=template, info=d)
+        with self.store.session() as s:
+            s.add(row)
+        return row

@@ -1,0 +1,141 @@
+"""The Store: one database plus the artifact folders under MODELMILL_HOME.
+
+Artifact layout (all under ``$MODELMILL_HOME``, default ``~/.modelmill``)::
+
+    modelmill.db                  SQLite metadata (unless MODELMILL_DATABASE_URL points elsewhere)
+    models/<name>/                converted or copied Hugging Face folders of base models
+    datasets/<name>/<version>/    data.jsonl (canonical records) + meta.json
+    runs/<adapter>/               a training run: config.json, checkpoints/, metrics.jsonl, tb/, train.log
+    adapters/<adapter>/           the published adapter (or full weights) + lineage.json
+    tmp/                          staging: everything is written here first, then renamed into place
+    cache/                        file hashes and other derived data
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelmill.config import Settings, get_settings
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class Store:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.home = Path(settings.home).expanduser().resolve()
+        for sub in ("models", "datasets", "runs", "adapters", "tmp", "cache"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        self.engine = _engine(settings.db_url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        migrate(self.engine)
+
+    # folders
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back if it raises."""
+        with self._sessions() as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    @contextmanager
+    def staging(self, final: Path) -> Iterator[Path]:
+        """Yield an empty temporary folder; on success it is renamed to ``final``, on error removed.
+
+        ``final`` must not exist yet. The rename is atomic on one file system, so readers see
+        either nothing or the whole folder.
+        """
+        final = Path(final)
+        tmp = self.home / "tmp" / f"{final.name}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def remove_tree(self, path: Path) -> None:
+        """Remove an artifact folder: first renamed into tmp/ (atomic), then deleted."""
+        path = Path(path)
+        if not path.exists():
+            return
+        trash = self.home / "tmp" / f"trash.{path.name}.{uuid.uuid4().hex[:8]}"
+        path.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _engine(url: str) -> Engine:
+    kwargs: dict = {}
+    if url.startswith("sqlite"):
+        # Several processes (CLI, trainer, server) share the file: wait for locks rather than fail.
+        kwargs["connect_args"] = {"timeout": 30}
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        @event.listens_for(engine, "connect")
+        def _pragma(dbapi_conn, _record):  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+@lru_cache(maxsize=8)
+def _store_for(home: str, url: str) -> Store:
+    s = get_settings()
+    return Store(s)
+
+
+def open_store(settings: Settings | None = None) -> Store:
+    """The Store for the given settings (default: the environment's), opened once per process."""
+    if settings is not None:
+        return Store(settings)
+    s = get_settings()
+    return _store_for(str(s.home), s.db_url)

@@ -1,0 +1,76 @@
+"""The tables. A change here needs a new Alembic migration in store/migrations/versions/."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BaseModel(Base):
+    """A registered base model: where its Hugging Face folder is and what it is."""
+
+    __tablename__ = "base_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    source_type: Mapped[str] = mapped_column(String(20))  # builtin | hf | gguf
+    source: Mapped[str] = mapped_column(Text)  # the folder or .gguf file the user named
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)  # HF folder we load (None until converted)
+    chat_template: Mapped[str | None] = mapped_column(Text, nullable=True)  # override, when the folder has none
+    file_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    info: Mapped[dict] = mapped_column(JSON, default=dict)  # architecture, parameters, context length ...
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetVersion(Base):
+    """One version of a named dataset; the version is the start of its content hash."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_dataset_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[str] = mapped_column(String(16))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(40))
+    path: Mapped[str] = mapped_column(Text)
+    num_records: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    labels: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    origin: Mapped[dict] = mapped_column(JSON, default=dict)  # file imported, or op + parents (clean/split/mix)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class Adapter(Base):
+    """A fine-tune (LoRA adapter, or full weights) with its lineage."""
+
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    base_model: Mapped[str] = mapped_column(String(200), index=True)
+    base_model_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    method: Mapped[str] = mapped_column(String(20))  # lora | full
+    dataset: Mapped[str] = mapped_column(String(200))
+    dataset_version: Mapped[str] = mapped_column(String(16))
+    dataset_hash: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    versions: Mapped[dict] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,118 @@
+"""Start a training method in a subprocess through ``accelerate launch``.
+
+One process on one CPU or GPU by default; ``num_processes > 1`` runs data parallel (gloo on
+CPU, NCCL on GPUs) through torchrun underneath. DeepSpeed or FSDP are an accelerate config
+file away (``accelerate_config``), with no change to the method's code.
+
+The child runs in its own process group. Ctrl-C here is forwarded to that whole group, and
+we wait until every process has left: the method saves a checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+INTERRUPTED = 130
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(module: str, job_path: Path, num_processes: int = 1, use_cuda: bool = False,
+                   accelerate_config: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        cmd += ["--config_file", accelerate_config]
+    else:
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        if num_processes > 1:
+            # torchrun underneath; the trainer picks gloo when it runs on the CPU (use_cpu=True)
+            cmd += ["--multi_gpu", "--num_processes", str(num_processes),
+                    "--main_process_port", str(_free_port())]
+        else:
+            cmd += ["--num_processes", "1"]
+            if not use_cuda:
+                cmd += ["--cpu"]
+    return cmd + ["-m", module, str(job_path)]
+
+
+def launch(module: str, job_path: Path, *, num_processes: int = 1, use_cuda: bool = False,
+           log_file: Path | None = None, accelerate_config: str | None = None) -> int:
+    """Run the method and return its exit code (0 done, 130 interrupted with a checkpoint)."""
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if not use_cuda:
+        env["ACCELERATE_USE_CPU"] = "true"
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    cmd = launch_command(module, job_path, num_processes, use_cuda, accelerate_config)
+    out = open(log_file, "ab") if log_file else None
+    try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=out, stderr=out)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            _forward_interrupt(proc)
+            # accelerate's launcher may leave before its child has saved: wait for the whole group
+            _wait_group(proc.pid)
+            return INTERRUPTED
+    finally:
+        if out:
+            out.close()
+
+
+def _forward_interrupt(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    while True:
+        try:
+            proc.wait()
+            return
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in the group."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: ask the kernel, zombies included
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _wait_group(pgid: int, timeout: float = 300.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,159 @@
+"""From a config to a registered adapter: resolve names, launch the method, publish the result.
+
+    from modelmill.train.runs import train
+    adapter = train(open_store(), SFTConfig(data="reviews-train", name="reviews-lora"))
+
+A run lives in ``runs/<name>/`` while it trains (job.json, checkpoints/, metrics.jsonl, tb/).
+When it finishes, the weights and logs move to ``adapters/<name>/`` in one rename and the
+adapter is registered with its lineage; the run folder goes away. An interrupted or failed
+run keeps its folder, so ``--resume`` continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from modelmill.errors import ConflictError, InputError, ModelmillError, NotFoundError
+from modelmill.names import check_name
+from modelmill.store import Store
+from modelmill.store.tables import Adapter
+from modelmill.train.sft import SFTConfig, SFTJob
+
+TRAINABLE_KINDS = ("chat", "classification")
+
+
+class TrainingInterrupted(ModelmillError):
+    exit_code = 130
+
+
+class TrainingFailed(ModelmillError):
+    exit_code = 1
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("modelmill", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
+    """Check everything a run needs before any process starts; return the job to launch."""
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.models.registry import ModelRegistry
+
+    if not cfg.data and not resume:
+        raise InputError("no training data named", field="--data", fix="pass --data NAME (see `modelmill data list`)")
+    name = cfg.name or (cfg.data.split("@")[0] + "-" + cfg.method)
+    check_name(name, "--name")
+    run_dir = store.runs_dir / name
+    if AdapterRegistry(store).find(name) is not None:
+        raise ConflictError(f"an adapter named '{name}' already exists", field="--name",
+                            fix="choose another --name, or `modelmill adapters remove " + name + "`")
+    if resume:
+        job_file = run_dir / "job.json"
+        if not job_file.is_file():
+            raise NotFoundError(f"no interrupted run named '{name}' to resume", field="--resume",
+                                fix="start it without --resume, or name the run with --name")
+        job = SFTJob.load(job_file)
+        job.resume = True
+        return job
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        raise ConflictError(f"an interrupted run named '{name}' has checkpoints", field="--name",
+                            fix=f"continue it with `modelmill train --name {name} --resume`, or choose another --name")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run that never saved a checkpoint
+
+    base = ModelRegistry(store).ready(cfg.base)
+    ds = DatasetCatalog(store).resolve(cfg.data)
+    if ds.kind not in TRAINABLE_KINDS:
+        raise InputError(f"dataset '{ds.ref}' holds {ds.kind} records, which supervised fine-tuning cannot use",
+                         field="--data", fix="give chat (alpaca, sharegpt, messages) or classification data")
+    ctx = (base.info or {}).get("context_length")
+    if cfg.max_length == 0:
+        cfg = replace(cfg, max_length=min(1024, ctx or 1024))
+    elif ctx and cfg.max_length > ctx:
+        raise InputError(f"{cfg.max_length} is longer than the context of '{base.name}' ({ctx} tokens)",
+                         field="--max-length", fix=f"use --max-length {ctx} or less")
+    run_dir.mkdir(parents=True)
+    cfg = replace(cfg, name=name, data=ds.ref, learning_rate=cfg.lr)
+    return SFTJob(config=cfg, base_path=base.path, data_path=ds.path, kind=ds.kind, run_dir=str(run_dir),
+                  labels=ds.labels, chat_template=base.chat_template)
+
+
+def train(store: Store, cfg: SFTConfig, *, resume: bool = False, log_file: Path | None = None,
+          accelerate_config: str | None = None) -> Adapter:
+    """Train and register an adapter; raise TrainingInterrupted (resumable) or TrainingFailed."""
+    import torch
+
+    from modelmill.train.launcher import INTERRUPTED, launch
+
+    job = prepare(store, cfg, resume)
+    cfg = job.config
+    run_dir = Path(job.run_dir)
+    job_path = run_dir / "job.json"
+    job.save(job_path)
+    use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
+    rc = launch("modelmill.train.sft", job_path, num_processes=cfg.num_processes, use_cuda=use_cuda,
+                log_file=log_file, accelerate_config=accelerate_config)
+    result_file = run_dir / "result.json"
+    if rc == INTERRUPTED or (rc == 0 and not (run_dir / "final").is_dir()):
+        raise TrainingInterrupted(f"training '{cfg.name}' was interrupted; checkpoints are in {run_dir / 'checkpoints'}",
+                                  fix=f"continue with `modelmill train --name {cfg.name} --resume`")
+    if rc != 0:
+        where = f" (log: {log_file})" if log_file else ""
+        raise TrainingFailed(f"training '{cfg.name}' failed with exit code {rc}{where}",
+                             fix="read the error above; fix it and run again (add --resume to keep checkpoints)")
+    metrics = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    return publish(store, job, metrics)
+
+
+def publish(store: Store, job: SFTJob, metrics: dict) -> Adapter:
+    """Move the finished run into adapters/<name>/ and register it with its lineage."""
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.models.registry import ModelRegistry
+
+    cfg = job.config
+    run_dir = Path(job.run_dir)
+    base = ModelRegistry(store).get(cfg.base)
+    ds = DatasetCatalog(store).resolve(cfg.data)
+    final = store.adapters_dir / cfg.name
+    lineage = {
+        "name": cfg.name, "method": cfg.method,
+        "base_model": base.name, "base_model_hash": ModelRegistry(store).base_hash(base),
+        "dataset": ds.name, "dataset_version": ds.version, "dataset_hash": ds.content_hash,
+        "config": asdict(cfg), "versions": library_versions(), "metrics": metrics,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+    with store.staging(final) as tmp:
+        # Copies, not moves: if anything below fails, the run folder is still whole.
+        shutil.copytree(run_dir / "final", tmp, dirs_exist_ok=True)
+        for extra in ("metrics.jsonl", "tb", "job.json"):
+            src = run_dir / extra
+            if src.is_dir():
+                shutil.copytree(src, tmp / extra)
+            elif src.is_file():
+                shutil.copy2(src, tmp / extra)
+        (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, ensure_ascii=False), encoding="utf-8")
+    row = Adapter(name=cfg.name, base_model=base.name, base_model_hash=lineage["base_model_hash"],
+                  method=cfg.method, dataset=ds.name, dataset_version=ds.version, dataset_hash=ds.content_hash,
+                  path=str(final), config=lineage["config"], versions=lineage["versions"], metrics=metrics)
+    try:
+        AdapterRegistry(store).add(row)
+    except BaseException:
+        store.remove_tree(final)
+        raise
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return row
