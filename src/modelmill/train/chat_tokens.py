@@ -52,3 +52,24 @@ def tokenize_chat(messages: list[dict], tokenizer, max_length: int | None = None
     if all(x == IGNORE for x in labels):
         return None
     return {"input_ids": ids, "labels": labels}
+
+
+def tokenize_record(record: dict, kind: str, tokenizer, max_length: int, *, labels: list[str] | None = None,
+                    chat_template: str | None = None) -> dict | None:
+    """Tokenize one canonical record. A classification text too long for ``max_length`` is
+    shortened (its end is cut) so that the instruction and the label still fit."""
+    from modelmill.data.formats import to_messages
+
+    ex = tokenize_chat(to_messages(record, kind, labels=labels), tokenizer, None, chat_template)
+    if ex is not None and len(ex["input_ids"]) <= max_length:
+        return ex
+    if ex is not None and kind == "classification":
+        excess = len(ex["input_ids"]) - max_length
+        text_ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
+        keep = len(text_ids) - excess - 4  # a few tokens of slack: pieces can merge differently
+        if keep > 0:
+            short = {**record, "text": tokenizer.decode(text_ids[:keep])}
+            ex = tokenize_chat(to_messages(short, kind, labels=labels), tokenizer, None, chat_template)
+            if ex is not None and len(ex["input_ids"]) <= max_length:
+                return ex
+    return tokenize_chat(to_messages(record, kind, labels=labels), tokenizer, max_length, chat_template)

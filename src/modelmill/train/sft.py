@@ -125,14 +125,13 @@ class SFTJob:
 
 def build_examples(job: SFTJob, tokenizer) -> tuple[list[dict], int]:
     """Tokenized examples (input_ids, labels) and how many were dropped for having no answer left."""
-    from modelmill.data.formats import to_messages
     from modelmill.data.load import read_jsonl
-    from modelmill.train.chat_tokens import tokenize_chat
+    from modelmill.train.chat_tokens import tokenize_record
 
     out, dropped = [], 0
     for rec in read_jsonl(job.data_path):
-        ex = tokenize_chat(to_messages(rec, job.kind, labels=job.labels), tokenizer,
-                           job.config.max_length, job.chat_template)
+        ex = tokenize_record(rec, job.kind, tokenizer, job.config.max_length, labels=job.labels,
+                             chat_template=job.chat_template)
         if ex is None:
             dropped += 1
         else:
@@ -161,6 +160,7 @@ def run(job: SFTJob) -> dict:
         tokenizer.chat_template = job.chat_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_max_length = 10**9  # truncation is ours (build_examples), not the tokenizer's
     examples, dropped = build_examples(job, tokenizer)
     if not examples:
         raise InputError("no training example has an answer token left after truncation",
@@ -204,7 +204,7 @@ def run(job: SFTJob) -> dict:
         disable_tqdm=True,
         use_cpu=not use_cuda,
         bf16=dtype == torch.bfloat16,
-        gradient_checkpointing=checkpointing,
+        activation_checkpointing=checkpointing,
         padding_free=cfg.padding_free,
         max_length=None,  # examples are already cut to cfg.max_length in build_examples
         dataloader_num_workers=0,
@@ -223,7 +223,8 @@ def run(job: SFTJob) -> dict:
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     metrics = dict(result.metrics)
     metrics.update(examples=len(examples), dropped_examples=dropped, example_tokens=n_tokens,
-                   global_step=trainer.state.global_step, interrupted=stop.stopped)
+                   global_step=trainer.state.global_step, num_processes=trainer.args.world_size,
+                   interrupted=stop.stopped)
 
     # 4. save (main process only): the adapter, or full weights, plus the tokenizer
     if trainer.is_world_process_zero():
