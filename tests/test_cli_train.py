@@ -1,0 +1,150 @@
+"""`modelmill train`, `adapters` and `chat` end to end on the tiny model: lineage, resume after
+Ctrl-C, two-process data parallel training, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import MODELMILL, CLI, write_jsonl
+
+
+@pytest.fixture()
+def trained(cli_tiny: CLI, reviews_file):
+    cli_tiny("data", "import", reviews_file, "--name", "reviews")
+    out = cli_tiny("train", "--base", "tiny", "--data", "reviews", "--name", "rev-lora", "--max-steps", "4",
+                   "--batch-size", "4", "--save-steps", "2", "--logging-steps", "1")
+    return cli_tiny, out
+
+
+def test_train_registers_adapter_with_lineage(trained, home):
+    cli, out = trained
+    assert "adapter rev-lora (base tiny, data reviews@" in out.stdout
+    assert "4 steps" in out.stdout
+    assert "training" in out.stderr and "loss=" in out.stderr  # the progress bar with loss
+    listed = cli("adapters", "list").stdout
+    assert "rev-lora" in listed and "lora" in listed
+    lineage = json.loads(cli("adapters", "show", "rev-lora", "--json").stdout)
+    assert lineage["base_model"] == "tiny" and len(lineage["base_model_sha256"]) == 64
+    assert lineage["dataset"].startswith("reviews@") and len(lineage["dataset_sha256"]) == 64
+    assert lineage["config"]["lora_r"] == 16 and lineage["config"]["learning_rate"] == 2e-4
+    assert lineage["config"]["max_length"] == 512  # the tiny model's context
+    for lib in ("torch", "transformers", "trl", "peft", "accelerate", "modelmill"):
+        assert lib in lineage["versions"]
+    assert lineage["metrics"]["global_step"] == 4 and lineage["metrics"]["examples"] == 24
+    adapter_dir = home / "adapters" / "rev-lora"
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    assert (adapter_dir / "lineage.json").is_file()
+    rows = [json.loads(l) for l in (adapter_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert list((adapter_dir / "tb").rglob("events.out.tfevents.*")), "TensorBoard event files"
+    assert not (home / "runs" / "rev-lora").exists(), "the run folder is gone once published"
+    assert not list((home / "tmp").iterdir()), "no staging left behind"
+
+
+def test_chat_one_shot_and_interactive(trained):
+    cli, _ = trained
+    p = cli("chat", "tiny:rev-lora", "--prompt", "Hello there", "--temperature", "0", "--max-tokens", "5")
+    assert p.stdout.strip() != "" or p.returncode == 0
+    p = cli("chat", "rev-lora", "--temperature", "0.8", "--top-p", "0.9", "--top-k", "5",
+            "--repetition-penalty", "1.2", "--max-tokens", "4", "--seed", "1", input="hi\n/reset\nagain\n/exit\n")
+    assert "chatting with tiny:rev-lora" in p.stderr
+    p = cli("chat", "tiny", "--prompt", "x", "--temperature", "9", ok=False)
+    assert "--temperature" in p.stderr and "Fix:" in p.stderr
+
+
+def test_adapter_on_another_base_is_refused(trained, tiny_model):
+    cli, _ = trained
+    cli("models", "add", "tiny2", tiny_model)
+    p = cli("chat", "tiny2:rev-lora", "--prompt", "hi", ok=False)
+    assert p.returncode == 4
+    assert "trained on 'tiny', not on 'tiny2'" in p.stderr and "tiny:rev-lora" in p.stderr
+    p = cli("models", "remove", "tiny", ok=False)
+    assert "rev-lora" in p.stderr
+    cli("adapters", "remove", "rev-lora")
+    assert "rev-lora" not in cli("adapters", "list").stdout
+    cli("models", "remove", "tiny")
+
+
+def test_same_adapter_name_twice(trained):
+    cli, _ = trained
+    p = cli("train", "--base", "tiny", "--data", "reviews", "--name", "rev-lora", "--max-steps", "1", ok=False)
+    assert p.returncode == 4 and "already exists" in p.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--base", "nope", "--data", "reviews"], "unknown model 'nope'"),
+    (["--base", "tiny", "--data", "nope"], "unknown dataset 'nope'"),
+    (["--base", "tiny", "--data", "reviews", "--lora-r", "0"], "--lora-r: must be in [1, 1024]"),
+    (["--base", "tiny", "--data", "reviews", "--max-length", "4096"], "--max-length"),
+    (["--base", "tiny", "--data", "reviews", "--epochs", "-1"], "--epochs"),
+    (["--base", "tiny"], "--data"),
+])
+def test_bad_train_input(cli_tiny: CLI, reviews_file, home, args, needle):
+    cli_tiny("data", "import", reviews_file, "--name", "reviews")
+    p = cli_tiny("train", *args, ok=False)
+    assert needle in p.stderr and "Fix:" in p.stderr, p.stderr
+    assert not list((home / "runs").iterdir()) and not list((home / "adapters").iterdir())
+
+
+def test_yaml_config_and_its_errors(cli_tiny: CLI, reviews_file, tmp_path):
+    cli_tiny("data", "import", reviews_file, "--name", "reviews")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora_r: 8\nlearning_rat: 0.001\n")
+    p = cli_tiny("train", "--base", "tiny", "--data", "reviews", "--config", bad, ok=False)
+    assert "bad.yaml" in p.stderr and "learning_rat" in p.stderr and "learning_rate" in p.stderr
+    bad.write_text("lora_r: eight\n")
+    p = cli_tiny("train", "--base", "tiny", "--data", "reviews", "--config", bad, ok=False)
+    assert "field 'lora_r'" in p.stderr and "expected int" in p.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("lora_r: 4\nlora_alpha: 8\nmax_steps: 2\nbatch_size: 4\n")
+    cli_tiny("train", "--base", "tiny", "--data", "reviews", "--config", good, "--name", "y", "--lora-r", "2")
+    cfg = json.loads(cli_tiny("adapters", "show", "y", "--json").stdout)["config"]
+    assert cfg["lora_r"] == 2 and cfg["lora_alpha"] == 8 and cfg["max_steps"] == 2  # flags beat the file
+
+
+def test_preference_data_is_not_for_sft(cli_tiny: CLI, tmp_path):
+    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi", "chosen": "hello", "rejected": "no"}] * 3)
+    cli_tiny("data", "import", f, "--name", "prefs")
+    p = cli_tiny("train", "--base", "tiny", "--data", "prefs", ok=False)
+    assert "preference records" in p.stderr
+
+
+def test_two_cpu_processes_gloo(cli_tiny: CLI, reviews_file):
+    cli_tiny("data", "import", reviews_file, "--name", "reviews")
+    cli_tiny("train", "--base", "tiny", "--data", "reviews", "--name", "ddp", "--max-steps", "3",
+             "--batch-size", "2", "--num-processes", "2")
+    m = json.loads(cli_tiny("adapters", "show", "ddp", "--json").stdout)["metrics"]
+    assert m["num_processes"] == 2 and m["global_step"] == 3
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(cli_tiny: CLI, reviews_file, home):
+    cli_tiny("data", "import", reviews_file, "--name", "reviews")
+    env = {**os.environ, "MODELMILL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    args = ["train", "--base", "tiny", "--data", "reviews", "--name", "long", "--max-steps", "400",
+            "--batch-size", "2", "--save-steps", "2", "--logging-steps", "1"]
+    proc = subprocess.Popen([*MODELMILL, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpts = home / "runs" / "long" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpts.is_dir() and list(ckpts.glob("checkpoint-*"))):
+        time.sleep(0.2)
+    assert list(ckpts.glob("checkpoint-*")), "no checkpoint appeared"
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground command
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    steps = sorted(int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*"))
+    assert 0 < steps[-1] < 400
+    assert "long" not in cli_tiny("adapters", "list").stdout
+    # a new run with the same name is refused while the checkpoint exists
+    p = cli_tiny(*args, ok=False)
+    assert "--resume" in p.stderr
+    # resume: finish the remaining steps only (fewer, to keep the test short)
+    cli_tiny("train", "--name", "long", "--resume")
+    m = json.loads(cli_tiny("adapters", "show", "long", "--json").stdout)["metrics"]
+    assert m["global_step"] == 400
+    assert (home / "adapters" / "long" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,111 @@
+"""The store: Alembic migrations match the tables, writes are atomic, and the same commands
+work on PostgreSQL (a throwaway server started here, as users run it)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import CLI
+
+
+def test_migrations_match_the_tables(home):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from modelmill.store import open_store
+    from modelmill.store.tables import Base
+
+    store = open_store()
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], f"tables changed without a migration: {diff}"
+
+
+def test_staging_is_all_or_nothing(home):
+    from modelmill.store import open_store
+
+    store = open_store()
+    final = store.home / "adapters" / "x"
+    with pytest.raises(RuntimeError):
+        with store.staging(final) as tmp:
+            (tmp / "half.bin").write_bytes(b"1")
+            raise RuntimeError("boom")
+    assert not final.exists() and not list((store.home / "tmp").iterdir())
+    with store.staging(final) as tmp:
+        (tmp / "whole.bin").write_bytes(b"1")
+    assert (final / "whole.bin").is_file()
+
+
+def test_failed_insert_leaves_no_dataset_folder(home, monkeypatch):
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.store import open_store
+
+    store = open_store()
+    cat = DatasetCatalog(store)
+
+    def broken_session():
+        raise RuntimeError("database went away")
+
+    rec = [{"text": "a", "label": "x", "meta": {}}]
+    monkeypatch.setattr(store, "session", broken_session)
+    with pytest.raises(RuntimeError):
+        cat.save("d", rec, "classification", "classification", ["x"], {})
+    assert not (store.datasets_dir / "d").exists() or not any((store.datasets_dir / "d").iterdir())
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture()
+def postgres_url():
+    """A real PostgreSQL server on a free localhost port, removed afterwards."""
+    pytest.importorskip("psycopg")
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+    import tempfile
+
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="modelmill-pg-"))  # not under pytest's private tmp: the server must reach it
+    data = root / "pg"
+    data.mkdir()
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield url
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_by_url(postgres_url, home, tiny_model, reviews_file, monkeypatch):
+    monkeypatch.setenv("MODELMILL_DATABASE_URL", postgres_url)
+    cli = CLI(home)
+    cli("models", "add", "tiny", tiny_model)
+    cli("data", "import", reviews_file, "--name", "reviews")
+    cli("train", "--base", "tiny", "--data", "reviews", "--name", "pg-lora", "--max-steps", "2", "--batch-size", "4")
+    assert "pg-lora" in cli("adapters", "list").stdout
+    assert not (home / "modelmill.db").exists(), "metadata went to PostgreSQL, not SQLite"
+    import sqlalchemy as sa
+
+    with sa.create_engine(postgres_url).connect() as conn:
+        assert conn.execute(sa.text("select name from adapters")).scalar() == "pg-lora"
+        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == "0001"
