@@ -428,6 +428,34 @@ def train_cmd(config_file, resume, log_file, accelerate_config, **flags):
                f"{m.get('train_runtime', 0):.0f} s -> {row.path}")
 
 
+# ---------------------------------------------------------------- eval
+
+@main.command("eval")
+@click.option("--data", "data_ref", required=True, help="A classification dataset (NAME or NAME@VERSION).")
+@click.option("--models", required=True, help="Comma-separated: base models, adapters or BASE:ADAPTER.")
+@click.option("--limit", type=int, default=None, help="Score only the first N records.")
+@click.option("--batch-size", default=16, show_default=True, help="Records per forward pass.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--details", is_flag=True, help="Per-class scores and confusion matrices too.")
+def eval_cmd(data_ref, models, limit, batch_size, device, details):
+    """Score models side by side on a held-out classification set (accuracy, macro-F1)."""
+    from modelmill.evaluate.classification import format_metrics
+    from modelmill.evaluate.compare import compare_classification
+
+    if limit is not None and limit < 1:
+        raise InputError(f"must be >= 1, got {limit}", field="--limit", fix="e.g. --limit 200")
+    if batch_size < 1:
+        raise InputError(f"must be >= 1, got {batch_size}", field="--batch-size", fix="e.g. --batch-size 16")
+    refs = [m.strip() for m in models.split(",") if m.strip()]
+    results = compare_classification(_store(), data_ref, refs, limit=limit, batch_size=batch_size, device=device)
+    if details:
+        for r in results:
+            click.echo(format_metrics(r["model"], r["metrics"]) + "\n")
+    click.echo(f"{results[0]['dataset']}, {results[0]['records']} records, scored by label log-likelihood")
+    _table([[r["model"], f"{r['metrics']['accuracy']:.3f}", f"{r['metrics']['macro_f1']:.3f}",
+             f"{r['seconds']:.1f}"] for r in results], ["MODEL", "ACCURACY", "MACRO-F1", "SECONDS"])
+
+
 # ---------------------------------------------------------------- adapters
 
 @main.group(cls=Group)

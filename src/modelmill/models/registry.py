@@ -117,10 +117,22 @@ class ModelRegistry:
         return BaseModel(name=name, source_type="builtin", source=source, path=None, info=info)
 
     def _install_builtin(self, name: str, progress: bool) -> BaseModel:
+        """Convert a built-in once. A file lock makes a second process wait for the first one's
+        conversion instead of converting again (or deleting the folder the first one made)."""
+        import fcntl
+
         from modelmill.models.builtin import builtin_source
 
         gguf = builtin_source(name)
-        return self._convert_and_register(name, "builtin", gguf, None, progress)
+        with open(self.store.models_dir / f".{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            row = self._row(name)
+            if row is not None and row.path and Path(row.path).is_dir():
+                return row  # another process finished it while we waited
+            if row is not None:  # registered, but its folder was deleted: convert again, keep the row
+                with self.store.session() as s:
+                    s.delete(s.get(BaseModel, row.id))
+            return self._convert_and_register(name, "builtin", gguf, None, progress)
 
     def _add_gguf(self, name, gguf: Path, chat_template, progress) -> BaseModel:
         from modelmill.models.inspect import inspect_gguf
