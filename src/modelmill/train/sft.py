@@ -4,9 +4,10 @@
     # what the launcher runs underneath (one job file per run):
     accelerate launch [--multi_gpu --num_processes N] -m modelmill.train.sft ~/.modelmill/runs/reviews-lora/job.json
 
-Reads top to bottom: settings, load tokenizer and data, load model, train, save.
-Speed: sequences are packed padding-free (no pad tokens are ever computed; see
-``varlen_attention``), and the loss is computed only where there is an answer token.
+Reads top to bottom: settings, then ``build_trainer`` (load tokenizer and data, load model, build the
+trainer), then ``run`` (train, save). Speed: sequences are packed padding-free (no pad tokens are
+ever computed; see ``varlen_attention``), and only answer tokens go through the LM head (see
+``answer_head``). ``bench/train_throughput.py`` measures both against plain ``transformers.Trainer``.
 """
 
 from __future__ import annotations
@@ -139,13 +140,28 @@ def build_examples(job: SFTJob, tokenizer) -> tuple[list[dict], int]:
     return out, dropped
 
 
-def run(job: SFTJob) -> dict:
+@dataclass
+class TrainerSetup:
+    """A trainer ready to ``train()``, with what ``run`` reports and saves afterwards."""
+
+    trainer: object
+    tokenizer: object
+    stop: object
+    examples: int
+    dropped: int
+    tokens: int
+
+
+def build_trainer(job: SFTJob) -> TrainerSetup:
+    """Steps 1-3 of ``run``: tokenizer, data, model and trainer, everything up to ``trainer.train()``.
+    Benchmarks (bench/train_throughput.py) call it to time exactly the training that ``run`` does."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
+    from modelmill.train.answer_head import score_answers_only
     from modelmill.train.callbacks import GracefulStop, MetricsLogCallback, ProgressCallback
     from modelmill.train.varlen_attention import register as register_varlen
 
@@ -183,7 +199,9 @@ def run(job: SFTJob) -> dict:
     checkpointing = cfg.gradient_checkpointing == "on" or (
         cfg.gradient_checkpointing == "auto" and cfg.method == "full" and use_cuda)
 
-    # 3. train
+    # 3. trainer
+    # The loss reads only answer tokens, so only they go through the LM head (trl does so on CUDA only)
+    score_answers_only()
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")
     args = TrlSFTConfig(
         output_dir=str(run_dir / "checkpoints"),
@@ -212,28 +230,48 @@ def run(job: SFTJob) -> dict:
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                          peft_config=peft_config)
+    if peft_config is not None:
+        _fuse_lora(trainer.model)  # the same LoRA, in fewer passes over memory
     from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
 
     trainer.remove_callback(HFProgress)
     trainer.remove_callback(PrinterCallback)
     for cb in (ProgressCallback(), MetricsLogCallback(run_dir / "metrics.jsonl"), stop):
         trainer.add_callback(cb)
+    return TrainerSetup(trainer=trainer, tokenizer=tokenizer, stop=stop, examples=len(examples), dropped=dropped,
+                        tokens=n_tokens)
 
+
+def run(job: SFTJob) -> dict:
+    """Build the trainer, train, save: what ``modelmill train`` runs in each training process."""
+    p = build_trainer(job)
+    trainer, stop, run_dir = p.trainer, p.stop, Path(job.run_dir)
+
+    # 4. train
     resume = job.resume and _last_checkpoint(run_dir / "checkpoints") is not None
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     metrics = dict(result.metrics)
-    metrics.update(examples=len(examples), dropped_examples=dropped, example_tokens=n_tokens,
+    metrics.update(examples=p.examples, dropped_examples=p.dropped, example_tokens=p.tokens,
                    global_step=trainer.state.global_step, num_processes=trainer.args.world_size,
                    interrupted=stop.stopped)
 
-    # 4. save (main process only): the adapter, or full weights, plus the tokenizer
+    # 5. save (main process only): the adapter, or full weights, plus the tokenizer
     if trainer.is_world_process_zero():
         if not stop.stopped:
             final = run_dir / "final"
             trainer.save_model(str(final))
-            tokenizer.save_pretrained(str(final))
+            p.tokenizer.save_pretrained(str(final))
         (run_dir / "result.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return metrics
+
+
+def _fuse_lora(model) -> int:
+    """``fused_lora.fuse_lora_layers``, or nothing when this peft has moved its LoRA layer."""
+    try:
+        from modelmill.train.fused_lora import fuse_lora_layers
+    except ImportError:
+        return 0
+    return fuse_lora_layers(model)
 
 
 def _last_checkpoint(folder: Path):

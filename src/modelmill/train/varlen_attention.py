@@ -25,11 +25,16 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     # query: [1, heads, tokens, head_dim]; key/value: [1, kv_heads, tokens, head_dim]
     gqa = key.shape[1] != query.shape[1]
     bounds = cu.tolist()
+    lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    if bounds[0] != 0 or bounds[-1] != query.shape[2] or min(lengths) < 0:
+        raise ValueError(f"cu_seq_lens_q {bounds} does not cover the {query.shape[2]} tokens of the batch")
+    # split, not slicing: the backward of split is one cat, while each slice's backward writes its
+    # gradient into a zero tensor the size of the whole batch (3 x sequences x layers of them a step)
     outs = [
         torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout if module.training else 0.0,
-            scale=scaling, is_causal=True, enable_gqa=gqa)
-        for s, e in zip(bounds[:-1], bounds[1:]) if e > s
+            q, k, v, dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True, enable_gqa=gqa)
+        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
+        if q.shape[2] > 0
     ]
     out = torch.cat(outs, dim=2)  # [1, heads, tokens, head_dim]
     return out.transpose(1, 2).contiguous(), None  # [1, tokens, heads, head_dim], as sdpa returns
