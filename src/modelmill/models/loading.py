@@ -22,8 +22,11 @@ def load_for_inference(store: Store, ref: str, device: str = "auto"):
     """(model in eval mode, tokenizer with the right chat template, resolved 'base:adapter' label)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from modelmill.adapters import AdapterRegistry
+
+    hf_logging.disable_progress_bar()  # a 'Loading weights' bar per load says nothing to a user
     from modelmill.models.registry import ModelRegistry
 
     base, adapter = AdapterRegistry(store).resolve_ref(ref)

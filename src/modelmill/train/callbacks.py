@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 
 class ProgressCallback(TrainerCallback):
-    """tqdm bar over optimizer steps, showing the last loss, tokens/s and ETA."""
+    """tqdm bar over optimizer steps, showing the last loss, the learning rate and the ETA."""
 
     def __init__(self):
         self.bar = None

@@ -159,6 +159,7 @@ def build_trainer(job: SFTJob) -> TrainerSetup:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig as TrlSFTConfig
+    from transformers.utils import logging as hf_logging
     from trl import SFTTrainer
 
     from modelmill.train.answer_head import score_answers_only
@@ -169,6 +170,7 @@ def build_trainer(job: SFTJob) -> TrainerSetup:
     run_dir = Path(job.run_dir)
     use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
     stop = GracefulStop()  # installed first: Ctrl-C while loading still stops cleanly
+    hf_logging.disable_progress_bar()  # our own bar (callbacks.ProgressCallback) is the one that counts
 
     # 1. tokenizer and data
     tokenizer = AutoTokenizer.from_pretrained(job.base_path)
