@@ -19,7 +19,9 @@ def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     cu = kwargs.get("cu_seq_lens_q")
-    if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+    # A sliding-window layer needs its window: the masked SDPA path (block-diagonal and windowed
+    # mask, built by transformers from the position ids) is exact there, if slower.
+    if cu is None or kwargs.get("sliding_window") or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     # query: [1, heads, tokens, head_dim]; key/value: [1, kv_heads, tokens, head_dim]

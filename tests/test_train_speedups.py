@@ -1,0 +1,371 @@
+"""The three training speed-ups compute what the plain path computes.
+
+- ``fused_lora``: the fused LoRA forward/backward gives peft's loss and gradients.
+- ``answer_head``: trl's fused LM head projects only labelled positions on CPU, same loss.
+- ``varlen_attention``: packed sequences with boundaries give each sequence's own logits.
+
+Tiny models built from a config; no network, no download.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from modelmill.train.fused_lora import FusedLoraLinear, fuse_lora_layers  # noqa: E402
+
+ATOL = 1e-5
+
+
+def tiny_config(**kw) -> LlamaConfig:
+    return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, **kw)
+
+
+def tiny_llama(seed: int = 0, attn: str = "sdpa") -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_config())
+    model.set_attn_implementation(attn)
+    return model.float()
+
+
+def lora_model(dropout: float = 0.0, seed: int = 0):
+    """A peft LoRA model on the tiny Llama with non-zero lora_B, so every LoRA weight gets a gradient."""
+    model = get_peft_model(tiny_llama(seed), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
+                                                        target_modules="all-linear", task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+def batch(seed: int = 0, batch_size: int = 2, length: int = 12):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 128, (batch_size, length), generator=gen)
+    return ids
+
+
+def lora_grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+# ---------------------------------------------------------------- fused LoRA
+
+
+def test_fuse_lora_layers_switches_every_lora_linear_and_keeps_state_dict_keys():
+    model = lora_model()
+    keys = list(model.state_dict().keys())
+    n_lora = sum(type(m) is peft.tuners.lora.layer.Linear for m in model.modules())
+    # all-linear on Llama: q, k, v, o, gate, up, down per layer (lm_head excluded)
+    assert n_lora == 7 * 2
+
+    assert fuse_lora_layers(model) == n_lora
+    assert sum(isinstance(m, FusedLoraLinear) for m in model.modules()) == n_lora
+    assert list(model.state_dict().keys()) == keys
+    # already fused layers are not counted again
+    assert fuse_lora_layers(model) == 0
+
+
+def test_fused_lora_loss_and_gradients_match_peft():
+    ref = lora_model()
+    fused = copy.deepcopy(ref)
+    assert fuse_lora_layers(fused) > 0
+    ref.train()
+    fused.train()
+
+    # the fused autograd function is what actually runs in training
+    seen = []
+    layer = next(m for m in fused.modules() if isinstance(m, FusedLoraLinear))
+    layer.register_forward_hook(lambda m, i, o: seen.append(type(o.grad_fn).__name__))
+
+    ids = batch()
+    loss_ref = ref(input_ids=ids, labels=ids).loss
+    loss_fused = fused(input_ids=ids, labels=ids).loss
+    assert seen and "LoraLinearFunction" in seen[0]
+    torch.testing.assert_close(loss_fused, loss_ref, atol=ATOL, rtol=0)
+
+    loss_ref.backward()
+    loss_fused.backward()
+    g_ref, g_fused = lora_grads(ref), lora_grads(fused)
+    assert g_ref.keys() == g_fused.keys() and len(g_ref) == 2 * 14
+    for name in g_ref:
+        assert g_ref[name].abs().sum() > 0, name  # meaningful: every LoRA weight has a gradient
+        torch.testing.assert_close(g_fused[name], g_ref[name], atol=ATOL, rtol=0, msg=name)
+    # the frozen base weights get no gradient on either path
+    assert all(p.grad is None for n, p in fused.named_parameters() if "lora_" not in n)
+
+
+def test_fused_lora_with_dropout_is_stochastic_in_train_and_exact_in_eval():
+    ref = lora_model(dropout=0.1)
+    fused = copy.deepcopy(ref)
+    fuse_lora_layers(fused)
+    ids = batch()
+
+    fused.train()
+    with torch.no_grad():
+        a = fused(input_ids=ids).logits
+        b = fused(input_ids=ids).logits
+    assert not torch.equal(a, b)
+
+    ref.eval()
+    fused.eval()
+    with torch.no_grad():
+        assert torch.equal(fused(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+class _OneLinear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 6)
+
+
+def _one_fused_layer(dropout: float, dtype=torch.float64) -> FusedLoraLinear:
+    torch.manual_seed(0)
+    model = get_peft_model(_OneLinear().to(dtype), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
+                                                              target_modules=["proj"]))
+    assert fuse_lora_layers(model) == 1
+    layer = model.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(0, 0.5)
+    return layer.train()
+
+
+def test_fused_lora_dropout_gradients_are_exact():
+    """Gradients (x, A, B) under dropout equal the numerical derivatives of the same draw."""
+    layer = _one_fused_layer(0.3)
+    x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    a = layer.lora_A["default"].weight.detach().clone().requires_grad_()
+    b = layer.lora_B["default"].weight.detach().clone().requires_grad_()
+
+    def f(x, a, b):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)  # the same dropout mask on every call
+            return torch.func.functional_call(layer, {"lora_A.default.weight": a, "lora_B.default.weight": b}, (x,))
+
+    out = f(x, a, b)
+    assert "LoraLinearFunction" in type(out.grad_fn).__name__
+    assert torch.autograd.gradcheck(f, (x, a, b), eps=1e-6, atol=1e-7)
+
+
+def test_fused_lora_dropout_is_unbiased():
+    """Dropout scales kept inputs by 1 / (1 - p): the mean train output is the eval output."""
+    layer = _one_fused_layer(0.2, dtype=torch.float32)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        layer.eval()
+        want = layer(x)
+        base = layer.base_layer(x)
+        layer.train()
+        got = layer(x.expand(20000, 4, 8)).mean(0)  # every row draws its own mask
+    lora_part = (want - base).abs().mean()
+    # a wrong keep-scale (e.g. no 1 / (1 - p)) would be off by ~20% of the LoRA part
+    assert (got - want).abs().mean() < 0.05 * lora_part
+
+
+def test_fused_adapter_saves_and_loads_into_fresh_peft(tmp_path):
+    model = lora_model()
+    fuse_lora_layers(model)
+    # a training step on the fused path, so the saved weights are the fused ones
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    ids = batch()
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+
+    model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+
+    loaded = PeftModel.from_pretrained(tiny_llama(0), tmp_path / "adapter")
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=ATOL, rtol=0)
+    # and the adapter really changed the output (so the comparison is not vacuous)
+    with torch.no_grad(), loaded.disable_adapter():
+        assert not torch.allclose(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-3)
+
+
+# ---------------------------------------------------------------- answers-only LM head
+
+
+@pytest.fixture()
+def trl_utils(monkeypatch):
+    """trl's utils module, with its ``_use_triton`` restored after the test."""
+    utils = pytest.importorskip("trl.trainer.utils")
+    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)
+    return utils
+
+
+def test_score_answers_only_patches_compaction_but_not_the_kernel_choice(trl_utils):
+    from trl.kernels import chunked_logprob
+
+    from modelmill.train.answer_head import score_answers_only
+
+    cpu = torch.device("cpu")
+    assert trl_utils._use_triton(cpu) is False
+    assert score_answers_only() is True
+    patched = trl_utils._use_triton
+    assert trl_utils._use_triton(cpu) is True
+    assert chunked_logprob._use_triton(cpu) is False  # the Triton kernel is still not chosen on CPU
+    assert score_answers_only() is True  # idempotent: no second wrapper
+    assert trl_utils._use_triton is patched
+    assert trl_utils._use_triton(torch.device("meta")) is False  # other devices keep trl's answer
+
+
+def test_answers_only_fused_head_loss_matches_plain_loss(trl_utils, monkeypatch):
+    from trl.trainer.utils import add_fused_lm_head
+
+    from modelmill.train.answer_head import score_answers_only
+
+    # record how many rows reach the LM head projection (the real function still runs)
+    rows = []
+    real = trl_utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            rows.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+
+    model = tiny_llama(0)
+    plain = copy.deepcopy(model)
+    add_fused_lm_head(model)
+    ids = batch(length=16)
+    labels = ids.clone()
+    labels[:, :12] = -100  # only the answers (last 4 tokens of each row) are scored
+    labels[1, 13] = -100
+    n_scored = int((labels[:, 1:] != -100).sum())
+
+    want = plain(input_ids=ids, labels=labels)
+    want.loss.backward()
+
+    def fused_loss():
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=labels, fused_lm_head=True).loss
+        loss.backward()
+        return loss
+
+    loss_all = fused_loss()  # trl as installed: every position projected on CPU
+    assert rows[-1] == ids.shape[0] * (ids.shape[1] - 1)
+    torch.testing.assert_close(loss_all, want.loss, atol=ATOL, rtol=0)
+
+    assert score_answers_only() is True
+    loss = fused_loss()
+    assert rows[-1] == n_scored  # the compact path: only labelled positions
+    torch.testing.assert_close(loss, want.loss, atol=ATOL, rtol=0)
+    for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=ATOL, rtol=0, msg=name)
+
+    # a row with no answer at all still gives a differentiable loss
+    none = torch.full_like(labels, -100)
+    model.zero_grad()
+    empty = model(input_ids=ids, labels=none, fused_lm_head=True).loss
+    empty.backward()
+    assert float(empty.detach()) == 0.0
+
+
+# ---------------------------------------------------------------- padding-free attention
+
+
+def _packed(lengths, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(0, 128, (n,), generator=gen) for n in lengths]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    kwargs = dict(
+        input_ids=torch.cat(seqs)[None],
+        position_ids=torch.cat([torch.arange(n) for n in lengths])[None],
+        cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths), use_cache=False,
+    )
+    return seqs, kwargs
+
+
+def test_varlen_attention_packed_logits_match_each_sequence_alone(tmp_path):
+    from modelmill.train.varlen_attention import register
+
+    name = register()
+    assert register() == name  # idempotent
+    ref = tiny_llama(0, attn="sdpa").eval()
+    ref.save_pretrained(tmp_path / "tiny")
+    # loaded the way sft.py loads it
+    packed = LlamaForCausalLM.from_pretrained(tmp_path / "tiny", attn_implementation=name).eval()
+    assert packed.config._attn_implementation == name
+
+    lengths = [5, 9, 3]
+    seqs, kwargs = _packed(lengths)
+    with torch.no_grad():
+        got = packed(**kwargs).logits[0]  # [17, vocab]
+        want = torch.cat([ref(input_ids=s[None], use_cache=False).logits[0] for s in seqs])
+        # without the boundaries it is plain causal sdpa over the whole row
+        whole = packed(input_ids=kwargs["input_ids"], use_cache=False).logits
+        whole_ref = ref(input_ids=kwargs["input_ids"], use_cache=False).logits
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    torch.testing.assert_close(whole, whole_ref, atol=ATOL, rtol=0)
+    # the boundaries matter: the later sequences differ from attending across the whole row
+    assert not torch.allclose(whole[0, lengths[0]:], want[lengths[0]:], atol=1e-3)
+
+
+def test_varlen_attention_packed_gradients_match_each_sequence_alone():
+    from modelmill.train.varlen_attention import register
+
+    name = register()
+    ref = tiny_llama(0, attn="sdpa").train()
+    packed = tiny_llama(0, attn=name).train()
+    seqs, kwargs = _packed([4, 7, 6], seed=1)
+    labels = torch.cat([torch.cat([torch.tensor([-100]), s[1:]]) for s in seqs])[None]
+    packed(**kwargs, labels=labels).loss.backward()
+    n = sum(len(s) - 1 for s in seqs)
+    total = sum(ref(input_ids=s[None], labels=s[None], use_cache=False).loss * (len(s) - 1) for s in seqs) / n
+    total.backward()
+    for (pname, p), q in zip(packed.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=ATOL, rtol=0, msg=pname)
+
+
+@pytest.mark.parametrize("bounds", [[0, 5, 9], [0, 10, 5, 17], [1, 5, 17]], ids=["short", "decreasing", "offset"])
+def test_varlen_attention_rejects_malformed_boundaries(bounds):
+    from modelmill.train.varlen_attention import register
+
+    name = register()
+    model = tiny_llama(0, attn=name).eval()
+    _, kwargs = _packed([5, 9, 3])
+    cu = torch.tensor(bounds, dtype=torch.int32)
+    kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    with torch.no_grad(), pytest.raises(ValueError, match="cu_seq_lens_q"):
+        model(**kwargs)
+
+
+def test_varlen_attention_keeps_the_sliding_window():
+    """Windowed models (Mistral, Gemma, ...) must not attend past their window when packed."""
+    import copy
+
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from modelmill.train.varlen_attention import register
+
+    name = register()
+    torch.manual_seed(0)
+    cfg = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=128, max_position_embeddings=64, sliding_window=4)
+    ref = MistralForCausalLM(cfg).eval()
+    ref.set_attn_implementation("sdpa")
+    vl = copy.deepcopy(ref)
+    vl.set_attn_implementation(name)
+    ids = torch.randint(0, 128, (1, 12))
+    cu = torch.tensor([0, 12], dtype=torch.int32)
+    with torch.no_grad():
+        a = ref(input_ids=ids, use_cache=False).logits
+        b = vl(input_ids=ids, position_ids=torch.arange(12)[None], cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+               max_length_q=12, max_length_k=12, use_cache=False).logits
+    assert (a - b).abs().max().item() < 1e-5
