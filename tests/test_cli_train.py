@@ -125,7 +125,7 @@ def test_two_cpu_processes_gloo(cli_tiny: CLI, reviews_file):
 def test_ctrl_c_leaves_a_resumable_checkpoint(cli_tiny: CLI, reviews_file, home):
     cli_tiny("data", "import", reviews_file, "--name", "reviews")
     env = {**os.environ, "MODELMILL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    args = ["train", "--base", "tiny", "--data", "reviews", "--name", "long", "--max-steps", "400",
+    args = ["train", "--base", "tiny", "--data", "reviews", "--name", "long", "--max-steps", "200",
             "--batch-size", "2", "--save-steps", "2", "--logging-steps", "1"]
     proc = subprocess.Popen([*MODELMILL, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpts = home / "runs" / "long" / "checkpoints"
@@ -133,12 +133,14 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(cli_tiny: CLI, reviews_file, home)
     while time.time() < deadline and not (ckpts.is_dir() and list(ckpts.glob("checkpoint-*"))):
         time.sleep(0.2)
     assert list(ckpts.glob("checkpoint-*")), "no checkpoint appeared"
+    p = cli_tiny(*args, ok=False)  # the same run started twice
+    assert p.returncode == 4 and "is training right now" in p.stderr
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground command
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "--resume" in err
     steps = sorted(int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*"))
-    assert 0 < steps[-1] < 400
+    assert 0 < steps[-1] < 200
     assert "long" not in cli_tiny("adapters", "list").stdout
     # a new run with the same name is refused while the checkpoint exists
     p = cli_tiny(*args, ok=False)
@@ -146,7 +148,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(cli_tiny: CLI, reviews_file, home)
     # resume: finish the remaining steps only (fewer, to keep the test short)
     cli_tiny("train", "--name", "long", "--resume")
     m = json.loads(cli_tiny("adapters", "show", "long", "--json").stdout)["metrics"]
-    assert m["global_step"] == 400
+    assert m["global_step"] == 200
     assert (home / "adapters" / "long" / "adapter_model.safetensors").is_file()
 
 
@@ -167,3 +169,15 @@ def test_eval_base_beside_adapter(trained, tmp_path):
     assert "classification" in p.stderr and "--data" in p.stderr
     p = cli("eval", "--data", "reviews", "--models", "tiny,nope", ok=False)
     assert "unknown model 'nope'" in p.stderr
+
+
+def test_full_fine_tune_chats_and_evaluates(cli_tiny: CLI, reviews_file, home):
+    cli_tiny("data", "import", reviews_file, "--name", "reviews")
+    cli_tiny("train", "--base", "tiny", "--data", "reviews", "--name", "full-ft", "--method", "full",
+             "--max-steps", "2", "--batch-size", "4")
+    lineage = json.loads(cli_tiny("adapters", "show", "full-ft", "--json").stdout)
+    assert lineage["method"] == "full" and lineage["config"]["learning_rate"] == 2e-5
+    assert (home / "adapters" / "full-ft" / "config.json").is_file()
+    cli_tiny("chat", "tiny:full-ft", "--prompt", "hi", "--temperature", "0", "--max-tokens", "3")
+    out = cli_tiny("eval", "--data", "reviews", "--models", "full-ft", "--limit", "4").stdout
+    assert "tiny:full-ft" in out

@@ -124,7 +124,7 @@ class ModelRegistry:
         from modelmill.models.builtin import builtin_source
 
         gguf = builtin_source(name)
-        with open(self.store.models_dir / f".{name}.lock", "w") as lock:
+        with open(self.store.locks_dir / f"model-{name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             row = self._row(name)
             if row is not None and row.path and Path(row.path).is_dir():

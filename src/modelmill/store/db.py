@@ -9,6 +9,7 @@ Artifact layout (all under ``$MODELMILL_HOME``, default ``~/.modelmill``)::
     adapters/<adapter>/           the published adapter (or full weights) + lineage.json
     tmp/                          staging: everything is written here first, then renamed into place
     cache/                        file hashes and other derived data
+    locks/                        lock files: one conversion or run of a name at a time
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Store:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.home = Path(settings.home).expanduser().resolve()
-        for sub in ("models", "datasets", "runs", "adapters", "tmp", "cache"):
+        for sub in ("models", "datasets", "runs", "adapters", "tmp", "cache", "locks"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         self.engine = _engine(settings.db_url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -59,6 +60,10 @@ class Store:
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.home / "locks"
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +49,26 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def run_name(cfg: SFTConfig) -> str:
+    if not cfg.data and not cfg.name:
+        raise InputError("no training data named", field="--data", fix="pass --data NAME (see `modelmill data list`)")
+    return check_name(cfg.name or (cfg.data.split("@")[0] + "-" + cfg.method), "--name")
+
+
+@contextmanager
+def run_lock(store: Store, name: str):
+    """Held while a run named ``name`` is prepared and trains: a second one waits for nothing, it fails."""
+    import fcntl
+
+    with open(store.locks_dir / f"run-{name}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConflictError(f"a run named '{name}' is training right now", field="--name",
+                                fix="wait for it, or choose another --name") from None
+        yield
+
+
 def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
     """Check everything a run needs before any process starts; return the job to launch."""
     from modelmill.adapters import AdapterRegistry
@@ -56,8 +77,7 @@ def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
 
     if not cfg.data and not resume:
         raise InputError("no training data named", field="--data", fix="pass --data NAME (see `modelmill data list`)")
-    name = cfg.name or (cfg.data.split("@")[0] + "-" + cfg.method)
-    check_name(name, "--name")
+    name = run_name(cfg)
     run_dir = store.runs_dir / name
     if AdapterRegistry(store).find(name) is not None:
         raise ConflictError(f"an adapter named '{name}' already exists", field="--name",
@@ -95,6 +115,12 @@ def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
 def train(store: Store, cfg: SFTConfig, *, resume: bool = False, log_file: Path | None = None,
           accelerate_config: str | None = None) -> Adapter:
     """Train and register an adapter; raise TrainingInterrupted (resumable) or TrainingFailed."""
+    with run_lock(store, run_name(cfg)):
+        return _train_locked(store, cfg, resume, log_file, accelerate_config)
+
+
+def _train_locked(store: Store, cfg: SFTConfig, resume: bool, log_file: Path | None,
+                  accelerate_config: str | None) -> Adapter:
     import torch
 
     from modelmill.train.launcher import INTERRUPTED, launch
