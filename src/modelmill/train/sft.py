@@ -293,7 +293,21 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
     return 130 if metrics.get("interrupted") else 0
+
+
+def _leave_process_group() -> None:
+    """Wait for every rank (rank 0 may still be saving), then shut the group down cleanly: a rank
+    that exits with the gloo group still up can abort in its destructor ("terminate called ...")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
