@@ -58,3 +58,17 @@ def test_train_and_chat_on_real_reviews(real):
     reply = cli("chat", "drugs-lora", "--temperature", "0", "--max-tokens", "8", "--prompt",
                 "Classify the text into one of: negative, neutral, positive.\n\nText: It works great, no side effects.")
     assert reply.stdout.strip(), "the adapter answers"
+
+
+def test_add_a_gguf_file_as_a_new_model(real):
+    """A new open model released as GGUF is usable with no code change: `models add NAME FILE.gguf`."""
+    cli, home, _ = real
+    from modelmill.models.builtin import find_smollm2_gguf
+
+    out = cli("models", "add", "my-smol", find_smollm2_gguf())
+    assert "added my-smol: LlamaForCausalLM, 134,515,008 parameters, context 8192" in out.stdout
+    assert (home / "models" / "my-smol" / "model.safetensors").is_file()
+    reply = cli("chat", "my-smol", "--temperature", "0", "--max-tokens", "12", "--prompt", "What is the capital of France?")
+    assert "Paris" in reply.stdout
+    cli("models", "remove", "my-smol")
+    assert not (home / "models" / "my-smol").exists(), "the converted copy is modelmill's to delete"
