@@ -460,7 +460,7 @@ def format_metrics(name: str, metrics: dict) -> str:
         c = metrics["per_class"][x]
         lines.append(f"  {x:<{w}}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}  {c['support']:7d}")
     cw = max([len(x) for x in labels] + [len(str(v)) for row in metrics["confusion"] for v in row])
-    lines.append(f"  confusion (rows: gold, columns: predicted)")
+    lines.append("  confusion (rows: gold, columns: predicted)")
     lines.append(f"  {'':<{w}}  " + "  ".join(f"{x:>{cw}}" for x in labels))
     for x, row in zip(labels, metrics["confusion"]):
         lines.append(f"  {x:<{w}}  " + "  ".join(f"{v:>{cw}}" for v in row))
