@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 from modelmill.data.formats import classification_prompt, to_messages
 from modelmill.errors import InputError
-from modelmill.train.chat_tokens import IGNORE, tokenize_chat
+from modelmill.train.chat_tokens import IGNORE, shorten_text, tokenize_chat
 
 NONE_LABEL = "<unparsed>"  # stands for a None prediction inside scikit-learn; never a real label
 
@@ -72,11 +72,9 @@ def _fit_text(record: dict, labels: list[str], tokenizer, max_length: int, chat_
     longest = max(len(p["input_ids"]) for p in pairs)
     if longest <= max_length:
         return pairs, record["text"]
-    text_ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
-    keep = len(text_ids) - (longest - max_length) - 4  # the same slack as training
-    if keep <= 0:  # the instruction alone is too long: score the whole thing rather than cut answers
+    short = shorten_text(record["text"], tokenizer, longest - max_length)
+    if short is None:  # the instruction alone is too long: score the whole thing rather than cut answers
         return pairs, record["text"]
-    short = tokenizer.decode(text_ids[:keep])
     return _tokenize_pairs({**record, "text": short}, labels, tokenizer, chat_template), short
 
 

@@ -119,13 +119,10 @@ class ModelRegistry:
     def _install_builtin(self, name: str, progress: bool) -> BaseModel:
         """Convert a built-in once. A file lock makes a second process wait for the first one's
         conversion instead of converting again (or deleting the folder the first one made)."""
-        import fcntl
-
         from modelmill.models.builtin import builtin_source
 
         gguf = builtin_source(name)
-        with open(self.store.locks_dir / f"model-{name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self.store.lock(f"model-{name}"):
             row = self._row(name)
             if row is not None and row.path and Path(row.path).is_dir():
                 return row  # another process finished it while we waited

@@ -61,10 +61,6 @@ class Store:
     def cache_dir(self) -> Path:
         return self.home / "cache"
 
-    @property
-    def locks_dir(self) -> Path:
-        return self.home / "locks"
-
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A transaction: committed when the block ends, rolled back if it raises."""
@@ -93,6 +89,20 @@ class Store:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    @contextmanager
+    def lock(self, name: str, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the file lock ``locks/<name>.lock`` across processes. With ``wait=False``, yields
+        False at once when another process holds it (and holds nothing then)."""
+        import fcntl
+
+        with open(self.home / "locks" / f"{name}.lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
 
     def remove_tree(self, path: Path) -> None:
         """Remove an artifact folder: first renamed into tmp/ (atomic), then deleted."""

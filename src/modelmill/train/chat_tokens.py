@@ -47,11 +47,28 @@ def tokenize_chat(messages: list[dict], tokenizer, max_length: int | None = None
             j += 1
         if j < len(spans) and spans[j][0] <= a < spans[j][1]:
             labels[k] = ids[k]
+    return _cut({"input_ids": ids, "labels": labels}, max_length)
+
+
+def _cut(ex: dict, max_length: int | None) -> dict | None:
+    """``ex`` cut to ``max_length`` tokens at the end; None when no answer token is left."""
+    ids, labels = ex["input_ids"], ex["labels"]
     if max_length is not None and len(ids) > max_length:
         ids, labels = ids[:max_length], labels[:max_length]
     if all(x == IGNORE for x in labels):
         return None
     return {"input_ids": ids, "labels": labels}
+
+
+SHORTEN_SLACK = 4  # tokens: the pieces around a cut can merge differently when re-tokenized
+
+
+def shorten_text(text: str, tokenizer, excess: int) -> str | None:
+    """``text`` with its end cut by ``excess`` tokens (plus a little slack); None if nothing is left.
+    Training and evaluation both shorten over-long classification texts this way."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep = len(ids) - excess - SHORTEN_SLACK
+    return tokenizer.decode(ids[:keep]) if keep > 0 else None
 
 
 def tokenize_record(record: dict, kind: str, tokenizer, max_length: int, *, labels: list[str] | None = None,
@@ -61,15 +78,13 @@ def tokenize_record(record: dict, kind: str, tokenizer, max_length: int, *, labe
     from modelmill.data.formats import to_messages
 
     ex = tokenize_chat(to_messages(record, kind, labels=labels), tokenizer, None, chat_template)
-    if ex is not None and len(ex["input_ids"]) <= max_length:
+    if ex is None or len(ex["input_ids"]) <= max_length:
         return ex
-    if ex is not None and kind == "classification":
-        excess = len(ex["input_ids"]) - max_length
-        text_ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
-        keep = len(text_ids) - excess - 4  # a few tokens of slack: pieces can merge differently
-        if keep > 0:
-            short = {**record, "text": tokenizer.decode(text_ids[:keep])}
-            ex = tokenize_chat(to_messages(short, kind, labels=labels), tokenizer, None, chat_template)
-            if ex is not None and len(ex["input_ids"]) <= max_length:
-                return ex
-    return tokenize_chat(to_messages(record, kind, labels=labels), tokenizer, max_length, chat_template)
+    if kind == "classification":
+        short = shorten_text(record["text"], tokenizer, len(ex["input_ids"]) - max_length)
+        if short is not None:
+            fit = tokenize_chat(to_messages({**record, "text": short}, kind, labels=labels), tokenizer, None,
+                                chat_template)
+            if fit is not None and len(fit["input_ids"]) <= max_length:
+                return fit
+    return _cut(ex, max_length)

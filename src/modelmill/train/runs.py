@@ -57,15 +57,11 @@ def run_name(cfg: SFTConfig) -> str:
 
 @contextmanager
 def run_lock(store: Store, name: str):
-    """Held while a run named ``name`` is prepared and trains: a second one waits for nothing, it fails."""
-    import fcntl
-
-    with open(store.locks_dir / f"run-{name}.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    """Held while a run named ``name`` is prepared and trains: a second one does not wait, it fails."""
+    with store.lock(f"run-{name}", wait=False) as held:
+        if not held:
             raise ConflictError(f"a run named '{name}' is training right now", field="--name",
-                                fix="wait for it, or choose another --name") from None
+                                fix="wait for it, or choose another --name")
         yield
 
 
