@@ -1,0 +1,704 @@
+"""The transformers engine: continuous batching of mixed-adapter requests on CPU or CUDA.
+
+One scheduler thread owns the model. Each iteration it
+
+1. takes in new requests, aborts and adapters the loader thread has finished reading;
+2. admits waiting requests while there are free rows (first come, first served; a request
+   whose adapter is still loading waits without holding back the others);
+3. prefills the newcomers together (right-padded, causal) and samples their first token;
+4. runs one decode step for every running row, each with its own adapter and sampling
+   parameters, and streams the new tokens out.
+
+A row that finishes leaves at once and the last row moves into its place, so the running rows
+are always rows ``0..n-1`` of the key/value buffers and attention reads them without a copy.
+Adapters are read from disk by a loader thread (never by the scheduler), kept resident up to
+``max_loras`` and evicted least-recently-used among those no running row needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from modelmill.serve.engine import (
+    AdapterRef,
+    Engine,
+    EngineError,
+    EngineStats,
+    GenerationRequest,
+    QueueFull,
+    SamplingParams,
+    TokenOutput,
+    TopLogprob,
+)
+from modelmill.serve.multilora import (
+    BatchLoras,
+    LoadedAdapter,
+    LoraContext,
+    load_adapter,
+    wrap_linears,
+)
+
+log = logging.getLogger("modelmill.serve")
+
+ATTENTION_NAME = "modelmill_serve"
+
+
+# ----------------------------------------------------------------------------- attention
+
+class _StepState:
+    """What the attention function needs for one forward: passed through the model's kwargs."""
+
+    def __init__(self, engine: HFEngine, mode: str, first_row: int, rows: int, length: int,
+                 positions: torch.Tensor | None = None):
+        self.engine = engine
+        self.mode = mode            # "prefill" (rows first_row.. with fresh prompts) or "decode"
+        self.first_row = first_row
+        self.rows = rows
+        self.length = length        # prefill: padded prompt length; decode: keys to attend (max len + 1)
+        self.positions = positions  # decode: [rows] cache position of each row's new token
+        self._masks: dict = {}
+
+    def decode_mask(self, window: int | None) -> torch.Tensor:
+        m = self._masks.get(window)
+        if m is None:
+            keys = torch.arange(self.length, device=self.positions.device)[None, :]
+            pos = self.positions[:, None]
+            m = keys <= pos
+            if window:
+                m &= keys > pos - window
+            m = m[:, None, None, :]   # [rows, 1, 1, keys]
+            self._masks[window] = m
+        return m
+
+    def prefill_mask(self, window: int) -> torch.Tensor:
+        m = self._masks.get(("p", window))
+        if m is None:
+            i = torch.arange(self.length, device=self.engine.device)
+            m = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+            self._masks[("p", window)] = m
+        return m
+
+
+def serve_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                    sliding_window=None, **kwargs):
+    """SDPA over our slot key/value buffers. query: [rows, heads, tokens, dim]."""
+    st: _StepState | None = kwargs.get("serve_state")
+    if st is None:
+        raise RuntimeError("the serving attention runs only inside the serving engine")
+    eng = st.engine
+    layer = module.layer_idx
+    window = sliding_window or getattr(module, "sliding_window", None)
+    gqa = key.shape[1] != query.shape[1]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if st.mode == "prefill":
+        a, b = st.first_row, st.first_row + st.rows
+        eng.k_cache[layer, a:b, :, :st.length] = key
+        eng.v_cache[layer, a:b, :, :st.length] = value
+        if window and window < st.length:
+            out = sdpa(query, key, value, attn_mask=st.prefill_mask(window), scale=scaling, enable_gqa=gqa)
+        else:
+            out = sdpa(query, key, value, is_causal=True, scale=scaling, enable_gqa=gqa)
+    else:
+        rows = torch.arange(st.rows, device=key.device)
+        eng.k_cache[layer, rows, :, st.positions] = key[:, :, 0]
+        eng.v_cache[layer, rows, :, st.positions] = value[:, :, 0]
+        k = eng.k_cache[layer, :st.rows, :, :st.length]
+        v = eng.v_cache[layer, :st.rows, :, :st.length]
+        out = sdpa(query, k, v, attn_mask=st.decode_mask(window), scale=scaling, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> str:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, serve_attention)
+    return ATTENTION_NAME
+
+
+# ----------------------------------------------------------------------------- sequences
+
+@dataclass(eq=False)
+class _Seq:
+    req: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    arrival: float = field(default_factory=time.monotonic)
+    admitted: float | None = None
+    adapter: LoadedAdapter | None = None
+    row: int = -1
+    ids: list[int] = field(default_factory=list)       # prompt + generated
+    prompt_len: int = 0
+    cached: int = 0                                     # tokens in the key/value buffers
+    generated: int = 0
+    text: str = ""                                      # generated text so far (stop strings cut)
+    emitted: int = 0                                    # characters of text already sent
+    prefix_offset: int = 0
+    read_offset: int = 0
+    generator: torch.Generator | None = None
+    seen: torch.Tensor | None = None                    # token ids for the repetition penalty
+    constraint: object = None
+    done: bool = False
+
+    def __post_init__(self):
+        self.ids = list(self.req.prompt_token_ids)
+        self.prompt_len = len(self.ids)
+        self.prefix_offset = max(0, self.prompt_len - 6)
+        self.read_offset = self.prompt_len
+
+    @property
+    def adapter_key(self) -> tuple[str, str] | None:
+        a = self.req.adapter
+        return None if a is None else (a.name, a.path)
+
+
+# ----------------------------------------------------------------------------- engine
+
+class HFEngine(Engine):
+    """Serve one base model and its LoRA adapters with transformers (see the module docstring)."""
+
+    name = "transformers"
+
+    def __init__(self, model_name: str, model_path: str, chat_template: str | None = None,
+                 device: str = "auto", dtype: str = "auto", max_batch_size: int = 32, max_waiting: int = 256,
+                 max_loras: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096):
+        if max_batch_size < 1 or max_waiting < 0 or max_loras < 1:
+            raise ValueError("max_batch_size and max_loras must be >= 1, max_waiting >= 0")
+        self.model_name = model_name
+        self.model_path = model_path
+        self.chat_template = chat_template
+        self.device_name = device
+        self.dtype_name = dtype
+        self.max_batch_size = max_batch_size
+        self.max_waiting = max_waiting
+        self.max_loras = max_loras
+        self.max_prefill_tokens = max_prefill_tokens
+        self._max_context_setting = max_context
+        self.max_context = max_context or 0
+        self._tokenizer = None
+        self.model = None
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._waiting: collections.deque[_Seq] = collections.deque()
+        self._running: list[_Seq] = []
+        self._by_id: dict[str, _Seq] = {}
+        self._pending = 0                      # submitted, not yet admitted (read across threads)
+        self._resident: collections.OrderedDict[tuple, LoadedAdapter] = collections.OrderedDict()
+        self._loading: set[tuple] = set()
+        self._staged: dict[tuple, LoadedAdapter] = {}     # read from disk, not yet resident
+        self._count_lock = threading.Lock()
+        self._load_errors: dict[tuple, EngineError] = {}
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelmill-adapter-loader")
+        self._lora = LoraContext()
+        self._composition = 0
+        self._batch_loras: BatchLoras | None = None
+        self._rng = random.Random()
+        self.adapter_loads = 0
+        self.adapter_evictions = 0
+
+    # -- public interface
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(target=self._run, name=f"modelmill-engine-{self.model_name}", daemon=True)
+        self._thread.start()
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenOutput]:
+        if self._stopping or self._thread is None:
+            raise EngineError("the engine is not running", status=503, code="engine_unavailable", retry_after=5)
+        if request.request_id in self._by_id:
+            raise EngineError(f"request id {request.request_id} is already running", status=409)
+        if self._pending >= self.max_waiting + self.max_batch_size - len(self._running):
+            raise QueueFull(f"{self.model_name}: {self._pending} requests are already waiting "
+                            f"(limit {self.max_waiting}); retry shortly", retry_after=1.0)
+        loop = asyncio.get_running_loop()
+        seq = _Seq(request, loop, asyncio.Queue())
+        self._by_id[request.request_id] = seq
+        with self._count_lock:
+            self._pending += 1
+        self._inbox.put(("add", seq))
+        self._wake.set()
+        return self._stream(seq)
+
+    async def _stream(self, seq: _Seq) -> AsyncIterator[TokenOutput]:
+        finished = False
+        try:
+            while True:
+                out: TokenOutput = await seq.out.get()
+                if out.finish_reason is not None:
+                    finished = True
+                yield out
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._inbox.put(("abort", seq.req.request_id))
+                self._wake.set()
+
+    async def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+        self._wake.set()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=len(self._running), waiting=self._pending,
+                           resident_adapters=[k[0] for k in list(self._resident)],
+                           max_batch_size=self.max_batch_size, max_loras=self.max_loras)
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+        self._loader.shutdown(wait=False, cancel_futures=True)
+
+    # -- loading
+
+    def _load(self):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        device = self.device_name
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.dtype_name == "auto":
+            dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        else:
+            dtype = getattr(torch, self.dtype_name)
+        self.dtype = dtype
+        tok = AutoTokenizer.from_pretrained(self.model_path)
+        if self.chat_template:
+            tok.chat_template = self.chat_template
+        self._tokenizer = tok
+        attn = register_attention()
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, attn_implementation=attn)
+        model.to(self.device).eval()
+        model.requires_grad_(False)
+        self.model = model
+        self.decoder = model.get_decoder()
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        ctx = getattr(cfg, "max_position_embeddings", None) or 2048
+        self.max_context = min(self._max_context_setting or ctx, ctx)
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.wrapped = wrap_linears(model, self._lora)
+        self.module_shapes = {n: tuple(m.base.weight.shape) for n, m in model.named_modules() if n in self.wrapped}
+        self.num_layers = cfg.num_hidden_layers
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.cache_len = 0
+        self.k_cache = self.v_cache = None
+        self._ensure_cache(256)
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tok.eos_token_id is not None and tok.eos_token_id not in eos:
+            eos.append(tok.eos_token_id)
+        self.eos_ids = set(eos)
+        self._json = None
+
+    def _ensure_cache(self, needed: int):
+        """Grow the key/value buffers (doubling) so that every row can hold ``needed`` tokens."""
+        if needed <= self.cache_len:
+            return
+        new_len = max(256, self.cache_len)
+        while new_len < needed:
+            new_len *= 2
+        new_len = min(new_len, self.max_context)
+        shape = (self.num_layers, self.max_batch_size, self.kv_heads, new_len, self.head_dim)
+        k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if self.k_cache is not None:
+            k[:, :, :, :self.cache_len] = self.k_cache
+            v[:, :, :, :self.cache_len] = self.v_cache
+        self.k_cache, self.v_cache, self.cache_len = k, v, new_len
+
+    def json_grammars(self):
+        if self._json is None:
+            from modelmill.serve.structured import JsonGrammars
+
+            self._json = JsonGrammars(self._tokenizer, self.vocab_size)
+        return self._json
+
+    # -- the scheduler thread
+
+    def _run(self):
+        torch.set_grad_enabled(False)
+        while not self._stopping:
+            self._drain_inbox()
+            if not self._running and not self._waiting:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                with torch.inference_mode():
+                    joiners = self._admit()
+                    if joiners:
+                        self._prefill(joiners)
+                    if self._running:
+                        self._decode()
+                    elif not joiners:
+                        # everything waits on adapters being read: sleep until one arrives
+                        self._wake.wait(0.05)
+                        self._wake.clear()
+            except Exception as e:  # a failed step fails its rows, never the server
+                log.exception("engine step failed")
+                err = EngineError(f"generation failed: {type(e).__name__}: {e}", status=500, code="engine_error")
+                for seq in list(self._running):
+                    self._finish(seq, "error", error=err)
+        for seq in list(self._running) + list(self._waiting):
+            self._finish(seq, "abort", error=EngineError("the server is shutting down", status=503))
+
+    def _drain_inbox(self):
+        while True:
+            try:
+                kind, item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                self._waiting.append(item)
+            elif kind == "abort":
+                seq = self._by_id.get(item)
+                if seq is not None and not seq.done:
+                    self._finish(seq, "abort")
+            elif kind == "loaded":
+                key, adapter, error = item
+                self._loading.discard(key)
+                if error is not None:
+                    for seq in [s for s in self._waiting if s.adapter_key == key]:
+                        self._finish(seq, "error", error=error)
+                else:
+                    self._staged[key] = adapter
+
+    def _start_load(self, seq: _Seq):
+        key = seq.adapter_key
+        if key in self._loading:
+            return
+        self._loading.add(key)
+        ref: AdapterRef = seq.req.adapter
+
+        def work():
+            try:
+                adapter = load_adapter(ref.name, ref.path, self.module_shapes, self.dtype, self.device)
+                result = (key, adapter, None)
+            except EngineError as e:
+                result = (key, None, e)
+            except Exception as e:  # noqa: BLE001 - any failure fails only this adapter's requests
+                result = (key, None, EngineError(f"adapter '{ref.name}' could not be loaded: {e}", status=500,
+                                                 code="adapter_unavailable", param="model"))
+            self._inbox.put(("loaded", result))
+            self._wake.set()
+
+        self._loader.submit(work)
+
+    def _make_resident(self, key) -> bool:
+        """Move a staged adapter into the resident set, evicting an unused one if it is full."""
+        if key in self._resident:
+            self._resident.move_to_end(key)
+            return True
+        if key not in self._staged:
+            return False
+        if len(self._resident) >= self.max_loras:
+            in_use = {s.adapter_key for s in self._running}
+            victim = next((k for k in self._resident if k not in in_use), None)
+            if victim is None:
+                return False
+            del self._resident[victim]
+            self.adapter_evictions += 1
+        self._resident[key] = self._staged.pop(key)
+        self.adapter_loads += 1
+        return True
+
+    def _admit(self) -> list[_Seq]:
+        free = self.max_batch_size - len(self._running)
+        joiners: list[_Seq] = []
+        longest = 0
+        skipped: list[_Seq] = []
+        while self._waiting and len(joiners) < free:
+            seq = self._waiting.popleft()
+            key = seq.adapter_key
+            if key is not None:
+                if key not in self._resident and key not in self._staged:
+                    self._start_load(seq)
+                    skipped.append(seq)
+                    continue
+                if not self._make_resident(key):
+                    skipped.append(seq)
+                    continue
+                seq.adapter = self._resident[key]
+            n = len(seq.ids)
+            if joiners and max(longest, n) * (len(joiners) + 1) > self.max_prefill_tokens:
+                skipped.append(seq)
+                break
+            longest = max(longest, n)
+            joiners.append(seq)
+        self._waiting.extendleft(reversed(skipped))
+        with self._count_lock:
+            self._pending -= len(joiners)
+        for seq in joiners:
+            seq.admitted = time.monotonic()
+            self._prepare_sampling(seq)
+        # an adapter read for nobody (its requests aborted) is dropped
+        for key in [k for k in self._staged if not any(s.adapter_key == k for s in self._waiting)]:
+            del self._staged[key]
+        return joiners
+
+    def _prepare_sampling(self, seq: _Seq):
+        p = seq.req.params
+        if p.temperature > 0:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(p.seed if p.seed is not None else self._rng.getrandbits(63))
+            seq.generator = g
+        if p.repetition_penalty != 1.0:
+            seq.seen = torch.tensor(sorted(set(seq.ids)), dtype=torch.long, device=self.device)
+        if p.json_schema is not None:
+            seq.constraint = self.json_grammars().constraint(p.json_schema)
+
+    def _set_loras(self, seqs: list[_Seq], key) -> None:
+        adapters: list[LoadedAdapter] = []
+        index: dict[int, int] = {}
+        rows = []
+        for s in seqs:
+            if s.adapter is None:
+                rows.append(-1)
+                continue
+            i = index.get(id(s.adapter))
+            if i is None:
+                i = index[id(s.adapter)] = len(adapters)
+                adapters.append(s.adapter)
+            rows.append(i)
+        self._lora.current = BatchLoras(key=key, adapters=adapters, rows=rows) if adapters else None
+
+    def _prefill(self, joiners: list[_Seq]):
+        first = len(self._running)
+        length = max(len(s.ids) for s in joiners)
+        self._ensure_cache(max(len(s.ids) + 1 for s in joiners + self._running))
+        pad = self._tokenizer.pad_token_id or 0
+        ids = torch.full((len(joiners), length), pad, dtype=torch.long)
+        for i, s in enumerate(joiners):
+            ids[i, :len(s.ids)] = torch.tensor(s.ids)
+            s.row = first + i
+        ids = ids.to(self.device)
+        positions = torch.arange(length, device=self.device)[None, :].expand(len(joiners), -1)
+        self._set_loras(joiners, object())
+        state = _StepState(self, "prefill", first, len(joiners), length)
+        hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False,
+                                  serve_state=state).last_hidden_state
+        last = torch.tensor([len(s.ids) - 1 for s in joiners], device=self.device)
+        h = hidden[torch.arange(len(joiners), device=self.device), last]
+        logits = self.model.get_output_embeddings()(h).float()
+        self._lora.current = None
+        for s in joiners:
+            s.cached = len(s.ids)
+        self._running.extend(joiners)
+        self._composition += 1
+        self._sample_and_emit(joiners, logits)
+
+    def _decode(self):
+        seqs = self._running
+        n = len(seqs)
+        self._ensure_cache(max(s.cached + 1 for s in seqs))
+        ids = torch.tensor([[s.ids[-1]] for s in seqs], dtype=torch.long, device=self.device)
+        pos = torch.tensor([s.cached for s in seqs], dtype=torch.long, device=self.device)
+        if self._batch_loras is None or self._batch_loras.key != self._composition:
+            self._set_loras(seqs, self._composition)
+            self._batch_loras = self._lora.current or BatchLoras(key=self._composition, adapters=[], rows=[])
+        else:
+            self._lora.current = self._batch_loras if self._batch_loras.adapters else None
+        state = _StepState(self, "decode", 0, n, int(pos.max()) + 1, positions=pos)
+        hidden = self.decoder(input_ids=ids, position_ids=pos[:, None], use_cache=False,
+                                  serve_state=state).last_hidden_state
+        logits = self.model.get_output_embeddings()(hidden[:, -1]).float()
+        self._lora.current = None
+        for s in seqs:
+            s.cached += 1
+        self._sample_and_emit(list(seqs), logits)
+
+    # -- sampling
+
+    def _sample_and_emit(self, seqs: list[_Seq], logits: torch.Tensor):
+        want_lp = [s.req.params.logprobs is not None for s in seqs]
+        logprobs = torch.log_softmax(logits, dim=-1) if any(want_lp) else None
+        for i, s in enumerate(seqs):
+            p = s.req.params
+            if s.seen is not None:
+                row = logits[i]
+                vals = row[s.seen]
+                row[s.seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        constraints = [s.constraint for s in seqs]
+        if any(c is not None for c in constraints):
+            from modelmill.serve.structured import apply_constraints
+
+            apply_constraints(logits, constraints)
+        tokens = sample_rows(logits, [s.req.params for s in seqs], [s.generator for s in seqs])
+        for i, s in enumerate(seqs):
+            tok = int(tokens[i])
+            lp = None
+            if want_lp[i]:
+                k = s.req.params.logprobs
+                top = []
+                if k:
+                    vals, idx = torch.topk(logprobs[i], k)
+                    top = [TopLogprob(int(t), self._tokenizer.decode([int(t)]), float(v))
+                           for v, t in zip(vals.tolist(), idx.tolist())]
+                lp = [(tok, self._tokenizer.decode([tok]), float(logprobs[i, tok]), top)]
+            self._advance(s, tok, lp)
+        self._retire()
+
+    def _advance(self, s: _Seq, tok: int, lp):
+        p = s.req.params
+        s.generated += 1
+        first = s.generated == 1
+        finish, stop_reason = None, None
+        is_eos = tok in self.eos_ids and not p.ignore_eos
+        if s.constraint is not None and not is_eos:
+            s.constraint.accept(tok)
+        if is_eos or tok in p.stop_token_ids:
+            finish, stop_reason = "stop", (None if is_eos else tok)
+            delta = ""
+        else:
+            s.ids.append(tok)
+            if s.seen is not None:
+                s.seen = torch.unique(torch.cat([s.seen, torch.tensor([tok], device=s.seen.device)]))
+            delta = self._detokenize(s)
+            s.text += delta
+            if p.stop:
+                hit = _find_stop(s.text, p.stop, max(0, s.emitted - max(len(x) for x in p.stop)))
+                if hit is not None:
+                    at, stop = hit
+                    s.text = s.text[:at]
+                    finish, stop_reason = "stop", stop
+            if finish is None:
+                if s.constraint is not None and s.constraint.done:
+                    finish = "stop"
+                elif s.generated >= p.max_tokens or len(s.ids) >= self.max_context:
+                    finish = "length"
+        hold = 0 if finish is not None or not p.stop else max(len(x) for x in p.stop) - 1
+        end = max(s.emitted, len(s.text) - hold)
+        text, s.emitted = s.text[s.emitted:end], end
+        out = TokenOutput(request_id=s.req.request_id, token_ids=[tok], text=text, logprobs=lp,
+                          finish_reason=finish, stop_reason=stop_reason, prompt_tokens=s.prompt_len,
+                          completion_tokens=s.generated)
+        if first:
+            out.queue_time = (s.admitted or s.arrival) - s.arrival
+        self._send(s, out)
+        if finish is not None:
+            s.done = True
+
+    def _detokenize(self, s: _Seq) -> str:
+        skip = s.req.params.skip_special_tokens
+        tok = self._tokenizer
+        prefix = tok.decode(s.ids[s.prefix_offset:s.read_offset], skip_special_tokens=skip)
+        full = tok.decode(s.ids[s.prefix_offset:], skip_special_tokens=skip)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            s.prefix_offset, s.read_offset = s.read_offset, len(s.ids)
+            return full[len(prefix):]
+        return ""
+
+    def _send(self, s: _Seq, out: TokenOutput):
+        try:
+            s.loop.call_soon_threadsafe(s.out.put_nowait, out)
+        except RuntimeError:  # the client's event loop is gone
+            s.done = True
+
+    def _finish(self, s: _Seq, reason: str, error: EngineError | None = None):
+        """End a request from outside the sampling path (abort, error, shutdown)."""
+        if not s.done:
+            self._send(s, TokenOutput(request_id=s.req.request_id, token_ids=[], text="", finish_reason=reason,
+                                      prompt_tokens=s.prompt_len, completion_tokens=s.generated, error=error))
+        s.done = True
+        if s in self._waiting:
+            self._waiting.remove(s)
+            with self._count_lock:
+                self._pending -= 1
+        self._retire()
+        self._by_id.pop(s.req.request_id, None)
+
+    def _retire(self):
+        """Drop finished rows; move the last running row into each freed row (one copy of its cache)."""
+        if not any(s.done for s in self._running):
+            return
+        keep = self._running
+        i = 0
+        while i < len(keep):
+            s = keep[i]
+            if s.done:
+                last = keep.pop()
+                self._by_id.pop(s.req.request_id, None)
+                if last is not s:
+                    n = last.cached
+                    self.k_cache[:, i, :, :n] = self.k_cache[:, last.row, :, :n]
+                    self.v_cache[:, i, :, :n] = self.v_cache[:, last.row, :, :n]
+                    last.row = i
+                    keep[i] = last
+                continue
+            i += 1
+        self._composition += 1
+        # adapters only finished rows used stay resident (LRU) until room is needed
+
+
+def _find_stop(text: str, stops: list[str], start: int) -> tuple[int, str] | None:
+    best = None
+    for stop in stops:
+        at = text.find(stop, start)
+        if at != -1 and (best is None or at < best[0]):
+            best = (at, stop)
+    return best
+
+
+def sample_rows(logits: torch.Tensor, params: list[SamplingParams],
+                generators: list[torch.Generator | None]) -> torch.Tensor:
+    """One token per row: greedy where temperature is 0, else temperature, top-k, top-p and
+    min-p filtering and a draw from the row's own generator (so a seed reproduces a request
+    whatever else shares its batch). ``logits``: [rows, vocab] float32, modified in place."""
+    tokens = torch.argmax(logits, dim=-1)
+    sampled = [i for i, p in enumerate(params) if p.temperature > 0]
+    if not sampled:
+        return tokens.cpu()
+    idx = torch.tensor(sampled, device=logits.device)
+    x = logits[idx]
+    temp = torch.tensor([params[i].temperature for i in sampled], device=x.device, dtype=x.dtype)
+    x = x / temp[:, None]
+    top_k = [params[i].top_k for i in sampled]
+    if any(k > 0 for k in top_k):
+        kmax = min(max(top_k), x.shape[-1])
+        vals = torch.topk(x, kmax, dim=-1).values
+        ks = torch.tensor([min(k, kmax) if k > 0 else kmax for k in top_k], device=x.device)
+        kth = vals.gather(1, (ks - 1)[:, None])
+        limited = torch.tensor([k > 0 for k in top_k], device=x.device)[:, None]
+        x = torch.where(limited & (x < kth), torch.full_like(x, float("-inf")), x)
+    probs = torch.softmax(x, dim=-1)
+    min_p = torch.tensor([params[i].min_p for i in sampled], device=x.device, dtype=x.dtype)
+    if bool((min_p > 0).any()):
+        probs = torch.where(probs < probs.max(dim=-1, keepdim=True).values * min_p[:, None],
+                            torch.zeros_like(probs), probs)
+    top_p = torch.tensor([params[i].top_p for i in sampled], device=x.device, dtype=x.dtype)
+    if bool((top_p < 1).any()):
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        cum = torch.cumsum(sorted_p, dim=-1)
+        drop_sorted = (cum - sorted_p) > top_p[:, None] * cum[:, -1:]  # keep the smallest set reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+    probs = probs.cpu()
+    out = tokens.cpu().clone()
+    for j, i in enumerate(sampled):
+        row = probs[j]
+        if float(row.sum()) <= 0:  # everything filtered: fall back to the most likely token
+            continue
+        out[i] = torch.multinomial(row, 1, generator=generators[i])[0]
+    return out
