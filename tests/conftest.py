@@ -90,3 +90,95 @@ def reviews_file(tmp_path) -> Path:
     for i, r in enumerate(rows):
         r["text"] = f"{r['text']} (visit {i})"
     return write_jsonl(tmp_path / "reviews.jsonl", rows)
+
+
+class Server:
+    """``modelmill serve`` started as a user starts it, on a free localhost port."""
+
+    def __init__(self, home: Path, *flags, env: dict | None = None, timeout: float = 120):
+        import socket
+        import tempfile
+        import time
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(tempfile.mkstemp(prefix="serve-", suffix=".log")[1])
+        full_env = {**os.environ, "MODELMILL_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen([*MODELMILL, "serve", "--port", str(self.port), *map(str, flags)],
+                                     env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"modelmill serve exited {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"modelmill serve did not answer /health in {timeout}s:\n{self.log.read_text()}")
+            time.sleep(0.2)
+
+    def client(self, **kw):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", "unused"), **kw)
+
+    def metric(self, name: str, **labels) -> float:
+        """The value of one Prometheus sample on /metrics (0 when absent)."""
+        import urllib.request
+
+        text = urllib.request.urlopen(self.url + "/metrics", timeout=10).read().decode()
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            metric, _, lab = key.partition("{")
+            if metric == name and ",".join(sorted(lab.rstrip("}").split(","))) == want:
+                return float(value)
+        return 0.0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def register_random_adapter(home: Path, base_folder: Path, name: str, seed: int, targets, rank: int = 4,
+                            base_name: str = "tiny") -> Path:
+    """A real peft LoRA adapter with random (non-zero) weights, registered like a trained one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.store import open_store
+    from modelmill.store.tables import Adapter
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_folder)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
+                                                  init_lora_weights=False))
+    path = home / "adapters" / name
+    peft_model.save_pretrained(path)
+    old = os.environ.get("MODELMILL_HOME")
+    os.environ["MODELMILL_HOME"] = str(home)
+    try:
+        AdapterRegistry(open_store()).add(Adapter(name=name, base_model=base_name, method="lora", dataset="random",
+                                                  dataset_version="1", dataset_hash="0" * 64, path=str(path)))
+    finally:
+        if old is None:
+            os.environ.pop("MODELMILL_HOME", None)
+        else:
+            os.environ["MODELMILL_HOME"] = old
+    return path

@@ -171,18 +171,20 @@ def test_sampling_kwargs_greedy_defaults():
     kw = sampling_kwargs(SamplingParams(max_tokens=7, temperature=0.0))
     assert kw == {
         "n": 1, "max_tokens": 7, "temperature": 0.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0,
-        "repetition_penalty": 1.0, "seed": None, "stop": [], "stop_token_ids": [], "ignore_eos": False,
-        "logprobs": None, "skip_special_tokens": True,
+        "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": None,
+        "stop": [], "stop_token_ids": [], "ignore_eos": False, "logprobs": None, "skip_special_tokens": True,
     }
 
 
 def test_sampling_kwargs_sampling_passes_every_field():
     p = SamplingParams(max_tokens=64, temperature=0.7, top_p=0.9, top_k=40, min_p=0.05,
-                       repetition_penalty=1.1, seed=123, stop=["\n\n", "###"], stop_token_ids=[2, 7],
+                       repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.25, seed=123,
+                       stop=["\n\n", "###"], stop_token_ids=[2, 7],
                        ignore_eos=True, logprobs=3, skip_special_tokens=False)
     kw = sampling_kwargs(p)
     assert kw["temperature"] == 0.7 and kw["top_p"] == 0.9 and kw["top_k"] == 40
     assert kw["min_p"] == 0.05 and kw["repetition_penalty"] == 1.1 and kw["seed"] == 123
+    assert kw["presence_penalty"] == 0.5 and kw["frequency_penalty"] == 0.25
     assert kw["stop"] == ["\n\n", "###"] and kw["stop_token_ids"] == [2, 7]
     assert kw["ignore_eos"] is True and kw["logprobs"] == 3 and kw["skip_special_tokens"] is False
     # copies: vLLM normalises its lists in place, ours must not change

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -560,6 +561,33 @@ def chat_cmd(model, prompt, system, device, **flags):
             except InputError as e:
                 click.echo(f"error: {e}", err=True)
                 history.pop()
+
+
+# ---------------------------------------------------------------- serve
+
+from modelmill.serve.router import ServeConfig  # noqa: E402  (light: no torch at import)
+
+
+@main.command("serve")
+@dataclass_options(ServeConfig)
+@click.option("--config", "config_file", default=None, help="YAML file with these settings (flags win).")
+def serve_cmd(config_file, **flags):
+    """Serve every registered model and adapter over an OpenAI-compatible API.
+
+    \b
+      modelmill serve --port 8000
+      curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+        -d '{"model": "smollm2-135m-instruct:reviews-lora", "messages": [{"role": "user", "content": "Hi"}]}'
+    """
+    from modelmill.serve.app import serve
+
+    config = build_config(ServeConfig, flags, config_file)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not (config.api_key or os.environ.get("MODELMILL_API_KEY")):
+        click.echo(f"warning: listening on {config.host} with no API key: anyone who can reach this port can use "
+                   "every model (set --api-key or MODELMILL_API_KEY)", err=True)
+    click.echo(f"modelmill: serving on http://{config.host}:{config.port}/v1 (engine: {config.engine}); "
+               "Ctrl-C stops", err=True)
+    serve(config, _store())
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0                  # 0 or -1: no limit
     min_p: float = 0.0
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = 1.0  # vLLM/transformers style: divides the logits of seen tokens
+    presence_penalty: float = 0.0    # OpenAI style: subtracted once from every generated token
+    frequency_penalty: float = 0.0   # OpenAI style: subtracted per occurrence of a generated token
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
@@ -100,6 +102,10 @@ class EngineStats:
     resident_adapters: list[str] = field(default_factory=list)
     max_batch_size: int = 0
     max_loras: int = 0
+    decode_steps: int = 0        # forward passes that decoded one token for every running row
+    decoded_rows: int = 0        # rows summed over those passes (decoded_rows / decode_steps: mean batch)
+    adapter_loads: int = 0
+    adapter_evictions: int = 0
 
 
 class Engine(abc.ABC):

@@ -147,6 +147,7 @@ class _Seq:
     read_offset: int = 0
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None                    # token ids for the repetition penalty
+    counts: dict[int, int] | None = None                # generated token counts (presence/frequency)
     constraint: object = None
     done: bool = False
 
@@ -170,13 +171,14 @@ class HFEngine(Engine):
     name = "transformers"
 
     def __init__(self, model_name: str, model_path: str, chat_template: str | None = None,
-                 device: str = "auto", dtype: str = "auto", max_batch_size: int = 32, max_waiting: int = 256,
+                 tokenizer_path: str | None = None, device: str = "auto", dtype: str = "auto", max_batch_size: int = 32, max_waiting: int = 256,
                  max_loras: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096):
         if max_batch_size < 1 or max_waiting < 0 or max_loras < 1:
             raise ValueError("max_batch_size and max_loras must be >= 1, max_waiting >= 0")
         self.model_name = model_name
         self.model_path = model_path
         self.chat_template = chat_template
+        self.tokenizer_path = tokenizer_path or model_path
         self.device_name = device
         self.dtype_name = dtype
         self.max_batch_size = max_batch_size
@@ -193,6 +195,7 @@ class HFEngine(Engine):
         self._stopping = False
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._running: list[_Seq] = []
+        self._joining: list[_Seq] = []
         self._by_id: dict[str, _Seq] = {}
         self._pending = 0                      # submitted, not yet admitted (read across threads)
         self._resident: collections.OrderedDict[tuple, LoadedAdapter] = collections.OrderedDict()
@@ -207,6 +210,8 @@ class HFEngine(Engine):
         self._rng = random.Random()
         self.adapter_loads = 0
         self.adapter_evictions = 0
+        self.decode_steps = 0
+        self.decoded_rows = 0
 
     # -- public interface
 
@@ -227,6 +232,8 @@ class HFEngine(Engine):
         if self._pending >= self.max_waiting + self.max_batch_size - len(self._running):
             raise QueueFull(f"{self.model_name}: {self._pending} requests are already waiting "
                             f"(limit {self.max_waiting}); retry shortly", retry_after=1.0)
+        if request.params.json_schema is not None:
+            self.json_grammars().compiled(request.params.json_schema)  # a bad schema is a 400 now, not later
         loop = asyncio.get_running_loop()
         seq = _Seq(request, loop, asyncio.Queue())
         self._by_id[request.request_id] = seq
@@ -258,7 +265,9 @@ class HFEngine(Engine):
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self._running), waiting=self._pending,
                            resident_adapters=[k[0] for k in list(self._resident)],
-                           max_batch_size=self.max_batch_size, max_loras=self.max_loras)
+                           max_batch_size=self.max_batch_size, max_loras=self.max_loras,
+                           decode_steps=self.decode_steps, decoded_rows=self.decoded_rows,
+                           adapter_loads=self.adapter_loads, adapter_evictions=self.adapter_evictions)
 
     async def shutdown(self) -> None:
         self._stopping = True
@@ -283,7 +292,7 @@ class HFEngine(Engine):
         else:
             dtype = getattr(torch, self.dtype_name)
         self.dtype = dtype
-        tok = AutoTokenizer.from_pretrained(self.model_path)
+        tok = AutoTokenizer.from_pretrained(self.tokenizer_path)
         if self.chat_template:
             tok.chat_template = self.chat_template
         self._tokenizer = tok
@@ -347,7 +356,7 @@ class HFEngine(Engine):
                 continue
             try:
                 with torch.inference_mode():
-                    joiners = self._admit()
+                    self._joining = joiners = self._admit()
                     if joiners:
                         self._prefill(joiners)
                     if self._running:
@@ -359,8 +368,10 @@ class HFEngine(Engine):
             except Exception as e:  # a failed step fails its rows, never the server
                 log.exception("engine step failed")
                 err = EngineError(f"generation failed: {type(e).__name__}: {e}", status=500, code="engine_error")
-                for seq in list(self._running):
+                for seq in list(self._running) + [j for j in self._joining if not j.done]:
                     self._finish(seq, "error", error=err)
+                self._running = [r for r in self._running if not r.done]
+            self._joining = []
         for seq in list(self._running) + list(self._waiting):
             self._finish(seq, "abort", error=EngineError("the server is shutting down", status=503))
 
@@ -450,9 +461,16 @@ class HFEngine(Engine):
         self._waiting.extendleft(reversed(skipped))
         with self._count_lock:
             self._pending -= len(joiners)
+        ready = []
         for seq in joiners:
             seq.admitted = time.monotonic()
-            self._prepare_sampling(seq)
+            try:
+                self._prepare_sampling(seq)
+                ready.append(seq)
+            except Exception as e:  # noqa: BLE001 - fails this request only
+                err = e if isinstance(e, EngineError) else EngineError(f"{type(e).__name__}: {e}", status=500)
+                self._finish(seq, "error", error=err)
+        joiners = ready
         # an adapter read for nobody (its requests aborted) is dropped
         for key in [k for k in self._staged if not any(s.adapter_key == k for s in self._waiting)]:
             del self._staged[key]
@@ -466,6 +484,8 @@ class HFEngine(Engine):
             seq.generator = g
         if p.repetition_penalty != 1.0:
             seq.seen = torch.tensor(sorted(set(seq.ids)), dtype=torch.long, device=self.device)
+        if p.presence_penalty or p.frequency_penalty:
+            seq.counts = {}
         if p.json_schema is not None:
             seq.constraint = self.json_grammars().constraint(p.json_schema)
 
@@ -527,6 +547,8 @@ class HFEngine(Engine):
         self._lora.current = None
         for s in seqs:
             s.cached += 1
+        self.decode_steps += 1
+        self.decoded_rows += n
         self._sample_and_emit(list(seqs), logits)
 
     # -- sampling
@@ -540,6 +562,10 @@ class HFEngine(Engine):
                 row = logits[i]
                 vals = row[s.seen]
                 row[s.seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+            if s.counts:
+                idx = torch.tensor(list(s.counts), device=logits.device)
+                cnt = torch.tensor(list(s.counts.values()), device=logits.device, dtype=logits.dtype)
+                logits[i, idx] -= p.frequency_penalty * cnt + p.presence_penalty
         constraints = [s.constraint for s in seqs]
         if any(c is not None for c in constraints):
             from modelmill.serve.structured import apply_constraints
@@ -573,6 +599,8 @@ class HFEngine(Engine):
             delta = ""
         else:
             s.ids.append(tok)
+            if s.counts is not None:
+                s.counts[tok] = s.counts.get(tok, 0) + 1
             if s.seen is not None:
                 s.seen = torch.unique(torch.cat([s.seen, torch.tensor([tok], device=s.seen.device)]))
             delta = self._detokenize(s)
@@ -588,6 +616,11 @@ class HFEngine(Engine):
                     finish = "stop"
                 elif s.generated >= p.max_tokens or len(s.ids) >= self.max_context:
                     finish = "length"
+        if finish is not None and not (finish == "stop" and isinstance(stop_reason, str)):
+            # flush bytes held back as an incomplete character: the final text is the plain decode
+            full = self._tokenizer.decode(s.ids[s.prompt_len:], skip_special_tokens=p.skip_special_tokens)
+            if len(full) > len(s.text) and full.startswith(s.text[:s.emitted]):
+                s.text = full
         hold = 0 if finish is not None or not p.stop else max(len(x) for x in p.stop) - 1
         end = max(s.emitted, len(s.text) - hold)
         text, s.emitted = s.text[s.emitted:end], end

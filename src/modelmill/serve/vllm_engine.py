@@ -60,6 +60,8 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "top_k": params.top_k if params.top_k > 0 else -1,
         "min_p": params.min_p,
         "repetition_penalty": params.repetition_penalty,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
         "seed": params.seed,
         "stop": list(params.stop),
         "stop_token_ids": list(params.stop_token_ids),

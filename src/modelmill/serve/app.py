@@ -1,0 +1,682 @@
+"""The OpenAI-compatible HTTP API: FastAPI over the router and its engines.
+
+    GET  /v1/models, /v1/models/{id}       base models, adapters and the embedding model
+    POST /v1/chat/completions              chat template, streaming (SSE), n, stop, logprobs, JSON mode
+    POST /v1/completions                   plain prompts (text or token ids), echo, logprobs
+    POST /v1/embeddings                    the bundled all-MiniLM-L6-v2
+    GET  /health, /metrics                 liveness; Prometheus metrics
+
+Errors have OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``. vLLM's extra
+body fields (``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``, ``stop_token_ids``,
+``skip_special_tokens``) are accepted too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelmill.serve.engine import Engine, EngineError, GenerationRequest, SamplingParams, TokenOutput
+from modelmill.serve.metrics import Metrics
+from modelmill.serve.router import Router, ServeConfig, Target
+
+log = logging.getLogger("modelmill.serve")
+
+
+# ----------------------------------------------------------------------------- request bodies
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class JsonSchemaSpec(_Body):
+    name: str | None = None
+    schema_: dict | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class _Sampling(_Body):
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # vLLM's extra sampling parameters
+    top_k: int = Field(default=0, ge=-1)
+    min_p: float = Field(default=0.0, ge=0, le=1)
+    repetition_penalty: float = Field(default=1.0, gt=0, le=10)
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool = True
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict] | None = None
+    name: str | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[dict] | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    suffix: str | None = None
+    best_of: int | None = None
+    response_format: ResponseFormat | None = None
+
+
+class EmbeddingRequest(_Body):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | int | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+          409: "invalid_request_error", 429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _stops(stop) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if len(stops) > 16 or any(not s for s in stops):
+        raise EngineError("'stop' takes up to 16 non-empty strings", param="stop")
+    return stops
+
+
+def _json_schema(fmt: ResponseFormat | None) -> dict | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {}
+    if fmt.json_schema is None or not fmt.json_schema.schema_:
+        raise EngineError("response_format of type 'json_schema' needs json_schema.schema", param="response_format")
+    return fmt.json_schema.schema_
+
+
+def _text_of(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for i, part in enumerate(content):
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise EngineError(f"content part {i} is of type '{part.get('type')}'; only text parts are supported",
+                              param="messages")
+        parts.append(part["text"])
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------------- the app
+
+def create_app(store=None, config: ServeConfig | None = None):
+    """The FastAPI app over ``store`` (default: the configured one)."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    if store is None:
+        from modelmill.store import open_store
+
+        store = open_store()
+    config = config or ServeConfig()
+    router = Router(store, config)
+    metrics = Metrics(router)
+    api_key = config.api_key or os.environ.get("MODELMILL_API_KEY", "")
+    embedder_box: dict = {}
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        for name in [n.strip() for n in config.preload.split(",") if n.strip()]:
+            target, spec = router.resolve(name)
+            await router.engine_for(target, spec)
+        yield
+        await router.shutdown()
+
+    # FastAPI's OpenTelemetry hooks stay off: nothing is exported anywhere unless the user wires it
+    no_telemetry = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
+                    "auto_configure": False}
+    app = FastAPI(title="modelmill", version="0.1.0", lifespan=lifespan, telemetry=no_telemetry,
+                  description="OpenAI-compatible serving of base models and their LoRA adapters.")
+    app.state.router = router
+    app.state.metrics = metrics
+
+    def err(e: EngineError) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, round(e.retry_after)))} if e.retry_after else None
+        return JSONResponse(error_body(e.message, _TYPES.get(e.status, "invalid_request_error"), e.param, e.code),
+                            status_code=e.status, headers=headers)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request, e: EngineError):
+        return err(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        if first.get("type") == "json_invalid":
+            msg = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', first.get('msg'))})"
+            return err(EngineError(msg, param=None, code="invalid_json"))
+        param = ".".join(loc) or None
+        msg = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
+        if first.get("input") is not None and first.get("type") not in ("missing",):
+            msg += f" (got {json.dumps(first.get('input'), default=str)[:80]})"
+        return err(EngineError(msg, param=param, code="invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e: StarletteHTTPException):
+        return JSONResponse(error_body(str(e.detail), _TYPES.get(e.status_code, "invalid_request_error")),
+                            status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, e: Exception):
+        log.exception("unexpected error")
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                return JSONResponse(error_body("missing or wrong API key: send 'Authorization: Bearer KEY'",
+                                               "authentication_error", code="invalid_api_key"), status_code=401)
+        return await call_next(request)
+
+    # -- models, health, metrics
+
+    def _model_cards() -> list[dict]:
+        from modelmill.adapters import AdapterRegistry
+        from modelmill.models.registry import ModelRegistry
+
+        cards = []
+        for m in ModelRegistry(store).list():
+            cards.append({"id": m.name, "object": "model", "created": int(m.created_at.timestamp()) if m.created_at else 0,
+                          "owned_by": "modelmill", "root": m.name, "parent": None,
+                          "max_model_len": (m.info or {}).get("context_length")})
+        for a in AdapterRegistry(store).list():
+            cards.append({"id": a.name, "object": "model", "created": int(a.created_at.timestamp()) if a.created_at else 0,
+                          "owned_by": "modelmill", "root": a.base_model, "parent": a.base_model,
+                          "method": a.method})
+        from modelmill.serve.embeddings import DEFAULT_NAME
+
+        cards.append({"id": DEFAULT_NAME, "object": "model", "created": 0, "owned_by": "modelmill",
+                      "root": DEFAULT_NAME, "parent": None, "type": "embedding"})
+        return cards
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": await asyncio.to_thread(_model_cards)}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str):
+        cards = await asyncio.to_thread(_model_cards)
+        for c in cards:
+            if c["id"] == model_id:
+                return c
+        target, _ = await asyncio.to_thread(router.resolve, model_id)  # base:adapter ids
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "modelmill",
+                "root": target.base_name, "parent": target.base_name if target.adapter_name else None}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "engines": {k: {"engine": e.name, **vars(e.stats())}
+                                            for k, e in router.engines.items()}}
+
+    @app.get("/metrics")
+    async def prometheus():
+        body, content_type = metrics.render()
+        return PlainTextResponse(body, media_type=content_type)
+
+    # -- generation
+
+    async def _prepare(model_id: str) -> tuple[Target, Engine]:
+        target, spec = await asyncio.to_thread(router.resolve, model_id)
+        engine = await router.engine_for(target, spec)
+        return target, engine
+
+    def _params(body: _Sampling, max_tokens: int | None, prompt_len: int, engine: Engine, logprobs: int | None,
+                schema: dict | None) -> SamplingParams:
+        if body.logit_bias:
+            raise EngineError("logit_bias is not supported", param="logit_bias", code="unsupported_parameter")
+        limit = engine.max_context
+        if prompt_len >= limit:
+            raise EngineError(f"This model's maximum context length is {limit} tokens. However, your prompt is "
+                              f"{prompt_len} tokens. Please reduce the length of the prompt.",
+                              param="messages", code="context_length_exceeded")
+        if max_tokens is None:
+            max_tokens = limit - prompt_len
+        elif prompt_len + max_tokens > limit:
+            raise EngineError(f"This model's maximum context length is {limit} tokens. However, you requested "
+                              f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
+                              "completion). Please reduce the length of the prompt or the completion.",
+                              param="max_tokens", code="context_length_exceeded")
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+            top_k=max(0, body.top_k), min_p=body.min_p, repetition_penalty=body.repetition_penalty,
+            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+            seed=body.seed, stop=_stops(body.stop), stop_token_ids=list(body.stop_token_ids or []),
+            ignore_eos=body.ignore_eos, logprobs=logprobs, json_schema=schema,
+            skip_special_tokens=body.skip_special_tokens)
+
+    def _submit(engine: Engine, target: Target, rid: str, prompts: list[list[int]], params: SamplingParams,
+                n: int) -> list[tuple[int, AsyncIterator[TokenOutput]]]:
+        """One engine request per (prompt, choice); a full queue rejects the whole call."""
+        import dataclasses
+
+        streams = []
+        try:
+            for p_i, ids in enumerate(prompts):
+                for c in range(n):
+                    index = p_i * n + c
+                    p = dataclasses.replace(params, seed=None if params.seed is None else params.seed + c,
+                                            stop=list(params.stop))
+                    streams.append((p_i, engine.generate(GenerationRequest(f"{rid}-{index}", ids, p, target.adapter))))
+        except EngineError:
+            for _, s in streams:
+                asyncio.ensure_future(s.aclose())
+            raise
+        return streams
+
+    async def _first(streams) -> list[tuple[int, TokenOutput | None, AsyncIterator[TokenOutput]]]:
+        """Wait for every choice's first output, so that a request-level failure (an adapter that
+        cannot be loaded) is an HTTP error, not a broken stream."""
+        firsts = await asyncio.gather(*(anext(s, None) for _, s in streams), return_exceptions=True)
+        for f in firsts:
+            if isinstance(f, BaseException):
+                for _, s in streams:
+                    await s.aclose()
+                raise f
+            if f is not None and f.finish_reason == "error" and f.error is not None:
+                for _, s in streams:
+                    await s.aclose()
+                raise f.error
+        return [(p_i, f, s) for (p_i, s), f in zip(streams, firsts)]
+
+    async def _collect(started) -> list[list[TokenOutput]]:
+        async def drain(first, stream):
+            outs = [first] if first is not None else []
+            if first is None or first.finish_reason is None:
+                async for o in stream:
+                    outs.append(o)
+            return outs
+        return await asyncio.gather(*(drain(f, s) for _, f, s in started))
+
+    async def _until_disconnect(request: Request, coro):
+        """Run ``coro``; cancel it (which aborts its generations) if the client goes away."""
+        task = asyncio.ensure_future(coro)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise EngineError("the client disconnected", status=499)
+
+    async def _merged(started) -> AsyncIterator[tuple[int, TokenOutput]]:
+        """Outputs of all choices as they come: (choice index, output)."""
+        q: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i, first, stream):
+            try:
+                if first is not None:
+                    await q.put((i, first))
+                if first is None or first.finish_reason is None:
+                    async for o in stream:
+                        await q.put((i, o))
+            except Exception as e:  # noqa: BLE001 - reported to the client as an error event
+                await q.put((i, e))
+            finally:
+                await q.put((i, None))
+
+        tasks = [asyncio.ensure_future(pump(i, f, s)) for i, (_, f, s) in enumerate(started)]
+        open_ = len(tasks)
+        try:
+            while open_:
+                i, item = await q.get()
+                if item is None:
+                    open_ -= 1
+                    continue
+                yield i, item
+        finally:
+            for t in tasks:
+                t.cancel()
+            for _, _, s in started:
+                await s.aclose()
+
+    def _sse(obj) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    def _chat_logprobs(outs: list[TokenOutput], tok) -> list[dict]:
+        items = []
+        for o in outs:
+            for tid, text, lp, top in o.logprobs or []:
+                items.append({"token": text, "logprob": lp, "bytes": list(text.encode("utf-8")),
+                              "top_logprobs": [{"token": t.token, "logprob": t.logprob,
+                                                "bytes": list(t.token.encode("utf-8"))} for t in top]})
+        return items
+
+    def _record(target: Target, endpoint: str, status: str, started: float, prompt_tokens: int = 0,
+                completion_tokens: int = 0, outs: list[list[TokenOutput]] | None = None, first_token_at=None):
+        metrics.request(endpoint, target.engine_key, target.adapter_name, status, time.monotonic() - started,
+                        prompt_tokens, completion_tokens)
+        for choice in outs or []:
+            if choice and choice[0].queue_time is not None:
+                metrics.queue_time(target.engine_key, target.adapter_name, choice[0].queue_time)
+        if first_token_at is not None:
+            metrics.first_token(target.engine_key, target.adapter_name, first_token_at - started)
+            if completion_tokens > 1:
+                per_token = (time.monotonic() - first_token_at) / max(1, completion_tokens - 1)
+                metrics.per_token(target.engine_key, target.adapter_name, per_token)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        t0 = time.monotonic()
+        if body.tools:
+            raise EngineError("tools (function calling) are not supported yet", param="tools",
+                              code="unsupported_parameter")
+        target, engine = await _prepare(body.model)
+        tok = engine.tokenizer
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m.content)}
+                    for m in body.messages]
+        try:
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # noqa: BLE001 - a template error is the request's fault
+            raise EngineError(f"the model's chat template rejected these messages: {e}", param="messages") from None
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        top = body.top_logprobs if body.logprobs else None
+        if body.top_logprobs is not None and not body.logprobs:
+            raise EngineError("top_logprobs needs logprobs: true", param="top_logprobs")
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        params = _params(body, max_tokens, len(ids), engine, (top or 0) if body.logprobs else None,
+                         _json_schema(body.response_format))
+        rid = _new_id("chatcmpl")
+        streams = _submit(engine, target, rid, [ids], params, body.n)
+        try:
+            started = await _first(streams)
+        except EngineError as e:
+            _record(target, "chat", str(e.status), t0)
+            raise
+        first_at = time.monotonic()
+        created = _now()
+
+        if not body.stream:
+            outs = await _until_disconnect(request, _collect(started))
+            choices = []
+            completion = 0
+            for i, o in enumerate(outs):
+                err_out = next((x for x in o if x.finish_reason == "error"), None)
+                if err_out is not None and err_out.error is not None:
+                    raise err_out.error
+                completion += o[-1].completion_tokens if o else 0
+                choice = {"index": i, "message": {"role": "assistant", "content": "".join(x.text for x in o)},
+                          "logprobs": {"content": _chat_logprobs(o, tok)} if body.logprobs else None,
+                          "finish_reason": o[-1].finish_reason if o else "stop"}
+                if o and o[-1].stop_reason is not None:
+                    choice["stop_reason"] = o[-1].stop_reason
+                choices.append(choice)
+            _record(target, "chat", "200", t0, len(ids), completion, outs, first_at)
+            return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
+                    "choices": choices, "system_fingerprint": None,
+                    "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
+                              "total_tokens": len(ids) + completion}}
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        async def events():
+            completion = {}
+            status = "200"
+            base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                    "system_fingerprint": None}
+            extra = {"usage": None} if include_usage else {}
+            try:
+                for i in range(len(started)):
+                    yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                     "logprobs": None, "finish_reason": None}], **extra})
+                async for i, o in _merged(started):
+                    if isinstance(o, Exception) or o.finish_reason == "error":
+                        e = o if isinstance(o, Exception) else o.error
+                        status = "500"
+                        yield _sse(error_body(getattr(e, "message", str(e)), "server_error"))
+                        continue
+                    completion[i] = o.completion_tokens
+                    if not o.text and o.finish_reason is None and not (body.logprobs and o.logprobs):
+                        continue
+                    delta = {"content": o.text} if o.text else {}
+                    choice = {"index": i, "delta": delta,
+                              "logprobs": {"content": _chat_logprobs([o], tok)} if body.logprobs else None,
+                              "finish_reason": o.finish_reason}
+                    if o.stop_reason is not None:
+                        choice["stop_reason"] = o.stop_reason
+                    yield _sse({**base, "choices": [choice], **extra})
+                if include_usage:
+                    total = sum(completion.values())
+                    yield _sse({**base, "choices": [], "usage": {
+                        "prompt_tokens": len(ids), "completion_tokens": total, "total_tokens": len(ids) + total}})
+                yield "data: [DONE]\n\n"
+            except asyncio.CancelledError:
+                status = "499"  # the client went away: _merged's cleanup aborted the generations
+                raise
+            finally:
+                _record(target, "chat", status, t0, len(ids), sum(completion.values()), None, first_at)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        t0 = time.monotonic()
+        if body.suffix:
+            raise EngineError("suffix is not supported", param="suffix", code="unsupported_parameter")
+        if body.best_of not in (None, body.n):
+            raise EngineError("best_of must equal n (beam search is not supported)", param="best_of")
+        target, engine = await _prepare(body.model)
+        tok = engine.tokenizer
+        p = body.prompt
+        if isinstance(p, str):
+            prompts = [tok(p, add_special_tokens=True)["input_ids"]]
+        elif p and all(isinstance(x, str) for x in p):
+            prompts = [tok(x, add_special_tokens=True)["input_ids"] for x in p]
+        elif p and all(isinstance(x, int) for x in p):
+            prompts = [list(p)]
+        elif p and all(isinstance(x, list) for x in p):
+            prompts = [list(x) for x in p]
+        else:
+            raise EngineError("prompt must be a non-empty string, list of strings, or token ids", param="prompt")
+        vocab = len(tok)
+        for i, ids in enumerate(prompts):
+            if not ids:
+                raise EngineError(f"prompt {i} is empty", param="prompt")
+            bad = next((t for t in ids if not 0 <= t < max(vocab, getattr(engine, "vocab_size", vocab))), None)
+            if bad is not None:
+                raise EngineError(f"prompt {i} has token id {bad}, outside the vocabulary", param="prompt")
+        longest = max(len(x) for x in prompts)
+        params = _params(body, body.max_tokens, longest, engine, body.logprobs,
+                         _json_schema(body.response_format))
+        rid = _new_id("cmpl")
+        streams = _submit(engine, target, rid, prompts, params, body.n)
+        try:
+            started = await _first(streams)
+        except EngineError as e:
+            _record(target, "completions", str(e.status), t0)
+            raise
+        first_at = time.monotonic()
+        created = _now()
+        prompt_tokens = sum(len(x) for x in prompts)
+        prompt_texts = [tok.decode(x) for x in prompts] if body.echo else None
+
+        def legacy_logprobs(outs: list[TokenOutput], offset0: int) -> dict:
+            tokens, lps, tops, offsets = [], [], [], []
+            pos = offset0
+            for o in outs:
+                for tid, text, lp, top in o.logprobs or []:
+                    tokens.append(text)
+                    lps.append(lp)
+                    tops.append({t.token: t.logprob for t in top} if body.logprobs else None)
+                    offsets.append(pos)
+                    pos += len(text)
+            return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
+
+        if not body.stream:
+            outs = await _until_disconnect(request, _collect(started))
+            choices, completion = [], 0
+            for i, o in enumerate(outs):
+                err_out = next((x for x in o if x.finish_reason == "error"), None)
+                if err_out is not None and err_out.error is not None:
+                    raise err_out.error
+                completion += o[-1].completion_tokens if o else 0
+                prefix = prompt_texts[started[i][0]] if prompt_texts else ""
+                choices.append({"index": i, "text": prefix + "".join(x.text for x in o),
+                                "logprobs": legacy_logprobs(o, len(prefix)) if body.logprobs is not None else None,
+                                "finish_reason": o[-1].finish_reason if o else "stop",
+                                **({"stop_reason": o[-1].stop_reason} if o and o[-1].stop_reason is not None else {})})
+            _record(target, "completions", "200", t0, prompt_tokens, completion, outs, first_at)
+            return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
+                    "choices": choices, "system_fingerprint": None,
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                              "total_tokens": prompt_tokens + completion}}
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        async def events():
+            completion = {}
+            status = "200"
+            base = {"id": rid, "object": "text_completion", "created": created, "model": body.model,
+                    "system_fingerprint": None}
+            extra = {"usage": None} if include_usage else {}
+            sent = {}
+            try:
+                if prompt_texts:
+                    for i, (p_i, _, _) in enumerate(started):
+                        sent[i] = len(prompt_texts[p_i])
+                        yield _sse({**base, "choices": [{"index": i, "text": prompt_texts[p_i], "logprobs": None,
+                                                         "finish_reason": None}], **extra})
+                async for i, o in _merged(started):
+                    if isinstance(o, Exception) or o.finish_reason == "error":
+                        e = o if isinstance(o, Exception) else o.error
+                        status = "500"
+                        yield _sse(error_body(getattr(e, "message", str(e)), "server_error"))
+                        continue
+                    completion[i] = o.completion_tokens
+                    if not o.text and o.finish_reason is None and not (body.logprobs is not None and o.logprobs):
+                        continue
+                    lp = legacy_logprobs([o], sent.get(i, 0)) if body.logprobs is not None else None
+                    sent[i] = sent.get(i, 0) + len(o.text)
+                    yield _sse({**base, "choices": [{"index": i, "text": o.text, "logprobs": lp,
+                                                     "finish_reason": o.finish_reason}], **extra})
+                if include_usage:
+                    total = sum(completion.values())
+                    yield _sse({**base, "choices": [], "usage": {
+                        "prompt_tokens": prompt_tokens, "completion_tokens": total,
+                        "total_tokens": prompt_tokens + total}})
+                yield "data: [DONE]\n\n"
+            except asyncio.CancelledError:
+                status = "499"
+                raise
+            finally:
+                _record(target, "completions", status, t0, prompt_tokens, sum(completion.values()), None, first_at)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- embeddings
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest):
+        from modelmill.serve.embeddings import DEFAULT_NAME, Embedder, encode_base64
+
+        t0 = time.monotonic()
+        if body.model != DEFAULT_NAME:
+            raise EngineError(f"The model '{body.model}' does not exist or is not an embedding model; "
+                              f"use '{DEFAULT_NAME}'", status=404, code="model_not_found", param="model")
+        embedder = embedder_box.get("default")
+        if embedder is None:
+            embedder = embedder_box["default"] = Embedder.default()
+        inp = body.input
+        if isinstance(inp, str):
+            texts = [inp]
+        elif inp and all(isinstance(x, str) for x in inp):
+            texts = list(inp)
+        elif isinstance(inp, list) and not inp:
+            raise EngineError("input must not be empty", param="input")
+        else:
+            raise EngineError("token-id input is not supported; send strings", param="input",
+                              code="unsupported_parameter")
+        if len(texts) > 2048:
+            raise EngineError(f"input has {len(texts)} items; at most 2048 per request", param="input")
+        vectors, counts = await asyncio.to_thread(embedder.encode, texts)
+        if body.dimensions is not None and body.dimensions != vectors.shape[1]:
+            raise EngineError(f"{DEFAULT_NAME} has {vectors.shape[1]} dimensions; 'dimensions' cannot change that",
+                              param="dimensions", code="unsupported_parameter")
+        data = [{"object": "embedding", "index": i,
+                 "embedding": encode_base64(v) if body.encoding_format == "base64" else v.tolist()}
+                for i, v in enumerate(vectors)]
+        total = sum(counts)
+        metrics.request("embeddings", DEFAULT_NAME, None, "200", time.monotonic() - t0, total, 0)
+        return {"object": "list", "data": data, "model": DEFAULT_NAME,
+                "usage": {"prompt_tokens": total, "total_tokens": total}}
+
+    return app
+
+
+def serve(config: ServeConfig, store=None) -> None:
+    """Run the server in the foreground (``modelmill serve``)."""
+    import uvicorn
+
+    app = create_app(store, config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=5)

@@ -1,0 +1,141 @@
+"""Which engine serves a ``model`` id, started on first use.
+
+Ids are resolved against the registry on every request, so an adapter trained after the
+server started is servable at once: ``BASE``, ``ADAPTER`` or ``BASE:ADAPTER``. One engine
+runs per base model and serves all of that base's LoRA adapters; a full fine-tune is a model
+of its own and gets its own engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from modelmill.errors import ModelmillError
+from modelmill.serve.engine import AdapterRef, Engine, EngineError
+
+log = logging.getLogger("modelmill.serve")
+
+
+@dataclass
+class ServeConfig:
+    """Settings of ``modelmill serve``; each field is also a command-line flag."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
+    port: int = field(default=8000, metadata={"help": "Port to listen on."})
+    engine: str = field(default="auto", metadata={
+        "help": "'transformers' (CPU or CUDA), 'vllm' (CUDA, needs `pip install vllm`), or 'auto': vLLM when "
+                "it and a GPU are present.", "choices": ["auto", "transformers", "vllm"]})
+    device: str = field(default="auto", metadata={"help": "transformers engine: 'auto', 'cpu' or 'cuda'.",
+                                                  "choices": ["auto", "cpu", "cuda"]})
+    max_batch_size: int = field(default=32, metadata={"help": "Most requests decoded together, per base model."})
+    max_waiting: int = field(default=256, metadata={
+        "help": "Most requests queued per base model beyond the batch; more get 429 with Retry-After."})
+    max_loras: int = field(default=8, metadata={"help": "Most adapters resident per base model (LRU eviction)."})
+    max_lora_rank: int = field(default=64, metadata={"help": "vLLM engine: largest adapter rank it reserves room for."})
+    max_context: int = field(default=0, metadata={"help": "Cap on prompt + completion tokens (0: the model's own)."})
+    max_prefill_tokens: int = field(default=4096, metadata={
+        "help": "transformers engine: most (padded) prompt tokens prefilled in one step."})
+    preload: str = field(default="", metadata={
+        "help": "Comma-separated base models to load at start-up (others load on first request)."})
+    api_key: str = field(default="", metadata={
+        "help": "If set, every /v1 request must send 'Authorization: Bearer KEY' (also MODELMILL_API_KEY)."})
+
+
+@dataclass
+class Target:
+    """What a request's ``model`` resolved to."""
+
+    model_id: str                 # as the client sent it
+    engine_key: str               # base model name, or the full fine-tune's name
+    adapter: AdapterRef | None
+    base_name: str
+    adapter_name: str | None
+
+
+class Router:
+    def __init__(self, store, config: ServeConfig):
+        self.store = store
+        self.config = config
+        self.engines: dict[str, Engine] = {}
+        self._starting: dict[str, asyncio.Task] = {}
+
+    def resolve(self, model_id: str) -> tuple[Target, dict]:
+        """Resolve an id to an engine key and adapter; raise a 404 EngineError when unknown."""
+        from modelmill.adapters import AdapterRegistry
+        from modelmill.models.registry import ModelRegistry
+
+        if not isinstance(model_id, str) or not model_id:
+            raise EngineError("'model' is required", status=400, param="model")
+        try:
+            base, adapter = AdapterRegistry(self.store).resolve_ref(model_id)
+        except ModelmillError as e:
+            raise EngineError(f"The model '{model_id}' does not exist: {e.message if hasattr(e, 'message') else e}. "
+                              "GET /v1/models lists what is served.", status=404, code="model_not_found",
+                              param="model") from None
+        if adapter is not None and adapter.method == "full":
+            spec = {"name": adapter.name, "path": adapter.path, "tokenizer_path": adapter.path,
+                    "chat_template": base.chat_template}
+            return Target(model_id, adapter.name, None, base.name, adapter.name), spec
+        try:
+            base = ModelRegistry(self.store).ready(base.name)
+        except ModelmillError as e:
+            raise EngineError(f"model '{base.name}' cannot be loaded: {e}", status=500, code="model_unavailable",
+                              param="model") from None
+        spec = {"name": base.name, "path": base.path, "tokenizer_path": base.path, "chat_template": base.chat_template}
+        ref = AdapterRef(adapter.name, adapter.path) if adapter is not None else None
+        return Target(model_id, base.name, ref, base.name, adapter.name if adapter else None), spec
+
+    async def engine_for(self, target: Target, spec: dict) -> Engine:
+        eng = self.engines.get(target.engine_key)
+        if eng is not None:
+            return eng
+        task = self._starting.get(target.engine_key)
+        if task is None:
+            task = asyncio.ensure_future(self._start(target.engine_key, spec))
+            self._starting[target.engine_key] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._starting.pop(target.engine_key, None)
+
+    async def _start(self, key: str, spec: dict) -> Engine:
+        eng = make_engine(self.config, spec)
+        log.info("starting the %s engine for %s", eng.name, key)
+        await eng.start()
+        self.engines[key] = eng
+        return eng
+
+    async def shutdown(self):
+        for eng in list(self.engines.values()):
+            await eng.shutdown()
+        self.engines.clear()
+
+
+def make_engine(config: ServeConfig, spec: dict) -> Engine:
+    kind = config.engine
+    if kind == "auto":
+        from modelmill.serve.vllm_engine import vllm_available
+
+        kind = "vllm" if vllm_available() else "transformers"
+    max_context = config.max_context or None
+    if kind == "vllm":
+        from transformers import AutoTokenizer
+
+        from modelmill.serve.vllm_engine import VLLMEngine
+
+        tok = AutoTokenizer.from_pretrained(spec["tokenizer_path"])
+        if spec.get("chat_template"):
+            tok.chat_template = spec["chat_template"]
+        return VLLMEngine(spec["name"], spec["path"], tok, max_loras=config.max_loras,
+                          max_lora_rank=config.max_lora_rank, max_batch_size=config.max_batch_size,
+                          max_waiting=config.max_waiting, max_context=max_context)
+    from modelmill.serve.hf_engine import HFEngine
+
+    return HFEngine(spec["name"], spec["path"], chat_template=spec.get("chat_template"),
+                    tokenizer_path=spec.get("tokenizer_path"), device=config.device,
+                    max_batch_size=config.max_batch_size, max_waiting=config.max_waiting,
+                    max_loras=config.max_loras, max_context=max_context,
+                    max_prefill_tokens=config.max_prefill_tokens)

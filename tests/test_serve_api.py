@@ -1,0 +1,338 @@
+"""`modelmill serve` end to end, through the official `openai` client: a real server on
+localhost over the tiny model and real peft adapters, mixed in one batch."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from conftest import CLI, Server, register_random_adapter, write_jsonl
+
+HELLO = [{"role": "user", "content": "hello there"}]
+PROMPTS = ["hello there", "What is the capital of France? Tell me more please", "今天天气很好",
+           "Summarize the text in one sentence.", "Please reset my password."]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, tiny_model):
+    home = tmp_path_factory.mktemp("serve-home")
+    cli = CLI(home)
+    cli("models", "add", "tiny", tiny_model)
+    register_random_adapter(home, tiny_model, "ad1", 1, ["q_proj", "v_proj"], rank=4)
+    register_random_adapter(home, tiny_model, "ad2", 2, "all-linear", rank=8)
+    register_random_adapter(home, tiny_model, "ad3", 3, ["o_proj", "down_proj"], rank=2)
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(home):
+    s = Server(home, "--max-batch-size", 16, "--max-loras", 2)
+    yield s
+    s.stop()
+
+
+def chat(client, model, content, **kw):
+    kw.setdefault("temperature", 0)
+    kw.setdefault("max_tokens", 12)
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}], **kw)
+
+
+def test_models_lists_bases_adapters_and_the_embedding_model(server):
+    ids = {m.id: m for m in server.client().models.list().data}
+    assert {"tiny", "ad1", "ad2", "ad3", "all-minilm-l6-v2"} <= set(ids)
+    assert ids["ad1"].model_extra["parent"] == "tiny" and ids["tiny"].model_extra["parent"] is None
+    assert server.client().models.retrieve("tiny:ad2").id == "tiny:ad2"
+
+
+def test_greedy_matches_transformers_and_peft(server, tiny_model, home):
+    """What the server returns is what transformers generate (and peft, for an adapter) returns."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ids = tok.apply_chat_template(HELLO, add_generation_prompt=True, return_dict=True)["input_ids"]
+    for adapter in (None, "ad2"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model)
+        if adapter:
+            model = PeftModel.from_pretrained(model, home / "adapters" / adapter)
+        out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+        want = out[0, len(ids):].tolist()
+        r = server.client().chat.completions.create(model=adapter or "tiny", messages=HELLO, temperature=0,
+                                                    max_tokens=12, logprobs=True, extra_body={"ignore_eos": True})
+        assert r.choices[0].message.content == tok.decode(want, skip_special_tokens=True)
+        assert r.usage.completion_tokens == 12 and r.usage.prompt_tokens == len(ids)
+        assert len(r.choices[0].logprobs.content) == 12
+
+
+def test_mixed_adapters_in_one_batch_return_what_each_returns_alone(server):
+    client = server.client()
+    combos = [(m, p) for p in PROMPTS[:3] for m in ("tiny", "ad1", "ad2", "tiny:ad3")]
+    alone = {c: chat(client, c[0], c[1], max_tokens=16).choices[0].message.content for c in combos}
+    # the adapters change the output: otherwise this test would prove nothing
+    for p in PROMPTS[:3]:
+        assert len({alone[(m, p)] for m in ("tiny", "ad1", "ad2", "tiny:ad3")}) >= 3
+    steps0 = server.metric("modelmill_decode_steps_total", model="tiny")
+    rows0 = server.metric("modelmill_decoded_rows_total", model="tiny")
+    results: dict = {}
+    barrier = threading.Barrier(len(combos))
+
+    def worker(c):
+        barrier.wait()
+        results[c] = chat(client, c[0], c[1], max_tokens=16).choices[0].message.content
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in combos]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == alone
+    steps = server.metric("modelmill_decode_steps_total", model="tiny") - steps0
+    rows = server.metric("modelmill_decoded_rows_total", model="tiny") - rows0
+    assert rows / steps > 2, f"requests were not batched together: {rows} rows in {steps} steps"
+
+
+def test_streaming_equals_non_streaming_and_reports_usage(server):
+    client = server.client()
+    whole = chat(client, "ad1", PROMPTS[1], max_tokens=20)
+    chunks = list(chat(client, "ad1", PROMPTS[1], max_tokens=20, stream=True,
+                       stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_n_seed_and_sampling_controls(server):
+    client = server.client()
+    kw = {"temperature": 1.0, "max_tokens": 12, "n": 3, "seed": 7,
+          "extra_body": {"top_k": 40, "min_p": 0.01, "repetition_penalty": 1.2}}
+    a = chat(client, "ad2", PROMPTS[0], **kw)
+    b = chat(client, "ad2", PROMPTS[0], **kw)
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert len({c.message.content for c in a.choices}) > 1, "each choice samples on its own"
+    assert [c.index for c in a.choices] == [0, 1, 2] and a.usage.completion_tokens == 36
+    c = chat(client, "ad2", PROMPTS[0], temperature=1.0, max_tokens=12, seed=8)
+    assert c.choices[0].message.content != a.choices[0].message.content
+
+
+def test_stop_strings_cut_the_text(server):
+    client = server.client()
+    # a model/prompt whose greedy text has plain characters after its start (random weights: look for one)
+    for model in ("tiny", "ad1", "ad2", "ad3"):
+        for prompt in PROMPTS:
+            full = chat(client, model, prompt, max_tokens=30).choices[0].message.content
+            at = next((i for i in range(4, len(full) - 2) if full[i:i + 2].isprintable() and full[i:i + 2].strip()
+                       and "\ufffd" not in full[i:i + 2]), None)
+            if at is not None:
+                break
+        if at is not None:
+            break
+    assert at is not None, "no usable greedy text"
+    stop = full[at:at + 2]
+    cut = full[:full.find(stop)]
+    r = chat(client, model, prompt, max_tokens=30, stop=[stop, "zzzz-never"])
+    assert r.choices[0].message.content == cut
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].model_extra["stop_reason"] == stop
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       chat(client, model, prompt, max_tokens=30, stop=stop, stream=True))
+    assert streamed == cut
+
+
+def test_logprobs_and_top_logprobs(server):
+    r = chat(server.client(), "ad1", PROMPTS[0], max_tokens=6, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for item in content:
+        tops = [t.logprob for t in item.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        assert item.logprob == pytest.approx(tops[0])  # greedy picks the most likely token
+        assert item.logprob < 0
+
+
+def test_json_mode_returns_json(server):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    r = chat(server.client(), "ad2", PROMPTS[0], max_tokens=200,
+             response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
+    assert r.choices[0].finish_reason == "stop"
+    value = json.loads(r.choices[0].message.content)
+    assert set(value) == {"ok"} and isinstance(value["ok"], bool)
+    r = chat(server.client(), "tiny", PROMPTS[2], max_tokens=8, response_format={"type": "json_object"})
+    assert r.choices[0].message.content.lstrip().startswith("{")
+
+
+def test_completions_batch_echo_and_logprobs(server):
+    client = server.client()
+    r = client.completions.create(model="ad3", prompt=["The quick brown fox", "The capital of France"],
+                                  max_tokens=5, temperature=0, logprobs=2, echo=True)
+    assert [c.index for c in r.choices] == [0, 1]
+    assert r.choices[0].text.startswith("The quick brown fox") and r.choices[1].text.startswith("The capital")
+    lp = r.choices[1].logprobs
+    assert len(lp.tokens) == 5 and all(len(t) <= 2 for t in lp.top_logprobs)
+    alone = client.completions.create(model="ad3", prompt="The capital of France", max_tokens=5, temperature=0)
+    assert r.choices[1].text == "The capital of France" + alone.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="ad3", prompt="The capital of France", max_tokens=5, temperature=0, stream=True))
+    assert streamed == alone.choices[0].text
+
+
+def test_embeddings_float_and_base64(server):
+    client = server.client()
+    e = client.embeddings.create(model="all-minilm-l6-v2", input=["a cat sits on the mat", "a kitten on a rug",
+                                                                  "quarterly revenue grew"])
+    import numpy as np
+
+    v = np.array([d.embedding for d in e.data])
+    assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+    f = client.embeddings.create(model="all-minilm-l6-v2", input="a cat sits on the mat", encoding_format="float")
+    assert np.allclose(f.data[0].embedding, v[0], atol=1e-5) and e.usage.prompt_tokens > 10
+
+
+def error_of(fn):
+    with pytest.raises(openai.APIStatusError) as info:
+        fn()
+    return info.value
+
+
+def test_bad_requests_get_openai_errors(server):
+    client = server.client(max_retries=0)
+    e = error_of(lambda: chat(client, "no-such-model", "hi"))
+    assert e.status_code == 404 and e.code == "model_not_found" and "no-such-model" in e.message
+    e = error_of(lambda: chat(client, "tiny", "hi " * 600, max_tokens=5))
+    assert e.status_code == 400 and e.code == "context_length_exceeded" and "512" in e.message
+    e = error_of(lambda: chat(client, "tiny", "hi", max_tokens=510))
+    assert e.status_code == 400 and e.code == "context_length_exceeded"
+    e = error_of(lambda: chat(client, "tiny", "hi", max_tokens=0))
+    assert e.status_code == 400 and e.param == "max_tokens"
+    e = error_of(lambda: chat(client, "tiny", "hi", response_format={"type": "xml"}))
+    assert e.status_code == 400 and e.param == "response_format.type"
+    e = error_of(lambda: chat(client, "tiny", "hi", response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "no-such-type"}}}}}))
+    assert e.status_code == 400 and e.param == "response_format"
+    e = error_of(lambda: chat(client, "tiny", "hi", temperature=3))
+    assert e.status_code == 400 and e.param == "temperature"
+    r = httpx.post(server.url + "/v1/chat/completions", content=b'{"model": "tiny", "messages": [',
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    e = error_of(lambda: client.embeddings.create(model="tiny", input="x"))
+    assert e.status_code == 404
+    # the server is still fine
+    assert chat(client, "ad1", "hi", max_tokens=3).usage.completion_tokens == 3
+
+
+def test_a_broken_adapter_fails_only_its_own_requests(server, home, tiny_model):
+    path = register_random_adapter(home, tiny_model, "broken", 9, ["q_proj"])
+    (path / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    register_random_adapter(home, tiny_model, "gone", 10, ["q_proj"])
+    import shutil
+
+    shutil.rmtree(home / "adapters" / "gone")
+    client = server.client(max_retries=0)
+    good: list = []
+    t = threading.Thread(target=lambda: good.append(chat(client, "ad1", PROMPTS[1], max_tokens=40)))
+    t.start()
+    e = error_of(lambda: chat(client, "broken", "hi"))
+    assert e.status_code == 400 and e.code == "adapter_unavailable" and "corrupt" in e.message
+    e = error_of(lambda: chat(client, "gone", "hi", stream=True))
+    assert e.status_code == 400 and "missing" in e.message
+    t.join(60)
+    assert good and good[0].usage.completion_tokens == 40
+
+
+def test_lru_keeps_at_most_max_loras_resident(server):
+    client = server.client()
+    first = chat(client, "ad1", PROMPTS[3]).choices[0].message.content
+    loads = server.metric("modelmill_adapter_loads_total", model="tiny")
+    for m in ("ad2", "ad3", "ad2", "ad1"):
+        chat(client, m, PROMPTS[3])
+        assert server.metric("modelmill_resident_adapters", model="tiny") <= 2
+    assert server.metric("modelmill_adapter_evictions_total", model="tiny") >= 2
+    assert server.metric("modelmill_adapter_loads_total", model="tiny") > loads
+    assert chat(client, "ad1", PROMPTS[3]).choices[0].message.content == first
+
+
+def test_client_disconnect_cancels_generation(server):
+    before = server.metric("modelmill_generation_tokens_total", model="tiny", adapter="ad2")
+    body = {"model": "ad2", "messages": HELLO, "max_tokens": 480, "stream": True, "ignore_eos": True,
+            "temperature": 0}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for _ in range(6):
+            next(lines)
+    deadline = time.monotonic() + 20
+    while server.metric("modelmill_running_requests", model="tiny") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert server.metric("modelmill_running_requests", model="tiny") == 0
+    time.sleep(0.5)
+    made = server.metric("modelmill_generation_tokens_total", model="tiny", adapter="ad2") - before
+    assert made < 480, "the generation went on after the client left"
+
+
+def test_metrics_count_requests_tokens_and_latency(server):
+    chat(server.client(), "ad3", "hi", max_tokens=4)
+    assert server.metric("modelmill_requests_total", endpoint="chat", model="tiny", adapter="ad3", status="200") >= 1
+    assert server.metric("modelmill_generation_tokens_total", model="tiny", adapter="ad3") >= 4
+    assert server.metric("modelmill_time_to_first_token_seconds_count", model="tiny", adapter="ad3") >= 1
+    assert server.metric("modelmill_queue_time_seconds_count", model="tiny", adapter="ad3") >= 1
+    text = httpx.get(server.url + "/metrics").text
+    assert "modelmill_request_latency_seconds_bucket" in text
+
+
+def test_adapter_trained_after_start_is_served_without_restart(server, home, tmp_path):
+    cli = CLI(home)
+    rows = [{"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": w}]}
+            for w in ("yes", "no", "maybe", "sure") * 4]
+    cli("data", "import", write_jsonl(tmp_path / "chat.jsonl", rows), "--name", "says")
+    cli("train", "--base", "tiny", "--data", "says", "--name", "fresh", "--max-steps", "2", "--batch-size", "4")
+    r = chat(server.client(), "fresh", "Say yes", max_tokens=4)
+    assert r.model == "fresh" and r.usage.completion_tokens >= 1
+    assert chat(server.client(), "tiny:fresh", "Say yes", max_tokens=4).choices[0].message.content == \
+        r.choices[0].message.content
+
+
+def test_full_queue_answers_429_with_retry_after(home):
+    s = Server(home, "--max-batch-size", 1, "--max-waiting", 1, "--preload", "tiny")
+    try:
+        body = {"model": "tiny", "messages": HELLO, "max_tokens": 300, "ignore_eos": True}
+        codes: list = []
+        headers: list = []
+
+        def fire():
+            r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=120)
+            codes.append(r.status_code)
+            if r.status_code == 429:
+                headers.append(r.headers.get("retry-after"))
+                assert r.json()["error"]["type"] == "rate_limit_exceeded"
+
+        threads = [threading.Thread(target=fire) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
+        assert all(h and int(h) >= 1 for h in headers)
+        assert httpx.get(s.url + "/health").json()["engines"]["tiny"]["running"] == 0
+    finally:
+        s.stop()
+
+
+def test_api_key_is_required_when_set(home):
+    s = Server(home, "--api-key", "sekret")
+    try:
+        e = error_of(lambda: s.client(max_retries=0).models.list())
+        assert e.status_code == 401
+        assert s.client(api_key="sekret").models.list().data
+        assert httpx.get(s.url + "/health").status_code == 200
+    finally:
+        s.stop()
