@@ -95,7 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", default="auto", choices=["auto", "transformers", "vllm"],
                    help="--engine of the server (auto: vLLM when it and a GPU are present).")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="--device of the server; the PEFT baseline uses the same device and dtype.")
+                   help="--device of the server; the PEFT baseline uses the same device.")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="--dtype of the server. The PEFT baseline runs in float32 and in bfloat16 and the "
+                        "faster counts (on one CPU stream float32 can win; batched, bfloat16 does).")
     p.add_argument("--llama-prompts", type=int, default=4, help="Prompts llama.cpp (d) decodes, one after another.")
     p.add_argument("--seed", type=int, default=0, help="Seed of prompts, adapter weights and the draws of (c).")
     p.add_argument("--home", type=Path, default=None,
@@ -462,7 +465,7 @@ async def drive(url: str, jobs: list[tuple[str, str]], tokens: int, concurrency:
 
 def http_scenario(name: str, a, home: Path, logs: Path, jobs: list[tuple[str, str]], max_loras: int) -> dict:
     flags = ["--max-batch-size", a.max_batch_size, "--max-loras", max_loras, "--preload", BASE,
-             "--engine", a.engine, "--device", a.device]
+             "--engine", a.engine, "--device", a.device, "--dtype", a.dtype]
     print(f"\n[{name}] {len(jobs)} requests over {len({m for m, _ in jobs})} adapter(s), "
           f"{a.concurrency} in flight, {a.tokens} tokens each; server: serve {' '.join(map(str, flags))}", flush=True)
     server = Server(home, logs / f"serve-{name}.log", *flags)
@@ -517,7 +520,7 @@ def resolve_device(device: str):
     return torch.device(device), dtype
 
 
-def peft_scenario(a, model_path: str, adapters: list[dict], jobs: list[tuple[str, str]]) -> dict:
+def peft_scenario(a, model_path: str, adapters: list[dict], jobs: list[tuple[str, str]], dtype=None) -> dict:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -525,7 +528,8 @@ def peft_scenario(a, model_path: str, adapters: list[dict], jobs: list[tuple[str
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    device, dtype = resolve_device(a.device)
+    device, auto_dtype = resolve_device(a.device)
+    dtype = dtype or auto_dtype
     print(f"\n[b] PEFT: {len(jobs)} of the mixed requests, one at a time (set_adapter + generate), "
           f"{a.tokens} tokens each, {device} {str(dtype).replace('torch.', '')}", flush=True)
     t_load = time.perf_counter()
@@ -799,7 +803,16 @@ def run(a, home: Path) -> int:
             if importlib.util.find_spec("peft") is None:
                 print("\n[b] PEFT: skipped (peft is not installed)")
             elif a.peft_requests:
-                results["b"] = peft_scenario(a, model_path, adapters, jobs_mixed[:a.peft_requests])
+                import torch
+
+                runs = [peft_scenario(a, model_path, adapters, jobs_mixed[:a.peft_requests], dt)
+                        for dt in (torch.float32, torch.bfloat16)]
+                best = max(runs, key=lambda r: r["tokens_per_s"])
+                best["peft_tokens_per_s_by_dtype"] = {"float32": runs[0]["tokens_per_s"],
+                                                      "bfloat16": runs[1]["tokens_per_s"]}
+                print(f"  PEFT tokens/s: float32 {runs[0]['tokens_per_s']:.1f}, bfloat16 "
+                      f"{runs[1]['tokens_per_s']:.1f}; the faster is the baseline", flush=True)
+                results["b"] = best
         elif sc == "d":
             d = llama_scenario(a, model_path, prompts)
             if d is not None:

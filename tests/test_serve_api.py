@@ -30,7 +30,8 @@ def home(tmp_path_factory, tiny_model):
 
 @pytest.fixture(scope="module")
 def server(home):
-    s = Server(home, "--max-batch-size", 16, "--max-loras", 2)
+    # float32: the equality tests compare with transformers' and peft's own float32 generate
+    s = Server(home, "--max-batch-size", 16, "--max-loras", 2, "--dtype", "float32")
     yield s
     s.stop()
 

@@ -20,7 +20,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field

@@ -29,6 +29,9 @@ class ServeConfig:
                 "it and a GPU are present.", "choices": ["auto", "transformers", "vllm"]})
     device: str = field(default="auto", metadata={"help": "transformers engine: 'auto', 'cpu' or 'cuda'.",
                                                   "choices": ["auto", "cpu", "cuda"]})
+    dtype: str = field(default="auto", metadata={
+        "help": "Weights and activations: 'auto' is bfloat16 where the GPU or CPU computes it natively "
+                "(AVX512-BF16/AMX), else float32.", "choices": ["auto", "float32", "bfloat16", "float16"]})
     max_batch_size: int = field(default=32, metadata={"help": "Most requests decoded together, per base model."})
     max_waiting: int = field(default=256, metadata={
         "help": "Most requests queued per base model beyond the batch; more get 429 with Retry-After."})
@@ -131,11 +134,11 @@ def make_engine(config: ServeConfig, spec: dict) -> Engine:
             tok.chat_template = spec["chat_template"]
         return VLLMEngine(spec["name"], spec["path"], tok, max_loras=config.max_loras,
                           max_lora_rank=config.max_lora_rank, max_batch_size=config.max_batch_size,
-                          max_waiting=config.max_waiting, max_context=max_context)
+                          max_waiting=config.max_waiting, max_context=max_context, dtype=config.dtype)
     from modelmill.serve.hf_engine import HFEngine
 
     return HFEngine(spec["name"], spec["path"], chat_template=spec.get("chat_template"),
-                    tokenizer_path=spec.get("tokenizer_path"), device=config.device,
+                    tokenizer_path=spec.get("tokenizer_path"), device=config.device, dtype=config.dtype,
                     max_batch_size=config.max_batch_size, max_waiting=config.max_waiting,
                     max_loras=config.max_loras, max_context=max_context,
                     max_prefill_tokens=config.max_prefill_tokens)
