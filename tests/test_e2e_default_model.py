@@ -72,3 +72,42 @@ def test_add_a_gguf_file_as_a_new_model(real):
     assert "Paris" in reply.stdout
     cli("models", "remove", "my-smol")
     assert not (home / "models" / "my-smol").exists(), "the converted copy is modelmill's to delete"
+
+
+def test_serve_the_default_model_and_its_adapter_through_the_openai_client(real):
+    """The built-in model and the adapter trained above, served together: a real answer from the
+    base, the adapter's label, and the two mixed in one batch giving what each gives alone."""
+    import threading
+
+    from conftest import Server
+
+    cli, home, _ = real
+    server = Server(home, "--preload", "smollm2-135m-instruct", "--dtype", "float32", timeout=300)
+    try:
+        client = server.client()
+        ask = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+        review = [{"role": "user", "content": "Classify the text into one of: negative, neutral, positive.\n\n"
+                                              "Text: It works great, no side effects."}]
+        jobs = [("smollm2-135m-instruct", ask), ("drugs-lora", review), ("smollm2-135m-instruct:drugs-lora", ask),
+                ("smollm2-135m-instruct", review)]
+
+        def answer(model, messages):
+            r = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=12)
+            return r.choices[0].message.content
+
+        alone = [answer(m, msgs) for m, msgs in jobs]
+        assert "Paris" in alone[0]
+        assert alone[1].strip(), "the adapter answers"
+        together: dict = {}
+        threads = [threading.Thread(target=lambda i=i, j=j: together.__setitem__(i, answer(*j)))
+                   for i, j in enumerate(jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert [together[i] for i in range(len(jobs))] == alone
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="drugs-lora", messages=review, temperature=0, max_tokens=12, stream=True))
+        assert streamed == alone[1]
+    finally:
+        server.stop()

@@ -1,0 +1,164 @@
+"""The transformers engine without HTTP: sampling filters, adapter files, many-adapter batches,
+the LRU cache under pressure, and failures that must stay with their own request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import torch
+
+from modelmill.serve.engine import AdapterRef, EngineError, GenerationRequest, SamplingParams
+from modelmill.serve.hf_engine import HFEngine, _find_stop, sample_rows
+from modelmill.serve.multilora import load_adapter
+
+
+def test_sampling_filters_keep_only_allowed_tokens():
+    torch.manual_seed(0)
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(4, 1)
+    params = [SamplingParams(temperature=1.0, top_k=2), SamplingParams(temperature=1.0, top_p=0.5),
+              SamplingParams(temperature=1.0, min_p=0.3), SamplingParams(temperature=0.0)]
+    seen = [set() for _ in params]
+    for draw in range(300):
+        gens = [torch.Generator().manual_seed(draw * 10 + i) for i in range(4)]
+        out = sample_rows(logits.clone(), params, gens)
+        for i, t in enumerate(out.tolist()):
+            seen[i].add(t)
+    assert seen[0] == {0, 1}                     # top_k 2
+    assert seen[1] == {0}                        # p(0) = 0.64 > 0.5 already
+    assert seen[2] == {0, 1}                     # p(1)/p(0) = 0.37 >= 0.3, p(2)/p(0) = 0.14 < 0.3
+    assert seen[3] == {0}                        # greedy
+
+
+def test_a_seed_reproduces_a_row_whatever_shares_its_batch():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 50)
+    p = SamplingParams(temperature=1.0)
+    a = sample_rows(logits.clone(), [p] * 3, [torch.Generator().manual_seed(s) for s in (5, 6, 7)])
+    b = sample_rows(logits[1:2].clone(), [p], [torch.Generator().manual_seed(6)])
+    assert a[1] == b[0]
+
+
+def test_stop_strings_are_found_from_the_earliest():
+    assert _find_stop("abc STOP def END", ["END", "STOP"], 0) == (4, "STOP")
+    assert _find_stop("abc", ["x"], 0) is None
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("adapters")
+    paths = {}
+    for i, (name, kw) in enumerate({"plain": {"target_modules": ["q_proj", "v_proj"]},
+                                     "rslora": {"target_modules": "all-linear", "use_rslora": True},
+                                     "dora": {"target_modules": ["q_proj"], "use_dora": True}}.items()):
+        torch.manual_seed(i)
+        m = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **kw))
+        m.save_pretrained(root / name)
+        paths[name] = root / name
+    return paths
+
+
+def shapes_of(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    return {n: tuple(m.weight.shape) for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and ".layers." in n}
+
+
+def test_load_adapter_reads_peft_files_and_scales_b(adapters, tiny_model):
+    shapes = shapes_of(tiny_model)
+    a = load_adapter("plain", adapters["plain"], shapes, torch.float32)
+    assert set(a.weights) == {n for n in shapes if n.endswith(("q_proj", "v_proj"))}
+    from safetensors.torch import load_file
+
+    raw = load_file(str(adapters["plain"] / "adapter_model.safetensors"))
+    key = next(k for k in raw if k.endswith("layers.0.self_attn.q_proj.lora_B.weight"))
+    torch.testing.assert_close(a.weights["model.layers.0.self_attn.q_proj"][1], raw[key] * 2.0)  # alpha/r = 2
+    rs = load_adapter("rslora", adapters["rslora"], shapes, torch.float32)
+    key = next(k for k in load_file(str(adapters["rslora"] / "adapter_model.safetensors"))
+               if k.endswith("layers.0.mlp.up_proj.lora_B.weight"))
+    raw = load_file(str(adapters["rslora"] / "adapter_model.safetensors"))[key]
+    torch.testing.assert_close(rs.weights["model.layers.0.mlp.up_proj"][1], raw * 4.0)  # alpha/sqrt(r) = 4
+
+
+def test_load_adapter_refuses_what_it_cannot_serve(adapters, tiny_model, tmp_path):
+    shapes = shapes_of(tiny_model)
+    with pytest.raises(EngineError, match="use_dora"):
+        load_adapter("dora", adapters["dora"], shapes, torch.float32)
+    with pytest.raises(EngineError, match="adapter_config.json is missing"):
+        load_adapter("none", tmp_path / "nowhere", shapes, torch.float32)
+    wrong = {k: (v[0] + 1, v[1]) for k, v in shapes.items()}
+    with pytest.raises(EngineError, match="another base"):
+        load_adapter("plain", adapters["plain"], wrong, torch.float32)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "PREFIX_TUNING"}))
+    with pytest.raises(EngineError, match="only LoRA"):
+        load_adapter("bad", bad, shapes, torch.float32)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_many_adapters_with_a_small_cache_all_finish_and_match_alone(tiny_model, adapters, tmp_path):
+    """More distinct adapters waiting than resident slots: every request finishes, in any order,
+    with what it returns alone; at most max_loras adapters are ever resident."""
+    import shutil
+
+    paths = []
+    for i in range(6):  # six adapters: copies with their own names (the engine keys by name and path)
+        p = tmp_path / f"copy{i}"
+        shutil.copytree(adapters["plain" if i % 2 else "rslora"], p)
+        paths.append(p)
+
+    async def main():
+        eng = HFEngine("tiny", str(tiny_model), max_batch_size=4, max_loras=2, dtype="float32")
+        await eng.start()
+        ids = eng.tokenizer("hello there")["input_ids"]
+        peak = []
+
+        async def one(i, tag):
+            ref = AdapterRef(f"copy{i}", str(paths[i]))
+            toks = []
+            async for o in eng.generate(GenerationRequest(f"{tag}{i}", ids, SamplingParams(
+                    max_tokens=8, temperature=0, ignore_eos=True), ref)):
+                toks += o.token_ids
+                peak.append(len(eng.stats().resident_adapters))
+            return toks
+
+        alone = [await one(i, "a") for i in range(6)]
+        together = await asyncio.gather(*(one(i, "t") for i in range(6)))
+        stats = eng.stats()
+        await eng.shutdown()
+        return alone, together, max(peak), stats
+
+    alone, together, peak, stats = run(main())
+    assert together == alone
+    assert peak <= 2 and stats.adapter_evictions >= 4
+    assert len({tuple(t) for t in alone}) > 1
+
+
+def test_a_queue_over_its_limit_is_refused_at_once(tiny_model):
+    async def main():
+        eng = HFEngine("tiny", str(tiny_model), max_batch_size=1, max_waiting=1, dtype="float32")
+        await eng.start()
+        ids = eng.tokenizer("hi")["input_ids"]
+        p = SamplingParams(max_tokens=50, temperature=0, ignore_eos=True)
+        first = eng.generate(GenerationRequest("r1", ids, p))
+        second = eng.generate(GenerationRequest("r2", ids, p))
+        with pytest.raises(EngineError) as info:
+            eng.generate(GenerationRequest("r3", ids, p))
+        assert info.value.status == 429 and info.value.retry_after
+        outs = [o async for o in first], [o async for o in second]
+        await eng.shutdown()
+        return outs
+
+    a, b = run(main())
+    assert a[-1].completion_tokens == 50 and b[-1].finish_reason == "length"
