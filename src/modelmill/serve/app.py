@@ -659,7 +659,8 @@ def create_app(store=None, config: ServeConfig | None = None):
                               code="unsupported_parameter")
         if len(texts) > 2048:
             raise EngineError(f"input has {len(texts)} items; at most 2048 per request", param="input")
-        vectors, counts = await asyncio.to_thread(embedder.encode, texts)
+        vectors, counts = await asyncio.get_running_loop().run_in_executor(_embedding_executor(), embedder.encode,
+                                                                           texts)
         if body.dimensions is not None and body.dimensions != vectors.shape[1]:
             raise EngineError(f"{DEFAULT_NAME} has {vectors.shape[1]} dimensions; 'dimensions' cannot change that",
                               param="dimensions", code="unsupported_parameter")
@@ -672,6 +673,25 @@ def create_app(store=None, config: ServeConfig | None = None):
                 "usage": {"prompt_tokens": total, "total_tokens": total}}
 
     return app
+
+
+_EMBEDDING_EXECUTOR = None
+
+
+def _embedding_executor():
+    """One thread for embeddings, with one OpenMP thread: a second multi-threaded OpenMP pool next to an
+    engine's makes libgomp stop spinning and slows every engine step (see HFEngine.start)."""
+    global _EMBEDDING_EXECUTOR
+    if _EMBEDDING_EXECUTOR is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one_thread():
+            import torch
+
+            torch.set_num_threads(1)
+
+        _EMBEDDING_EXECUTOR = ThreadPoolExecutor(1, thread_name_prefix="modelmill-embeddings", initializer=one_thread)
+    return _EMBEDDING_EXECUTOR
 
 
 def serve(config: ServeConfig, store=None) -> None:

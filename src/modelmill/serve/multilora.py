@@ -100,7 +100,9 @@ class MultiLoraLinear(torch.nn.Module):
             ranks = tuple(0 if p is None else p[0].shape[0] for p in parts)
             a_cat = torch.cat([p[0] for p in parts if p is not None], dim=0)          # [R, in]
             b_cat = torch.cat([p[1] for p in parts if p is not None], dim=1).t()      # [R, out]
-            cat = (a_cat.t().contiguous(), b_cat.contiguous(), batch.mask_for(ranks, dtype))
+            # one adapter on every row needs no mask
+            one = len(batch.adapters) == 1 and all(r == 0 for r in batch.rows)
+            cat = (a_cat.t().contiguous(), b_cat.contiguous(), None if one else batch.mask_for(ranks, dtype))
         self._cache_key, self._cache = batch.key, cat
         return cat
 
@@ -114,8 +116,11 @@ class MultiLoraLinear(torch.nn.Module):
             return y
         a_t, b, mask = cat
         h = torch.matmul(x, a_t)           # [rows, tokens, R]
-        h.mul_(mask)
-        return y.add_(torch.matmul(h, b))  # [rows, tokens, out]
+        if mask is not None:
+            h.mul_(mask)
+        # y += h @ B in one pass over y
+        y.view(-1, y.shape[-1]).addmm_(h.view(-1, h.shape[-1]), b)
+        return y
 
 
 def wrap_linears(model: torch.nn.Module, context: LoraContext) -> list[str]:
