@@ -79,12 +79,12 @@ def test_load_adapter_reads_peft_files_and_scales_b(adapters, tiny_model):
 
     raw = load_file(str(adapters["plain"] / "adapter_model.safetensors"))
     key = next(k for k in raw if k.endswith("layers.0.self_attn.q_proj.lora_B.weight"))
-    torch.testing.assert_close(a.weights["model.layers.0.self_attn.q_proj"][1], raw[key] * 2.0)  # alpha/r = 2
+    torch.testing.assert_close(a.weights["model.layers.0.self_attn.q_proj"][1], raw[key].t() * 2.0)  # alpha/r
     rs = load_adapter("rslora", adapters["rslora"], shapes, torch.float32)
     key = next(k for k in load_file(str(adapters["rslora"] / "adapter_model.safetensors"))
                if k.endswith("layers.0.mlp.up_proj.lora_B.weight"))
     raw = load_file(str(adapters["rslora"] / "adapter_model.safetensors"))[key]
-    torch.testing.assert_close(rs.weights["model.layers.0.mlp.up_proj"][1], raw * 4.0)  # alpha/sqrt(r) = 4
+    torch.testing.assert_close(rs.weights["model.layers.0.mlp.up_proj"][1], raw.t() * 4.0)  # alpha/sqrt(r)
 
 
 def test_load_adapter_refuses_what_it_cannot_serve(adapters, tiny_model, tmp_path):
@@ -107,10 +107,17 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_many_adapters_with_a_small_cache_all_finish_and_match_alone(tiny_model, adapters, tmp_path):
+@pytest.mark.parametrize("concat_max", [12, 0], ids=["concatenated", "per-row-slots"])
+def test_many_adapters_with_a_small_cache_all_finish_and_match_alone(tiny_model, adapters, tmp_path, monkeypatch,
+                                                                     concat_max):
     """More distinct adapters waiting than resident slots: every request finishes, in any order,
-    with what it returns alone; at most max_loras adapters are ever resident."""
+    with what it returns alone; at most max_loras adapters are ever resident. Both ways of
+    applying the adapters (concatenated for few, per-row slots for many) give the same tokens."""
     import shutil
+
+    from modelmill.serve import multilora
+
+    monkeypatch.setattr(multilora, "CONCAT_MAX_ADAPTERS", concat_max)
 
     paths = []
     for i in range(6):  # six adapters: copies with their own names (the engine keys by name and path)
@@ -141,6 +148,7 @@ def test_many_adapters_with_a_small_cache_all_finish_and_match_alone(tiny_model,
 
     alone, together, peak, stats = run(main())
     assert together == alone
+    assert alone == reference_tokens(tiny_model, paths)
     assert peak <= 2 and stats.adapter_evictions >= 4
     assert len({tuple(t) for t in alone}) > 1
 
@@ -162,3 +170,18 @@ def test_a_queue_over_its_limit_is_refused_at_once(tiny_model):
 
     a, b = run(main())
     assert a[-1].completion_tokens == 50 and b[-1].finish_reason == "length"
+
+
+def reference_tokens(tiny_model, paths) -> list[list[int]]:
+    """Greedy tokens of peft + transformers generate for each adapter (what serving must return)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ids = torch.tensor([tok("hello there")["input_ids"]])
+    out = []
+    for p in paths:
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), p).eval()
+        gen = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+        out.append(gen[0, ids.shape[1]:].tolist())
+    return out

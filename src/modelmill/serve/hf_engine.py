@@ -42,7 +42,6 @@ from modelmill.serve.engine import (
     TopLogprob,
 )
 from modelmill.serve.multilora import (
-    BatchLoras,
     LoadedAdapter,
     LoraContext,
     load_adapter,
@@ -223,8 +222,6 @@ class HFEngine(Engine):
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelmill-adapter-loader",
                                           initializer=torch.set_num_threads, initargs=(1,))
         self._lora = LoraContext()
-        self._composition = 0
-        self._batch_loras: BatchLoras | None = None
         self._rng = random.Random()
         self.adapter_loads = 0
         self.adapter_evictions = 0
@@ -345,7 +342,7 @@ class HFEngine(Engine):
         ctx = getattr(cfg, "max_position_embeddings", None) or 2048
         self.max_context = min(self._max_context_setting or ctx, ctx)
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
-        self.wrapped = wrap_linears(model, self._lora)
+        self.wrapped = wrap_linears(model, self._lora, self.max_batch_size, self.device)
         self.module_shapes = {n: tuple(m.base.weight.shape) for n, m in model.named_modules() if n in self.wrapped}
         self.num_layers = cfg.num_hidden_layers
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -444,7 +441,7 @@ class HFEngine(Engine):
 
         def work():
             try:
-                adapter = load_adapter(ref.name, ref.path, self.module_shapes, self.dtype, self.device)
+                adapter = load_adapter(ref.name, ref.path, self.module_shapes, device=self.device)
                 result = (key, adapter, None)
             except EngineError as e:
                 result = (key, None, e)
@@ -528,20 +525,16 @@ class HFEngine(Engine):
         if p.json_schema is not None:
             seq.constraint = self.json_grammars().constraint(p.json_schema)
 
-    def _set_loras(self, seqs: list[_Seq], key) -> None:
-        adapters: list[LoadedAdapter] = []
-        index: dict[int, int] = {}
-        rows = []
-        for s in seqs:
-            if s.adapter is None:
-                rows.append(-1)
-                continue
-            i = index.get(id(s.adapter))
-            if i is None:
-                i = index[id(s.adapter)] = len(adapters)
-                adapters.append(s.adapter)
-            rows.append(i)
-        self._lora.current = BatchLoras(key=key, adapters=adapters, rows=rows) if adapters else None
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, state: _StepState) -> torch.Tensor:
+        """The decoder over rows state.first .. + state.rows, each with its own LoRA slot."""
+        rows = self._lora.rows
+        rows.select(state.first_row, state.rows, self.dtype)
+        self._lora.on = True
+        try:
+            return self.decoder(input_ids=ids, position_ids=positions, use_cache=False,
+                                serve_state=state).last_hidden_state
+        finally:
+            self._lora.on = False
 
     def _prefill(self, joiners: list[_Seq]):
         first = len(self._running)
@@ -554,18 +547,16 @@ class HFEngine(Engine):
             s.row = first + i
         ids = ids.to(self.device)
         positions = torch.arange(length, device=self.device)[None, :].expand(len(joiners), -1)
-        self._set_loras(joiners, object())
+        for s in joiners:  # the request's adapter into its row's LoRA slot, once
+            self._lora.rows.assign(s.row, s.adapter_key, s.adapter)
         state = _StepState(self, "prefill", first, len(joiners), length)
-        hidden = self.decoder(input_ids=ids, position_ids=positions, use_cache=False,
-                                  serve_state=state).last_hidden_state
+        hidden = self._forward(ids, positions, state)
         last = torch.tensor([len(s.ids) - 1 for s in joiners], device=self.device)
         h = hidden[torch.arange(len(joiners), device=self.device), last]
         logits = self.model.get_output_embeddings()(h).float()
-        self._lora.current = None
         for s in joiners:
             s.cached = len(s.ids)
         self._running.extend(joiners)
-        self._composition += 1
         self._sample_and_emit(joiners, logits)
 
     def _decode(self):
@@ -574,16 +565,9 @@ class HFEngine(Engine):
         self._ensure_cache(max(s.cached + 1 for s in seqs))
         ids = torch.tensor([[s.ids[-1]] for s in seqs], dtype=torch.long, device=self.device)
         pos = torch.tensor([s.cached for s in seqs], dtype=torch.long, device=self.device)
-        if self._batch_loras is None or self._batch_loras.key != self._composition:
-            self._set_loras(seqs, self._composition)
-            self._batch_loras = self._lora.current or BatchLoras(key=self._composition, adapters=[], rows=[])
-        else:
-            self._lora.current = self._batch_loras if self._batch_loras.adapters else None
         state = _StepState(self, "decode", 0, n, int(pos.max()) + 1, positions=pos)
-        hidden = self.decoder(input_ids=ids, position_ids=pos[:, None], use_cache=False,
-                                  serve_state=state).last_hidden_state
+        hidden = self._forward(ids, pos[:, None], state)
         logits = self.model.get_output_embeddings()(hidden[:, -1]).float()
-        self._lora.current = None
         for s in seqs:
             s.cached += 1
         self.decode_steps += 1
@@ -738,11 +722,11 @@ class HFEngine(Engine):
                     n = last.cached
                     self.k_cache[:, i, :, :n] = self.k_cache[:, last.row, :, :n]
                     self.v_cache[:, i, :, :n] = self.v_cache[:, last.row, :, :n]
+                    self._lora.rows.move(last.row, i)
                     last.row = i
                     keep[i] = last
                 continue
             i += 1
-        self._composition += 1
         # adapters only finished rows used stay resident (LRU) until room is needed
 
 
