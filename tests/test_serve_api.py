@@ -302,6 +302,22 @@ def test_adapter_trained_after_start_is_served_without_restart(server, home, tmp
         r.choices[0].message.content
 
 
+def test_a_full_fine_tune_is_served_as_a_model_of_its_own(server, home, tmp_path):
+    cli = CLI(home)
+    rows = [{"messages": [{"role": "user", "content": f"Say {w}"}, {"role": "assistant", "content": w}]}
+            for w in ("yes", "no") * 4]
+    cli("data", "import", write_jsonl(tmp_path / "full.jsonl", rows), "--name", "says-full")
+    cli("train", "--base", "tiny", "--data", "says-full", "--name", "tiny-full", "--method", "full",
+        "--max-steps", "1", "--batch-size", "4", "--learning-rate", "0.01", "--warmup", "0", "--scheduler", "constant")
+    full = chat(server.client(), "tiny-full", "Say yes", max_tokens=8, logprobs=True, extra_body={"ignore_eos": True})
+    base = chat(server.client(), "tiny", "Say yes", max_tokens=8, logprobs=True, extra_body={"ignore_eos": True})
+    assert full.model == "tiny-full" and full.usage.completion_tokens == 8
+    # its own weights: the same greedy text can come out of a random tiny model, the probabilities cannot
+    assert full.choices[0].logprobs.content[0].logprob != pytest.approx(base.choices[0].logprobs.content[0].logprob)
+    health = httpx.get(server.url + "/health").json()["engines"]
+    assert "tiny-full" in health and "tiny" in health
+
+
 def test_full_queue_answers_429_with_retry_after(home):
     s = Server(home, "--max-batch-size", 1, "--max-waiting", 1, "--preload", "tiny")
     try:

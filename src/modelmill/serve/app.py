@@ -424,6 +424,68 @@ def create_app(store=None, config: ServeConfig | None = None):
                 per_token = (time.monotonic() - first_token_at) / max(1, completion_tokens - 1)
                 metrics.per_token(target.engine_key, target.adapter_name, per_token)
 
+    async def _respond(request: Request, body, endpoint: str, target: Target, rid: str, objects: tuple[str, str],
+                       started, prompt_tokens: int, t0: float, first_at: float, choice, chunk, preamble: list):
+        """The response of chat and completions: one JSON body, or SSE chunks ending in [DONE].
+        ``choice(i, outputs)`` and ``chunk(i, output)`` (None: nothing to send) shape the choices."""
+        created = _now()
+        head = {"id": rid, "created": created, "model": body.model, "system_fingerprint": None}
+
+        if not body.stream:
+            outs = await _until_disconnect(request, _collect(started))
+            choices, completion = [], 0
+            for i, o in enumerate(outs):
+                err_out = next((x for x in o if x.finish_reason == "error"), None)
+                if err_out is not None and err_out.error is not None:
+                    raise err_out.error
+                completion += o[-1].completion_tokens if o else 0
+                c = choice(i, o)
+                if o and o[-1].stop_reason is not None:
+                    c["stop_reason"] = o[-1].stop_reason
+                choices.append(c)
+            _record(target, endpoint, "200", t0, prompt_tokens, completion, outs, first_at)
+            return {**head, "object": objects[0], "choices": choices,
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                              "total_tokens": prompt_tokens + completion}}
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        base = {**head, "object": objects[1]}
+        extra = {"usage": None} if include_usage else {}
+
+        async def events():
+            completion: dict[int, int] = {}
+            status = "200"
+            try:
+                for c in preamble:
+                    yield _sse({**base, "choices": [c], **extra})
+                async for i, o in _merged(started):
+                    if isinstance(o, Exception) or o.finish_reason == "error":
+                        e = o if isinstance(o, Exception) else o.error
+                        status = "500"
+                        yield _sse(error_body(getattr(e, "message", str(e)), "server_error"))
+                        continue
+                    completion[i] = o.completion_tokens
+                    c = chunk(i, o)
+                    if c is None:
+                        continue
+                    if o.stop_reason is not None:
+                        c["stop_reason"] = o.stop_reason
+                    yield _sse({**base, "choices": [c], **extra})
+                if include_usage:
+                    total = sum(completion.values())
+                    yield _sse({**base, "choices": [], "usage": {
+                        "prompt_tokens": prompt_tokens, "completion_tokens": total,
+                        "total_tokens": prompt_tokens + total}})
+                yield "data: [DONE]\n\n"
+            except asyncio.CancelledError:
+                status = "499"  # the client went away: _merged's cleanup aborted the generations
+                raise
+            finally:
+                _record(target, endpoint, status, t0, prompt_tokens, sum(completion.values()), None, first_at)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         t0 = time.monotonic()
@@ -453,70 +515,23 @@ def create_app(store=None, config: ServeConfig | None = None):
             _record(target, "chat", str(e.status), t0)
             raise
         first_at = time.monotonic()
-        created = _now()
 
-        if not body.stream:
-            outs = await _until_disconnect(request, _collect(started))
-            choices = []
-            completion = 0
-            for i, o in enumerate(outs):
-                err_out = next((x for x in o if x.finish_reason == "error"), None)
-                if err_out is not None and err_out.error is not None:
-                    raise err_out.error
-                completion += o[-1].completion_tokens if o else 0
-                choice = {"index": i, "message": {"role": "assistant", "content": "".join(x.text for x in o)},
-                          "logprobs": {"content": _chat_logprobs(o, tok)} if body.logprobs else None,
-                          "finish_reason": o[-1].finish_reason if o else "stop"}
-                if o and o[-1].stop_reason is not None:
-                    choice["stop_reason"] = o[-1].stop_reason
-                choices.append(choice)
-            _record(target, "chat", "200", t0, len(ids), completion, outs, first_at)
-            return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
-                    "choices": choices, "system_fingerprint": None,
-                    "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
-                              "total_tokens": len(ids) + completion}}
+        def choice(i, o):
+            return {"index": i, "message": {"role": "assistant", "content": "".join(x.text for x in o)},
+                    "logprobs": {"content": _chat_logprobs(o, tok)} if body.logprobs else None,
+                    "finish_reason": o[-1].finish_reason if o else "stop"}
 
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        def chunk(i, o):
+            if not o.text and o.finish_reason is None and not (body.logprobs and o.logprobs):
+                return None
+            return {"index": i, "delta": {"content": o.text} if o.text else {},
+                    "logprobs": {"content": _chat_logprobs([o], tok)} if body.logprobs else None,
+                    "finish_reason": o.finish_reason}
 
-        async def events():
-            completion = {}
-            status = "200"
-            base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                    "system_fingerprint": None}
-            extra = {"usage": None} if include_usage else {}
-            try:
-                for i in range(len(started)):
-                    yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                     "logprobs": None, "finish_reason": None}], **extra})
-                async for i, o in _merged(started):
-                    if isinstance(o, Exception) or o.finish_reason == "error":
-                        e = o if isinstance(o, Exception) else o.error
-                        status = "500"
-                        yield _sse(error_body(getattr(e, "message", str(e)), "server_error"))
-                        continue
-                    completion[i] = o.completion_tokens
-                    if not o.text and o.finish_reason is None and not (body.logprobs and o.logprobs):
-                        continue
-                    delta = {"content": o.text} if o.text else {}
-                    choice = {"index": i, "delta": delta,
-                              "logprobs": {"content": _chat_logprobs([o], tok)} if body.logprobs else None,
-                              "finish_reason": o.finish_reason}
-                    if o.stop_reason is not None:
-                        choice["stop_reason"] = o.stop_reason
-                    yield _sse({**base, "choices": [choice], **extra})
-                if include_usage:
-                    total = sum(completion.values())
-                    yield _sse({**base, "choices": [], "usage": {
-                        "prompt_tokens": len(ids), "completion_tokens": total, "total_tokens": len(ids) + total}})
-                yield "data: [DONE]\n\n"
-            except asyncio.CancelledError:
-                status = "499"  # the client went away: _merged's cleanup aborted the generations
-                raise
-            finally:
-                _record(target, "chat", status, t0, len(ids), sum(completion.values()), None, first_at)
-
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        preamble = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                     "finish_reason": None} for i in range(len(started))]
+        return await _respond(request, body, "chat", target, rid, ("chat.completion", "chat.completion.chunk"),
+                              started, len(ids), t0, first_at, choice, chunk, preamble)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -556,7 +571,6 @@ def create_app(store=None, config: ServeConfig | None = None):
             _record(target, "completions", str(e.status), t0)
             raise
         first_at = time.monotonic()
-        created = _now()
         prompt_tokens = sum(len(x) for x in prompts)
         prompt_texts = [tok.decode(x) for x in prompts] if body.echo else None
 
@@ -572,67 +586,28 @@ def create_app(store=None, config: ServeConfig | None = None):
                     pos += len(text)
             return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
-        if not body.stream:
-            outs = await _until_disconnect(request, _collect(started))
-            choices, completion = [], 0
-            for i, o in enumerate(outs):
-                err_out = next((x for x in o if x.finish_reason == "error"), None)
-                if err_out is not None and err_out.error is not None:
-                    raise err_out.error
-                completion += o[-1].completion_tokens if o else 0
-                prefix = prompt_texts[started[i][0]] if prompt_texts else ""
-                choices.append({"index": i, "text": prefix + "".join(x.text for x in o),
-                                "logprobs": legacy_logprobs(o, len(prefix)) if body.logprobs is not None else None,
-                                "finish_reason": o[-1].finish_reason if o else "stop",
-                                **({"stop_reason": o[-1].stop_reason} if o and o[-1].stop_reason is not None else {})})
-            _record(target, "completions", "200", t0, prompt_tokens, completion, outs, first_at)
-            return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
-                    "choices": choices, "system_fingerprint": None,
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                              "total_tokens": prompt_tokens + completion}}
+        sent: dict[int, int] = {}   # characters streamed per choice (logprobs' text offsets)
 
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        def choice(i, o):
+            prefix = prompt_texts[started[i][0]] if prompt_texts else ""
+            return {"index": i, "text": prefix + "".join(x.text for x in o),
+                    "logprobs": legacy_logprobs(o, len(prefix)) if body.logprobs is not None else None,
+                    "finish_reason": o[-1].finish_reason if o else "stop"}
 
-        async def events():
-            completion = {}
-            status = "200"
-            base = {"id": rid, "object": "text_completion", "created": created, "model": body.model,
-                    "system_fingerprint": None}
-            extra = {"usage": None} if include_usage else {}
-            sent = {}
-            try:
-                if prompt_texts:
-                    for i, (p_i, _, _) in enumerate(started):
-                        sent[i] = len(prompt_texts[p_i])
-                        yield _sse({**base, "choices": [{"index": i, "text": prompt_texts[p_i], "logprobs": None,
-                                                         "finish_reason": None}], **extra})
-                async for i, o in _merged(started):
-                    if isinstance(o, Exception) or o.finish_reason == "error":
-                        e = o if isinstance(o, Exception) else o.error
-                        status = "500"
-                        yield _sse(error_body(getattr(e, "message", str(e)), "server_error"))
-                        continue
-                    completion[i] = o.completion_tokens
-                    if not o.text and o.finish_reason is None and not (body.logprobs is not None and o.logprobs):
-                        continue
-                    lp = legacy_logprobs([o], sent.get(i, 0)) if body.logprobs is not None else None
-                    sent[i] = sent.get(i, 0) + len(o.text)
-                    yield _sse({**base, "choices": [{"index": i, "text": o.text, "logprobs": lp,
-                                                     "finish_reason": o.finish_reason}], **extra})
-                if include_usage:
-                    total = sum(completion.values())
-                    yield _sse({**base, "choices": [], "usage": {
-                        "prompt_tokens": prompt_tokens, "completion_tokens": total,
-                        "total_tokens": prompt_tokens + total}})
-                yield "data: [DONE]\n\n"
-            except asyncio.CancelledError:
-                status = "499"
-                raise
-            finally:
-                _record(target, "completions", status, t0, prompt_tokens, sum(completion.values()), None, first_at)
+        def chunk(i, o):
+            if not o.text and o.finish_reason is None and not (body.logprobs is not None and o.logprobs):
+                return None
+            lp = legacy_logprobs([o], sent.get(i, 0)) if body.logprobs is not None else None
+            sent[i] = sent.get(i, 0) + len(o.text)
+            return {"index": i, "text": o.text, "logprobs": lp, "finish_reason": o.finish_reason}
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        preamble = []
+        if prompt_texts:
+            for i, (p_i, _, _) in enumerate(started):
+                sent[i] = len(prompt_texts[p_i])
+                preamble.append({"index": i, "text": prompt_texts[p_i], "logprobs": None, "finish_reason": None})
+        return await _respond(request, body, "completions", target, rid, ("text_completion", "text_completion"),
+                              started, prompt_tokens, t0, first_at, choice, chunk, preamble)
 
     # -- embeddings
 
