@@ -353,3 +353,8 @@ def test_api_key_is_required_when_set(home):
         assert httpx.get(s.url + "/health").status_code == 200
     finally:
         s.stop()
+
+
+def test_serve_refuses_an_unknown_engine(home):
+    p = CLI(home)("serve", "--engine", "no-such-engine", ok=False)
+    assert p.returncode != 0 and "--engine" in p.stderr and "transformers" in p.stderr and "vllm" in p.stderr

@@ -582,6 +582,9 @@ def serve_cmd(config_file, **flags):
     from modelmill.serve.app import serve
 
     config = build_config(ServeConfig, flags, config_file)
+    from modelmill.serve.router import check_engine
+
+    check_engine(config.engine)
     if config.host not in ("127.0.0.1", "localhost", "::1") and not (config.api_key or os.environ.get("MODELMILL_API_KEY")):
         click.echo(f"warning: listening on {config.host} with no API key: anyone who can reach this port can use "
                    "every model (set --api-key or MODELMILL_API_KEY)", err=True)

@@ -26,7 +26,7 @@ class ServeConfig:
     port: int = field(default=8000, metadata={"help": "Port to listen on."})
     engine: str = field(default="auto", metadata={
         "help": "'transformers' (CPU or CUDA), 'vllm' (CUDA, needs `pip install vllm`), or 'auto': vLLM when "
-                "it and a GPU are present.", "choices": ["auto", "transformers", "vllm"]})
+                "it and a GPU are present; or an engine a plugin registers."})
     device: str = field(default="auto", metadata={"help": "transformers engine: 'auto', 'cpu' or 'cuda'.",
                                                   "choices": ["auto", "cpu", "cuda"]})
     dtype: str = field(default="auto", metadata={
@@ -117,28 +117,76 @@ class Router:
         self.engines.clear()
 
 
+# name -> factory(config, spec) -> Engine. Built-ins register below; a plugin registers through the
+# ``modelmill.engines`` entry point group (its module calls register_engine when imported).
+ENGINES: dict = {}
+_plugins_loaded = False
+
+
+def register_engine(name: str, factory, available=None) -> None:
+    """Make ``--engine NAME`` build an engine with ``factory(config, spec)``. ``available()``, if
+    given, says whether ``--engine auto`` may pick it (tried in registration order, newest first)."""
+    ENGINES[name] = (factory, available)
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="modelmill.engines"):
+        ep.load()
+
+
+def check_engine(name: str) -> None:
+    """Raise InputError unless ``name`` is 'auto' or a registered engine."""
+    from modelmill.errors import InputError
+
+    _load_plugins()
+    if name != "auto" and name not in ENGINES:
+        raise InputError(f"unknown engine '{name}'", field="--engine", fix="use auto, " + ", ".join(ENGINES))
+
+
 def make_engine(config: ServeConfig, spec: dict) -> Engine:
+    _load_plugins()
     kind = config.engine
     if kind == "auto":
-        from modelmill.serve.vllm_engine import vllm_available
+        kind = next((name for name, (_, ok) in reversed(ENGINES.items()) if ok is not None and ok()), "transformers")
+    if kind not in ENGINES:
+        raise EngineError(f"unknown engine '{kind}'; registered: {', '.join(ENGINES)}", status=500)
+    return ENGINES[kind][0](config, spec)
 
-        kind = "vllm" if vllm_available() else "transformers"
-    max_context = config.max_context or None
-    if kind == "vllm":
-        from transformers import AutoTokenizer
 
-        from modelmill.serve.vllm_engine import VLLMEngine
-
-        tok = AutoTokenizer.from_pretrained(spec["tokenizer_path"])
-        if spec.get("chat_template"):
-            tok.chat_template = spec["chat_template"]
-        return VLLMEngine(spec["name"], spec["path"], tok, max_loras=config.max_loras,
-                          max_lora_rank=config.max_lora_rank, max_batch_size=config.max_batch_size,
-                          max_waiting=config.max_waiting, max_context=max_context, dtype=config.dtype)
+def _transformers_engine(config: ServeConfig, spec: dict) -> Engine:
     from modelmill.serve.hf_engine import HFEngine
 
     return HFEngine(spec["name"], spec["path"], chat_template=spec.get("chat_template"),
                     tokenizer_path=spec.get("tokenizer_path"), device=config.device, dtype=config.dtype,
                     max_batch_size=config.max_batch_size, max_waiting=config.max_waiting,
-                    max_loras=config.max_loras, max_context=max_context,
+                    max_loras=config.max_loras, max_context=config.max_context or None,
                     max_prefill_tokens=config.max_prefill_tokens)
+
+
+def _vllm_engine(config: ServeConfig, spec: dict) -> Engine:
+    from transformers import AutoTokenizer
+
+    from modelmill.serve.vllm_engine import VLLMEngine
+
+    tok = AutoTokenizer.from_pretrained(spec["tokenizer_path"])
+    if spec.get("chat_template"):
+        tok.chat_template = spec["chat_template"]
+    return VLLMEngine(spec["name"], spec["path"], tok, max_loras=config.max_loras,
+                      max_lora_rank=config.max_lora_rank, max_batch_size=config.max_batch_size,
+                      max_waiting=config.max_waiting, max_context=config.max_context or None, dtype=config.dtype)
+
+
+def _vllm_available() -> bool:
+    from modelmill.serve.vllm_engine import vllm_available
+
+    return vllm_available()
+
+
+register_engine("transformers", _transformers_engine)
+register_engine("vllm", _vllm_engine, _vllm_available)
