@@ -358,3 +358,18 @@ def test_api_key_is_required_when_set(home):
 def test_serve_refuses_an_unknown_engine(home):
     p = CLI(home)("serve", "--engine", "no-such-engine", ok=False)
     assert p.returncode != 0 and "--engine" in p.stderr and "transformers" in p.stderr and "vllm" in p.stderr
+
+
+def test_streaming_several_choices_interleaves_them_by_index(server):
+    client = server.client()
+    kw = {"temperature": 0.9, "seed": 11, "n": 3, "max_tokens": 10}
+    whole = chat(client, "ad3", PROMPTS[4], **kw)
+    texts = {0: "", 1: "", 2: ""}
+    finished = set()
+    for c in chat(client, "ad3", PROMPTS[4], stream=True, **kw):
+        for ch in c.choices:
+            texts[ch.index] += ch.delta.content or ""
+            if ch.finish_reason:
+                finished.add(ch.index)
+    assert finished == {0, 1, 2}
+    assert [texts[i] for i in range(3)] == [c.message.content for c in whole.choices]
