@@ -373,3 +373,22 @@ def test_streaming_several_choices_interleaves_them_by_index(server):
                 finished.add(ch.index)
     assert finished == {0, 1, 2}
     assert [texts[i] for i in range(3)] == [c.message.content for c in whole.choices]
+
+
+def test_logprob_bytes_rebuild_text_split_inside_a_character(server, tiny_model):
+    """Byte-level tokens can hold part of a UTF-8 character: their bytes, joined, are the text."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ids = tok("今天天气很好，我们去公园散步吧。🙂")["input_ids"]
+    assert any("\ufffd" in tok.decode([i]) for i in ids), "the test needs a token that splits a character"
+    r = server.client().completions.create(model="tiny", prompt=ids, max_tokens=1, temperature=0, echo=False,
+                                           logprobs=1)
+    assert r.choices[0].logprobs.tokens
+    from modelmill.serve.app import token_bytes
+
+    assert b"".join(bytes(token_bytes(tok, i)) for i in ids).decode("utf-8") == "今天天气很好，我们去公园散步吧。🙂"
+    chat_r = chat(server.client(), "tiny", "今天天气很好", max_tokens=6, logprobs=True, extra_body={"ignore_eos": True})
+    content = chat_r.choices[0].logprobs.content
+    raw = b"".join(bytes(c.bytes) for c in content)
+    assert raw.decode("utf-8", errors="replace") == chat_r.choices[0].message.content

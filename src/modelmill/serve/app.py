@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -159,6 +160,31 @@ def _text_of(content) -> str:
                               param="messages")
         parts.append(part["text"])
     return "".join(parts)
+
+
+_BYTE_DECODER: dict | None = None
+_SPM_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def token_bytes(tok, token_id: int) -> list[int]:
+    """A token's own bytes, which its text cannot show when it holds part of a UTF-8 character
+    (byte-level BPE splits most CJK characters, and emoji, over several tokens)."""
+    global _BYTE_DECODER
+    piece = tok.convert_ids_to_tokens(token_id)
+    if piece is None:
+        return []
+    if token_id in getattr(tok, "all_special_ids", ()):
+        return list(piece.encode("utf-8"))
+    m = _SPM_BYTE.match(piece)
+    if m:                                   # sentencepiece byte fallback: <0xE4>
+        return [int(m.group(1), 16)]
+    if _BYTE_DECODER is None:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        _BYTE_DECODER = {c: b for b, c in bytes_to_unicode().items()}
+    if all(c in _BYTE_DECODER for c in piece):  # byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM)
+        return [_BYTE_DECODER[c] for c in piece]
+    return list(piece.replace("\u2581", " ").encode("utf-8"))  # sentencepiece: ▁ is a space
 
 
 # ----------------------------------------------------------------------------- the app
@@ -406,9 +432,9 @@ def create_app(store=None, config: ServeConfig | None = None):
         items = []
         for o in outs:
             for tid, text, lp, top in o.logprobs or []:
-                items.append({"token": text, "logprob": lp, "bytes": list(text.encode("utf-8")),
+                items.append({"token": text, "logprob": lp, "bytes": token_bytes(tok, tid),
                               "top_logprobs": [{"token": t.token, "logprob": t.logprob,
-                                                "bytes": list(t.token.encode("utf-8"))} for t in top]})
+                                                "bytes": token_bytes(tok, t.token_id)} for t in top]})
         return items
 
     def _record(target: Target, endpoint: str, status: str, started: float, prompt_tokens: int = 0,
