@@ -453,15 +453,16 @@ class HFEngine(Engine):
 
         self._loader.submit(work)
 
-    def _make_resident(self, key) -> bool:
-        """Move a staged adapter into the resident set, evicting an unused one if it is full."""
+    def _make_resident(self, key, joining: list[_Seq]) -> bool:
+        """Move a staged adapter into the resident set, evicting one that no running or joining
+        request uses if it is full."""
         if key in self._resident:
             self._resident.move_to_end(key)
             return True
         if key not in self._staged:
             return False
         if len(self._resident) >= self.max_loras:
-            in_use = {s.adapter_key for s in self._running}
+            in_use = {s.adapter_key for s in self._running} | {s.adapter_key for s in joining}
             victim = next((k for k in self._resident if k not in in_use), None)
             if victim is None:
                 return False
@@ -484,7 +485,7 @@ class HFEngine(Engine):
                     self._start_load(seq)
                     skipped.append(seq)
                     continue
-                if not self._make_resident(key):
+                if not self._make_resident(key, joiners):
                     skipped.append(seq)
                     continue
                 seq.adapter = self._resident[key]
