@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from modelmill.models.loading import pick_device
 from modelmill.serve.engine import (
     AdapterRef,
     Engine,
@@ -217,7 +218,6 @@ class HFEngine(Engine):
         self._loading: set[tuple] = set()
         self._staged: dict[tuple, LoadedAdapter] = {}     # read from disk, not yet resident
         self._count_lock = threading.Lock()
-        self._load_errors: dict[tuple, EngineError] = {}
         # one OpenMP thread: a second multi-threaded pool slows the scheduler's every op (see start())
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelmill-adapter-loader",
                                           initializer=torch.set_num_threads, initargs=(1,))
@@ -318,9 +318,7 @@ class HFEngine(Engine):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        device = self.device_name
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = pick_device(self.device_name)
         self.device = torch.device(device)
         if self.dtype_name == "auto":
             native_bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
@@ -342,8 +340,8 @@ class HFEngine(Engine):
         ctx = getattr(cfg, "max_position_embeddings", None) or 2048
         self.max_context = min(self._max_context_setting or ctx, ctx)
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
-        self.wrapped = wrap_linears(model, self._lora, self.max_batch_size, self.device)
-        self.module_shapes = {n: tuple(m.base.weight.shape) for n, m in model.named_modules() if n in self.wrapped}
+        wrap_linears(model, self._lora, self.max_batch_size, self.device)
+        self.module_shapes = {n: tuple(m.base.weight.shape) for n, m in self._lora.rows.layers.items()}
         self.num_layers = cfg.num_hidden_layers
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -529,7 +527,7 @@ class HFEngine(Engine):
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, state: _StepState) -> torch.Tensor:
         """The decoder over rows state.first .. + state.rows, each with its own LoRA slot."""
         rows = self._lora.rows
-        rows.select(state.first_row, state.rows, self.dtype)
+        rows.select(state.first_row, state.rows)
         self._lora.on = True
         try:
             return self.decoder(input_ids=ids, position_ids=positions, use_cache=False,
@@ -548,8 +546,8 @@ class HFEngine(Engine):
             s.row = first + i
         ids = ids.to(self.device)
         positions = torch.arange(length, device=self.device)[None, :].expand(len(joiners), -1)
-        for s in joiners:  # the request's adapter into its row's LoRA slot, once
-            self._lora.rows.assign(s.row, s.adapter_key, s.adapter)
+        for s in joiners:
+            self._lora.rows.assign(s.row, s.adapter)
         state = _StepState(self, "prefill", first, len(joiners), length)
         hidden = self._forward(ids, positions, state)
         last = torch.tensor([len(s.ids) - 1 for s in joiners], device=self.device)

@@ -54,26 +54,28 @@ class LoadedAdapter:
     nbytes: int = 0
 
 
-class LoraRows:
-    """Per-row LoRA slots of every wrapped layer, and which rows the current forward covers."""
+def adapter_key(adapter: LoadedAdapter | None):
+    """What identifies an adapter's weights: its name and folder (None: the base model)."""
+    return None if adapter is None else (adapter.name, adapter.path)
 
-    def __init__(self, rows: int, device):
+
+class LoraRows:
+    """Which adapter each batch row serves, their per-row slots, and the rows of the current forward."""
+
+    def __init__(self, rows: int, device, dtype: torch.dtype):
         self.rows = rows
         self.device = device
+        self.dtype = dtype                           # of the model: the concatenated path runs in it
         self.rank = 0
         self.layers: dict[str, MultiLoraLinear] = {}
-        self.slot_key: list = [None] * rows          # what each row's slot holds (adapter key or None)
-        self.slot_modules: list[frozenset] = [frozenset()] * rows
-        self.slot_adapter: list[LoadedAdapter | None] = [None] * rows
-        self.phys_key: list = [None] * rows          # what each row's slot buffers really hold
-        self.phys_modules: list[frozenset] = [frozenset()] * rows
+        self.adapter: list[LoadedAdapter | None] = [None] * rows   # what each row serves
+        self.in_slot: list[LoadedAdapter | None] = [None] * rows   # what each row's slot buffers hold
         self.first = 0                               # the current forward's rows: first .. first + n
         self.n = 0
-        self.active = False                          # any of them with an adapter
+        self.used: set[str] = set()                  # layers some row of the forward has an adapter for
         self.concat_key = None                       # set when this forward concatenates (few adapters)
         self.concat_adapters: list[LoadedAdapter] = []
         self.concat_rows: list[int] = []
-        self.concat_dtype = torch.float32
         self._masks: dict = {}
 
     def _grow(self, rank: int):
@@ -81,47 +83,44 @@ class LoraRows:
             layer.grow(self.rows, rank, self.device)
         self.rank = rank
 
-    def assign(self, row: int, key, adapter: LoadedAdapter | None):
+    def assign(self, row: int, adapter: LoadedAdapter | None):
         """``row`` now serves ``adapter`` (None: the base model). Its slots are filled only when a
         forward takes the per-row path (see _materialize), so the concatenated path copies nothing."""
-        self.slot_key[row] = key
-        self.slot_adapter[row] = adapter
-        self.slot_modules[row] = frozenset(adapter.weights) if adapter is not None else frozenset()
+        self.adapter[row] = adapter
 
     def move(self, src: int, dst: int):
         """Row ``src`` moved into ``dst`` (compaction)."""
-        self.assign(dst, self.slot_key[src], self.slot_adapter[src])
+        self.adapter[dst] = self.adapter[src]
 
     def _materialize(self, first: int, n: int):
         """Copy each row's adapter into its slot of every layer where the slot holds something else."""
         for row in range(first, first + n):
-            key, adapter = self.slot_key[row], self.slot_adapter[row]
-            if self.phys_key[row] == key:
+            adapter, old = self.adapter[row], self.in_slot[row]
+            if adapter_key(old) == adapter_key(adapter):
                 continue
             if adapter is not None and adapter.rank > self.rank:
                 self._grow(adapter.rank)
-            old = self.phys_modules[row]
             for name, layer in self.layers.items():
                 w = adapter.weights.get(name) if adapter is not None else None
                 if w is not None:
                     layer.set_slot(row, w[0], w[1])
-                elif name in old:
+                elif old is not None and name in old.weights:
                     layer.clear_slot(row)
-            self.phys_key[row] = key
-            self.phys_modules[row] = self.slot_modules[row]
+            self.in_slot[row] = adapter
 
-    def select(self, first: int, n: int, dtype: torch.dtype):
+    def select(self, first: int, n: int):
         """The rows of the next forward; few distinct adapters are concatenated instead (see below)."""
         self.first, self.n = first, n
-        keys = self.slot_key[first:first + n]
-        self.active = any(k is not None for k in keys)
-        self.concat_key = None
-        if not self.active:
-            return
+        adapters = self.adapter[first:first + n]
+        keys = [adapter_key(a) for a in adapters]
         order: dict = {}
-        for k, a in zip(keys, self.slot_adapter[first:first + n]):
+        for k, a in zip(keys, adapters):
             if k is not None and k not in order:
                 order[k] = (len(order), a)
+        self.used = set().union(*(a.weights for _, a in order.values()))
+        self.concat_key = None
+        if not order:
+            return
         if len(order) <= CONCAT_MAX_ADAPTERS:
             # Per-row slots read every row's own copy of its adapter each step; with few distinct adapters,
             # concatenating them along the rank axis reads each once (measured: 339 vs 260 tokens/s with one
@@ -129,7 +128,6 @@ class LoraRows:
             self.concat_key = (first, tuple(keys))
             self.concat_adapters = [a for _, a in order.values()]
             self.concat_rows = [-1 if k is None else order[k][0] for k in keys]
-            self.concat_dtype = dtype
             if len(self._masks) > 64:
                 self._masks.clear()
         else:
@@ -146,15 +144,12 @@ class LoraRows:
             offsets = [0]
             for r in ranks:
                 offsets.append(offsets[-1] + r)
-            m = torch.zeros(len(self.concat_rows), 1, offsets[-1], dtype=self.concat_dtype, device=self.device)
+            m = torch.zeros(len(self.concat_rows), 1, offsets[-1], dtype=self.dtype, device=self.device)
             for i, a in enumerate(self.concat_rows):
                 if a >= 0:
                     m[i, 0, offsets[a]:offsets[a + 1]] = 1
             self._masks[key] = m
         return m
-
-    def uses(self, name: str) -> bool:
-        return any(name in m for m in self.slot_modules[self.first:self.first + self.n])
 
 
 class LoraContext:
@@ -207,7 +202,7 @@ class MultiLoraLinear(torch.nn.Module):
         y = self.base(x)
         ctx = self.context
         rows = ctx.rows
-        if not ctx.on or rows is None or not rows.active or not rows.uses(self.name):
+        if not ctx.on or rows is None or self.name not in rows.used:
             return y
         if rows.concat_key is not None:
             cat = self._concatenated(rows)
@@ -230,7 +225,7 @@ class MultiLoraLinear(torch.nn.Module):
         if all(p is None for p in parts):
             cat = None
         else:
-            dtype = rows.concat_dtype
+            dtype = rows.dtype
             ranks = tuple(0 if p is None else p[0].shape[1] for p in parts)
             a_cat = torch.cat([p[0] for p in parts if p is not None], dim=1).to(dtype).contiguous()  # [in, R]
             b_cat = torch.cat([p[1] for p in parts if p is not None], dim=0).to(dtype).contiguous()  # [R, out]
@@ -249,7 +244,7 @@ def wrap_linears(model: torch.nn.Module, context: LoraContext, rows: int, device
             break
     if layers_root is None:
         raise EngineError("cannot find the decoder layers of this model to attach LoRA adapters", status=500)
-    context.rows = LoraRows(rows, device)
+    context.rows = LoraRows(rows, device, next(model.parameters()).dtype)
     wrapped = []
     for name, module in list(model.named_modules()):
         if not name.startswith(layers_root + "."):
