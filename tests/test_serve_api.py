@@ -340,6 +340,14 @@ def test_full_queue_answers_429_with_retry_after(home):
         assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
         assert all(h and int(h) >= 1 for h in headers)
         assert httpx.get(s.url + "/health").json()["engines"]["tiny"]["running"] == 0
+        # n choices that do not all fit: 429, and the ones already queued are withdrawn, not left running
+        rows0 = s.metric("modelmill_decoded_rows_total", model="tiny")
+        r = httpx.post(s.url + "/v1/chat/completions", json={**body, "n": 3, "max_tokens": 480}, timeout=60)
+        assert r.status_code == 429
+        time.sleep(3)
+        engine = httpx.get(s.url + "/health").json()["engines"]["tiny"]
+        assert engine["running"] == 0 and engine["waiting"] == 0
+        assert s.metric("modelmill_decoded_rows_total", model="tiny") - rows0 < 100
     finally:
         s.stop()
 

@@ -266,23 +266,20 @@ def create_app(store=None, config: ServeConfig | None = None):
 
     # -- models, health, metrics
 
+    def _card(model_id: str, created, root: str, parent: str | None, **extra) -> dict:
+        return {"id": model_id, "object": "model", "created": int(created.timestamp()) if created else 0,
+                "owned_by": "modelmill", "root": root, "parent": parent, **extra}
+
     def _model_cards() -> list[dict]:
         from modelmill.adapters import AdapterRegistry
         from modelmill.models.registry import ModelRegistry
-
-        cards = []
-        for m in ModelRegistry(store).list():
-            cards.append({"id": m.name, "object": "model", "created": int(m.created_at.timestamp()) if m.created_at else 0,
-                          "owned_by": "modelmill", "root": m.name, "parent": None,
-                          "max_model_len": (m.info or {}).get("context_length")})
-        for a in AdapterRegistry(store).list():
-            cards.append({"id": a.name, "object": "model", "created": int(a.created_at.timestamp()) if a.created_at else 0,
-                          "owned_by": "modelmill", "root": a.base_model, "parent": a.base_model,
-                          "method": a.method})
         from modelmill.serve.embeddings import DEFAULT_NAME
 
-        cards.append({"id": DEFAULT_NAME, "object": "model", "created": 0, "owned_by": "modelmill",
-                      "root": DEFAULT_NAME, "parent": None, "type": "embedding"})
+        cards = [_card(m.name, m.created_at, m.name, None, max_model_len=(m.info or {}).get("context_length"))
+                 for m in ModelRegistry(store).list()]
+        cards += [_card(a.name, a.created_at, a.base_model, a.base_model, method=a.method)
+                  for a in AdapterRegistry(store).list()]
+        cards.append(_card(DEFAULT_NAME, None, DEFAULT_NAME, None, type="embedding"))
         return cards
 
     @app.get("/v1/models")
@@ -296,8 +293,7 @@ def create_app(store=None, config: ServeConfig | None = None):
             if c["id"] == model_id:
                 return c
         target, _ = await asyncio.to_thread(router.resolve, model_id)  # base:adapter ids
-        return {"id": model_id, "object": "model", "created": 0, "owned_by": "modelmill",
-                "root": target.base_name, "parent": target.base_name if target.adapter_name else None}
+        return _card(model_id, None, target.base_name, target.base_name if target.adapter_name else None)
 
     @app.get("/health")
     async def health():
@@ -317,14 +313,14 @@ def create_app(store=None, config: ServeConfig | None = None):
         return target, engine
 
     def _params(body: _Sampling, max_tokens: int | None, prompt_len: int, engine: Engine, logprobs: int | None,
-                schema: dict | None) -> SamplingParams:
+                schema: dict | None, prompt_param: str) -> SamplingParams:
         if body.logit_bias:
             raise EngineError("logit_bias is not supported", param="logit_bias", code="unsupported_parameter")
         limit = engine.max_context
         if prompt_len >= limit:
             raise EngineError(f"This model's maximum context length is {limit} tokens. However, your prompt is "
                               f"{prompt_len} tokens. Please reduce the length of the prompt.",
-                              param="messages", code="context_length_exceeded")
+                              param=prompt_param, code="context_length_exceeded")
         if max_tokens is None:
             max_tokens = limit - prompt_len
         elif prompt_len + max_tokens > limit:
@@ -340,39 +336,36 @@ def create_app(store=None, config: ServeConfig | None = None):
             ignore_eos=body.ignore_eos, logprobs=logprobs, json_schema=schema,
             skip_special_tokens=body.skip_special_tokens)
 
-    def _submit(engine: Engine, target: Target, rid: str, prompts: list[list[int]], params: SamplingParams,
-                n: int) -> list[tuple[int, AsyncIterator[TokenOutput]]]:
-        """One engine request per (prompt, choice); a full queue rejects the whole call."""
+    async def _start(engine: Engine, target: Target, endpoint: str, rid: str, prompts: list[list[int]],
+                     params: SamplingParams, n: int, t0: float):
+        """Submit one engine request per (prompt, choice) and wait for every first output, so that a
+        request-level failure (a full queue, an adapter that cannot be loaded) is an HTTP error, not
+        a broken stream. Returns [(prompt index, first output, stream)] and when they arrived."""
         import dataclasses
 
-        streams = []
+        streams, ids_sent = [], []
         try:
             for p_i, ids in enumerate(prompts):
                 for c in range(n):
-                    index = p_i * n + c
                     p = dataclasses.replace(params, seed=None if params.seed is None else params.seed + c,
                                             stop=list(params.stop))
-                    streams.append((p_i, engine.generate(GenerationRequest(f"{rid}-{index}", ids, p, target.adapter))))
-        except EngineError:
-            for _, s in streams:
-                asyncio.ensure_future(s.aclose())
+                    req_id = f"{rid}-{p_i * n + c}"
+                    streams.append((p_i, engine.generate(GenerationRequest(req_id, ids, p, target.adapter))))
+                    ids_sent.append(req_id)
+            firsts = await asyncio.gather(*(anext(s, None) for _, s in streams), return_exceptions=True)
+            failed = next((f if isinstance(f, BaseException) else f.error for f in firsts
+                           if isinstance(f, BaseException) or (f is not None and f.finish_reason == "error"
+                                                               and f.error is not None)), None)
+            if failed is not None:
+                raise failed
+        except BaseException as e:
+            # a stream never iterated runs no cleanup of its own: abort every submitted request here
+            for req_id in ids_sent:
+                await engine.abort(req_id)
+            if isinstance(e, EngineError):
+                _record(target, endpoint, str(e.status), t0)
             raise
-        return streams
-
-    async def _first(streams) -> list[tuple[int, TokenOutput | None, AsyncIterator[TokenOutput]]]:
-        """Wait for every choice's first output, so that a request-level failure (an adapter that
-        cannot be loaded) is an HTTP error, not a broken stream."""
-        firsts = await asyncio.gather(*(anext(s, None) for _, s in streams), return_exceptions=True)
-        for f in firsts:
-            if isinstance(f, BaseException):
-                for _, s in streams:
-                    await s.aclose()
-                raise f
-            if f is not None and f.finish_reason == "error" and f.error is not None:
-                for _, s in streams:
-                    await s.aclose()
-                raise f.error
-        return [(p_i, f, s) for (p_i, s), f in zip(streams, firsts)]
+        return [(p_i, f, s) for (p_i, s), f in zip(streams, firsts)], time.monotonic()
 
     async def _collect(started) -> list[list[TokenOutput]]:
         async def drain(first, stream):
@@ -527,20 +520,13 @@ def create_app(store=None, config: ServeConfig | None = None):
         except Exception as e:  # noqa: BLE001 - a template error is the request's fault
             raise EngineError(f"the model's chat template rejected these messages: {e}", param="messages") from None
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        top = body.top_logprobs if body.logprobs else None
         if body.top_logprobs is not None and not body.logprobs:
             raise EngineError("top_logprobs needs logprobs: true", param="top_logprobs")
         max_tokens = body.max_completion_tokens or body.max_tokens
-        params = _params(body, max_tokens, len(ids), engine, (top or 0) if body.logprobs else None,
-                         _json_schema(body.response_format))
+        params = _params(body, max_tokens, len(ids), engine, (body.top_logprobs or 0) if body.logprobs else None,
+                         _json_schema(body.response_format), "messages")
         rid = _new_id("chatcmpl")
-        streams = _submit(engine, target, rid, [ids], params, body.n)
-        try:
-            started = await _first(streams)
-        except EngineError as e:
-            _record(target, "chat", str(e.status), t0)
-            raise
-        first_at = time.monotonic()
+        started, first_at = await _start(engine, target, "chat", rid, [ids], params, body.n, t0)
 
         def choice(i, o):
             return {"index": i, "message": {"role": "assistant", "content": "".join(x.text for x in o)},
@@ -579,24 +565,18 @@ def create_app(store=None, config: ServeConfig | None = None):
             prompts = [list(x) for x in p]
         else:
             raise EngineError("prompt must be a non-empty string, list of strings, or token ids", param="prompt")
-        vocab = len(tok)
+        vocab = max(len(tok), getattr(engine, "vocab_size", 0))
         for i, ids in enumerate(prompts):
             if not ids:
                 raise EngineError(f"prompt {i} is empty", param="prompt")
-            bad = next((t for t in ids if not 0 <= t < max(vocab, getattr(engine, "vocab_size", vocab))), None)
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
             if bad is not None:
                 raise EngineError(f"prompt {i} has token id {bad}, outside the vocabulary", param="prompt")
         longest = max(len(x) for x in prompts)
         params = _params(body, body.max_tokens, longest, engine, body.logprobs,
-                         _json_schema(body.response_format))
+                         _json_schema(body.response_format), "prompt")
         rid = _new_id("cmpl")
-        streams = _submit(engine, target, rid, prompts, params, body.n)
-        try:
-            started = await _first(streams)
-        except EngineError as e:
-            _record(target, "completions", str(e.status), t0)
-            raise
-        first_at = time.monotonic()
+        started, first_at = await _start(engine, target, "completions", rid, prompts, params, body.n, t0)
         prompt_tokens = sum(len(x) for x in prompts)
         prompt_texts = [tok.decode(x) for x in prompts] if body.echo else None
 

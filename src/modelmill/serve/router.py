@@ -67,7 +67,6 @@ class Router:
     def resolve(self, model_id: str) -> tuple[Target, dict]:
         """Resolve an id to an engine key and adapter; raise a 404 EngineError when unknown."""
         from modelmill.adapters import AdapterRegistry
-        from modelmill.models.registry import ModelRegistry
 
         if not isinstance(model_id, str) or not model_id:
             raise EngineError("'model' is required", status=400, param="model")
@@ -81,14 +80,19 @@ class Router:
             spec = {"name": adapter.name, "path": adapter.path, "tokenizer_path": adapter.path,
                     "chat_template": base.chat_template}
             return Target(model_id, adapter.name, None, base.name, adapter.name), spec
-        try:
-            base = ModelRegistry(self.store).ready(base.name)
-        except ModelmillError as e:
-            raise EngineError(f"model '{base.name}' cannot be loaded: {e}", status=500, code="model_unavailable",
-                              param="model") from None
-        spec = {"name": base.name, "path": base.path, "tokenizer_path": base.path, "chat_template": base.chat_template}
+        # the base's folder (a built-in converts on first use) is looked up when its engine starts
+        spec = {"name": base.name, "chat_template": base.chat_template}
         ref = AdapterRef(adapter.name, adapter.path) if adapter is not None else None
         return Target(model_id, base.name, ref, base.name, adapter.name if adapter else None), spec
+
+    def _base_folder(self, name: str) -> str:
+        from modelmill.models.registry import ModelRegistry
+
+        try:
+            return ModelRegistry(self.store).ready(name).path
+        except ModelmillError as e:
+            raise EngineError(f"model '{name}' cannot be loaded: {e}", status=500, code="model_unavailable",
+                              param="model") from None
 
     async def engine_for(self, target: Target, spec: dict) -> Engine:
         eng = self.engines.get(target.engine_key)
@@ -105,6 +109,9 @@ class Router:
                 self._starting.pop(target.engine_key, None)
 
     async def _start(self, key: str, spec: dict) -> Engine:
+        if "path" not in spec:
+            folder = await asyncio.to_thread(self._base_folder, spec["name"])
+            spec = {**spec, "path": folder, "tokenizer_path": folder}
         eng = make_engine(self.config, spec)
         log.info("starting the %s engine for %s", eng.name, key)
         await eng.start()
