@@ -127,7 +127,6 @@ class Router:
 # name -> factory(config, spec) -> Engine. Built-ins register below; a plugin registers through the
 # ``modelmill.engines`` entry point group (its module calls register_engine when imported).
 ENGINES: dict = {}
-_plugins_loaded = False
 
 
 def register_engine(name: str, factory, available=None) -> None:
@@ -137,14 +136,9 @@ def register_engine(name: str, factory, available=None) -> None:
 
 
 def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    from importlib.metadata import entry_points
+    from modelmill.plugins import load_plugins
 
-    for ep in entry_points(group="modelmill.engines"):
-        ep.load()
+    load_plugins("modelmill.engines")
 
 
 def check_engine(name: str) -> None:

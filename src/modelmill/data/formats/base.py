@@ -64,19 +64,11 @@ def register_format(fmt: Format) -> Format:
     return fmt
 
 
-_plugins_loaded = False
-
-
 def load_plugins() -> None:
     """Import the modules named by ``modelmill.formats`` entry points (once)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    from importlib.metadata import entry_points
+    from modelmill.plugins import load_plugins as load_group
 
-    for ep in entry_points(group="modelmill.formats"):
-        ep.load()  # the module calls register_format when imported
+    load_group("modelmill.formats")
 
 
 def get_format(name: str) -> Format:
