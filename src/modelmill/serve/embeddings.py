@@ -12,7 +12,6 @@ sentence-transformers folder works the same way through ``Embedder(name, path)``
 from __future__ import annotations
 
 import base64
-import importlib.util
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,11 +32,10 @@ def bundled_model_path() -> Path | None:
     Found through the import system without importing the package: importing it runs nothing
     we need, and the folder is all sentence-transformers wants.
     """
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        folder = Path(root) / "model"
+    from modelmill.models._files import package_folders
+
+    for root in package_folders(_PACKAGE):
+        folder = root / "model"
         if (folder / "modules.json").is_file():
             return folder
     return None
