@@ -27,8 +27,8 @@ step "What is in it: label balance and token lengths" \
 modelmill adapters remove drugs-lora >/dev/null 2>&1 || true
 step "Fine-tune a LoRA adapter (loss on the answers only, padding-free batches)" \
   modelmill train --data drugs-train --name drugs-lora $TRAIN_ARGS
-step "Before and after, on $EVAL_LIMIT held-out reviews the model never saw" \
-  modelmill eval --data drugs-test --models smollm2-135m-instruct,drugs-lora --limit "$EVAL_LIMIT"
+step "The adapter beside the prompt baselines (zero- and few-shot) and TF-IDF, on $EVAL_LIMIT held-out reviews" \
+  modelmill eval --data drugs-test --train drugs-train --models drugs-lora --baselines zero-shot,few-shot,tfidf --limit "$EVAL_LIMIT"
 step "Ask the fine-tuned model yourself" \
   modelmill chat drugs-lora --temperature 0 --max-tokens 5 --prompt \
   "Classify the text into one of: negative, neutral, positive.

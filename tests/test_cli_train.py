@@ -31,7 +31,7 @@ def test_train_registers_adapter_with_lineage(trained, home):
     lineage = json.loads(cli("adapters", "show", "rev-lora", "--json").stdout)
     assert lineage["base_model"] == "tiny" and len(lineage["base_model_sha256"]) == 64
     assert lineage["dataset"].startswith("reviews@") and len(lineage["dataset_sha256"]) == 64
-    assert lineage["config"]["lora_r"] == 16 and lineage["config"]["learning_rate"] == 2e-4
+    assert lineage["config"]["lora_r"] == 16 and lineage["config"]["learning_rate"] == 5e-4  # LoRA on classification data
     assert lineage["config"]["max_length"] == 512  # the tiny model's context
     for lib in ("torch", "transformers", "trl", "peft", "accelerate", "modelmill"):
         assert lib in lineage["versions"]

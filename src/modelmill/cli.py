@@ -145,9 +145,10 @@ def models_list():
     """List base models."""
     from modelmill.models.registry import ModelRegistry
 
-    rows = ModelRegistry(_store()).list()
+    rows = ModelRegistry(_store()).list(include_remote=True)
     _table([[r.name, r.source_type, r.info.get("architecture") or "-", _human(r.info.get("num_parameters")),
-             r.info.get("context_length") or "-", "yes" if r.path else "on first use"] for r in rows],
+             r.info.get("context_length") or "-",
+             "remote" if r.source_type == "remote" else "yes" if r.path else "on first use"] for r in rows],
            ["NAME", "SOURCE", "ARCHITECTURE", "PARAMS", "CONTEXT", "READY"])
 
 
@@ -155,11 +156,21 @@ def models_list():
 @click.argument("name")
 @click.option("--template/--no-template", default=True, help="Print the chat template.")
 def models_show(name, template):
-    """Show a model: architecture, parameters, context length, chat template."""
+    """Show a model: architecture, parameters, context length, chat template (or a remote endpoint)."""
     from modelmill.models.inspect import read_chat_template
     from modelmill.models.registry import ModelRegistry
 
     reg = ModelRegistry(_store())
+    row = reg.get(name)
+    if row.source_type == "remote":  # no weights, hash or template here: the endpoint applies its own
+        info = row.info or {}
+        env = info.get("api_key_env")
+        key = (f"{env} ({'set' if os.environ.get(env) else 'not set in this shell'})" if env
+               else "(none: no key is sent)")
+        for k, v in (("name", row.name), ("source", "remote"), ("endpoint", row.source),
+                     ("remote model", info.get("remote_model")), ("api key env", key)):
+            click.echo(f"{k + ':':<16}{v}")
+        return
     row = reg.ready(name)
     info = row.info or {}
     lines = [("name", row.name), ("source", f"{row.source_type}: {row.source}"), ("path", row.path),
@@ -177,13 +188,50 @@ def models_show(name, template):
 
 @models.command("add")
 @click.argument("name")
-@click.argument("path", type=click.Path())
+@click.argument("path", type=click.Path(), required=False)
 @click.option("--chat-template", default=None,
               help="chatml, llama3, alpaca or a .jinja file; needed when the model has none.")
-def models_add(name, path, chat_template):
-    """Register a local Hugging Face folder (used in place) or a GGUF file (converted once)."""
+@click.option("--endpoint", default=None, metavar="URL",
+              help="Instead of PATH: the base URL of an OpenAI-compatible API, e.g. http://host:8000/v1.")
+@click.option("--remote-model", default=None, metavar="ID", help="With --endpoint: the model id it serves [default: NAME].")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="With --endpoint: the environment variable holding the API key (the key itself is never stored).")
+@click.option("--check", is_flag=True,
+              help="With --endpoint: first make sure GET URL/models lists the model (else nothing is registered).")
+def models_add(name, path, chat_template, endpoint, remote_model, api_key_env, check):
+    """Register a local Hugging Face folder (used in place), a GGUF file (converted once), or a
+    remote OpenAI-compatible endpoint (--endpoint; for benchmarks: it is not trained, chatted
+    with or served locally)."""
     from modelmill.models.registry import ModelRegistry
 
+    if endpoint is None:
+        remote_only = [flag for flag, v in (("--remote-model", remote_model), ("--api-key-env", api_key_env),
+                                            ("--check", check or None)) if v is not None]
+        if path is None:
+            raise InputError("no PATH and no --endpoint given", field="PATH",
+                             fix="give a model folder or .gguf file (`modelmill models add NAME PATH`), or a remote API "
+                                 "(`modelmill models add NAME --endpoint http://host:8000/v1`)")
+        if remote_only:
+            raise InputError(f"{', '.join(remote_only)} only {'goes' if len(remote_only) == 1 else 'go'} with "
+                             "--endpoint", field=remote_only[0],
+                             fix="add --endpoint URL for a remote model, or leave them out for a local one")
+    else:
+        if path is not None:
+            raise InputError("both PATH and --endpoint given", field="--endpoint",
+                             fix="PATH registers local weights, --endpoint a remote API: give one of them")
+        if chat_template is not None:
+            raise InputError("a remote model applies its own chat template", field="--chat-template",
+                             fix="leave out --chat-template with --endpoint")
+        row = ModelRegistry(_store()).add_remote(name, endpoint, remote_model, api_key_env, check=check)
+        info = row.info
+        key = f", key from ${info['api_key_env']}" if info["api_key_env"] else ", no API key"
+        click.echo(f"added {row.name}: remote model '{info['remote_model']}' at {row.source}{key}")
+        if check:
+            click.echo(f"checked: {row.source}/models lists '{info['remote_model']}'")
+        if info["api_key_env"] and not os.environ.get(info["api_key_env"]):
+            click.echo(f"note: {info['api_key_env']} is not set in this shell; set it before the model is called",
+                       err=True)
+        return
     row = ModelRegistry(_store()).add(name, path, chat_template)
     info = row.info
     click.echo(f"added {row.name}: {info.get('architecture')}, {info.get('num_parameters') or 0:,} parameters, "
@@ -413,7 +461,9 @@ from modelmill.train.sft import SFTConfig  # noqa: E402  (light: no torch at imp
 @click.option("--log-file", type=click.Path(), default=None, help="Write the trainer's output here instead of the terminal.")
 @click.option("--accelerate-config", type=click.Path(), default=None,
               help="An accelerate config file (multi-GPU, DeepSpeed, FSDP).")
-def train_cmd(config_file, resume, log_file, accelerate_config, **flags):
+@click.option("--forgetting-task", type=click.Path(), default=None,
+              help="After training, score the adapter and its base on this general task (e.g. MMLU) and report the delta.")
+def train_cmd(config_file, resume, log_file, accelerate_config, forgetting_task, **flags):
     """Fine-tune a base model on a dataset (LoRA by default) and register the adapter."""
     from modelmill.train.runs import train
 
@@ -427,34 +477,10 @@ def train_cmd(config_file, resume, log_file, accelerate_config, **flags):
     click.echo(f"adapter {row.name} (base {row.base_model}, data {row.dataset}@{row.dataset_version}): "
                f"{m.get('global_step')} steps, final loss {m.get('train_loss', float('nan')):.4f}, "
                f"{m.get('train_runtime', 0):.0f} s -> {row.path}")
+    if forgetting_task:
+        from modelmill.cli_eval import _forgetting
 
-
-# ---------------------------------------------------------------- eval
-
-@main.command("eval")
-@click.option("--data", "data_ref", required=True, help="A classification dataset (NAME or NAME@VERSION).")
-@click.option("--models", required=True, help="Comma-separated: base models, adapters or BASE:ADAPTER.")
-@click.option("--limit", type=int, default=None, help="Score only the first N records.")
-@click.option("--batch-size", default=16, show_default=True, help="Records per forward pass.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--details", is_flag=True, help="Per-class scores and confusion matrices too.")
-def eval_cmd(data_ref, models, limit, batch_size, device, details):
-    """Score models side by side on a held-out classification set (accuracy, macro-F1)."""
-    from modelmill.evaluate.classification import format_metrics
-    from modelmill.evaluate.compare import compare_classification
-
-    if limit is not None and limit < 1:
-        raise InputError(f"must be >= 1, got {limit}", field="--limit", fix="e.g. --limit 200")
-    if batch_size < 1:
-        raise InputError(f"must be >= 1, got {batch_size}", field="--batch-size", fix="e.g. --batch-size 16")
-    refs = [m.strip() for m in models.split(",") if m.strip()]
-    results = compare_classification(_store(), data_ref, refs, limit=limit, batch_size=batch_size, device=device)
-    if details:
-        for r in results:
-            click.echo(format_metrics(r["model"], r["metrics"]) + "\n")
-    click.echo(f"{results[0]['dataset']}, {results[0]['records']} records, scored by label log-likelihood")
-    _table([[r["model"], f"{r['metrics']['accuracy']:.3f}", f"{r['metrics']['macro_f1']:.3f}",
-             f"{r['seconds']:.1f}"] for r in results], ["MODEL", "ACCURACY", "MACRO-F1", "SECONDS"])
+        _forgetting(row.name, forgetting_task)
 
 
 # ---------------------------------------------------------------- adapters
@@ -593,5 +619,11 @@ def serve_cmd(config_file, **flags):
     serve(config, _store())
 
 
+from modelmill import cli_eval  # noqa: E402,F401  (registers eval, leaderboard, report, scorecard, forgetting, grid)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m modelmill.cli`: cli_eval registered its commands on the importable module's group
+    # (modelmill.cli), which is not this __main__ copy; run that one.
+    from modelmill.cli import main as _main
+
+    sys.exit(_main())

@@ -53,11 +53,18 @@ class _Encoded:
 
 # ---- tokenization: the training view -------------------------------------------------------
 
-def _tokenize_pairs(record: dict, labels: list[str], tokenizer, chat_template) -> list[dict]:
+def classification_messages(record: dict, labels: list[str], label: str | None) -> list[dict]:
+    """The training view of a record: the classification prompt, and ``label`` as the answer
+    (no answer turn when ``label`` is None)."""
+    msgs = to_messages({**record, "label": label or labels[0]}, "classification", labels=labels)
+    return msgs if label is not None else msgs[:-1]
+
+
+def _tokenize_pairs(record: dict, labels: list[str], tokenizer, chat_template, messages=None) -> list[dict]:
+    messages = messages or classification_messages
     out = []
     for label in labels:
-        ex = tokenize_chat(to_messages({**record, "label": label}, "classification", labels=labels),
-                           tokenizer, None, chat_template)
+        ex = tokenize_chat(messages(record, labels, label), tokenizer, None, chat_template)
         if ex is None:
             raise InputError("the chat template renders no assistant turn", field="chat_template",
                              fix="use a chat template that renders the assistant's message")
@@ -65,21 +72,22 @@ def _tokenize_pairs(record: dict, labels: list[str], tokenizer, chat_template) -
     return out
 
 
-def _fit_text(record: dict, labels: list[str], tokenizer, max_length: int, chat_template) -> tuple[list[dict], str]:
+def _fit_text(record: dict, labels: list[str], tokenizer, max_length: int, chat_template,
+              messages=None) -> tuple[list[dict], str]:
     """(every label's tokenized conversation, the text used): the text's end is cut so that
     the longest fits ``max_length``, as ``train.chat_tokens.tokenize_record`` does for one label."""
-    pairs = _tokenize_pairs(record, labels, tokenizer, chat_template)
+    pairs = _tokenize_pairs(record, labels, tokenizer, chat_template, messages)
     longest = max(len(p["input_ids"]) for p in pairs)
     if longest <= max_length:
         return pairs, record["text"]
     short = shorten_text(record["text"], tokenizer, longest - max_length)
     if short is None:  # the instruction alone is too long: score the whole thing rather than cut answers
         return pairs, record["text"]
-    return _tokenize_pairs({**record, "text": short}, labels, tokenizer, chat_template), short
+    return _tokenize_pairs({**record, "text": short}, labels, tokenizer, chat_template, messages), short
 
 
-def _encode(record: dict, labels: list[str], tokenizer, max_length: int, chat_template) -> _Encoded:
-    pairs, _ = _fit_text(record, labels, tokenizer, max_length, chat_template)
+def _encode(record: dict, labels: list[str], tokenizer, max_length: int, chat_template, messages=None) -> _Encoded:
+    pairs, _ = _fit_text(record, labels, tokenizer, max_length, chat_template, messages)
     # The prompt is everything before the first answer token. Labels almost always share it
     # token for token; where a template or a merge makes them differ, the shared part is the
     # common prefix and the rest of each prompt rides (unscored) in that label's suffix.
@@ -303,7 +311,7 @@ def _check_labels(labels: list[str]) -> list[str]:
 
 def score_labels(model, tokenizer, records: list[dict], labels: list[str], *, batch_size: int = 16,
                  max_length: int = 1024, chat_template: str | None = None, progress: bool = True,
-                 method: str = "auto") -> list[dict]:
+                 method: str = "auto", messages=None) -> list[dict]:
     """Predict each record's label by the log-likelihood of every label's answer turn.
 
     Returns, per record and in order, ``{"pred": label, "scores": {label: total log-prob},
@@ -312,7 +320,9 @@ def score_labels(model, tokenizer, records: list[dict], labels: list[str], *, ba
     Texts too long for ``max_length`` lose their end, as in training. ``batch_size`` is
     sequences per forward pass; ``method`` is "packed" (one sequence per record, all labels
     in it), "pairs" (one sequence per record and label) or "auto" (packed where the model
-    allows it).
+    allows it). ``messages(record, labels, label)`` builds the conversation to score (default
+    ``classification_messages``, the training view); its answer turn must be ``label`` and it
+    must put the record's ``text`` in the prompt (that is what gets cut when too long).
     """
     from tqdm.auto import tqdm
 
@@ -322,7 +332,7 @@ def score_labels(model, tokenizer, records: list[dict], labels: list[str], *, ba
     if batch_size < 1:
         raise InputError(f"must be >= 1, got {batch_size}", field="batch_size", fix="e.g. 16")
     _check_template(tokenizer, chat_template)
-    encoded = [_encode(r, labels, tokenizer, max_length, chat_template) for r in records]
+    encoded = [_encode(r, labels, tokenizer, max_length, chat_template, messages) for r in records]
     if not encoded:
         return []
     if method == "auto":
@@ -463,3 +473,99 @@ def format_metrics(name: str, metrics: dict) -> str:
     for x, row in zip(labels, metrics["confusion"]):
         lines.append(f"  {x:<{w}}  " + "  ".join(f"{v:>{cw}}" for v in row))
     return "\n".join(lines)
+
+
+# ---- the task kind ------------------------------------------------------------------------------
+
+from modelmill.evaluate.tasks import TaskKind, register_task_kind  # noqa: E402
+
+
+def choose_scoring(candidate, spec) -> str:
+    """loglik or generate for this candidate: likelihood where it can, text where it must."""
+    if spec.scoring == "loglik" and not candidate.can_score:
+        raise InputError(f"{candidate.name} cannot score answers by likelihood (a remote model gives text only)",
+                         field="scoring", fix="use `scoring: auto` or `scoring: generate`")
+    if spec.scoring == "generate" or not candidate.can_score:
+        return "generate"
+    return "loglik"
+
+
+def choice_results(kind, candidate, items, spec, data, labels, parse, progress) -> list[dict]:
+    """Predict one of ``labels`` per item: by likelihood of each answer turn, or by generating
+    and parsing (``parse(text) -> label or None``; None is counted wrong and kept for the report)."""
+    shots = candidate.shots(items, spec, data) or [None] * len(items)
+    if choose_scoring(candidate, spec) == "loglik":
+        def messages(record, labels_, label):
+            return kind.conversation(record, spec, data, record.get("_shots"), answer=label)
+
+        rows = candidate.choice_scores([{**it, "_shots": sh} for it, sh in zip(items, shots)], labels, messages,
+                                       batch_size=spec.batch_size, progress=progress)
+        return [{"gold": kind.answer(it, spec, data), "pred": r["pred"], "correct": r["pred"] == kind.answer(it, spec, data),
+                 "scores": {k: round(v, 4) for k, v in r["scores"].items()}} for it, r in zip(items, rows)]
+    convs = [kind.conversation(it, spec, data, sh) for it, sh in zip(items, shots)]
+    outs = candidate.generate(convs, max_new_tokens=spec.new_tokens, batch_size=spec.batch_size, progress=progress)
+    res = []
+    for it, out in zip(items, outs):
+        if isinstance(out, Exception):
+            res.append({"error": str(out)})
+        else:
+            pred = parse(out)
+            res.append({"gold": kind.answer(it, spec, data), "pred": pred, "output": out,
+                        "correct": pred == kind.answer(it, spec, data)})
+    return res
+
+
+class ClassificationTask(TaskKind):
+    """Text -> one of the labels. Scored by each label's likelihood after the training prompt
+    (local models), or by generating an answer and finding the label named in it."""
+
+    name = "classification"
+    metric_names = ("accuracy", "macro_f1", "unparsed")
+    max_new_tokens = 16
+
+    def labels_for(self, spec, items, dataset_labels):
+        from modelmill.data.formats import labels_of
+
+        labels = spec.labels or dataset_labels or labels_of(items)
+        labels = _check_labels(labels)
+        unknown = sorted({it["label"] for it in items} - set(labels))
+        if unknown:
+            raise InputError(f"labels in the test set that the task does not list: {', '.join(unknown)}",
+                             field="labels", file=spec.source,
+                             fix="add them to `labels:`, or drop those items from the test set")
+        return labels
+
+    def from_raw(self, record, where, spec):
+        from modelmill.data.formats import get_format
+
+        out = get_format("classification").normalize(record, where)
+        return {"text": out["text"], "label": out["label"]}
+
+    def from_record(self, record, data_kind, ref, n, spec):
+        if data_kind != "classification":
+            return super().from_record(record, data_kind, ref, n, spec)
+        return {"text": record["text"], "label": record["label"]}
+
+    def prompt(self, item, spec, data):
+        return [{"role": "user", "content": classification_prompt(item["text"], data.labels)}]
+
+    def answer(self, item, spec, data):
+        return item["label"]
+
+    def score(self, candidate, items, spec, data, progress=True):
+        from modelmill.evaluate.candidates import TfidfLR
+
+        if isinstance(candidate, TfidfLR):
+            if not data.train:
+                raise InputError("the TF-IDF baseline learns from the task's training set, and there is none",
+                                 field="train", fix="add `train: DATASET` to the task (or --train)")
+            preds = candidate.fit_predict(data.train, items)
+            return [{"gold": it["label"], "pred": p, "correct": p == it["label"]} for it, p in zip(items, preds)]
+        return choice_results(self, candidate, items, spec, data, data.labels,
+                              lambda out: parse_label(out, data.labels), progress)
+
+    def metrics(self, results, spec, data):
+        return classification_metrics([r["gold"] for r in results], [r["pred"] for r in results], data.labels)
+
+
+register_task_kind(ClassificationTask())

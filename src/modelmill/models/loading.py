@@ -19,18 +19,20 @@ def pick_device(device: str = "auto") -> str:
 
 
 def load_for_inference(store: Store, ref: str, device: str = "auto"):
-    """(model in eval mode, tokenizer with the right chat template, resolved 'base:adapter' label)."""
+    """(model in eval mode, tokenizer with the right chat template, resolved 'base:adapter' label).
+    A remote model (no local weights) is refused with an InputError by ``ModelRegistry.ready``."""
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.models.registry import ModelRegistry
+
+    # resolved before torch is imported, so that a wrong or remote name fails in a moment
+    base, adapter = AdapterRegistry(store).resolve_ref(ref)
+    base = ModelRegistry(store).ready(base.name)
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from modelmill.adapters import AdapterRegistry
-
     hf_logging.disable_progress_bar()  # a 'Loading weights' bar per load says nothing to a user
-    from modelmill.models.registry import ModelRegistry
-
-    base, adapter = AdapterRegistry(store).resolve_ref(ref)
-    base = ModelRegistry(store).ready(base.name)
     device = pick_device(device)
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     if adapter is not None and adapter.method == "full":

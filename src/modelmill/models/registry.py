@@ -1,9 +1,17 @@
-"""The base-model registry: built-in models, local Hugging Face folders and GGUF files.
+"""The base-model registry: built-in models, local Hugging Face folders, GGUF files, and remote
+OpenAI-compatible endpoints.
 
     reg = ModelRegistry(open_store())
     reg.add("qwen3-0.6b", "/models/Qwen3-0.6B")          # a folder, used in place
     reg.add("my-gguf", "/models/x.Q8_0.gguf")           # converted once to safetensors
     path = reg.ready("smollm2-135m-instruct").path      # converts the built-in on first use
+    reg.add_remote("gpt", "https://api.openai.com/v1", "gpt-4o-mini", api_key_env="OPENAI_API_KEY")
+
+A remote model is a ``base_models`` row with ``source_type`` 'remote', ``source`` the API's base
+URL, ``path`` None and ``info`` {"remote_model", "api_key_env", "endpoint"}. It has no local
+weights: ``ready()`` and ``base_hash()`` refuse it, and ``list()`` leaves it out unless asked, so
+that code written for local models (serving's /v1/models) never meets one. Call it with
+``modelmill.models.remote.RemoteModel.from_row(reg.get(name))``.
 """
 
 from __future__ import annotations
@@ -19,17 +27,27 @@ from modelmill.store import Store
 from modelmill.store.tables import Adapter, BaseModel
 
 
+REMOTE = "remote"  # source_type of a model behind an OpenAI-compatible endpoint
+
+
+def is_remote(row: BaseModel) -> bool:
+    return row.source_type == REMOTE
+
+
 class ModelRegistry:
     def __init__(self, store: Store):
         self.store = store
 
     # reading
-    def list(self) -> list[BaseModel]:
-        """Registered models, plus built-ins not converted yet (with ``path`` None)."""
+    def list(self, include_remote: bool = False) -> list[BaseModel]:
+        """Registered models, plus built-ins not converted yet (with ``path`` None). Remote
+        endpoints only with ``include_remote``: every older caller expects loadable weights."""
         from modelmill.models.builtin import BUILTIN_MODELS
 
         with self.store.session() as s:
             rows = list(s.scalars(select(BaseModel).order_by(BaseModel.name)))
+        if not include_remote:
+            rows = [r for r in rows if not is_remote(r)]
         known = {r.name for r in rows}
         for name, meta in BUILTIN_MODELS.items():
             if name not in known:
@@ -45,13 +63,16 @@ class ModelRegistry:
             return row
         if name in BUILTIN_MODELS:
             return self._builtin_row(name, BUILTIN_MODELS[name])
-        names = ", ".join(r.name for r in self.list()) or "none"
+        names = ", ".join(r.name for r in self.list(include_remote=True)) or "none"
         raise NotFoundError(f"unknown model '{name}' (registered: {names})",
                             fix="see `modelmill models list`, or register it with `modelmill models add NAME PATH`")
 
     def ready(self, name: str, progress: bool = True) -> BaseModel:
-        """The model with a loadable folder, converting a built-in on first use."""
+        """The model with a loadable folder, converting a built-in on first use. A remote model
+        has none: InputError (training, chat, eval, token counting and serving all come here)."""
         row = self.get(name)
+        if is_remote(row):
+            raise _no_weights(row)
         if row.path and Path(row.path).is_dir():
             return row
         if row.source_type == "builtin":
@@ -63,6 +84,8 @@ class ModelRegistry:
         """SHA-256 of the model's weights (its GGUF for converted models), cached by size and mtime."""
         from modelmill.models.hashing import file_sha256
 
+        if is_remote(row):
+            raise _no_weights(row)
         if row.file_hash:
             return row.file_hash
         return file_sha256(row.source if row.source_type in ("builtin", "gguf") else row.path,
@@ -86,6 +109,38 @@ class ModelRegistry:
             return self._add_folder(name, src, chat_template)
         raise InputError("not a model folder or a .gguf file", file=str(path),
                          fix="give a Hugging Face model folder (config.json, weights, tokenizer) or a .gguf file")
+
+    def add_remote(self, name: str, endpoint: str, remote_model: str | None = None, api_key_env: str | None = None,
+                   check: bool = False) -> BaseModel:
+        """Register an OpenAI-compatible endpoint as model ``name``. ``remote_model`` is the id the
+        endpoint knows (default: ``name``); ``api_key_env`` names the environment variable holding
+        the key, which is read at call time and never stored. The endpoint is not contacted unless
+        ``check``: then ``GET {endpoint}/models`` must list the model, or nothing is stored."""
+        from modelmill.models.builtin import BUILTIN_MODELS
+        from modelmill.models.remote import RemoteModel, check_env_name, check_remote_model, normalize_endpoint
+
+        check_name(name, "NAME")
+        if name in BUILTIN_MODELS or self._row(name) is not None:
+            raise ConflictError(f"a model named '{name}' already exists", field="NAME",
+                                fix="choose another name, or `modelmill models remove` the old one")
+        url = normalize_endpoint(endpoint)
+        model_id = check_remote_model(name if remote_model is None else remote_model)
+        if api_key_env is not None:
+            check_env_name(api_key_env)
+        row = BaseModel(name=name, source_type=REMOTE, source=url, path=None, chat_template=None, file_hash=None,
+                        info={"remote_model": model_id, "api_key_env": api_key_env, "endpoint": url})
+        if check:
+            with RemoteModel.from_row(row, timeout=20, max_retries=1) as remote:
+                listed = remote.list_models()
+            if model_id not in listed:
+                shown = ", ".join(listed[:30]) + (f" ... ({len(listed)} in all)" if len(listed) > 30 else "")
+                raise InputError(f"{url}/models does not list model '{model_id}' (it lists: {shown or 'nothing'})",
+                                 field="--remote-model",
+                                 fix="give one of the listed ids with --remote-model, or leave out --check if "
+                                     "the server serves models it does not list")
+        with self.store.session() as s:
+            s.add(row)
+        return row
 
     def remove(self, name: str) -> None:
         row = self.get(name)
@@ -180,3 +235,10 @@ class ModelRegistry:
         with self.store.session() as s:
             s.add(row)
         return row
+
+
+def _no_weights(row: BaseModel) -> InputError:
+    return InputError(f"model '{row.name}' is a remote endpoint ({row.source}), not local weights: it cannot be "
+                      "trained, loaded, chatted with or served here",
+                      fix="use a local model (`modelmill models list`, SOURCE other than 'remote'); a remote model "
+                          "is only called over its API, e.g. by benchmarks (modelmill.models.remote.RemoteModel)")

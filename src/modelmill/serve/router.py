@@ -76,6 +76,14 @@ class Router:
             raise EngineError(f"The model '{model_id}' does not exist: {e.message if hasattr(e, 'message') else e}. "
                               "GET /v1/models lists what is served.", status=404, code="model_not_found",
                               param="model") from None
+        if base.source_type == "remote":
+            # A remote endpoint is registered for benchmarks only. Serving it would mean proxying
+            # someone else's API (and spending its key) for whoever can reach this server, so it is
+            # neither listed in /v1/models (ModelRegistry.list() leaves remote models out) nor served;
+            # the endpoint's URL is not told either.
+            raise EngineError(f"The model '{model_id}' is registered as a remote endpoint, which this server does "
+                              "not serve or proxy; call that endpoint directly. GET /v1/models lists what is served.",
+                              status=404, code="model_not_found", param="model")
         if adapter is not None and adapter.method == "full":
             spec = {"name": adapter.name, "path": adapter.path, "tokenizer_path": adapter.path,
                     "chat_template": base.chat_template}

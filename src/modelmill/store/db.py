@@ -7,6 +7,7 @@ Artifact layout (all under ``$MODELMILL_HOME``, default ``~/.modelmill``)::
     datasets/<name>/<version>/    data.jsonl (canonical records) + meta.json
     runs/<adapter>/               a training run: config.json, checkpoints/, metrics.jsonl, tb/, train.log
     adapters/<adapter>/           the published adapter (or full weights) + lineage.json
+    evals/<result-key>/           one candidate scored on one task: items.jsonl, appended as it goes
     tmp/                          staging: everything is written here first, then renamed into place
     cache/                        file hashes and other derived data
     locks/                        lock files: one conversion or run of a name at a time
@@ -34,7 +35,7 @@ class Store:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.home = Path(settings.home).expanduser().resolve()
-        for sub in ("models", "datasets", "runs", "adapters", "tmp", "cache", "locks"):
+        for sub in ("models", "datasets", "runs", "adapters", "evals", "tmp", "cache", "locks"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         self.engine = _engine(settings.db_url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -56,6 +57,10 @@ class Store:
     @property
     def adapters_dir(self) -> Path:
         return self.home / "adapters"
+
+    @property
+    def evals_dir(self) -> Path:
+        return self.home / "evals"
 
     @property
     def cache_dir(self) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -23,7 +23,7 @@ class BaseModel(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
-    source_type: Mapped[str] = mapped_column(String(20))  # builtin | hf | gguf
+    source_type: Mapped[str] = mapped_column(String(20))  # builtin | hf | gguf | remote
     source: Mapped[str] = mapped_column(Text)  # the folder or .gguf file the user named
     path: Mapped[str | None] = mapped_column(Text, nullable=True)  # HF folder we load (None until converted)
     chat_template: Mapped[str | None] = mapped_column(Text, nullable=True)  # override, when the folder has none
@@ -74,3 +74,37 @@ class Adapter(Base):
     versions: Mapped[dict] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvalResult(Base):
+    """One candidate scored on one task: its metrics, lineage and where its scored items are.
+
+    ``key`` identifies what was scored (task, data and prompt settings, candidate and its weights):
+    a second run with the same key resumes or reuses this row instead of scoring again.
+    """
+
+    __tablename__ = "eval_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    task: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    dataset: Mapped[str] = mapped_column(Text)  # NAME@VERSION or a file path
+    dataset_hash: Mapped[str] = mapped_column(String(64))
+    candidate: Mapped[str] = mapped_column(String(300), index=True)  # display name, e.g. few-shot(5):base
+    candidate_kind: Mapped[str] = mapped_column(String(20))  # model | adapter | few-shot | classical | remote
+    base_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    adapter: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    status: Mapped[str] = mapped_column(String(20))  # running | done | failed
+    n: Mapped[int] = mapped_column(Integer)  # items in the task
+    n_done: Mapped[int] = mapped_column(Integer, default=0)  # items scored and kept so far
+    primary: Mapped[str] = mapped_column(String(40))  # the headline metric (higher is better)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)  # metrics[primary], for ranking
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    lineage: Mapped[dict] = mapped_column(JSON, default=dict)  # task spec, candidate spec, hashes, versions
+    parameters: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)  # scoring time, summed over resumed runs
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    path: Mapped[str] = mapped_column(Text)  # folder holding items.jsonl
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,238 @@
+"""The benchmark commands: eval, leaderboard, report, scorecard, forgetting, grid.
+
+    modelmill eval --task drugs.yaml --models drugs-lora --baselines zero-shot,few-shot,tfidf
+    modelmill leaderboard --task drugs
+    modelmill report --out report.html
+"""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from modelmill.cli import _store, _table, build_config, dataclass_options, main
+from modelmill.errors import InputError
+from modelmill.train.sft import SFTConfig
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return "-" if not math.isfinite(v) else f"{v:.3f}"
+    return "-"
+
+
+def _print_results(rows, metric_names: list[str]) -> None:
+    """A ranked table of results (EvalResult rows of one task)."""
+    rows = sorted(rows, key=lambda r: -(r.score if r.score is not None else float("-inf")))
+    _table([[str(k + 1), r.candidate, r.candidate_kind] + [_fmt(r.metrics.get(m)) for m in metric_names]
+            + [str(r.n_done), f"{1000 * r.seconds / r.n_done:.0f}" if r.n_done else "-"] for k, r in enumerate(rows)],
+           ["#", "CANDIDATE", "KIND"] + [m.upper().replace("_", "-") for m in metric_names] + ["N", "MS/ITEM"])
+
+
+def _task_from_options(task_file, kind, data_ref, train_ref, name, limit, scoring, few_shot, nearest, batch_size,
+                       max_new_tokens):
+    from modelmill.evaluate.tasks import load_task, task_from_dict
+
+    if task_file and (kind or data_ref):
+        raise InputError("give a task file or --kind/--data, not both", field="--task",
+                         fix="put kind and data in the task file")
+    if task_file:
+        spec = load_task(task_file)
+    else:
+        if not data_ref:
+            raise InputError("no task given", field="--task", fix="pass --task FILE.yaml, or --data DATASET [--kind KIND]")
+        if not kind:  # the dataset's kind decides: classification data -> classification, chat -> generation
+            from modelmill.data.catalog import DatasetCatalog
+
+            ds = DatasetCatalog(_store()).resolve(data_ref)
+            kind = "classification" if ds.kind == "classification" else "generation"
+        spec = task_from_dict({"kind": kind, "data": data_ref, **({"train": train_ref} if train_ref else {}),
+                               "name": name or data_ref.split("@")[0]})
+    overrides = {"limit": limit, "scoring": scoring, "few_shot": few_shot, "batch_size": batch_size,
+                 "max_new_tokens": max_new_tokens, "train": train_ref if task_file else None,
+                 "few_shot_select": "nearest" if nearest else None}
+    from dataclasses import replace
+
+    return replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _eval_options(f):
+    for opt in reversed([
+        click.option("--task", "task_file", type=click.Path(), default=None, help="A task YAML file (see docs)."),
+        click.option("--kind", default=None, help="Without --task: the task kind (default: from the dataset)."),
+        click.option("--data", "data_ref", default=None, help="Without --task: the test set (dataset or file)."),
+        click.option("--train", "train_ref", default=None, help="Training set for few-shot and TF-IDF baselines."),
+        click.option("--name", default=None, help="Without --task: the task's name (default: the dataset's)."),
+        click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N items."),
+        click.option("--scoring", type=click.Choice(["auto", "loglik", "generate"]), default=None,
+                     help="Classification/multiple choice: answer likelihood or generate and parse."),
+        click.option("--few-shot", type=click.IntRange(1, 64), default=None, help="Examples a few-shot candidate sees [5]."),
+        click.option("--nearest", is_flag=True, default=None, help="Few-shot: the nearest examples by embedding."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Sequences per forward pass [16]."),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Generation length (default per kind)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.command("eval")
+@_eval_options
+@click.option("--models", required=True, help="Comma-separated: BASE, ADAPTER, BASE:ADAPTER, few-shot:REF, tfidf, remote models.")
+@click.option("--baselines", default="", help="Add for each base: zero-shot, few-shot, tfidf (comma-separated).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16"]),
+              help="auto: bfloat16 where the CPU/GPU computes it natively.")
+@click.option("--rerun", is_flag=True, help="Score again even where a stored result exists.")
+@click.option("--details", is_flag=True, help="Per-class scores and confusion matrices too.")
+@click.option("--report", "report_path", type=click.Path(), default=None, help="Also write an HTML report here.")
+def eval_cmd(task_file, kind, data_ref, train_ref, name, limit, scoring, few_shot, nearest, batch_size, max_new_tokens,
+             models, baselines, device, dtype, rerun, details, report_path):
+    """Score models side by side on a task, beside prompt and classical baselines; results are kept.
+
+    \b
+    modelmill eval --data drugs-test --models drugs-lora --train drugs-train --baselines zero-shot,few-shot,tfidf
+    modelmill eval --task mmlu.yaml --models smollm2-135m-instruct,drugs-lora --limit 500
+    """
+    from modelmill.evaluate.candidates import baselines as add_baselines, parse_candidates
+    from modelmill.evaluate.classification import format_metrics
+    from modelmill.evaluate.runner import evaluate
+
+    store = _store()
+    spec = _task_from_options(task_file, kind, data_ref, train_ref, name, limit, scoring, few_shot, nearest,
+                              batch_size, max_new_tokens)
+    kw = {"few_shot": spec.few_shot, "few_shot_select": spec.few_shot_select, "device": device, "dtype": dtype}
+    cands = parse_candidates(store, models, **kw)
+    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    if names:
+        cands = add_baselines(store, cands, names, **kw)
+    rows = evaluate(store, spec, cands)
+    metric_names = spec.metrics or [m for m in spec.task_kind.metric_names]
+    if details:
+        for r in rows:
+            if "per_class" in r.metrics:
+                click.echo(format_metrics(r.candidate, r.metrics) + "\n")
+    click.echo(f"task {spec.name} ({spec.kind}), {rows[0].dataset}, {rows[0].n} items")
+    _print_results(rows, metric_names)
+    if report_path:
+        _write_report(store, [spec.name], report_path)
+
+
+def _write_report(store, task_names, out) -> None:
+    from modelmill.evaluate.report import write_report
+    from modelmill.evaluate.results import report_data
+
+    path = write_report(report_data(store, task_names), out)
+    click.echo(f"report: {path}")
+
+
+@main.command("leaderboard")
+@click.option("--task", default=None, help="One task's board (default: every task).")
+def leaderboard_cmd(task):
+    """Rank every scored candidate per task by the task's headline metric."""
+    from modelmill.evaluate.results import latest
+    from modelmill.evaluate.tasks import get_kind
+
+    rows = latest(_store(), task)
+    if not rows:
+        click.echo("no results yet: score models with `modelmill eval`")
+        return
+    for t in sorted({r.task for r in rows}):
+        mine = [r for r in rows if r.task == t]
+        kind = get_kind(mine[0].kind)
+        click.echo(f"\n{t} ({mine[0].kind}, {mine[0].dataset}), ranked by {kind.primary}")
+        _print_results(mine, list(kind.metric_names))
+
+
+@main.command("report")
+@click.option("--task", "tasks", multiple=True, help="Tasks to include (repeatable; default: all).")
+@click.option("--out", default="modelmill-report.html", show_default=True, type=click.Path(), help="HTML file to write.")
+def report_cmd(tasks, out):
+    """Write a self-contained HTML report: scores, per-class F1, confusion matrices, disagreements."""
+    from modelmill.evaluate.results import latest
+
+    store = _store()
+    if not tasks and not latest(store):
+        raise InputError("no results to report", fix="score models first with `modelmill eval`")
+    _write_report(store, list(tasks) or None, out)
+
+
+@main.command("scorecard")
+@click.option("--config", "config_file", required=True, type=click.Path(), help="Scorecard YAML (dimensions, weights).")
+def scorecard_cmd(config_file):
+    """Group tasks into dimensions (knowledge, business ...) and score every candidate overall."""
+    from modelmill.evaluate.results import load_scorecard, scorecard
+
+    card = load_scorecard(config_file)
+    rows = scorecard(_store(), card)
+    if not rows:
+        click.echo("no candidate has results on these tasks yet")
+        return
+    dims = list(card["dimensions"])
+    _table([[r["candidate"]] + [_fmt(r["dimensions"][d]) for d in dims]
+            + [_fmt(r["overall"]) + ("" if r["complete"] else " (partial)")] for r in rows],
+           ["CANDIDATE"] + [d.upper() for d in dims] + ["OVERALL"])
+
+
+@main.command("forgetting")
+@click.argument("adapter")
+@click.option("--task", "task_file", required=True, type=click.Path(), help="A general task, e.g. MMLU multiple choice.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N items.")
+def forgetting_cmd(adapter, task_file, limit):
+    """Score an adapter and its base on a general task and report what fine-tuning cost there."""
+    _forgetting(adapter, task_file, limit)
+
+
+def _forgetting(adapter, task_file, limit=None):
+    from dataclasses import replace
+
+    from modelmill.evaluate.results import forgetting
+    from modelmill.evaluate.tasks import load_task
+
+    spec = load_task(task_file)
+    if limit:
+        spec = replace(spec, limit=limit)
+    r = forgetting(_store(), adapter, spec)
+    click.echo(f"forgetting on {r['task']} ({r['n']} items, {r['metric']}): base {_fmt(r['base'])}, "
+               f"{adapter} {_fmt(r['adapter'])}, delta {r['delta']:+.3f}")
+
+
+@main.command("grid")
+@click.option("--bases", required=True, help="Comma-separated base models.")
+@click.option("--data", "datasets", required=True, help="Comma-separated training datasets.")
+@click.option("--methods", default="lora", show_default=True, help="Comma-separated: lora, lora-rN, full.")
+@click.option("--task", "task_file", required=True, type=click.Path(), help="The task every cell is scored on.")
+@click.option("--prefix", default="", help="A word in front of every cell's adapter name.")
+@click.option("--baselines", default="zero-shot", show_default=True, help="Also rank: zero-shot, few-shot, tfidf.")
+@click.option("--forgetting-task", type=click.Path(), default=None, help="Also score each cell on this general task.")
+@click.option("--config", "config_file", type=click.Path(), default=None, help="Training settings YAML for every cell.")
+@dataclass_options(SFTConfig, exclude=("base", "data", "name", "method", "lora_r", "lora_alpha"))
+def grid_cmd(bases, datasets, methods, task_file, prefix, baselines, forgetting_task, config_file, **flags):
+    """Train every base x dataset x method, score each on one task, print the ranked board.
+
+    Running it again skips finished cells and reuses stored scores.
+    """
+    from modelmill.evaluate.candidates import baselines as add_baselines, parse_candidates
+    from modelmill.evaluate.grid import plan, run_grid
+    from modelmill.evaluate.runner import evaluate
+    from modelmill.evaluate.tasks import load_task
+
+    spec = load_task(task_file)
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+    template = build_config(SFTConfig, flags, config_file)
+    cells = plan(split(bases), split(datasets), split(methods), template, prefix)
+    store = _store()
+    names = run_grid(store, cells, log=click.echo)
+    cands = parse_candidates(store, names)
+    if baselines:
+        cands = add_baselines(store, cands, split(baselines))
+    rows = evaluate(store, spec, cands)
+    click.echo(f"\ngrid on task {spec.name} ({spec.kind}), {rows[0].dataset}, {rows[0].n} items")
+    _print_results(rows, list(spec.task_kind.metric_names))
+    if forgetting_task:
+        for n in names:
+            _forgetting(n, forgetting_task)

@@ -1,0 +1,173 @@
+"""Stored results: the leaderboard, scorecards, report data and the forgetting check.
+
+    modelmill leaderboard --task drugs
+    modelmill scorecard --config scorecard.yaml
+    modelmill report --out report.html
+    modelmill forgetting drugs-lora --task mmlu.yaml
+
+A scorecard groups tasks into named dimensions, each task's headline metric (0..1) weighted
+within its dimension, and the dimensions weighted into an overall score::
+
+    dimensions:
+      knowledge: [mmlu]
+      business: {drugs: 2, tickets: 1}      # task: weight
+    weights: {knowledge: 1, business: 2}    # optional; default 1 each
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelmill.errors import InputError, NotFoundError
+from modelmill.store import Store
+from modelmill.store.tables import EvalResult
+
+
+def latest(store: Store, task: str | None = None, *, status: str = "done") -> list[EvalResult]:
+    """The newest result per (task, candidate), best first within each task."""
+    from sqlalchemy import select
+
+    with store.session() as s:
+        q = select(EvalResult).where(EvalResult.status == status)
+        if task:
+            q = q.where(EvalResult.task == task)
+        rows = list(s.scalars(q.order_by(EvalResult.finished_at)))
+        for r in rows:
+            s.expunge(r)
+    newest: dict[tuple[str, str], EvalResult] = {}
+    for r in rows:
+        newest[(r.task, r.candidate)] = r
+    out = list(newest.values())
+    out.sort(key=lambda r: (r.task, -(r.score if r.score is not None else float("-inf")), r.candidate))
+    if task and not out:
+        raise NotFoundError(f"no finished results for task '{task}'", field="--task",
+                            fix="score some models first: modelmill eval --task ... --models ...")
+    return out
+
+
+def tasks(store: Store) -> list[str]:
+    return sorted({r.task for r in latest(store)})
+
+
+def report_data(store: Store, task_names: list[str] | None = None, *, with_items: bool = True) -> list[dict]:
+    """What ``evaluate.report.build_report`` takes: one dict per stored result."""
+    from modelmill.evaluate.runner import read_items
+    from modelmill.evaluate.tasks import get_kind
+
+    rows = []
+    for name in task_names or [None]:
+        rows += latest(store, name)
+    out = []
+    for r in rows:
+        items = []
+        if with_items:
+            inputs = _inputs(store, r)
+            for it in read_items(r.path):
+                items.append({"i": it["i"], "input": inputs.get(it["i"], ""), "gold": _text(it.get("gold")),
+                              "pred": None if it.get("pred") is None else _text(it["pred"]),
+                              "correct": it.get("correct")})
+        get_kind(r.kind)  # a result of an unknown (plugin) kind still renders; this only checks it loads
+        out.append({"task": r.task, "kind": r.kind, "candidate": r.candidate, "candidate_kind": r.candidate_kind,
+                    "primary": r.primary, "metrics": r.metrics, "n": r.n_done, "parameters": r.parameters,
+                    "latency_ms": 1000 * r.seconds / r.n_done if r.n_done else None, "seconds": r.seconds,
+                    "dataset": r.dataset, "created_at": r.finished_at.isoformat() if r.finished_at else None,
+                    "items": items})
+    return out
+
+
+def _inputs(store: Store, row: EvalResult) -> dict[int, str]:
+    """Item index -> the input shown to the models, re-read from the task's data (for reports)."""
+    from modelmill.evaluate.tasks import load_items, task_from_dict
+
+    t = dict(row.lineage.get("task") or {})
+    try:
+        spec = task_from_dict({k: v for k, v in t.items() if k != "source"}, source=t.get("source"))
+        data = load_items(store, spec)
+    except Exception:  # the data moved or was removed: the report still shows golds and answers
+        return {}
+    kind = spec.task_kind
+    return {i: kind.show(it) for i, it in enumerate(data.items)}
+
+
+def _text(v) -> str:
+    import json
+
+    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+
+
+# ---- scorecards -------------------------------------------------------------------------------
+
+def load_scorecard(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("no such scorecard file", file=str(path), field="--config", fix="give a YAML file path")
+    except yaml.YAMLError as e:
+        raise InputError(f"not valid YAML ({getattr(e, 'problem', e)})", file=str(path), fix="check the indentation")
+    if not isinstance(d, dict) or not isinstance(d.get("dimensions"), dict) or not d["dimensions"]:
+        raise InputError("expected `dimensions:` mapping names to task lists", file=str(path), field="dimensions",
+                         fix="e.g. dimensions: {knowledge: [mmlu], business: {drugs: 2}}")
+    unknown = set(d) - {"dimensions", "weights"}
+    if unknown:
+        raise InputError(f"unknown key(s): {', '.join(sorted(unknown))}", file=str(path), fix="use dimensions and weights")
+    dims = {}
+    for name, tasks_ in d["dimensions"].items():
+        if isinstance(tasks_, list):
+            tasks_ = {str(t): 1.0 for t in tasks_}
+        if not isinstance(tasks_, dict) or not tasks_ or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in tasks_.values()):
+            raise InputError("expected a list of tasks or {task: positive weight}", file=str(path),
+                             field=f"dimensions.{name}", fix="e.g. business: {drugs: 2, tickets: 1}")
+        dims[str(name)] = {str(t): float(w) for t, w in tasks_.items()}
+    weights = d.get("weights") or {}
+    if not isinstance(weights, dict) or set(weights) - set(dims):
+        raise InputError("weights must name dimensions", file=str(path), field="weights",
+                         fix="one weight per dimension, e.g. weights: {business: 2}")
+    return {"dimensions": dims, "weights": {k: float(weights.get(k, 1.0)) for k in dims}}
+
+
+def scorecard(store: Store, card: dict) -> list[dict]:
+    """Per candidate: each dimension's weighted score (None when it has no result for any of its
+    tasks), the overall score over the dimensions it has, and how many dimensions that was."""
+    best: dict[tuple[str, str], float] = {}
+    for r in latest(store):
+        if r.score is not None:
+            best[(r.task, r.candidate)] = float(r.score)
+    candidates = sorted({c for _, c in best})
+    rows = []
+    for c in candidates:
+        dims = {}
+        for d, tasks_ in card["dimensions"].items():
+            have = [(best[(t, c)], w) for t, w in tasks_.items() if (t, c) in best]
+            dims[d] = sum(s * w for s, w in have) / sum(w for _, w in have) if have else None
+        have = [(v, card["weights"][d]) for d, v in dims.items() if v is not None]
+        if not have:
+            continue
+        overall = sum(v * w for v, w in have) / sum(w for _, w in have)
+        rows.append({"candidate": c, "dimensions": dims, "overall": overall, "complete": len(have) == len(dims)})
+    rows.sort(key=lambda r: (not r["complete"], -r["overall"]))
+    return rows
+
+
+# ---- forgetting ---------------------------------------------------------------------------------
+
+def forgetting(store: Store, adapter: str, spec, *, progress: bool = True, log=None) -> dict:
+    """Score an adapter and its base on a general task (e.g. MMLU); the delta is what fine-tuning
+    cost (negative) or gained there. Stored in the adapter's metrics as ``forgetting``."""
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.evaluate.candidates import LocalModel
+    from modelmill.evaluate.runner import evaluate
+    from modelmill.store.tables import Adapter
+
+    row = AdapterRegistry(store).get(adapter)
+    base, tuned = evaluate(store, spec, [LocalModel(store, row.base_model), LocalModel(store, row.name)],
+                           progress=progress, log=log)
+    result = {"task": spec.name, "metric": base.primary, "base": base.score, "adapter": tuned.score,
+              "delta": (tuned.score or 0.0) - (base.score or 0.0), "n": tuned.n_done}
+    with store.session() as s:
+        a = s.get(Adapter, row.id)
+        a.metrics = {**(a.metrics or {}), "forgetting": {**(a.metrics or {}).get("forgetting", {}), spec.name: result}}
+    return result
