@@ -58,6 +58,16 @@ def test_train_and_chat_on_real_reviews(real):
     reply = cli("chat", "drugs-lora", "--temperature", "0", "--max-tokens", "8", "--prompt",
                 "Classify the text into one of: negative, neutral, positive.\n\nText: It works great, no side effects.")
     assert reply.stdout.strip(), "the adapter answers"
+    # the benchmark: the adapter beside the prompt baselines and TF-IDF on real held-out reviews
+    cli("data", "import", data / "test.jsonl", "--name", "drugs-test")
+    out = cli("eval", "--data", "drugs-test", "--train", "drugs", "--models", "drugs-lora", "--limit", "12",
+              "--few-shot", "2", "--baselines", "zero-shot,few-shot,tfidf").stdout
+    names = {line.split()[1] for line in out.splitlines() if line.strip()[:1].isdigit()}
+    assert names == {"smollm2-135m-instruct", "few-shot-2:smollm2-135m-instruct", "tfidf-lr",
+                     "smollm2-135m-instruct:drugs-lora"}, out
+    report = home / "report.html"
+    cli("report", "--out", report)
+    assert "drugs-test" in report.read_text() and "<svg" in report.read_text()
 
 
 def test_add_a_gguf_file_as_a_new_model(real):

@@ -187,11 +187,40 @@ def test_interrupted_eval_keeps_items_and_continues(cli_tiny: CLI, tmp_path, hom
     assert "interrupted after" in err and "run the same command again" in err
     kept = items.read_text().count("\n")
     assert 16 <= kept < 160
+    with open(items, "a") as f:  # a line cut by a crash mid-write
+        f.write('{"i": 159, "gold": "It is')
     out = cli_tiny("eval", "--task", tmp_path / "long.yaml", "--models", "tiny")
     assert f"continuing, {kept} of 160 items already scored" in out.stderr
     lines = [json.loads(x) for x in items.read_text().splitlines()]
     assert sorted(r["i"] for r in lines) == list(range(160))  # each item once
+    assert lines[0]["input"] == "user: Tell me about product 0"  # what the model was shown, for reports
     assert _rows(out.stdout)[0][-2] == "160"
+
+    # --rerun interrupted: the finished result stays as it was
+    before = items.read_text()
+    proc = subprocess.Popen([*MODELMILL, "eval", "--task", tmp_path / "long.yaml", "--models", "tiny", "--rerun"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    side = items.parent.with_name(items.parent.name + ".rerun") / "items.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (side.is_file() and side.read_text().count("\n") >= 16):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 5 and "the stored result is unchanged" in err, err
+    assert items.read_text() == before
+    assert " 160 " in cli_tiny("leaderboard", "--task", "long").stdout
+
+
+def test_labels_come_from_the_whole_set_not_the_limit(home, task_files):
+    from modelmill.evaluate.tasks import load_items, task_from_dict
+    from modelmill.store import open_store
+
+    rows = sorted(json.loads(x) for x in (task_files / "test.jsonl").read_text().splitlines())
+    write_jsonl(task_files / "sorted.jsonl", sorted(rows, key=lambda r: r["label"]))
+    spec = task_from_dict({"kind": "classification", "data": str(task_files / "sorted.jsonl"), "limit": 3})
+    data = load_items(open_store(), spec)
+    assert [it["label"] for it in data.items] == ["negative"] * 3
+    assert data.labels == ["negative", "neutral", "positive"]
 
 
 def test_scorecard(cli_tiny: CLI, task_files):

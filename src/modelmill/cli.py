@@ -76,18 +76,9 @@ def build_config(cls, flags: dict, config_file: str | None):
     """Defaults < YAML file < flags. Unknown YAML keys and bad values name the file and key."""
     values: dict = {}
     if config_file:
-        import yaml
+        from modelmill.config import read_yaml_mapping
 
-        try:
-            loaded = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise InputError("no such file", file=config_file, field="--config", fix="give a YAML file path")
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise InputError(f"not valid YAML ({getattr(e, 'problem', e)})", file=config_file,
-                             line=mark.line + 1 if mark else None, fix="check the indentation and colons")
-        if not isinstance(loaded, dict):
-            raise InputError("expected a mapping of settings", file=config_file, fix="write one `key: value` a line")
+        loaded = read_yaml_mapping(config_file, "--config")
         known = {f.name: f for f in dataclasses.fields(cls)}
         for key, val in loaded.items():
             k = str(key).replace("-", "_")

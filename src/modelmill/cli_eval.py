@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import click
 
@@ -41,18 +42,25 @@ def _task_from_options(task_file, kind, data_ref, train_ref, name, limit, scorin
     if task_file and (kind or data_ref):
         raise InputError("give a task file or --kind/--data, not both", field="--task",
                          fix="put kind and data in the task file")
+    # Paths on the command line are the user's, relative to where they stand (a task file's own
+    # paths are relative to the file).
+    abspath = lambda ref: str(Path(ref).resolve()) if ref and Path(ref).is_file() else ref  # noqa: E731
+    data_ref, train_ref = abspath(data_ref), abspath(train_ref)
     if task_file:
         spec = load_task(task_file)
     else:
         if not data_ref:
             raise InputError("no task given", field="--task", fix="pass --task FILE.yaml, or --data DATASET [--kind KIND]")
+        if not kind and Path(data_ref).is_file():
+            raise InputError("a file's task kind cannot be guessed", field="--kind",
+                             fix="add --kind classification (or extraction, generation, multiple_choice, judge, dialogue)")
         if not kind:  # the dataset's kind decides: classification data -> classification, chat -> generation
             from modelmill.data.catalog import DatasetCatalog
 
             ds = DatasetCatalog(_store()).resolve(data_ref)
             kind = "classification" if ds.kind == "classification" else "generation"
         spec = task_from_dict({"kind": kind, "data": data_ref, **({"train": train_ref} if train_ref else {}),
-                               "name": name or data_ref.split("@")[0]})
+                               "name": name or Path(data_ref.split("@")[0]).stem})
     overrides = {"limit": limit, "scoring": scoring, "few_shot": few_shot, "batch_size": batch_size,
                  "max_new_tokens": max_new_tokens, "train": train_ref if task_file else None,
                  "few_shot_select": "nearest" if nearest else None}
@@ -110,7 +118,7 @@ def eval_cmd(task_file, kind, data_ref, train_ref, name, limit, scoring, few_sho
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     if names:
         cands = add_baselines(store, cands, names, **kw)
-    rows = evaluate(store, spec, cands)
+    rows = evaluate(store, spec, cands, rerun=rerun)
     metric_names = spec.metrics or [m for m in spec.task_kind.metric_names]
     if details:
         for r in rows:
@@ -227,9 +235,10 @@ def grid_cmd(bases, datasets, methods, task_file, prefix, baselines, forgetting_
     cells = plan(split(bases), split(datasets), split(methods), template, prefix)
     store = _store()
     names = run_grid(store, cells, log=click.echo)
-    cands = parse_candidates(store, names)
+    kw = {"few_shot": spec.few_shot, "few_shot_select": spec.few_shot_select}
+    cands = parse_candidates(store, names, **kw)
     if baselines:
-        cands = add_baselines(store, cands, split(baselines))
+        cands = add_baselines(store, cands, split(baselines), **kw)
     rows = evaluate(store, spec, cands)
     click.echo(f"\ngrid on task {spec.name} ({spec.kind}), {rows[0].dataset}, {rows[0].n} items")
     _print_results(rows, list(spec.task_kind.metric_names))

@@ -40,3 +40,26 @@ def get_settings() -> Settings:
     s = _settings_for(key)
     s.home.mkdir(parents=True, exist_ok=True)
     return s
+
+
+def read_yaml_mapping(path, flag: str, what: str = "settings"):
+    """The mapping in a YAML file; a missing file, bad YAML (with its line) or a non-mapping is an
+    InputError that names the file and, through ``flag``, the option that gave it."""
+    import yaml
+
+    from modelmill.errors import InputError
+
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError("no such file", file=str(path), field=flag, fix="give a YAML file path")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise InputError(f"not valid YAML ({getattr(e, 'problem', e)})", file=str(path),
+                         line=mark.line + 1 if mark else None, fix="check the indentation and colons")
+    if loaded is None:  # an empty file: no settings
+        return {}
+    if not isinstance(loaded, dict):
+        raise InputError(f"expected a mapping of {what}", file=str(path), fix="write one `key: value` a line")
+    return loaded

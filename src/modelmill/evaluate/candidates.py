@@ -76,7 +76,8 @@ class LocalModel(Candidate):
         base, adapter = AdapterRegistry(store).resolve_ref(ref)
         models = ModelRegistry(store)
         name = f"{base.name}:{adapter.name}" if adapter else base.name
-        lineage = {"base_hash": base.file_hash or base.source, "dtype": dtype}
+        # the weights' hash (of the GGUF for converted models): the same before and after conversion
+        lineage = {"base_hash": models.base_hash(base), "dtype": dtype}
         if adapter is not None:
             lineage.update(adapter_path=adapter.path, adapter_created=str(adapter.created_at),
                            adapter_dataset_hash=adapter.dataset_hash, method=adapter.method)
@@ -96,6 +97,10 @@ class LocalModel(Candidate):
         if self.model is not None:
             return
         model, tok, _ = load_for_inference(self.store, self.ref, self.device)
+        if hasattr(model, "merge_and_unload"):
+            # Scoring never switches adapters: fold the LoRA product into the weights (in float32,
+            # before any cast) so each linear is one matmul again.
+            model = model.merge_and_unload()
         dev = next(model.parameters()).device.type
         want = self.dtype
         if want == "auto":  # bfloat16 where it is native: 2.5x faster scoring on an AVX512-BF16 CPU
@@ -152,6 +157,7 @@ class FewShot(Candidate):
                          kind="few-shot", base=inner.base, adapter=inner.adapter, parameters=inner.parameters,
                          lineage={"inner": inner.key(), "k": k, "select": select})
         self.inner, self.k, self.select = inner, k, select
+        self._pool = None
         self.can_score, self.can_generate = inner.can_score, inner.can_generate
 
     def open(self):
@@ -169,7 +175,9 @@ class FewShot(Candidate):
         if self.select == "fixed":
             picked = _spread(pool, k, spec)
             return [picked for _ in items]
-        return _nearest(pool, items, k, spec)
+        if self._pool is None:  # embedded once, not once per chunk
+            self._pool = _embed(pool, spec)
+        return _nearest(pool, self._pool, items, k, spec)
 
     def choice_scores(self, records, labels, messages, **kw):
         return self.inner.choice_scores(records, labels, messages, **kw)
@@ -195,12 +203,18 @@ class TfidfLR(Candidate):
 
         if self.pipe is None:
             texts = [r["text"] for r in train]
+            min_df = 2 if len(texts) >= 100 else 1  # a handful of examples has few repeated n-grams
             if _is_cjk(texts):
-                vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
+                vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, min_df=min_df)
             else:
-                vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+                vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=min_df)
             self.pipe = make_pipeline(vec, LogisticRegression(max_iter=2000, C=10.0))
-            self.pipe.fit(texts, [r["label"] for r in train])
+            try:
+                self.pipe.fit(texts, [r["label"] for r in train])
+            except ValueError as e:  # one class only, or no words at all
+                self.pipe = None
+                raise InputError(f"TF-IDF + LR cannot learn from the training set ({e})", field="train",
+                                 fix="give a training set with at least two labels and some text")
         return [str(p) for p in self.pipe.predict([r["text"] for r in items])]
 
 
@@ -236,21 +250,28 @@ def _spread(pool: list[dict], k: int, spec) -> list[dict]:
     return out
 
 
-def _nearest(pool: list[dict], items: list[dict], k: int, spec) -> list[list[dict]]:
-    """Per item, the k training items whose text is closest by the bundled MiniLM embedding."""
-    import numpy as np
-
+def _embed(rows: list[dict], spec):
+    """Unit vectors of the rows' text by the bundled MiniLM (long texts: their start)."""
     from modelmill.serve.embeddings import Embedder
 
-    kind = spec.task_kind
     model = Embedder.default()._load()  # encode() refuses long inputs; selection only needs their start
-    enc = lambda xs: model.encode([kind.show(x)[:2000] for x in xs], normalize_embeddings=True,  # noqa: E731
-                                  convert_to_numpy=True, show_progress_bar=False)
-    P, Q = enc(pool), enc(items)
-    sims = Q @ P.T
-    top = np.argsort(-sims, axis=1)[:, :k]
-    # Nearest last: the example most like the item sits right before it.
-    return [[pool[j] for j in row[::-1]] for row in top]
+    return model.encode([spec.task_kind.show(x)[:2000] for x in rows], normalize_embeddings=True,
+                        convert_to_numpy=True, show_progress_bar=False)
+
+
+def _nearest(pool: list[dict], P, items: list[dict], k: int, spec) -> list[list[dict]]:
+    """Per item, the k training items closest to it, never the item itself (when the training
+    set holds a copy of a test item, its answer must not be shown)."""
+    import numpy as np
+
+    show = spec.task_kind.show
+    sims = _embed(items, spec) @ P.T
+    out = []
+    for it, row in zip(items, np.argsort(-sims, axis=1)):
+        text = show(it)
+        picked = [pool[j] for j in row[:k + 8] if show(pool[j]) != text][:k]
+        out.append(picked[::-1])  # nearest last: the example most like the item sits right before it
+    return out
 
 
 # ---- batched generation ---------------------------------------------------------------------------

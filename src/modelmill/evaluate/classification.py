@@ -86,12 +86,23 @@ def _fit_text(record: dict, labels: list[str], tokenizer, max_length: int, chat_
     return _tokenize_pairs({**record, "text": short}, labels, tokenizer, chat_template, messages), short
 
 
+def _last_answer(labels: list[int]) -> list[int]:
+    """Positions of the last assistant turn: the answer being scored. Earlier assistant turns
+    (few-shot examples) are part of the prompt, shared by every label."""
+    end = max(k for k, t in enumerate(labels) if t != IGNORE)
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE:
+        start -= 1
+    return list(range(start, end + 1))
+
+
 def _encode(record: dict, labels: list[str], tokenizer, max_length: int, chat_template, messages=None) -> _Encoded:
     pairs, _ = _fit_text(record, labels, tokenizer, max_length, chat_template, messages)
     # The prompt is everything before the first answer token. Labels almost always share it
     # token for token; where a template or a merge makes them differ, the shared part is the
     # common prefix and the rest of each prompt rides (unscored) in that label's suffix.
-    firsts = [next(k for k, t in enumerate(p["labels"]) if t != IGNORE) for p in pairs]
+    answers = [_last_answer(p["labels"]) for p in pairs]
+    firsts = [a[0] for a in answers]
     shared = min(firsts)
     first_ids = pairs[0]["input_ids"]
     for p in pairs[1:]:
@@ -104,7 +115,7 @@ def _encode(record: dict, labels: list[str], tokenizer, max_length: int, chat_te
         raise InputError("the prompts of different labels share no token", field="chat_template",
                          fix="use a chat template that renders the user turn the same way for every answer")
     suffixes = [p["input_ids"][shared:] for p in pairs]
-    scored = [[k - shared for k, t in enumerate(p["labels"]) if t != IGNORE] for p in pairs]
+    scored = [[k - shared for k in a] for a in answers]
     return _Encoded(prefix=first_ids[:shared], suffixes=suffixes, scored=scored)
 
 
@@ -461,7 +472,8 @@ def format_metrics(name: str, metrics: dict) -> str:
     """A short block: headline numbers, a per-class table, the confusion matrix."""
     labels = metrics["labels"]
     w = max([len(x) for x in labels] + [5])
-    lines = [f"{name}: accuracy {metrics['accuracy']:.3f}  macro-F1 {metrics['macro_f1']:.3f}  "
+    f1 = f"  macro-F1 {metrics['macro_f1']:.3f}" if "macro_f1" in metrics else ""
+    lines = [f"{name}: accuracy {metrics['accuracy']:.3f}{f1}  "
              f"n={metrics['n']}" + (f"  unparsed {metrics['unparsed']}" if metrics.get("unparsed") else ""),
              f"  {'label':<{w}}  precision  recall     f1  support"]
     for x in labels:
@@ -528,6 +540,9 @@ class ClassificationTask(TaskKind):
 
         labels = spec.labels or dataset_labels or labels_of(items)
         labels = _check_labels(labels)
+        if len(labels) < 2:
+            raise InputError(f"only one label ({labels[0]}) in the data: nothing to choose between", field="labels",
+                             file=spec.source, fix="list every label under `labels:`, or use a test set with several")
         unknown = sorted({it["label"] for it in items} - set(labels))
         if unknown:
             raise InputError(f"labels in the test set that the task does not list: {', '.join(unknown)}",
@@ -552,13 +567,23 @@ class ClassificationTask(TaskKind):
     def answer(self, item, spec, data):
         return item["label"]
 
-    def score(self, candidate, items, spec, data, progress=True):
-        from modelmill.evaluate.candidates import TfidfLR
+    def check_candidate(self, candidate, spec, data):
+        from modelmill.evaluate.candidates import FewShot, TfidfLR
 
         if isinstance(candidate, TfidfLR):
             if not data.train:
                 raise InputError("the TF-IDF baseline learns from the task's training set, and there is none",
                                  field="train", fix="add `train: DATASET` to the task (or --train)")
+            return
+        if isinstance(candidate, FewShot) and not data.train:
+            raise InputError(f"{candidate.name} needs training examples to show", field="train",
+                             fix="add `train: DATASET` to the task (or --train)")
+        choose_scoring(candidate, spec)  # refuses loglik for a text-only model
+
+    def score(self, candidate, items, spec, data, progress=True):
+        from modelmill.evaluate.candidates import TfidfLR
+
+        if isinstance(candidate, TfidfLR):
             preds = candidate.fit_predict(data.train, items)
             return [{"gold": it["label"], "pred": p, "correct": p == it["label"]} for it, p in zip(items, preds)]
         return choice_results(self, candidate, items, spec, data, data.labels,

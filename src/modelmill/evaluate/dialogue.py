@@ -43,6 +43,14 @@ class DialogueTask(TaskKind):
             raise InputError(f"unknown match '{spec.match}'", field="match", fix="use exact, contains or regex",
                              **({"file": spec.source} if spec.source else {}))
 
+    def check_candidate(self, candidate, spec, data):
+        from modelmill.evaluate.candidates import FewShot
+
+        super().check_candidate(candidate, spec, data)
+        if isinstance(candidate, FewShot):
+            raise InputError("few-shot prompting is not defined for dialogue tasks (the history is the context)",
+                             field="--models", fix=f"score {candidate.inner.name} itself")
+
     def from_raw(self, record, where, spec):
         msgs = record.get("messages")
         if not isinstance(msgs, list) or not msgs:

@@ -38,11 +38,13 @@ Give a grade from {lo} (worst) to {hi} (best). Reply with one line: "Score: N", 
 
 
 def parse_grade(text: str, lo: int, hi: int) -> int | None:
-    m = re.search(r"score\s*[:=]?\s*(-?\d+)", text, re.I) or re.search(r"(?<!\d)(-?\d+)(?!\d)", text)
-    if not m:
-        return None
-    g = int(m.group(1))
-    return g if lo <= g <= hi else None
+    m = re.search(r"score\s*[:=]?\s*(-?\d+)", text, re.I)
+    if m:
+        g = int(m.group(1))
+        return g if lo <= g <= hi else None
+    # No "Score:": the last number in range ("on a scale of 1 to 5 I give it a 4" -> 4)
+    found = [int(x) for x in re.findall(r"(?<![\d.])(-?\d+)(?![\d.])", text) if lo <= int(x) <= hi]
+    return found[-1] if found else None
 
 
 class JudgeTask(GenerationTask):

@@ -29,9 +29,14 @@ def format_question(question: str, choices: list[str]) -> str:
 def parse_letter(output: str, choices: list[str]) -> str | None:
     """The letter the answer names: "B", "(B)", "B.", "Answer: B", or the text of a choice."""
     letters = LETTERS[:len(choices)]
-    m = re.search(rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])", output.strip())
-    if m:
-        return m.group(1)
+    text = output.strip()
+    for pat in (rf"answer\s*(?:is|:)?\s*\(?([{letters}])\b",  # "The answer is C", "Answer: (B)"
+                rf"^\(?([{letters}])(?:[.):]|$|\s*$)",  # "B", "B.", "(B)" first
+                rf"\(([{letters}])\)",  # "(C)" anywhere
+                rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])(?!\s+[a-z])"):  # a lone letter, not the article "A good"
+        m = re.search(pat, text, re.I if pat.startswith("answer") else 0)
+        if m:
+            return m.group(1).upper()
     low = output.lower()
     for i, c in enumerate(choices):
         if c.strip() and c.strip().lower() in low:

@@ -52,7 +52,6 @@ def tasks(store: Store) -> list[str]:
 def report_data(store: Store, task_names: list[str] | None = None, *, with_items: bool = True) -> list[dict]:
     """What ``evaluate.report.build_report`` takes: one dict per stored result."""
     from modelmill.evaluate.runner import read_items
-    from modelmill.evaluate.tasks import get_kind
 
     rows = []
     for name in task_names or [None]:
@@ -61,32 +60,16 @@ def report_data(store: Store, task_names: list[str] | None = None, *, with_items
     for r in rows:
         items = []
         if with_items:
-            inputs = _inputs(store, r)
             for it in read_items(r.path):
-                items.append({"i": it["i"], "input": inputs.get(it["i"], ""), "gold": _text(it.get("gold")),
+                items.append({"i": it["i"], "input": it.get("input", ""), "gold": _text(it.get("gold")),
                               "pred": None if it.get("pred") is None else _text(it["pred"]),
                               "correct": it.get("correct")})
-        get_kind(r.kind)  # a result of an unknown (plugin) kind still renders; this only checks it loads
         out.append({"task": r.task, "kind": r.kind, "candidate": r.candidate, "candidate_kind": r.candidate_kind,
                     "primary": r.primary, "metrics": r.metrics, "n": r.n_done, "parameters": r.parameters,
                     "latency_ms": 1000 * r.seconds / r.n_done if r.n_done else None, "seconds": r.seconds,
                     "dataset": r.dataset, "created_at": r.finished_at.isoformat() if r.finished_at else None,
                     "items": items})
     return out
-
-
-def _inputs(store: Store, row: EvalResult) -> dict[int, str]:
-    """Item index -> the input shown to the models, re-read from the task's data (for reports)."""
-    from modelmill.evaluate.tasks import load_items, task_from_dict
-
-    t = dict(row.lineage.get("task") or {})
-    try:
-        spec = task_from_dict({k: v for k, v in t.items() if k != "source"}, source=t.get("source"))
-        data = load_items(store, spec)
-    except Exception:  # the data moved or was removed: the report still shows golds and answers
-        return {}
-    kind = spec.task_kind
-    return {i: kind.show(it) for i, it in enumerate(data.items)}
 
 
 def _text(v) -> str:
@@ -98,15 +81,10 @@ def _text(v) -> str:
 # ---- scorecards -------------------------------------------------------------------------------
 
 def load_scorecard(path: str | Path) -> dict:
-    import yaml
+    from modelmill.config import read_yaml_mapping
 
     path = Path(path)
-    try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("no such scorecard file", file=str(path), field="--config", fix="give a YAML file path")
-    except yaml.YAMLError as e:
-        raise InputError(f"not valid YAML ({getattr(e, 'problem', e)})", file=str(path), fix="check the indentation")
+    d = read_yaml_mapping(path, "--config", "dimensions and weights")
     if not isinstance(d, dict) or not isinstance(d.get("dimensions"), dict) or not d["dimensions"]:
         raise InputError("expected `dimensions:` mapping names to task lists", file=str(path), field="dimensions",
                          fix="e.g. dimensions: {knowledge: [mmlu], business: {drugs: 2}}")

@@ -34,8 +34,12 @@ class EvalInterrupted(ModelmillError):
 
 
 def result_key(spec: TaskSpec, data: TaskData, cand: Candidate) -> str:
-    return digest({"task": spec.scoring_key(), "data": data.dataset_hash, "n": len(data.items),
-                   "candidate": cand.key()})[:32]
+    """Same task name, settings, data and candidate: the same key. The training set counts only
+    for candidates that read it (few-shot, classical); for the others, the labels it adds do."""
+    uses_train = cand.kind in ("few-shot", "classical")
+    data_hash = data.dataset_hash if uses_train else data.test_hash
+    return digest({"task": spec.scoring_key(uses_train), "data": data_hash, "labels": data.labels,
+                   "n": len(data.items), "candidate": cand.key()})[:32]
 
 
 def evaluate(store: Store, spec: TaskSpec, candidates: list[Candidate], *, rerun: bool = False,
@@ -44,6 +48,8 @@ def evaluate(store: Store, spec: TaskSpec, candidates: list[Candidate], *, rerun
     every scored item) when a candidate fails part-way; earlier candidates' results are stored."""
     data = load_items(store, spec)
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    for c in candidates:  # a candidate that cannot do the task is refused before anything runs
+        spec.task_kind.check_candidate(c, spec, data)
     return [_one(store, spec, data, c, rerun=rerun, progress=progress, chunk=chunk, log=log) for c in candidates]
 
 
@@ -59,6 +65,11 @@ def _one(store: Store, spec: TaskSpec, data: TaskData, cand: Candidate, *, rerun
             log(f"{cand.name}: reusing the result of {row.finished_at:%Y-%m-%d %H:%M} (--rerun to score again)")
             return row
         folder = store.evals_dir / key
+        if row is not None and row.status == "done":
+            # --rerun: score into a side folder; the stored result stays until the new one is whole.
+            side = store.evals_dir / f"{key}.rerun"
+            return _score(store, row, spec, data, cand, side, progress=progress, chunk=chunk, log=log,
+                          replaces=folder)
         if row is None or rerun:
             row = _fresh_row(store, key, spec, data, cand, folder, replace=row)
         return _score(store, row, spec, data, cand, folder, progress=progress, chunk=chunk, log=log)
@@ -105,21 +116,35 @@ def read_items(folder: str | Path) -> list[dict]:
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
-                break
+                continue
     return out
 
 
+def _cut_partial_line(path: Path) -> None:
+    """Drop a last line that a crash cut mid-write, so that appending starts on a fresh line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def _score(store, row: EvalResult, spec: TaskSpec, data: TaskData, cand: Candidate, folder: Path, *,
-           progress: bool, chunk: int, log) -> EvalResult:
+           progress: bool, chunk: int, log, replaces: Path | None = None) -> EvalResult:
+    """Score what ``folder`` lacks. With ``replaces`` (a rerun of a finished result), ``row`` and
+    its folder are left as they are until every item is scored again, then swapped."""
     kind = spec.task_kind
     folder.mkdir(parents=True, exist_ok=True)
+    _cut_partial_line(folder / "items.jsonl")
     done = {r["i"]: r for r in read_items(folder)}
     todo = [i for i in range(len(data.items)) if i not in done]
     if done and todo:
         log(f"{cand.name}: continuing, {len(done)} of {len(data.items)} items already scored")
     # Chunks big enough to batch well, small enough that an interruption loses little.
     size = chunk or max(spec.batch_size * 2, 16)
-    seconds = row.seconds
+    seconds = row.seconds if replaces is None else 0.0
+    update = (lambda **kw: None) if replaces is not None else (lambda **kw: _update(store, row.id, **kw))
     error = None
     try:
         if todo:
@@ -133,25 +158,27 @@ def _score(store, row: EvalResult, spec: TaskSpec, data: TaskData, cand: Candida
                 failed = [r["error"] for r in results if "error" in r]
                 for i, r in zip(idx, results):
                     if "error" not in r:
-                        r = {"i": i, **r}
+                        # the input as shown, so that reports never pair answers with other data
+                        r = {"i": i, **r, "input": kind.show(data.items[i])[:4000]}
                         done[i] = r
                         f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-                _update(store, row.id, n_done=len(done), seconds=seconds)
+                update(n_done=len(done), seconds=seconds)
                 if failed:
                     error = failed[0]
                     break
     except KeyboardInterrupt:
-        _update(store, row.id, status="failed", error="interrupted", n_done=len(done), seconds=seconds)
+        update(status="failed", error="interrupted", n_done=len(done), seconds=seconds)
+        kept = " (kept; the stored result is unchanged)" if replaces is not None else " (kept)"
         raise EvalInterrupted(f"scoring {cand.name} on '{spec.name}' was interrupted after {len(done)} of "
-                              f"{len(data.items)} items (kept)", fix="run the same command again to continue")
+                              f"{len(data.items)} items{kept}", fix="run the same command again to continue")
     except ModelmillError as e:
         error = str(e)
     finally:
         cand.close()
     if error is not None:
-        _update(store, row.id, status="failed", error=error, n_done=len(done), seconds=seconds)
+        update(status="failed", error=error, n_done=len(done), seconds=seconds)
         raise EvalInterrupted(f"scoring {cand.name} on '{spec.name}' stopped after {len(done)} of {len(data.items)} "
                               f"items (kept): {error}", fix="fix the cause (e.g. the endpoint), then run the same "
                               "command again to continue")
@@ -159,6 +186,10 @@ def _score(store, row: EvalResult, spec: TaskSpec, data: TaskData, cand: Candida
     metrics = kind.metrics(results, spec, data)
     score = metrics.get(kind.primary)
     lineage = {**row.lineage, "candidate": cand.key()}  # now with what loading learnt (e.g. the dtype used)
+    if replaces is not None:
+        if replaces.exists():
+            store.remove_tree(replaces)
+        folder.rename(replaces)
     return _update(store, row.id, status="done", metrics=_finite(metrics), n_done=len(done), seconds=seconds,
                    score=score if isinstance(score, (int, float)) and math.isfinite(score) else None, error=None,
                    lineage=lineage, finished_at=datetime.now(timezone.utc))

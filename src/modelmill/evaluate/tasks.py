@@ -84,11 +84,15 @@ class TaskSpec:
     def new_tokens(self) -> int:
         return self.max_new_tokens or self.task_kind.max_new_tokens
 
-    def scoring_key(self) -> dict:
-        """What changes the scores: everything but the name, the limit and where the file was."""
+    def scoring_key(self, uses_train: bool = True) -> dict:
+        """What changes the scores: everything but the limit, where the file was and how it is
+        shown. ``uses_train`` False leaves out what only few-shot and classical candidates read."""
         d = dataclasses.asdict(self)
-        for k in ("name", "source", "limit", "metrics", "batch_size"):
+        for k in ("source", "limit", "metrics", "batch_size"):
             d.pop(k)
+        if not uses_train:
+            for k in ("train", "few_shot", "few_shot_select"):
+                d.pop(k)
         return d
 
 
@@ -96,19 +100,10 @@ class TaskSpec:
 
 def load_task(path: str | Path) -> TaskSpec:
     """A TaskSpec from a YAML file; every problem names the file, the key and the fix."""
-    import yaml
+    from modelmill.config import read_yaml_mapping
 
     path = Path(path)
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("no such task file", file=str(path), field="--task", fix="give a YAML file path")
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise InputError(f"not valid YAML ({getattr(e, 'problem', e)})", file=str(path),
-                         line=mark.line + 1 if mark else None, fix="check the indentation and colons")
-    if not isinstance(loaded, dict):
-        raise InputError("expected a mapping (name:, kind:, data: ...)", file=str(path), fix="see `modelmill eval --help`")
+    loaded = read_yaml_mapping(path, "--task", "task settings (name:, kind:, data: ...)")
     return task_from_dict(loaded, source=str(path.resolve()))
 
 
@@ -160,25 +155,38 @@ class TaskData:
     items: list[dict]
     train: list[dict] | None
     dataset: str  # NAME@VERSION, or the file path
-    dataset_hash: str
+    dataset_hash: str  # the test set's content hash, combined with the training set's when there is one
     labels: list[str] | None = None
+    test_hash: str = ""  # the test set's alone
     store: Any = None  # the Store it came from (a judge model is looked up there)
 
 
 def load_items(store, spec: TaskSpec) -> TaskData:
     """Read and validate the task's data; ``spec.limit`` keeps the first N test items."""
     items, ref, digest, labels = _read(store, spec, spec.data, "data")
+    test_hash = digest
     if not items:
         raise InputError("the test set has no items", field="data", fix="give a dataset with records",
                          **({"file": spec.source} if spec.source else {}))
     train = None
     if spec.train:
-        train, _, tdigest, _ = _read(store, spec, spec.train, "train")
+        train, tref, tdigest, tlabels = _read(store, spec, spec.train, "train")
+        if not train:
+            raise InputError(f"the training set {tref} has no items", field="train",
+                             fix="give a training set with records, or leave `train:` out")
+        if tdigest == digest:
+            import warnings
+
+            warnings.warn(f"the training set {tref} is the test set: few-shot examples and TF-IDF see the answers")
         digest = hashlib.sha256((digest + tdigest).encode()).hexdigest()
+        labels = labels or tlabels
+    # Labels come from the whole test set (and the training set), not from the first `limit`
+    # items: a file sorted by label would otherwise offer the models one label.
+    labels = spec.task_kind.labels_for(spec, items + (train or []), labels)
     if spec.limit:
         items = items[:spec.limit]
-    labels = spec.task_kind.labels_for(spec, items, labels)
-    return TaskData(items=items, train=train, dataset=ref, dataset_hash=digest, labels=labels, store=store)
+    return TaskData(items=items, train=train, dataset=ref, dataset_hash=digest, labels=labels, test_hash=test_hash,
+                    store=store)
 
 
 def _read(store, spec: TaskSpec, ref: str, key: str) -> tuple[list[dict], str, str, list[str] | None]:
@@ -215,7 +223,10 @@ class TaskKind:
 
     - ``from_raw(record, where, spec)``: a file's record -> an item (raise ``where.error`` on bad input)
     - ``from_record(record, data_kind, ref, n, spec)``: a catalog dataset's canonical record -> an item
-    - ``score(candidate, items, spec, data)``: one result per item: {"gold", "pred", "correct", ...}
+    - ``check_candidate(candidate, spec, data)``: refuse, before anything is scored, a candidate
+      that cannot do this task
+    - ``score(candidate, items, spec, data, progress)``: one result per item: {"gold", "pred", "correct", ...},
+      or {"error": text} for an item the candidate failed on (scoring stops there; the rest is kept)
     - ``metrics(results, spec, data)``: the numbers
     - ``show(item)``: the item's input as text (reports, disagreement tables)
     """
@@ -231,6 +242,16 @@ class TaskKind:
 
     def check_spec(self, spec: TaskSpec) -> None:
         pass
+
+    def check_candidate(self, candidate, spec: TaskSpec, data: TaskData) -> None:
+        from modelmill.evaluate.candidates import FewShot
+
+        if not candidate.can_generate:
+            raise InputError(f"{candidate.name} does not generate text, which {self.name} tasks need",
+                             field="--models", fix="use it on classification tasks only")
+        if isinstance(candidate, FewShot) and not data.train:
+            raise InputError(f"{candidate.name} needs training examples to show", field="train",
+                             fix="add `train: DATASET` to the task (or --train)")
 
     def labels_for(self, spec: TaskSpec, items: list[dict], dataset_labels: list[str] | None) -> list[str] | None:
         return None
