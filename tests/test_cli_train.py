@@ -155,18 +155,17 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(cli_tiny: CLI, reviews_file, home)
 def test_eval_base_beside_adapter(trained, tmp_path):
     cli, _ = trained
     out = cli("eval", "--data", "reviews", "--models", "tiny,rev-lora", "--limit", "10", "--details").stdout
-    assert "reviews@" in out and "10 records" in out
-    table = out.split("MODEL")[1].splitlines()[1:]
-    lines = [l for l in table if l.strip()]
-    assert [l.split()[0] for l in lines] == ["tiny", "tiny:rev-lora"], out
-    for l in lines:
-        acc = float(l.split()[1])
-        assert 0.0 <= acc <= 1.0
+    assert "task reviews (classification), reviews@" in out and "10 items" in out
+    rows = [line.split() for line in out.split("CANDIDATE", 1)[1].splitlines()[1:] if line.strip()]
+    assert sorted(r[1] for r in rows) == ["tiny", "tiny:rev-lora"], out
+    for r in rows:
+        assert 0.0 <= float(r[3]) <= 1.0
     assert "confusion" in out.lower()
+    # chat data is scored as generation against its answers
     chat = write_jsonl(tmp_path / "c.jsonl", [{"instruction": "hi", "output": "hello"}])
     cli("data", "import", chat, "--name", "chatty")
-    p = cli("eval", "--data", "chatty", "--models", "tiny", ok=False)
-    assert "classification" in p.stderr and "--data" in p.stderr
+    out = cli("eval", "--data", "chatty", "--models", "tiny", "--max-new-tokens", "4").stdout
+    assert "task chatty (generation)" in out and "ROUGE-L" in out
     p = cli("eval", "--data", "reviews", "--models", "tiny,nope", ok=False)
     assert "unknown model 'nope'" in p.stderr
 

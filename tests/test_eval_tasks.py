@@ -215,7 +215,7 @@ def test_labels_come_from_the_whole_set_not_the_limit(home, task_files):
     from modelmill.evaluate.tasks import load_items, task_from_dict
     from modelmill.store import open_store
 
-    rows = sorted(json.loads(x) for x in (task_files / "test.jsonl").read_text().splitlines())
+    rows = [json.loads(x) for x in (task_files / "test.jsonl").read_text().splitlines()]
     write_jsonl(task_files / "sorted.jsonl", sorted(rows, key=lambda r: r["label"]))
     spec = task_from_dict({"kind": "classification", "data": str(task_files / "sorted.jsonl"), "limit": 3})
     data = load_items(open_store(), spec)

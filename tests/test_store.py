@@ -108,4 +108,4 @@ def test_postgres_by_url(postgres_url, home, tiny_model, reviews_file, monkeypat
 
     with sa.create_engine(postgres_url).connect() as conn:
         assert conn.execute(sa.text("select name from adapters")).scalar() == "pg-lora"
-        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == "0001"
+        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == "0002"
