@@ -514,8 +514,7 @@ def choice_results(kind, candidate, items, spec, data, labels, parse, progress) 
                                        batch_size=spec.batch_size, progress=progress)
         return [{"gold": kind.answer(it, spec, data), "pred": r["pred"], "correct": r["pred"] == kind.answer(it, spec, data),
                  "scores": {k: round(v, 4) for k, v in r["scores"].items()}} for it, r in zip(items, rows)]
-    convs = [kind.conversation(it, spec, data, sh) for it, sh in zip(items, shots)]
-    outs = candidate.generate(convs, max_new_tokens=spec.new_tokens, batch_size=spec.batch_size, progress=progress)
+    outs = kind.generate(candidate, items, spec, data, progress)
     res = []
     for it, out in zip(items, outs):
         if isinstance(out, Exception):

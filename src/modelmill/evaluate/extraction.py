@@ -101,9 +101,7 @@ class ExtractionTask(TaskKind):
         return json.dumps(item["expected"], ensure_ascii=False)
 
     def score(self, candidate, items, spec, data, progress=True):
-        shots = candidate.shots(items, spec, data) or [None] * len(items)
-        convs = [self.conversation(it, spec, data, sh) for it, sh in zip(items, shots)]
-        outs = candidate.generate(convs, max_new_tokens=spec.new_tokens, batch_size=spec.batch_size, progress=progress)
+        outs = self.generate(candidate, items, spec, data, progress)
         res = []
         for it, out in zip(items, outs):
             if isinstance(out, Exception):

@@ -96,11 +96,6 @@ class GenerationTask(TaskKind):
     def answer(self, item, spec, data):
         return item.get("reference") or ""
 
-    def generate(self, candidate, items, spec, data, progress) -> list:
-        shots = candidate.shots(items, spec, data) or [None] * len(items)
-        convs = [self.conversation(it, spec, data, sh) for it, sh in zip(items, shots)]
-        return candidate.generate(convs, max_new_tokens=spec.new_tokens, batch_size=spec.batch_size, progress=progress)
-
     def score(self, candidate, items, spec, data, progress=True):
         outs = self.generate(candidate, items, spec, data, progress)
         ok = [(it, o) for it, o in zip(items, outs) if not isinstance(o, Exception)]

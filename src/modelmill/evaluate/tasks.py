@@ -283,6 +283,12 @@ class TaskKind:
     def answer(self, item: dict, spec: TaskSpec, data: TaskData) -> str:
         raise NotImplementedError
 
+    def generate(self, candidate, items: list[dict], spec: TaskSpec, data: TaskData, progress: bool = True) -> list:
+        """The candidate's answer to each item (text, or the exception that item failed with)."""
+        shots = candidate.shots(items, spec, data) or [None] * len(items)
+        convs = [self.conversation(it, spec, data, sh) for it, sh in zip(items, shots)]
+        return candidate.generate(convs, max_new_tokens=spec.new_tokens, batch_size=spec.batch_size, progress=progress)
+
     def conversation(self, item: dict, spec: TaskSpec, data: TaskData, shots: list[dict] | None = None,
                      answer: str | None = None) -> list[dict]:
         """System prompt, then each shot as a user turn answered correctly, then the item."""
