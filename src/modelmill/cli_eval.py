@@ -27,6 +27,11 @@ def _fmt(v) -> str:
     return "-"
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated option as a list, blanks dropped."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def _print_results(rows, metric_names: list[str]) -> None:
     """A ranked table of results (EvalResult rows of one task)."""
     rows = sorted(rows, key=lambda r: -(r.score if r.score is not None else float("-inf")))
@@ -115,7 +120,7 @@ def eval_cmd(task_file, kind, data_ref, train_ref, name, limit, scoring, few_sho
                               batch_size, max_new_tokens)
     kw = {"few_shot": spec.few_shot, "few_shot_select": spec.few_shot_select, "device": device, "dtype": dtype}
     cands = parse_candidates(store, models, **kw)
-    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    names = _names(baselines)
     if names:
         cands = add_baselines(store, cands, names, **kw)
     rows = evaluate(store, spec, cands, rerun=rerun)
@@ -230,15 +235,14 @@ def grid_cmd(bases, datasets, methods, task_file, prefix, baselines, forgetting_
     from modelmill.evaluate.tasks import load_task
 
     spec = load_task(task_file)
-    split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     template = build_config(SFTConfig, flags, config_file)
-    cells = plan(split(bases), split(datasets), split(methods), template, prefix)
+    cells = plan(_names(bases), _names(datasets), _names(methods), template, prefix)
     store = _store()
     names = run_grid(store, cells, log=click.echo)
     kw = {"few_shot": spec.few_shot, "few_shot_select": spec.few_shot_select}
     cands = parse_candidates(store, names, **kw)
     if baselines:
-        cands = add_baselines(store, cands, split(baselines), **kw)
+        cands = add_baselines(store, cands, _names(baselines), **kw)
     rows = evaluate(store, spec, cands)
     click.echo(f"\ngrid on task {spec.name} ({spec.kind}), {rows[0].dataset}, {rows[0].n} items")
     _print_results(rows, list(spec.task_kind.metric_names))

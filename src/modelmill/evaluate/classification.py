@@ -504,9 +504,9 @@ def choose_scoring(candidate, spec) -> str:
 
 def choice_results(kind, candidate, items, spec, data, labels, parse, progress) -> list[dict]:
     """Predict one of ``labels`` per item: by likelihood of each answer turn, or by generating
-    and parsing (``parse(text) -> label or None``; None is counted wrong and kept for the report)."""
-    shots = candidate.shots(items, spec, data) or [None] * len(items)
+    and parsing (``parse(text, item) -> label or None``; None is counted wrong and kept for the report)."""
     if choose_scoring(candidate, spec) == "loglik":
+        shots = candidate.shots(items, spec, data) or [None] * len(items)
         def messages(record, labels_, label):
             return kind.conversation(record, spec, data, record.get("_shots"), answer=label)
 
@@ -520,7 +520,7 @@ def choice_results(kind, candidate, items, spec, data, labels, parse, progress) 
         if isinstance(out, Exception):
             res.append({"error": str(out)})
         else:
-            pred = parse(out)
+            pred = parse(out, it)
             res.append({"gold": kind.answer(it, spec, data), "pred": pred, "output": out,
                         "correct": pred == kind.answer(it, spec, data)})
     return res
@@ -586,7 +586,7 @@ class ClassificationTask(TaskKind):
             preds = candidate.fit_predict(data.train, items)
             return [{"gold": it["label"], "pred": p, "correct": p == it["label"]} for it, p in zip(items, preds)]
         return choice_results(self, candidate, items, spec, data, data.labels,
-                              lambda out: parse_label(out, data.labels), progress)
+                              lambda out, _: parse_label(out, data.labels), progress)
 
     def metrics(self, results, spec, data):
         return classification_metrics([r["gold"] for r in results], [r["pred"] for r in results], data.labels)

@@ -95,12 +95,7 @@ class MultipleChoiceTask(TaskKind):
         for n, idx in groups.items():
             sub = [items[j] for j in idx]
             res = choice_results(self, candidate, sub, spec, data, list(LETTERS[:n]),
-                                 lambda text, _c=sub[0]["choices"]: parse_letter(text, _c), progress)
-            if any("output" in r for r in res):  # generated: parse each against its own choices
-                for r, it in zip(res, sub):
-                    if "output" in r:
-                        r["pred"] = parse_letter(r["output"], it["choices"])
-                        r["correct"] = r["pred"] == r["gold"]
+                                 lambda text, it: parse_letter(text, it["choices"]), progress)
             for j, r in zip(idx, res):
                 out[j] = r
         return out

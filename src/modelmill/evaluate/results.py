@@ -45,11 +45,7 @@ def latest(store: Store, task: str | None = None, *, status: str = "done") -> li
     return out
 
 
-def tasks(store: Store) -> list[str]:
-    return sorted({r.task for r in latest(store)})
-
-
-def report_data(store: Store, task_names: list[str] | None = None, *, with_items: bool = True) -> list[dict]:
+def report_data(store: Store, task_names: list[str] | None = None) -> list[dict]:
     """What ``evaluate.report.build_report`` takes: one dict per stored result."""
     from modelmill.evaluate.runner import read_items
 
@@ -58,12 +54,9 @@ def report_data(store: Store, task_names: list[str] | None = None, *, with_items
         rows += latest(store, name)
     out = []
     for r in rows:
-        items = []
-        if with_items:
-            for it in read_items(r.path):
-                items.append({"i": it["i"], "input": it.get("input", ""), "gold": _text(it.get("gold")),
-                              "pred": None if it.get("pred") is None else _text(it["pred"]),
-                              "correct": it.get("correct")})
+        items = [{"i": it["i"], "input": it.get("input", ""), "gold": _text(it.get("gold")),
+                  "pred": None if it.get("pred") is None else _text(it["pred"]), "correct": it.get("correct")}
+                 for it in read_items(r.path)]
         out.append({"task": r.task, "kind": r.kind, "candidate": r.candidate, "candidate_kind": r.candidate_kind,
                     "primary": r.primary, "metrics": r.metrics, "n": r.n_done, "parameters": r.parameters,
                     "latency_ms": 1000 * r.seconds / r.n_done if r.n_done else None, "seconds": r.seconds,

@@ -321,8 +321,7 @@ class HFEngine(Engine):
         device = pick_device(self.device_name)
         self.device = torch.device(device)
         if self.dtype_name == "auto":
-            native_bf16 = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
-            dtype = torch.bfloat16 if native_bf16 else torch.float32
+            dtype = native_dtype(device)
         else:
             dtype = getattr(torch, self.dtype_name)
         self.dtype = dtype
@@ -732,6 +731,13 @@ class HFEngine(Engine):
 def _put_all(batch):
     for q, out in batch:
         q.put_nowait(out)
+
+
+def native_dtype(device: str):
+    """bfloat16 where the device computes it natively (a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16/AMX), else float32: the "auto" dtype of serving and evaluation."""
+    native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
+    return torch.bfloat16 if native else torch.float32
 
 
 def cpu_has_bf16() -> bool:
