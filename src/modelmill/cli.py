@@ -611,6 +611,7 @@ def serve_cmd(config_file, **flags):
 
 
 from modelmill import cli_eval  # noqa: E402,F401  (registers eval, leaderboard, report, scorecard, forgetting, grid)
+from modelmill import cli_kb  # noqa: E402,F401  (registers kb)
 
 if __name__ == "__main__":
     # `python -m modelmill.cli`: cli_eval registered its commands on the importable module's group

@@ -214,6 +214,19 @@ class RemoteModel:
             # after Ctrl-C, drop the conversations not started instead of sending them all first
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """``POST {endpoint}/embeddings``: one vector per text, in input order."""
+        if not texts:
+            return []
+        data, _, attempts = self._request("POST", "/embeddings", {"model": self.model, "input": list(texts)})
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list) or len(items) != len(texts) or not all(
+                isinstance(d, dict) and isinstance(d.get("embedding"), list) for d in items):
+            raise self._error("POST /embeddings", f"the answer is not {len(texts)} embeddings (no 'data' list of "
+                              "{'embedding': [...]})", status=200, server_message=str(data)[:300], attempts=attempts,
+                              fix="check that the model is an embedding model and the endpoint OpenAI-compatible")
+        return [d["embedding"] for d in sorted(items, key=lambda d: d.get("index", 0))]
+
     def list_models(self) -> list[str]:
         """The model ids ``GET {endpoint}/models`` lists."""
         data, _, attempts = self._request("GET", "/models")

@@ -8,6 +8,7 @@ Artifact layout (all under ``$MODELMILL_HOME``, default ``~/.modelmill``)::
     runs/<adapter>/               a training run: config.json, checkpoints/, metrics.jsonl, tb/, train.log
     adapters/<adapter>/           the published adapter (or full weights) + lineage.json
     evals/<result-key>/           one candidate scored on one task: items.jsonl, appended as it goes
+    kb/<name>/                    a knowledge base: lance/ (embedded vector store), bm25/rev-<n>/ (BM25 index)
     tmp/                          staging: everything is written here first, then renamed into place
     cache/                        file hashes and other derived data
     locks/                        lock files: one conversion or run of a name at a time
@@ -35,7 +36,7 @@ class Store:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.home = Path(settings.home).expanduser().resolve()
-        for sub in ("models", "datasets", "runs", "adapters", "evals", "tmp", "cache", "locks"):
+        for sub in ("models", "datasets", "runs", "adapters", "evals", "kb", "tmp", "cache", "locks"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         self.engine = _engine(settings.db_url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -61,6 +62,10 @@ class Store:
     @property
     def evals_dir(self) -> Path:
         return self.home / "evals"
+
+    @property
+    def kb_dir(self) -> Path:
+        return self.home / "kb"
 
     @property
     def cache_dir(self) -> Path:

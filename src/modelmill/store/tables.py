@@ -108,3 +108,45 @@ class EvalResult(Base):
     path: Mapped[str] = mapped_column(Text)  # folder holding items.jsonl
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class KnowledgeBase(Base):
+    """A knowledge base: how its documents are chunked and embedded, and where its vectors live.
+
+    ``revision`` grows by one with every change to its documents; the BM25 index on disk and the
+    server's caches are tagged with it, so the next query after a change sees the change.
+    """
+
+    __tablename__ = "knowledge_bases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    embedder: Mapped[str] = mapped_column(String(300))  # all-minilm-l6-v2 | remote:NAME | a local folder
+    dimensions: Mapped[int] = mapped_column(Integer)
+    vector_store: Mapped[str] = mapped_column(Text)  # lancedb (embedded, under the kb folder) or a server URL
+    chunk_tokens: Mapped[int] = mapped_column(Integer)
+    chunk_overlap: Mapped[int] = mapped_column(Integer)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    path: Mapped[str] = mapped_column(Text)  # kb/<name>/: the embedded vector store and the BM25 index
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KBDocument(Base):
+    """One document of a knowledge base; its chunks live in the vector store under ``doc_id``."""
+
+    __tablename__ = "kb_documents"
+    __table_args__ = (UniqueConstraint("kb", "name", name="uq_kb_document_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kb: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(500))  # the file name, unique in its knowledge base
+    doc_id: Mapped[str] = mapped_column(String(64))  # changes when the content changes
+    source: Mapped[str] = mapped_column(Text)  # the path as added
+    title: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(20))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    n_chunks: Mapped[int] = mapped_column(Integer)
+    n_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

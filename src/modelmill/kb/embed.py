@@ -1,0 +1,99 @@
+"""Text embedders for the knowledge base, named by one string stored with the knowledge base.
+
+    all-minilm-l6-v2         the bundled MiniLM (default; offline, 384 dimensions)
+    remote:NAME              a model registered with `modelmill models add NAME --endpoint URL`;
+                             its OpenAI-compatible /v1/embeddings is called
+    /path/to/folder          any local sentence-transformers folder
+
+    e = open_embedder("all-minilm-l6-v2")
+    e.encode(["a text", "another"])   # (2, e.dimensions) float32, unit length
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelmill.kb.types import KBError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+BATCH = 64
+
+
+class LocalEmbedder:
+    """A sentence-transformers model. Texts longer than the model reads are cut at its limit: a
+    chunk is made to fit, but its title/section prefix may push a few tokens over."""
+
+    def __init__(self, name: str, path: Path | None):
+        from modelmill.serve.embeddings import Embedder
+
+        self.name = name
+        self._embedder = Embedder(name, path)
+
+    @property
+    def dimensions(self) -> int:
+        return self._embedder.dimensions
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
+        model = self._embedder._load()
+        with self._embedder._lock:
+            v = model.encode(list(texts), batch_size=BATCH, convert_to_numpy=True, normalize_embeddings=True,
+                             show_progress_bar=False)
+        return np.ascontiguousarray(v, dtype=np.float32)
+
+
+class RemoteEmbedder:
+    """A registered remote model's /v1/embeddings, BATCH texts a request."""
+
+    def __init__(self, name: str, remote):
+        self.name = name
+        self._remote = remote
+        self._dimensions: int | None = None
+
+    @property
+    def dimensions(self) -> int:
+        if self._dimensions is None:
+            self._dimensions = int(self.encode(["dimensions probe"]).shape[1])
+        return self._dimensions
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
+        out = []
+        for i in range(0, len(texts), BATCH):
+            out.extend(self._remote.embed(texts[i:i + BATCH]))
+        v = np.asarray(out, dtype=np.float32)
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # cosine = dot, as for MiniLM
+        return v
+
+
+def open_embedder(spec: str, store=None):
+    """The embedder named by ``spec`` (see the module docstring)."""
+    from modelmill.serve.embeddings import DEFAULT_NAME, bundled_model_path
+
+    spec = (spec or DEFAULT_EMBEDDER).strip()
+    if spec == DEFAULT_NAME:
+        return LocalEmbedder(spec, bundled_model_path())
+    if spec.startswith("remote:"):
+        from modelmill.models.registry import ModelRegistry, is_remote
+        from modelmill.models.remote import RemoteModel
+        from modelmill.store.db import open_store
+
+        name = spec.split(":", 1)[1]
+        row = ModelRegistry(store or open_store()).get(name)
+        if not is_remote(row):
+            raise KBError(f"model '{name}' is not a remote endpoint", field="--embedder",
+                          fix=f"register one with `modelmill models add {name} --endpoint URL`, or use "
+                              f"{DEFAULT_EMBEDDER}")
+        return RemoteEmbedder(spec, RemoteModel.from_row(row))
+    folder = Path(spec).expanduser()
+    if (folder / "modules.json").is_file():
+        return LocalEmbedder(str(folder.resolve()), folder.resolve())
+    raise KBError(f"unknown embedder {spec!r}", field="--embedder",
+                  fix=f"use {DEFAULT_EMBEDDER} (bundled), remote:NAME (a model registered with --endpoint), "
+                      "or a sentence-transformers folder")

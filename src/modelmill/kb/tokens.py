@@ -1,0 +1,80 @@
+"""Token helpers for the knowledge base: a budget count for chunking and the words BM25 indexes.
+
+    from modelmill.kb.tokens import count_tokens, bm25_tokens
+    count_tokens("退货政策：30天内可退。")   # 11: one per CJK character and punctuation mark
+    bm25_tokens("The refund policy 退货政策")  # ['refund', 'policy', '退货', '政策']
+
+``count_tokens`` stands in for the embedding model's WordPiece tokenizer without loading
+it. The embedder (MiniLM) silently cuts its input at 256 tokens, so a chunk must fit; the
+count therefore errs high rather than low: an English word of eight letters or more counts
+2 where WordPiece often gives 1 (so plain English counts a little high), digits count one
+per three, and other non-CJK letters (accented, Cyrillic...) one per two characters. A
+chunk packed to 200 counted tokens, plus its title line, stays under the cut.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from itertools import groupby
+
+from modelmill.evaluate.generation import is_cjk_char
+
+_RUN = re.compile(r"\w+|[^\w\s]")  # a run of word characters, or one punctuation mark
+_WORD = re.compile(r"\w+")
+
+# Words too common to tell documents apart; BM25 would otherwise reward chunks full of them.
+STOPWORDS = frozenset("""
+a an the of to in on at by for from with as and or but not no is are was were be been
+it its this that these those do does did can will if then so than into about
+""".split())
+
+# Single-character Chinese function words; a query's 的 should not pull in every chunk.
+CJK_STOP_CHARS = frozenset("的了是在和与及或也都就而着吗呢吧啊之个这那把被")
+
+
+def _word_cost(run: str) -> int:
+    """Tokens for a run of non-CJK word characters (see the module docstring for why high)."""
+    if run.isascii():
+        return 1 + (len(run) - 1) // (7 if run.isalpha() else 3)  # long numbers split more
+    return 1 + len(run) // 2
+
+
+def count_tokens(text: str) -> int:
+    """Approximate WordPiece tokens: 1 per CJK character, 1 per punctuation mark, and 1 or
+    more per other word (more for long words, digits and non-ASCII letters). Whitespace is
+    free."""
+    n = 0
+    for m in _RUN.finditer(text):
+        tok = m.group()
+        if tok.isascii() or not any(map(is_cjk_char, tok)):
+            n += _word_cost(tok) if tok[0].isalnum() or tok[0] == "_" else 1
+            continue
+        for cjk, part in groupby(tok, is_cjk_char):
+            n += len(list(part)) if cjk else _word_cost("".join(part))
+    return n
+
+
+@functools.cache
+def _jieba():
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)  # its dictionary load otherwise prints to stderr
+    return jieba
+
+
+def bm25_tokens(text: str) -> list[str]:
+    """Lower-cased terms for BM25: Latin words and numbers as they are, CJK runs cut into
+    words by jieba's search mode (which also yields the shorter words inside long ones, so
+    a question about "共和国" finds "中华人民共和国"), minus stopwords and punctuation."""
+    out: list[str] = []
+    for run in _WORD.findall(text.lower()):
+        for cjk, part in groupby(run, is_cjk_char):
+            part = "".join(part)
+            if cjk:
+                out += [w for w in _jieba().lcut_for_search(part) if w not in CJK_STOP_CHARS]
+            elif part.strip("_") and part not in STOPWORDS:
+                out.append(part)
+    return out
