@@ -432,7 +432,9 @@ def test_count_tokens():
 
 
 def test_bm25_tokens():
-    assert bm25_tokens("The Refund policy, of THE store!") == ["refund", "policy", "store"]
+    assert bm25_tokens("The Refund policy, of THE store!") == ["refund", "polici", "store"]
+    # English words are stemmed, so a plural in the question matches the singular in the text
+    assert bm25_tokens("How do refunds work?") == bm25_tokens("refund works")
     zh = bm25_tokens("我的退货政策是什么？")
     assert "退货" in zh and "政策" in zh and "的" not in zh and "？" not in zh
     assert bm25_tokens("iPhone15的价格") == ["iphone15", "价格"]

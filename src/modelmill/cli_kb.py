@@ -17,6 +17,22 @@ import click
 from modelmill.cli import Group, _store, _table, main
 
 
+def _weights(text: str | None) -> dict[str, float] | None:
+    """``bm25=0.5,vector=1`` as a dict; the library checks names and values."""
+    if not text:
+        return None
+    from modelmill.errors import InputError
+
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"'{part}' is not RETRIEVER=WEIGHT", field="--weights", fix="e.g. bm25=0.5,vector=1") from None
+    return out
+
+
 def _kbs():
     from modelmill.kb.base import KnowledgeBases
 
@@ -111,10 +127,12 @@ def kb_list(name):
 @click.argument("question")
 @click.option("-k", default=5, show_default=True, help="Chunks to return.")
 @click.option("--mode", type=click.Choice(["hybrid", "bm25", "vector"]), default="hybrid", show_default=True)
+@click.option("--weights", default=None, metavar="bm25=W,vector=W",
+              help="Each retriever's vote in hybrid fusion [default: bm25=0.5,vector=1].")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON lines.")
-def kb_query(name, question, k, mode, as_json):
+def kb_query(name, question, k, mode, weights, as_json):
     """The chunks that best answer QUESTION, with each retriever's rank and score."""
-    hits = _kbs().get(name).query(question, k=k, mode=mode)
+    hits = _kbs().get(name).query(question, k=k, mode=mode, weights=_weights(weights))
     if as_json:
         for h in hits:
             click.echo(json.dumps({**h.citation(name), "score": h.score, "ranks": h.ranks, "scores": h.scores},
@@ -138,8 +156,10 @@ def kb_query(name, question, k, mode, as_json):
 @click.option("--questions", required=True,
               help="JSON Lines (question + documents or chunk_ids), or a NAME-test dataset from `data synthesize`.")
 @click.option("-k", default=10, show_default=True, help="Rank cut-off for hit@k, MRR and nDCG.")
+@click.option("--weights", default=None, metavar="bm25=W,vector=W",
+              help="Each retriever's vote in hybrid fusion [default: bm25=0.5,vector=1].")
 @click.option("--out", type=click.Path(), default=None, help="Also write the metrics as JSON here.")
-def kb_eval(name, questions, k, out):
+def kb_eval(name, questions, k, weights, out):
     """Retrieval quality of BM25, vectors and hybrid on a question set, side by side."""
     from modelmill.kb.evaluate import evaluate_retrieval, load_questions
 
@@ -154,7 +174,7 @@ def kb_eval(name, questions, k, out):
         catalog = DatasetCatalog(_store())
         ds = catalog.resolve(questions, "--questions")
         qs = questions_from_dataset(catalog.records(ds), ds.ref)
-    report = evaluate_retrieval(_kbs().get(name), qs, k=k)
+    report = evaluate_retrieval(_kbs().get(name), qs, k=k, weights=_weights(weights))
     names = list(next(iter(report.metrics.values())))
     _table([[mode] + [f"{m[n]:.3f}" for n in names] for mode, m in report.metrics.items()],
            ["RETRIEVER"] + [n.upper() for n in names])

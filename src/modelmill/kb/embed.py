@@ -72,13 +72,24 @@ class RemoteEmbedder:
         return v
 
 
+_local_embedders: dict[str, LocalEmbedder] = {}
+
+
+def _local(name: str, path: Path | None) -> LocalEmbedder:
+    """One instance (one loaded model) per local model and process, however many knowledge
+    bases use it."""
+    if name not in _local_embedders:
+        _local_embedders[name] = LocalEmbedder(name, path)
+    return _local_embedders[name]
+
+
 def open_embedder(spec: str, store=None):
     """The embedder named by ``spec`` (see the module docstring)."""
     from modelmill.serve.embeddings import DEFAULT_NAME, bundled_model_path
 
     spec = (spec or DEFAULT_EMBEDDER).strip()
     if spec == DEFAULT_NAME:
-        return LocalEmbedder(spec, bundled_model_path())
+        return _local(spec, bundled_model_path())
     if spec.startswith("remote:"):
         from modelmill.models.registry import ModelRegistry, is_remote
         from modelmill.models.remote import RemoteModel
@@ -93,7 +104,7 @@ def open_embedder(spec: str, store=None):
         return RemoteEmbedder(spec, RemoteModel.from_row(row))
     folder = Path(spec).expanduser()
     if (folder / "modules.json").is_file():
-        return LocalEmbedder(str(folder.resolve()), folder.resolve())
+        return _local(str(folder.resolve()), folder.resolve())
     raise KBError(f"unknown embedder {spec!r}", field="--embedder",
                   fix=f"use {DEFAULT_EMBEDDER} (bundled), remote:NAME (a model registered with --endpoint), "
                       "or a sentence-transformers folder")

@@ -90,7 +90,8 @@ def load_questions(path: str | Path) -> list[Question]:
     return out
 
 
-def evaluate_retrieval(kb, questions: list[Question], *, k: int = 10, modes=MODES) -> RetrievalReport:
+def evaluate_retrieval(kb, questions: list[Question], *, k: int = 10, modes=MODES,
+                       weights: dict[str, float] | None = None) -> RetrievalReport:
     """Score each retrieval mode on the questions; questions are embedded once, in batches."""
     from modelmill.kb.base import fuse
 
@@ -109,7 +110,7 @@ def evaluate_retrieval(kb, questions: list[Question], *, k: int = 10, modes=MODE
         rankings, rows = kb.rankings(q.text, pool, vector=None if vectors is None else vectors[i],
                                      retrievers=tuple({"bm25", "vector"} & {r for m in modes for r in _uses(m)}))
         for m in modes:
-            hits = fuse({r: rankings[r] for r in _uses(m)}, rows, pool)
+            hits = fuse({r: rankings[r] for r in _uses(m)}, rows, pool, weights=weights)
             keys = _dedupe([h.doc if q.by == "document" else h.id for h in hits])[:k]
             for name, value in _scores(keys, q.relevant, k).items():
                 sums[m][name] += value

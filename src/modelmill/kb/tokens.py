@@ -2,7 +2,7 @@
 
     from modelmill.kb.tokens import count_tokens, bm25_tokens
     count_tokens("退货政策：30天内可退。")   # 11: one per CJK character and punctuation mark
-    bm25_tokens("The refund policy 退货政策")  # ['refund', 'policy', '退货', '政策']
+    bm25_tokens("The refunds policy 退货政策")  # ['refund', 'polici', '退货', '政策']
 
 ``count_tokens`` stands in for the embedding model's WordPiece tokenizer without loading
 it. The embedder (MiniLM) silently cuts its input at 256 tokens, so a chunk must fit; the
@@ -25,8 +25,10 @@ _WORD = re.compile(r"\w+")
 
 # Words too common to tell documents apart; BM25 would otherwise reward chunks full of them.
 STOPWORDS = frozenset("""
-a an the of to in on at by for from with as and or but not no is are was were be been
-it its this that these those do does did can will if then so than into about
+a an the of to in on at by for from with as and or but not no is are was were be been being
+it its this that these those do does did doing can could will would shall should may might must
+if then so than into about there here what which who whom whose when where why how
+i me my we our us you your he him his she her they them their am have has had having
 """.split())
 
 # Single-character Chinese function words; a query's 的 should not pull in every chunk.
@@ -56,6 +58,18 @@ def count_tokens(text: str) -> int:
 
 
 @functools.cache
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+@functools.cache
+def _stem(word: str) -> str:
+    return _stemmer().stemWord(word)
+
+
+@functools.cache
 def _jieba():
     import logging
 
@@ -66,9 +80,10 @@ def _jieba():
 
 
 def bm25_tokens(text: str) -> list[str]:
-    """Lower-cased terms for BM25: Latin words and numbers as they are, CJK runs cut into
-    words by jieba's search mode (which also yields the shorter words inside long ones, so
-    a question about "共和国" finds "中华人民共和国"), minus stopwords and punctuation."""
+    """Lower-cased terms for BM25: English words stemmed (Snowball, so "refunds" matches
+    "refund"), numbers as they are, CJK runs cut into words by jieba's search mode (which also
+    yields the shorter words inside long ones, so a question about "共和国" finds
+    "中华人民共和国"), minus stopwords and punctuation."""
     out: list[str] = []
     for run in _WORD.findall(text.lower()):
         for cjk, part in groupby(run, is_cjk_char):
@@ -76,5 +91,5 @@ def bm25_tokens(text: str) -> list[str]:
             if cjk:
                 out += [w for w in _jieba().lcut_for_search(part) if w not in CJK_STOP_CHARS]
             elif part.strip("_") and part not in STOPWORDS:
-                out.append(part)
+                out.append(_stem(part) if part.isascii() and part.isalpha() else part)
     return out

@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API: FastAPI over the router and its engines.
 
     GET  /v1/models, /v1/models/{id}       base models, adapters and the embedding model
-    POST /v1/chat/completions              chat template, streaming (SSE), n, stop, logprobs, JSON mode
+    POST /v1/chat/completions              chat template, streaming (SSE), n, stop, logprobs, JSON mode,
+                                           answers from knowledge bases with citations (see below)
     POST /v1/completions                   plain prompts (text or token ids), echo, logprobs
     POST /v1/embeddings                    the bundled all-MiniLM-L6-v2
     GET  /health, /metrics                 liveness; Prometheus metrics
@@ -9,11 +10,22 @@
 Errors have OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``. vLLM's extra
 body fields (``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``, ``stop_token_ids``,
 ``skip_special_tokens``) are accepted too.
+
+Retrieval-augmented chat: a request that names knowledge bases (with the openai client,
+``extra_body={"knowledge_bases": ["policies"], "rag": {"k": 4, "mode": "hybrid"}}``), or whose
+model is bound to some with ``modelmill serve --knowledge MODEL=KB[+KB]``, is answered from
+the chunks retrieved for its last user message (``modelmill.kb.rag``). The response carries
+``citations`` (top level: every retrieved item with its number, knowledge base, document,
+section, chunk id and text span, and whether the answer cites it) and, per choice,
+``groundedness`` (which answer sentences the items support). A stream sends them in one
+event with ``"choices": []`` just before ``data: [DONE]``. ``"knowledge_bases": []`` turns a
+binding off for one request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -83,6 +95,11 @@ class ChatMessage(_Body):
     name: str | None = None
 
 
+class RagOptions(_Body):
+    k: int = Field(default=4, ge=1, le=50)                              # chunks put in the prompt
+    mode: Literal["hybrid", "bm25", "vector"] = "hybrid"                # how they are retrieved
+
+
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -90,6 +107,9 @@ class ChatRequest(_Sampling):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[dict] | None = None
+    # modelmill's own: answer from these knowledge bases (None: the model's --knowledge binding)
+    knowledge_bases: list[str] | None = None
+    rag: RagOptions | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -205,6 +225,7 @@ def create_app(store=None, config: ServeConfig | None = None):
     metrics = Metrics(router)
     api_key = config.api_key or os.environ.get("MODELMILL_API_KEY", "")
     embedder_box: dict = {}
+    knowledge = _Knowledge(store, router, config, embedder_box)
 
     from contextlib import asynccontextmanager
 
@@ -444,9 +465,12 @@ def create_app(store=None, config: ServeConfig | None = None):
                 metrics.per_token(target.engine_key, target.adapter_name, per_token)
 
     async def _respond(request: Request, body, endpoint: str, target: Target, rid: str, objects: tuple[str, str],
-                       started, prompt_tokens: int, t0: float, first_at: float, choice, chunk, preamble: list):
+                       started, prompt_tokens: int, t0: float, first_at: float, choice, chunk, preamble: list,
+                       finish=None):
         """The response of chat and completions: one JSON body, or SSE chunks ending in [DONE].
-        ``choice(i, outputs)`` and ``chunk(i, output)`` (None: nothing to send) shape the choices."""
+        ``choice(i, outputs)`` and ``chunk(i, output)`` (None: nothing to send) shape the choices.
+        ``await finish(texts)``, if given, returns (top-level fields, one dict per choice) added to
+        the body, or sent in one last event of a stream."""
         created = _now()
         head = {"id": rid, "created": created, "model": body.model, "system_fingerprint": None}
 
@@ -462,10 +486,15 @@ def create_app(store=None, config: ServeConfig | None = None):
                 if o and o[-1].stop_reason is not None:
                     c["stop_reason"] = o[-1].stop_reason
                 choices.append(c)
+            top: dict = {}
+            if finish is not None:
+                top, per_choice = await finish(["".join(x.text for x in o) for o in outs])
+                for c, extra_fields in zip(choices, per_choice):
+                    c.update(extra_fields)
             _record(target, endpoint, "200", t0, prompt_tokens, completion, outs, first_at)
             return {**head, "object": objects[0], "choices": choices,
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                              "total_tokens": prompt_tokens + completion}}
+                              "total_tokens": prompt_tokens + completion}, **top}
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         base = {**head, "object": objects[1]}
@@ -473,6 +502,7 @@ def create_app(store=None, config: ServeConfig | None = None):
 
         async def events():
             completion: dict[int, int] = {}
+            texts = [""] * len(started)
             status = "200"
             try:
                 for c in preamble:
@@ -484,12 +514,17 @@ def create_app(store=None, config: ServeConfig | None = None):
                         yield _sse(error_body(getattr(e, "message", str(e)), "server_error"))
                         continue
                     completion[i] = o.completion_tokens
+                    texts[i] += o.text
                     c = chunk(i, o)
                     if c is None:
                         continue
                     if o.stop_reason is not None:
                         c["stop_reason"] = o.stop_reason
                     yield _sse({**base, "choices": [c], **extra})
+                if finish is not None:
+                    top, per_choice = await finish(texts)
+                    yield _sse({**base, "choices": [], **extra, **top,
+                                **_per_choice_event(per_choice)})
                 if include_usage:
                     total = sum(completion.values())
                     yield _sse({**base, "choices": [], "usage": {
@@ -515,14 +550,30 @@ def create_app(store=None, config: ServeConfig | None = None):
         tok = engine.tokenizer
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m.content)}
                     for m in body.messages]
-        try:
-            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as e:  # noqa: BLE001 - a template error is the request's fault
-            raise EngineError(f"the model's chat template rejected these messages: {e}", param="messages") from None
-        ids = tok(text, add_special_tokens=False)["input_ids"]
         if body.top_logprobs is not None and not body.logprobs:
             raise EngineError("top_logprobs needs logprobs: true", param="top_logprobs")
         max_tokens = body.max_completion_tokens or body.max_tokens
+
+        def encode(msgs: list[dict]) -> list[int]:
+            try:
+                text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            except Exception as e:  # noqa: BLE001 - a template error is the request's fault
+                raise EngineError(f"the model's chat template rejected these messages: {e}",
+                                  param="messages") from None
+            return tok(text, add_special_tokens=False)["input_ids"]
+
+        items = await knowledge.retrieve(body, target, messages)
+        if items is None:
+            ids = encode(messages)
+        else:
+            from modelmill.kb import rag
+
+            # The lowest-ranked items leave the prompt until it fits with room for the answer.
+            room = max_tokens or min(256, engine.max_context // 4)
+            ids = encode(rag.build_messages(messages, items))
+            while len(items) > 1 and len(ids) + room > engine.max_context:
+                items = items[:-1]
+                ids = encode(rag.build_messages(messages, items))
         params = _params(body, max_tokens, len(ids), engine, (body.top_logprobs or 0) if body.logprobs else None,
                          _json_schema(body.response_format), "messages")
         rid = _new_id("chatcmpl")
@@ -542,8 +593,9 @@ def create_app(store=None, config: ServeConfig | None = None):
 
         preamble = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                      "finish_reason": None} for i in range(len(started))]
+        finish = None if items is None else (lambda texts: knowledge.finish(texts, items))
         return await _respond(request, body, "chat", target, rid, ("chat.completion", "chat.completion.chunk"),
-                              started, len(ids), t0, first_at, choice, chunk, preamble)
+                              started, len(ids), t0, first_at, choice, chunk, preamble, finish)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -654,6 +706,143 @@ def create_app(store=None, config: ServeConfig | None = None):
                 "usage": {"prompt_tokens": total, "total_tokens": total}}
 
     return app
+
+
+def _per_choice_event(per_choice: list[dict]) -> dict:
+    """Per-choice fields of a stream's last event: {"groundedness": [{"index": 0, ...}, ...]}."""
+    out: dict = {}
+    for i, fields in enumerate(per_choice):
+        for key, value in fields.items():
+            out.setdefault(key, []).append(None if value is None else {"index": i, **value})
+    return out
+
+
+def _model_key(target: Target) -> str:
+    """The id a binding is matched on: BASE or BASE:ADAPTER, however the request named it."""
+    return f"{target.base_name}:{target.adapter_name}" if target.adapter_name else target.base_name
+
+
+class _Knowledge:
+    """Knowledge bases for one app: the ``--knowledge`` bindings, the open knowledge bases, and
+    the MiniLM that embeds questions and checks groundedness (the one /v1/embeddings uses).
+
+    A KnowledgeBase is cached per name: it re-reads its revision on every query, so documents
+    added, replaced or removed by ``modelmill kb`` show in the next answer. A knowledge base
+    deleted and created again under the same name is a new row, and is opened afresh.
+    """
+
+    def __init__(self, store, router: Router, config: ServeConfig, embedder_box: dict):
+        from modelmill.errors import InputError, NotFoundError
+        from modelmill.kb.base import KnowledgeBases
+
+        self.store = store
+        self.router = router
+        self.kbs = KnowledgeBases(store)
+        self.embedder_box = embedder_box
+        self.cache: dict = {}
+        self.bound: dict[str, list[str]] = {}      # BASE or BASE:ADAPTER -> knowledge bases
+        self.unresolved: dict[str, list[str]] = {}  # model ids not (yet) registered
+        for model, names in config.knowledge_bindings().items():
+            for name in names:
+                try:
+                    self.kbs.get(name)
+                except NotFoundError as e:
+                    raise InputError(f"model '{model}' is bound to {e.message}", field="--knowledge",
+                                     fix=e.fix) from None
+            try:
+                target, _ = router.resolve(model)
+            except EngineError:
+                # an adapter trained after start-up is bound once it is registered
+                log.warning("--knowledge: model '%s' is not registered (yet); its binding applies once it is", model)
+                self.unresolved[model] = names
+                continue
+            self.bound[_model_key(target)] = names
+
+    def names_for(self, body: ChatRequest, target: Target) -> list[str]:
+        if body.knowledge_bases is not None:
+            return list(body.knowledge_bases)
+        key = _model_key(target)
+        if key not in self.bound and self.unresolved:
+            for model in list(self.unresolved):
+                try:
+                    t, _ = self.router.resolve(model)
+                except EngineError:
+                    continue
+                self.bound[_model_key(t)] = self.unresolved.pop(model)
+        return self.bound.get(key, [])
+
+    def embedder(self):
+        """The bundled MiniLM as a knowledge-base embedder, sharing /v1/embeddings' loaded model."""
+        e = self.embedder_box.get("kb")
+        if e is None:
+            from modelmill.kb.embed import LocalEmbedder
+            from modelmill.serve.embeddings import DEFAULT_NAME, Embedder, bundled_model_path
+
+            shared = self.embedder_box.get("default")
+            if shared is None:
+                shared = self.embedder_box["default"] = Embedder.default()
+            e = LocalEmbedder(DEFAULT_NAME, bundled_model_path())
+            e._embedder = shared  # one copy of the model in memory, behind one lock
+            self.embedder_box["kb"] = e
+        return e
+
+    def open(self, name: str):
+        """The cached KnowledgeBase named ``name`` (NotFoundError when there is none)."""
+        from modelmill.kb.base import KnowledgeBase
+
+        row = self.kbs.get(name).row
+        kb = self.cache.get(name)
+        if kb is not None and (kb.row.id, kb.row.created_at) == (row.id, row.created_at):
+            return kb
+        emb = self.embedder()
+        kb = KnowledgeBase(self.store, row, embedder=emb if row.embedder == emb.name else None)
+        self.cache[name] = kb
+        return kb
+
+    async def retrieve(self, body: ChatRequest, target: Target, messages: list[dict]):
+        """The items for this request, or None when no knowledge base applies."""
+        from modelmill.errors import ModelmillError, NotFoundError
+        from modelmill.kb import rag
+
+        if body.knowledge_bases is None and self.unresolved:
+            names = await asyncio.to_thread(self.names_for, body, target)  # looks models up in the registry
+        else:
+            names = self.names_for(body, target)
+        if not names:
+            return None
+        question = rag.question_of(messages)
+        if not question.strip():
+            raise EngineError("answering from knowledge bases needs a user message to retrieve for",
+                              param="messages")
+        opts = body.rag or RagOptions()
+        run = functools.partial(rag.retrieve, self.kbs, names, question, opts.k, opts.mode, open_kb=self.open)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(_embedding_executor(), run)
+        except NotFoundError as e:
+            raise EngineError(str(e), status=404, code="knowledge_base_not_found", param="knowledge_bases") from None
+        except ModelmillError as e:
+            raise EngineError(str(e), status=400, code="invalid_value",
+                              param="messages" if e.field == "question" else "knowledge_bases") from None
+        except EngineError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a broken index or vector store: the request cannot be answered
+            log.exception("retrieval failed")
+            raise EngineError(f"retrieval from {', '.join(names)} failed: {type(e).__name__}: {e}", status=503,
+                              code="retrieval_failed", param="knowledge_bases") from None
+
+    async def finish(self, texts: list[str], items: list) -> tuple[dict, list[dict]]:
+        """Citations (top level) and each answer's groundedness."""
+        from modelmill.kb import rag
+
+        def check():
+            return [rag.groundedness(t, items, self.embedder()) for t in texts]
+
+        try:
+            grounded = await asyncio.get_running_loop().run_in_executor(_embedding_executor(), check)
+        except Exception:  # noqa: BLE001 - the answer stands without its check
+            log.exception("groundedness check failed")
+            grounded = [None] * len(texts)
+        return {"citations": rag.citations(texts, items)}, [{"groundedness": g} for g in grounded]
 
 
 _EMBEDDING_EXECUTOR = None

@@ -44,6 +44,32 @@ class ServeConfig:
         "help": "Comma-separated base models to load at start-up (others load on first request)."})
     api_key: str = field(default="", metadata={
         "help": "If set, every /v1 request must send 'Authorization: Bearer KEY' (also MODELMILL_API_KEY)."})
+    knowledge: str = field(default="", metadata={
+        "help": "Bind models to knowledge bases: 'MODEL=KB[+KB...]', pairs separated by ';' or ',' (e.g. "
+                "'smollm2-135m-instruct:policy-lora=policies+faq'). Chat requests to MODEL answer from them, "
+                "with citations, unless the request names knowledge_bases itself."})
+
+    def __post_init__(self):
+        self.knowledge_bindings()  # a malformed --knowledge fails at start-up, naming the flag
+
+    def knowledge_bindings(self) -> dict[str, list[str]]:
+        """``--knowledge`` as {model id: [knowledge base, ...]}."""
+        from modelmill.errors import InputError
+
+        out: dict[str, list[str]] = {}
+        for pair in (p.strip() for p in (self.knowledge or "").replace(";", ",").split(",")):
+            if not pair:
+                continue
+            model, sep, kbs = (x.strip() for x in pair.partition("="))
+            names = [n.strip() for n in kbs.split("+") if n.strip()]
+            if not sep or not model or not names:
+                raise InputError(f"'{pair}' is not MODEL=KB[+KB...]", field="--knowledge",
+                                 fix="e.g. --knowledge 'smollm2-135m-instruct:policy-lora=policies+faq'")
+            if model in out:
+                raise InputError(f"model '{model}' is bound twice", field="--knowledge",
+                                 fix=f"bind it once, joining its knowledge bases with '+': {model}=A+B")
+            out[model] = names
+        return out
 
 
 @dataclass
