@@ -231,3 +231,33 @@ def test_synthesize_refuses_a_local_model(cli_tiny):
     cli_tiny("kb", "create", "shop")
     p = cli_tiny("data", "synthesize", "--kb", "shop", "--model", "tiny", "--name", "x", ok=False)
     assert "modelmill serve" in p.stderr and "--endpoint" in p.stderr
+
+
+def _tiny_cross_encoder(folder: Path) -> Path:
+    """A randomly initialised BERT cross-encoder with MiniLM's tokenizer: scores mean nothing,
+    but it loads and runs as a real reranker does."""
+    import transformers
+
+    from modelmill.serve.embeddings import bundled_model_path
+
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, num_labels=1)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(folder)
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(bundled_model_path() / f, folder / f)
+    return folder
+
+
+def test_rerank_reorders_the_fused_candidates(cli, docs, tmp_path):
+    reranker = _tiny_cross_encoder(tmp_path / "reranker")
+    cli("kb", "create", "shop", "--rerank", reranker)
+    cli("kb", "add", "shop", docs)
+    hits = _hits(cli, "shop", "How many days until my refund is paid?", "-k", "3")
+    assert all("rerank" in h["ranks"] and {"bm25", "vector"} & set(h["ranks"]) for h in hits)
+    assert [h["ranks"]["rerank"] for h in hits] == [1, 2, 3]
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert "RERANK" in cli("kb", "query", "shop", "refund", "-k", "2").stdout
+    plain = _hits(cli, "shop", "How many days until my refund is paid?", "-k", "3", "--rerank", "none")
+    assert all("rerank" not in h["ranks"] for h in plain)
+    p = cli("kb", "query", "shop", "refund", "--rerank", tmp_path / "nothing-here", ok=False)
+    assert "--rerank" in p.stderr and "config.json" in p.stderr

@@ -225,3 +225,19 @@ def test_serve_refuses_a_binding_to_an_unknown_knowledge_base(home):
     assert "--knowledge" in p.stderr and "'nope'" in p.stderr
     p = CLI(home)("serve", "--knowledge", "tiny", ok=False)
     assert "--knowledge" in p.stderr and "MODEL=KB" in p.stderr
+
+
+def test_a_knowledge_base_embedded_by_a_remote_endpoint(server, home, tmp_path):
+    """`--embedder remote:NAME`: the vectors come from an OpenAI-compatible /v1/embeddings (here the
+    running server's MiniLM), for both the documents and the questions."""
+    cli = CLI(home)
+    cli("models", "add", "emb", "--endpoint", server.url + "/v1", "--remote-model", "all-minilm-l6-v2")
+    p = cli("kb", "create", "remote-kb", "--embedder", "remote:emb")
+    assert "remote:emb" in p.stdout and "384 dimensions" in p.stdout
+    (tmp_path / "refunds.md").write_text(REFUNDS, encoding="utf-8")
+    (tmp_path / "shipping.md").write_text(SHIPPING, encoding="utf-8")
+    cli("kb", "add", "remote-kb", tmp_path)  # a folder: every supported file in it
+    out = cli("kb", "query", "remote-kb", QUESTION[-1]["content"], "--mode", "vector", "-k", "1", "--json").stdout
+    assert json.loads(out)["document"] == "refunds.md"
+    p = cli("kb", "create", "bad-kb", "--embedder", "remote:tiny", ok=False)
+    assert "not a remote endpoint" in p.stderr and "--embedder" in p.stderr

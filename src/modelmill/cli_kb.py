@@ -53,10 +53,12 @@ def kb():
               help="lancedb (embedded, under $MODELMILL_HOME/kb/NAME) or a Qdrant server URL.")
 @click.option("--chunk-tokens", default=200, show_default=True, help="Most tokens in one chunk.")
 @click.option("--chunk-overlap", default=40, show_default=True, help="Tokens a chunk repeats from the one before.")
-def kb_create(name, embedder, vector_store, chunk_tokens, chunk_overlap):
+@click.option("--rerank", default=None, metavar="FOLDER",
+              help="A cross-encoder folder that reranks every query's fused candidates.")
+def kb_create(name, embedder, vector_store, chunk_tokens, chunk_overlap, rerank):
     """Create an empty knowledge base."""
     kb_ = _kbs().create(name, embedder=embedder, vector_store=vector_store, chunk_tokens=chunk_tokens,
-                        chunk_overlap=chunk_overlap)
+                        chunk_overlap=chunk_overlap, reranker=rerank)
     r = kb_.row
     click.echo(f"created knowledge base '{name}' (embedder {r.embedder}, {r.dimensions} dimensions, "
                f"{r.vector_store}, chunks of {r.chunk_tokens} tokens)")
@@ -129,10 +131,12 @@ def kb_list(name):
 @click.option("--mode", type=click.Choice(["hybrid", "bm25", "vector"]), default="hybrid", show_default=True)
 @click.option("--weights", default=None, metavar="bm25=W,vector=W",
               help="Each retriever's vote in hybrid fusion [default: bm25=0.5,vector=1].")
+@click.option("--rerank", default=None, metavar="FOLDER|none",
+              help="Rerank the fused candidates with this cross-encoder [default: the knowledge base's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON lines.")
-def kb_query(name, question, k, mode, weights, as_json):
+def kb_query(name, question, k, mode, weights, rerank, as_json):
     """The chunks that best answer QUESTION, with each retriever's rank and score."""
-    hits = _kbs().get(name).query(question, k=k, mode=mode, weights=_weights(weights))
+    hits = _kbs().get(name).query(question, k=k, mode=mode, weights=_weights(weights), rerank=rerank)
     if as_json:
         for h in hits:
             click.echo(json.dumps({**h.citation(name), "score": h.score, "ranks": h.ranks, "scores": h.scores},
@@ -142,13 +146,14 @@ def kb_query(name, question, k, mode, weights, as_json):
         click.echo("no matching chunks")
         return
     rows = []
+    reranked = any("rerank" in h.ranks for h in hits)
     for i, h in enumerate(hits, 1):
         per = lambda r: f"#{h.ranks[r]} {h.scores[r]:.3f}" if r in h.ranks else "-"  # noqa: E731
         where = h.section + (f" p.{h.page}" if h.page else "")
         text = " ".join(h.text.split())
-        rows.append([str(i), f"{h.score:.4f}", per("bm25"), per("vector"), h.doc, where[:30],
-                     text[:90] + ("…" if len(text) > 90 else "")])
-    _table(rows, ["#", "SCORE", "BM25", "VECTOR", "DOCUMENT", "SECTION", "TEXT"])
+        rows.append([str(i), f"{h.score:.4f}", per("bm25"), per("vector")] + ([per("rerank")] if reranked else [])
+                    + [h.doc, where[:30], text[:90] + ("…" if len(text) > 90 else "")])
+    _table(rows, ["#", "SCORE", "BM25", "VECTOR"] + (["RERANK"] if reranked else []) + ["DOCUMENT", "SECTION", "TEXT"])
 
 
 @kb.command("eval")

@@ -67,7 +67,7 @@ class KnowledgeBases:
         self.store = store
 
     def create(self, name: str, *, embedder: str | None = None, vector_store: str = "lancedb",
-               chunk_tokens: int = 200, chunk_overlap: int = 40) -> KnowledgeBase:
+               chunk_tokens: int = 200, chunk_overlap: int = 40, reranker: str | None = None) -> KnowledgeBase:
         from modelmill.kb.chunk import check_chunking
         from modelmill.kb.embed import DEFAULT_EMBEDDER, open_embedder
         from modelmill.store.tables import KnowledgeBase as Row
@@ -78,13 +78,18 @@ class KnowledgeBases:
             if s.query(Row).filter_by(name=name).first() is not None:
                 raise ConflictError(f"knowledge base '{name}' already exists",
                                     fix=f"add documents with `modelmill kb add {name} FILES`, or pick another name")
+        if reranker and reranker != "none":
+            from modelmill.kb.rerank import open_reranker
+
+            reranker = str(open_reranker(reranker).path)
         emb = open_embedder(embedder or DEFAULT_EMBEDDER, self.store)
         dims = emb.dimensions  # fails now, not at the first add, when the embedder is not there
         folder = self.store.kb_dir / name
         if folder.exists():  # left by a create that failed half-way: nothing registered points at it
             self.store.remove_tree(folder)
         row = Row(name=name, embedder=emb.name, dimensions=dims, vector_store=vector_store or "lancedb",
-                  chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, revision=0, path=str(folder))
+                  chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, reranker=reranker or None, revision=0,
+                  path=str(folder))
         from modelmill.kb.vectors import open_vectors
 
         open_vectors(row.vector_store, folder, dims)  # a bad URL fails before anything is stored
@@ -167,16 +172,28 @@ class KnowledgeBase:
     # -- writing
 
     def add(self, paths: list[str | Path], *, encoding: str | None = None, max_bytes: int | None = None) -> AddReport:
-        """Parse, chunk, embed and index each file. A file that fails is reported in ``failed``
-        and leaves nothing behind; the others are added."""
-        from modelmill.kb.parse import MAX_BYTES, parse
+        """Parse, chunk, embed and index each file (a folder: every supported file in it, at any
+        depth). A file that fails is reported in ``failed`` and leaves nothing behind; the
+        others are added."""
+        from modelmill.kb.parse import MAX_BYTES, SUPPORTED, parse
+        from modelmill.plugins import load_plugins
 
+        load_plugins("modelmill.kb_parsers")  # a plugin's suffixes count when scanning folders
         report = AddReport()
         started = time.monotonic()
         docs: list[tuple[str, Document, str, int, str]] = []
         seen: dict[str, str] = {}
-        for p in paths:
-            path = Path(p)
+        files: list[Path] = []
+        for p in map(Path, paths):
+            if p.is_dir():
+                found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED
+                               and not any(part.startswith(".") for part in f.relative_to(p).parts))
+                if not found:
+                    report.failed.append((str(p), f"{p}: folder has no {', '.join(SUPPORTED)} files"))
+                files.extend(found)
+            else:
+                files.append(p)
+        for path in files:
             try:
                 if path.name in seen:
                     raise KBError(f"has the same file name as {seen[path.name]}; documents are named by file name",
@@ -302,17 +319,32 @@ class KnowledgeBase:
     # -- reading
 
     def query(self, question: str, *, k: int = 5, mode: str = "hybrid", pool: int | None = None,
-              vector=None, weights: dict[str, float] | None = None) -> list[Hit]:
+              vector=None, weights: dict[str, float] | None = None, rerank: str | None = None) -> list[Hit]:
         """The ``k`` best chunks for ``question``. ``pool`` is how deep each retriever looks before
         fusion (default max(4k, 20)); ``vector`` is the question's embedding when the caller has it;
-        ``weights`` ({"bm25": 0.5, "vector": 1.0} by default) weigh each retriever's vote in hybrid."""
+        ``weights`` ({"bm25": 0.5, "vector": 1.0} by default) weigh each retriever's vote in hybrid;
+        ``rerank`` is a cross-encoder folder that reorders the fused pool (default: the knowledge
+        base's own ``reranker``; ``"none"`` turns it off)."""
         if mode not in MODES:
             raise KBError(f"unknown retrieval mode {mode!r}", field="--mode", fix=f"use one of {', '.join(MODES)}")
         if not isinstance(k, int) or k < 1:
             raise KBError(f"must be an integer >= 1, got {k!r}", field="-k", fix="e.g. -k 5")
-        rankings, rows = self.rankings(question, pool or max(4 * k, 20),
+        pool = pool or max(4 * k, 20)
+        rankings, rows = self.rankings(question, pool,
                                        retrievers=("bm25", "vector") if mode == "hybrid" else (mode,), vector=vector)
-        return fuse(rankings, rows, k, weights=weights)
+        rerank = self.row.reranker if rerank is None else rerank
+        if not rerank or rerank == "none":
+            return fuse(rankings, rows, k, weights=weights)
+        from modelmill.kb.rerank import open_reranker
+
+        hits = fuse(rankings, rows, pool, weights=weights)
+        scores = open_reranker(rerank).score(question, [f"{h.title} > {h.section}\n{h.text}" for h in hits])
+        for h, s in zip(hits, scores):
+            h.scores["rerank"], h.score = s, s
+        hits.sort(key=lambda h: -h.score)
+        for rank, h in enumerate(hits, 1):
+            h.ranks["rerank"] = rank
+        return hits[:k]
 
     def rankings(self, question: str, pool: int, *, retrievers=("bm25", "vector"), vector=None):
         """Each retriever's ranking, ``{name: [(chunk id, score), ...]}``, and the chunks' rows."""

@@ -11,6 +11,7 @@ store alone. Writes are per call: one call's documents appear together or not at
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,6 +144,8 @@ class LanceVectors:
             elif len(table.list_versions()) % 20 == 0:
                 table.optimize()
             return
+        # statistics without the centroids (lance's coming default; setting it also silences a warning)
+        os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
         unindexed = table.index_stats(index.name).num_unindexed_rows
         if unindexed > max(2000, n // 10) or len(table.list_versions()) % 20 == 0:
             table.optimize()

@@ -126,6 +126,7 @@ class KnowledgeBase(Base):
     vector_store: Mapped[str] = mapped_column(Text)  # lancedb (embedded, under the kb folder) or a server URL
     chunk_tokens: Mapped[int] = mapped_column(Integer)
     chunk_overlap: Mapped[int] = mapped_column(Integer)
+    reranker: Mapped[str | None] = mapped_column(Text, nullable=True)  # a cross-encoder folder, or None
     revision: Mapped[int] = mapped_column(Integer, default=0)
     path: Mapped[str] = mapped_column(Text)  # kb/<name>/: the embedded vector store and the BM25 index
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("vector_store", sa.Text(), nullable=False),
         sa.Column("chunk_tokens", sa.Integer(), nullable=False),
         sa.Column("chunk_overlap", sa.Integer(), nullable=False),
+        sa.Column("reranker", sa.Text(), nullable=True),
         sa.Column("revision", sa.Integer(), nullable=False),
         sa.Column("path", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
