@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The quickstart: real drug reviews -> a LoRA adapter on the built-in SmolLM2-135M -> before/after accuracy.
+# The quickstart: real drug reviews -> a LoRA adapter on the built-in SmolLM2-135M -> before/after accuracy,
+# then a knowledge base over a few documents.
 #
 #   make demo                      # installs, then runs this file
 #   bash examples/quickstart.sh    # with modelmill on PATH
@@ -34,4 +35,11 @@ step "Ask the fine-tuned model yourself" \
   "Classify the text into one of: negative, neutral, positive.
 
 Text: This medication gave me terrible headaches and did nothing for my pain."
+modelmill kb remove pharmacy --all >/dev/null 2>&1 || true
+step "A knowledge base from documents (Markdown, a CSV FAQ, Chinese text): parsed, chunked, embedded, indexed" \
+  modelmill kb create pharmacy
+modelmill kb add pharmacy examples/docs
+step "Retrieval: BM25 and MiniLM vectors fused; each hit with both ranks and where it came from" \
+  modelmill kb query pharmacy "Can I bring back a prescription medicine I no longer need?" -k 3
 printf '\nNext: modelmill adapters show drugs-lora   (lineage: base hash, data version, config, metrics)\n'
+printf '      modelmill serve --knowledge "smollm2-135m-instruct=pharmacy"   (answers with citations)\n'

@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from modelmill.store.db import MIGRATIONS
 from conftest import CLI
 
 
@@ -108,4 +110,7 @@ def test_postgres_by_url(postgres_url, home, tiny_model, reviews_file, monkeypat
 
     with sa.create_engine(postgres_url).connect() as conn:
         assert conn.execute(sa.text("select name from adapters")).scalar() == "pg-lora"
-        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == "0002"
+        head = sorted(p.name.split("_")[0] for p in (MIGRATIONS / "versions").glob("0*.py"))[-1]
+        assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == head
+        # the knowledge-base tables are there too (migration 0003)
+        assert conn.execute(sa.text("select count(*) from knowledge_bases")).scalar() == 0

@@ -23,6 +23,7 @@ from modelmill.kb.types import Chunk, Document, KBError
 from modelmill.names import check_name
 
 MODES = ("hybrid", "bm25", "vector")
+TITLE_ROOM = 32  # tokens kept free in each embedded chunk for its "title > section" line
 # Weighted reciprocal-rank fusion. On FiQA (bench/retrieval.py) MiniLM alone beats BM25 by 15
 # points of hit@5, and plain RRF (k=60, equal weights) lands between them (0.748 vs 0.781);
 # halving BM25's vote and a smaller k (sharper head) gave the best hybrid there. Both are per-query
@@ -84,6 +85,11 @@ class KnowledgeBases:
             reranker = str(open_reranker(reranker).path)
         emb = open_embedder(embedder or DEFAULT_EMBEDDER, self.store)
         dims = emb.dimensions  # fails now, not at the first add, when the embedder is not there
+        limit = getattr(emb, "max_tokens", None)  # local models say; remote endpoints do not
+        if limit and chunk_tokens > limit - TITLE_ROOM:
+            raise KBError(f"{chunk_tokens} tokens do not fit {emb.name}, which reads {limit} tokens and drops the "
+                          f"rest", field="--chunk-tokens",
+                          fix=f"use at most {limit - TITLE_ROOM} (room is kept for the title and section line)")
         folder = self.store.kb_dir / name
         if folder.exists():  # left by a create that failed half-way: nothing registered points at it
             self.store.remove_tree(folder)
@@ -92,7 +98,7 @@ class KnowledgeBases:
                   path=str(folder))
         from modelmill.kb.vectors import open_vectors
 
-        open_vectors(row.vector_store, folder, dims)  # a bad URL fails before anything is stored
+        open_vectors(row.vector_store, folder, dims).check_new()  # a bad URL fails before anything is stored
         folder.mkdir(parents=True, exist_ok=True)
         with self.store.session() as s:
             s.add(row)
@@ -201,7 +207,9 @@ class KnowledgeBase:
                 seen[path.name] = str(path)
                 doc = parse(path, encoding=encoding, max_bytes=max_bytes or MAX_BYTES)
                 data = path.read_bytes()
-                docs.append((path.name, doc, hashlib.sha256(data).hexdigest(), len(data), str(path)))
+                # the encoding is part of what was indexed: the same bytes read another way are new text
+                digest = hashlib.sha256(data + f"\0{encoding or ''}".encode()).hexdigest()
+                docs.append((path.name, doc, digest, len(data), str(path)))
             except KBError as e:
                 report.failed.append((str(path), str(e)))
         self.add_documents(docs, report)
@@ -248,8 +256,8 @@ class KnowledgeBase:
             if not new_docs:
                 return report
             vectors = self.embedder.encode(texts)
-            self.vectors.write(rows, vectors, replace_doc_ids=replaced_ids)
             try:
+                self.vectors.write(rows, vectors, replace_doc_ids=replaced_ids)
                 with self.store.session() as s:
                     for d in new_docs:
                         s.query(KBDocument).filter_by(kb=self.name, name=d.name).delete()
@@ -259,8 +267,9 @@ class KnowledgeBase:
                     row.updated_at = utcnow()
                     revision = row.revision
             except BaseException:
-                # the metadata did not change: take the new chunks back out (the replaced ones are gone
-                # from the vector store; re-adding those files restores them)
+                # the metadata did not change: take the new chunks back out, so that no chunk is in the
+                # store without its document (a replaced document's old chunks may be gone already;
+                # adding that file again restores it)
                 self.vectors.delete([d.doc_id for d in new_docs])
                 raise
             report.chunks += len(rows)
@@ -309,12 +318,19 @@ class KnowledgeBase:
         if self._bm25 is not None and self._bm25[0] == revision:
             return self._bm25[1]
         folder = index_folder(Path(self.row.path), revision)
-        if (folder / "ids.json").is_file():
+        try:
             index = BM25Index.load(folder)
             self._bm25 = (revision, index)
             return index
-        with self.store.lock(f"kb-{self.name}"):  # written by a process that died before indexing
-            return self._rebuild_bm25(self.revision())
+        except FileNotFoundError:  # not written (a writer died before indexing) or pruned meanwhile
+            pass
+        with self.store.lock(f"kb-{self.name}"):
+            revision = self.revision()
+            folder = index_folder(Path(self.row.path), revision)
+            if (folder / "ids.json").is_file():  # the writer we waited for has just saved it
+                self._bm25 = (revision, BM25Index.load(folder))
+                return self._bm25[1]
+            return self._rebuild_bm25(revision)
 
     # -- reading
 

@@ -66,9 +66,10 @@ def index_folder(kb_folder: Path, revision: int) -> Path:
 
 
 def prune(kb_folder: Path, keep: int) -> None:
-    """Drop the indexes of older revisions (a reader that has one open keeps its mmap)."""
+    """Drop the indexes of revisions before ``keep - 1``. The one before stays for a reader that
+    read the old revision number a moment ago; one that has an index open keeps its mmap."""
     root = Path(kb_folder) / "bm25"
     for d in root.glob("rev-*") if root.is_dir() else ():
         name = d.name.split(".", 1)[0]
-        if name != f"rev-{keep}" and (name[4:].isdigit() and int(name[4:]) < keep):
+        if name[4:].isdigit() and int(name[4:]) < keep - 1:
             shutil.rmtree(d, ignore_errors=True)

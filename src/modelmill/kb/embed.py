@@ -37,6 +37,10 @@ class LocalEmbedder:
     def dimensions(self) -> int:
         return self._embedder.dimensions
 
+    @property
+    def max_tokens(self) -> int:
+        return self._embedder.max_tokens
+
     def encode(self, texts: list[str]) -> np.ndarray:
         import numpy as np
 

@@ -103,6 +103,14 @@ def evaluate_retrieval(kb, questions: list[Question], *, k: int = 10, modes=MODE
         if missing:
             raise KBError(f"names documents that are not in knowledge base '{kb.name}': {', '.join(sorted(missing))}",
                           line=q.line, field="documents", fix=f"`modelmill kb list {kb.name}` shows its documents")
+    wanted = sorted({c for q in questions if q.by == "chunk" for c in q.relevant})
+    if wanted:
+        present = kb.vectors.get(wanted)
+        gone = [c for c in wanted if c not in present]
+        if gone:
+            raise KBError(f"{len(gone)} of the {len(wanted)} chunks the questions point at are no longer in knowledge "
+                          f"base '{kb.name}' (e.g. {gone[0]}): their documents were replaced or removed since",
+                          field="chunk_ids", fix="synthesize the test set again, or name relevant documents instead")
     vectors = kb.embedder.encode([q.text for q in questions]) if any(m != "bm25" for m in modes) else None
     sums = {m: {"hit@1": 0.0, f"hit@{min(5, k)}": 0.0, f"hit@{k}": 0.0, "mrr": 0.0, f"ndcg@{k}": 0.0} for m in modes}
     pool = max(4 * k, 20)

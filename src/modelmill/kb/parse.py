@@ -70,7 +70,16 @@ def parse(path: str | Path, *, encoding: str | None = None, max_bytes: int = MAX
                       fix="split it into smaller files, or raise the limit with --max-bytes")
     if size == 0:
         raise KBError("has no text (the file is empty)", file=where, fix=_NO_TEXT_FIX)
-    doc = parser(p, encoding=encoding)
+    try:
+        doc = parser(p, encoding=encoding)
+    except KBError:
+        raise
+    except OSError as e:  # unreadable (permissions, a file that vanished, an I/O error)
+        raise KBError(f"cannot be read ({type(e).__name__}: {e.strerror or e})", file=where,
+                      fix="check the file's permissions and that it is still there") from None
+    except Exception as e:  # noqa: BLE001 - a library choking on a damaged file (lxml, zip, XML ...)
+        raise _unreadable(p, f"{p.suffix.lstrip('.') or 'text'} file", e,
+                          "open it in the program that made it and save it again") from None
     units = [Unit(u.text.strip(), u.section, u.page, u.kind) for u in doc.units if u.text.strip()]
     if not units:
         raise KBError("has no text", file=where, fix=_NO_TEXT_FIX)
@@ -204,6 +213,16 @@ _RULE = re.compile(r" {0,3}(=+|-+|\*{3,}|_{3,})[ \t]*$")  # setext underline or 
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")  # keep a link's words, drop its URL
 
 
+_TABLE_RULE = re.compile(r"\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")  # |---|:--:|
+
+
+def _pipe_cells(line: str) -> list[str]:
+    line = line.strip()
+    line = line[1:] if line.startswith("|") else line
+    line = line[:-1] if line.endswith("|") and not line.endswith("\\|") else line
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)]
+
+
 def parse_markdown(path: Path, *, encoding: str | None = None) -> Document:
     """ATX (and setext) headings set the section, a leading H1 the title; paragraphs, list
     blocks and fenced code blocks are units."""
@@ -215,6 +234,10 @@ def parse_markdown(path: Path, *, encoding: str | None = None) -> Document:
     def flush():
         if buf and fence:  # code keeps its indentation
             units.append(Unit(textwrap.dedent("\n".join(ln.rstrip() for ln in buf)).strip("\n"), outline.section))
+        elif len(buf) >= 2 and _TABLE_RULE.match(buf[1]) and all("|" in ln for ln in buf):
+            # a pipe table: each row one "header: value" unit (or one FAQ pair), like other tables
+            rows = [[_one_line(_MD_LINK.sub(r"\1", c)) for c in _pipe_cells(ln)] for i, ln in enumerate(buf) if i != 1]
+            units.extend(_table_units(rows, outline.section))
         elif buf:
             units.append(Unit(_clean(_MD_LINK.sub(r"\1", "\n".join(buf))), outline.section))
         buf.clear()
@@ -463,6 +486,10 @@ def parse_xlsx(path: Path, *, encoding: str | None = None) -> Document:
         raise _unreadable(path, ".xlsx file", e, "open it in Excel or LibreOffice and save it as .xlsx "
                                                  "(an old .xls must be converted)") from None
     try:
+        for ws in wb.worksheets:
+            # read-only mode trusts the sheet's <dimension> tag, which some exporters write as "A1":
+            # forget it and read every row there is
+            ws.reset_dimensions()
         units = [u for ws in wb.worksheets
                  for u in _table_units(([_xlsx_cell(v) for v in row] for row in ws.iter_rows(values_only=True)),
                                        ws.title)]

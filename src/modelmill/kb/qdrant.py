@@ -1,6 +1,7 @@
 """A Qdrant server as a knowledge base's vector store (``--vector-store http://host:6333``).
 
-Each knowledge base is one collection, ``modelmill_<name>``, with cosine distance; a chunk is a
+Each knowledge base is one collection, ``modelmill_<name>_<id>`` (the id from the knowledge
+base's folder, so two modelmill homes can share one server), with cosine distance; a chunk is a
 point whose payload holds the same fields as the LanceDB row. ``qdrant+local:/path`` runs
 qdrant-client's embedded mode instead of a server, to try the backend on one machine.
 
@@ -10,6 +11,7 @@ its old ones are deleted, so a query in between may see both, never neither.
 
 from __future__ import annotations
 
+import os
 import uuid
 
 from modelmill.kb.types import KBError
@@ -37,8 +39,8 @@ class QdrantVectors:
             if self._client is None:
                 if url.startswith("qdrant+local:"):
                     self._client = QdrantClient(path=url.split(":", 1)[1])
-                else:
-                    self._client = QdrantClient(url=url, timeout=30)
+                else:  # QDRANT_API_KEY, as Qdrant's own tools read it, for a server that wants one
+                    self._client = QdrantClient(url=url, timeout=30, api_key=os.environ.get("QDRANT_API_KEY"))
                 _clients[url] = self._client
         except Exception as e:  # noqa: BLE001 - the client raises many kinds; all mean "cannot use this URL"
             raise KBError(f"cannot open the Qdrant store at {url}: {e}", field="--vector-store",
@@ -52,6 +54,12 @@ class QdrantVectors:
         except Exception as e:  # noqa: BLE001
             raise KBError(f"Qdrant at {self.url}: {what} failed: {type(e).__name__}: {e}", field="--vector-store",
                           fix="check that the Qdrant server is up and reachable") from None
+
+    def check_new(self) -> None:
+        """At create: the server answers, and the collection is not someone else's already."""
+        if self._exists():
+            raise KBError(f"Qdrant at {self.url} already has a collection '{self.collection}'", field="--vector-store",
+                          fix="delete that collection, or create the knowledge base under another name")
 
     def _exists(self) -> bool:
         return bool(self._call("collection_exists", self._client.collection_exists, self.collection))

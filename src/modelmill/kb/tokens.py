@@ -4,12 +4,12 @@
     count_tokens("退货政策：30天内可退。")   # 11: one per CJK character and punctuation mark
     bm25_tokens("The refunds policy 退货政策")  # ['refund', 'polici', '退货', '政策']
 
-``count_tokens`` stands in for the embedding model's WordPiece tokenizer without loading
-it. The embedder (MiniLM) silently cuts its input at 256 tokens, so a chunk must fit; the
-count therefore errs high rather than low: an English word of eight letters or more counts
-2 where WordPiece often gives 1 (so plain English counts a little high), digits count one
-per three, and other non-CJK letters (accented, Cyrillic...) one per two characters. A
-chunk packed to 200 counted tokens, plus its title line, stays under the cut.
+``count_tokens`` counts with the default embedder's own WordPiece tokenizer (loaded from the
+bundled MiniLM's tokenizer.json, not the model): MiniLM silently cuts its input at 256 tokens,
+so a chunk must fit, and ids, SKUs and non-Latin scripts cost far more tokens than their words
+suggest. Without that package it falls back to ``estimate_tokens``, which errs high for English
+and Chinese (a long word counts 2, digit runs one per two characters, other scripts one per
+character). The knowledge base refuses a chunk budget that leaves no room for the title line.
 """
 
 from __future__ import annotations
@@ -38,11 +38,42 @@ CJK_STOP_CHARS = frozenset("的了是在和与及或也都就而着吗呢吧啊�
 def _word_cost(run: str) -> int:
     """Tokens for a run of non-CJK word characters (see the module docstring for why high)."""
     if run.isascii():
-        return 1 + (len(run) - 1) // (7 if run.isalpha() else 3)  # long numbers split more
-    return 1 + len(run) // 2
+        # mixed letters and digits (ids, SKUs) split into pieces of about two characters
+        return 1 + (len(run) - 1) // (7 if run.isalpha() else 2)
+    return len(run)  # other scripts: WordPiece often falls back to single characters
+
+
+@functools.cache
+def _wordpiece():
+    """The bundled MiniLM's own tokenizer (Rust, ~70 us a chunk), or None when it is not there."""
+    try:
+        from tokenizers import Tokenizer
+
+        from modelmill.serve.embeddings import bundled_model_path
+
+        folder = bundled_model_path()
+        if folder is None or not (folder / "tokenizer.json").is_file():
+            return None
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tok.no_truncation()
+        tok.no_padding()
+        return tok
+    except Exception:  # noqa: BLE001 - a broken install falls back to the estimate
+        return None
 
 
 def count_tokens(text: str) -> int:
+    """Tokens as the default embedder (all-MiniLM-L6-v2) counts them, special tokens aside;
+    the estimate below when its tokenizer is not installed. The exact count matters: MiniLM
+    reads 256 tokens and drops the rest, and IDs, SKUs and non-Latin scripts cost far more
+    WordPiece tokens than their words suggest (a 32-digit hex id: about 24)."""
+    tok = _wordpiece()
+    if tok is not None:
+        return len(tok.encode(text, add_special_tokens=False).ids)
+    return estimate_tokens(text)
+
+
+def estimate_tokens(text: str) -> int:
     """Approximate WordPiece tokens: 1 per CJK character, 1 per punctuation mark, and 1 or
     more per other word (more for long words, digits and non-ASCII letters). Whitespace is
     free."""

@@ -11,6 +11,7 @@ store alone. Writes are per call: one call's documents appear together or not at
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ from modelmill.kb.types import KBError
 
 if TYPE_CHECKING:
     import numpy as np
+
+log = logging.getLogger("modelmill.kb")
 
 FIELDS = ("id", "doc_id", "doc", "title", "section", "page", "start", "end", "ordinal", "text", "tokens")
 # Below this many chunks a flat scan is exact and fast; above it an ANN index keeps latency flat.
@@ -72,7 +75,10 @@ class LanceVectors:
         if replace_doc_ids:
             merge = merge.when_not_matched_by_source_delete(_in("doc_id", replace_doc_ids))
         merge.execute(batch)
-        self._maintain(table)
+        try:
+            self._maintain(table)
+        except Exception as e:  # noqa: BLE001 - upkeep only: the write is committed and queries stay right
+            log.warning("LanceDB upkeep (index or compaction) failed, will retry on the next write: %s", e)
 
     def delete(self, doc_ids: list[str]) -> None:
         table = self.table()
@@ -118,6 +124,9 @@ class LanceVectors:
         table = self.table()
         return 0 if table is None else table.count_rows()
 
+    def check_new(self) -> None:
+        """At create: nothing to check for an embedded store."""
+
     def drop_all(self) -> None:
         """Delete every chunk (the folder itself goes with the knowledge base)."""
         self._table = None
@@ -161,8 +170,12 @@ def open_vectors(url: str, folder: Path, dimensions: int):
     if url in ("", "lancedb"):
         return LanceVectors(Path(folder) / "lance", dimensions)
     if url.startswith(("http://", "https://", "qdrant+local:")):
+        import hashlib
+
         from modelmill.kb.qdrant import QdrantVectors
 
-        return QdrantVectors(url, collection=Path(folder).name, dimensions=dimensions)
+        folder = Path(folder).resolve()
+        suffix = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
+        return QdrantVectors(url, collection=f"{folder.name}_{suffix}", dimensions=dimensions)
     raise KBError(f"unknown vector store {url!r}", field="--vector-store",
                   fix="use lancedb (embedded, the default) or a Qdrant server URL such as http://localhost:6333")

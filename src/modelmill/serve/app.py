@@ -768,7 +768,9 @@ class _Knowledge:
                     t, _ = self.router.resolve(model)
                 except EngineError:
                     continue
-                self.bound[_model_key(t)] = self.unresolved.pop(model)
+                names = self.unresolved.pop(model, None)  # another request may have bound it meanwhile
+                if names is not None:
+                    self.bound[_model_key(t)] = names
         return self.bound.get(key, [])
 
     def embedder(self):
@@ -816,8 +818,15 @@ class _Knowledge:
                               param="messages")
         opts = body.rag or RagOptions()
         run = functools.partial(rag.retrieve, self.kbs, names, question, opts.k, opts.mode, open_kb=self.open)
+
+        def remote_embedder() -> bool:
+            return any(self.open(n).row.embedder.startswith("remote:") for n in names)
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(_embedding_executor(), run)
+            # MiniLM work stays on the one embedding thread; a remote embedder's HTTP call must not
+            # hold it (the endpoint may be this very server, whose /v1/embeddings needs that thread)
+            executor = None if await asyncio.to_thread(remote_embedder) else _embedding_executor()
+            return await asyncio.get_running_loop().run_in_executor(executor, run)
         except NotFoundError as e:
             raise EngineError(str(e), status=404, code="knowledge_base_not_found", param="knowledge_bases") from None
         except ModelmillError as e:
