@@ -81,6 +81,18 @@ def test_groundedness_supports_paraphrases_and_flags_invented_claims(minilm):
     assert 0 <= g["sentences"][2]["similarity"] <= 1 and g["sentences"][2]["overlap"] < 0.5
 
 
+def test_groundedness_flags_a_flipped_negation(minilm):
+    """Seen with the real SmolLM2 on the quickstart's pharmacy documents: it said the opposite of
+    the policy in the policy's own words, which similarity and overlap alone call supported."""
+    items = [_item("Unopened products can be returned within 30 days. For safety reasons, dispensed prescription "
+                   "medicines cannot be returned or exchanged once they have left the pharmacy.", 0)]
+    g = rag.groundedness("Yes, you can return a prescription medicine. Dispensed prescription medicines cannot "
+                         "be returned. Unopened products can be returned within 30 days.", items, minilm)
+    assert [x["supported"] for x in g["sentences"]] == [False, True, True]
+    g = rag.groundedness("退货后不能退款。", [_item("收到退货后七天内退款。", 0)], minilm)
+    assert g["unsupported"] == 1
+
+
 def test_groundedness_splits_cjk_sentences_and_lists(minilm):
     answer = "收到商品后30天内可以退货。退款将在7个工作日内退回。我们提供免费的礼品包装服务。\n- Items must be unused.\n1. Refunds take 60 days."
     assert _verdicts(answer, minilm) == [

@@ -219,7 +219,8 @@ def data_synthesize(kb_name, model, name, per_chunk, test_size, max_chunks, conc
                        concurrency=concurrency, seed=seed, response_format=response_format)
     for e in r.errors:
         click.echo(f"warning: {e}", err=True)
-    click.echo(f"{r.chunks} chunks asked: {r.generated} pairs generated, {r.unparsed} replies unparsed, "
+    cut = f" ({r.truncated} cut at max tokens)" if r.truncated else ""
+    click.echo(f"{r.chunks} chunks asked: {r.generated} pairs generated, {r.unparsed} replies unparsed{cut}, "
                f"{r.failed_requests} requests failed, {r.duplicates} duplicates and {r.unsupported} unsupported "
                f"dropped; kept {r.train} for training, {r.test} held out")
     for ref in r.datasets:

@@ -162,6 +162,16 @@ def _claim(sentence: str) -> str:
     return _LIST_MARK.sub("", _CITE.sub(" ", sentence)).strip()
 
 
+_NEGATION = re.compile(r"\b(?:not|no|never|cannot|nor|neither|none|nothing|without|unable)\b|n't\b|"
+                       r"[不没沒无無未非别勿莫]", re.I)
+
+
+def _negated(text: str) -> bool:
+    """Whether the sentence says no (English or Chinese negation words), counted by parity so
+    that "not impossible" reads as not negated."""
+    return len(_NEGATION.findall(text)) % 2 == 1
+
+
 def _numbers(text: str) -> set[str]:
     """Numbers written in ``text``, thousands separators dropped (1,000 == 1000)."""
     out = set()
@@ -191,7 +201,9 @@ def groundedness(answer: str, items: list[Item], embedder) -> dict:
     - ``overlap``: the share of the sentence's BM25 terms (``bm25_tokens``) found in the chunk.
 
     A chunk supports the sentence when every number in the sentence also appears in the chunk
-    (a wrong price or date is never supported), and ``(similarity + overlap) / 2 >= 0.55`` or
+    (a wrong price or date is never supported), when the sentence and the chunk's closest
+    sentence agree on negation (an answer that flips "cannot be returned" into "can be
+    returned" is not supported), and ``(similarity + overlap) / 2 >= 0.55`` or
     ``similarity >= 0.70``. A sentence written mostly in CJK characters also needs
     ``overlap >= 0.5`` and cannot pass on similarity alone (MiniLM reads English; its
     similarities between unrelated Chinese sentences run high). The sentence's
@@ -222,6 +234,12 @@ def groundedness(answer: str, items: list[Item], embedder) -> dict:
             owner = np.array([j for j, _ in parts])
             for j in range(n_c):
                 sim[:, j] = np.maximum(sim[:, j], part_sim[:, owner == j].max(axis=1, initial=-1.0))
+            # each item's closest sentence to each answer sentence, for the negation check
+            closest = np.full((n_s, n_c), -1)
+            for j in range(n_c):
+                mine = np.flatnonzero(owner == j)
+                if len(mine):
+                    closest[:, j] = mine[part_sim[:, mine].argmax(axis=1)]
         chunk_terms = [set(bm25_tokens(t)) for t in chunk_texts]
         chunk_numbers = [_numbers(t) for t in chunk_texts]
     for i, (text, claim) in enumerate(sentences):
@@ -241,6 +259,10 @@ def groundedness(answer: str, items: list[Item], embedder) -> dict:
             else:
                 ok = blend >= SUPPORT_BLEND or similarity >= SUPPORT_SIMILARITY
             ok = ok and numbers <= chunk_numbers[j]
+            if ok and parts and closest[i, j] >= 0:
+                # "you can return it" is close in words and meaning to "it cannot be returned";
+                # similarity cannot tell them apart, so one negated and one not is no support
+                ok = _negated(claim) == _negated(parts[closest[i, j]][1])
             if ok and (best is None or blend > best[0]):
                 best = cand
         shown = best or best_any

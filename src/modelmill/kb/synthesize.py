@@ -52,6 +52,7 @@ class SynthesisReport:
     failed_requests: int = 0
     generated: int = 0
     unparsed: int = 0
+    truncated: int = 0  # of the unparsed: cut at max_tokens (a small model repeating itself, mostly)
     duplicates: int = 0
     unsupported: int = 0
     train: int = 0
@@ -144,6 +145,7 @@ def synthesize(kb, remote, *, name: str, per_chunk: int = 3, test_size: float = 
         pairs = parse_pairs(ans["text"])
         if pairs is None:
             report.unparsed += 1
+            report.truncated += ans.get("finish_reason") == "length"
             continue
         report.generated += len(pairs)
         candidates.extend((p, r) for p in pairs[:per_chunk])
