@@ -8,8 +8,8 @@ Needs ../shared/data/fiqa-finance-qa (648 question/answer pairs): every answer i
 (a .txt file added with the same call as `modelmill kb add`), every question a query whose
 relevant document is its own answer. The size test pads the knowledge base with synthetic
 documents (random sentences over FiQA's vocabulary) through the same add call, with synthetic
-vectors (real FiQA vectors plus noise: MiniLM embeds about 40 chunks/s on 2 CPU cores, so
-embedding 100k padding chunks would take most of an hour; ingestion speed is measured on the
+vectors (real FiQA vectors plus noise: MiniLM embeds about 80 chunks/s on 2 CPU cores, so
+embedding 100k padding chunks would take over 20 minutes; ingestion speed is measured on the
 real FiQA documents instead).
 
 Goals (from the issue): hybrid at least as good as the better single retriever on hit@5, and
@@ -61,7 +61,7 @@ def padding(vocab: list[str], n_chunks: int, seed: int, words: int = 40):
 
 class NoisyCopies:
     """Stands in for the embedder while padding: each padding chunk gets a real FiQA chunk's vector
-    plus noise, renormalised. Embedding 100k chunks with MiniLM takes hours on 2 CPU cores; the
+    plus noise, renormalised. Embedding 100k chunks with MiniLM takes over 20 minutes on 2 CPU cores; the
     size test needs vectors shaped like real ones (clustered, unit length), not their meaning."""
 
     def __init__(self, real, seed: int, noise: float = 0.5):

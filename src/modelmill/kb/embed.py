@@ -42,13 +42,7 @@ class LocalEmbedder:
         return self._embedder.max_tokens
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        import numpy as np
-
-        model = self._embedder._load()
-        with self._embedder._lock:
-            v = model.encode(list(texts), batch_size=BATCH, convert_to_numpy=True, normalize_embeddings=True,
-                             show_progress_bar=False)
-        return np.ascontiguousarray(v, dtype=np.float32)
+        return self._embedder.vectors(texts, batch_size=BATCH)
 
 
 class RemoteEmbedder:
