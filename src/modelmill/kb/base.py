@@ -48,6 +48,12 @@ class Hit:
     ranks: dict = field(default_factory=dict)   # retriever -> 1-based rank
     scores: dict = field(default_factory=dict)  # retriever -> its own score (BM25, cosine similarity)
 
+    @classmethod
+    def from_row(cls, r: dict, score: float = 0.0) -> Hit:
+        """A chunk as the vector store returns it (``vectors.FIELDS``) as a hit."""
+        return cls(id=r["id"], doc=r["doc"], title=r["title"], section=r["section"], page=r["page"],
+                   start=int(r["start"]), end=int(r["end"]), text=r["text"], score=score)
+
     def citation(self, kb: str) -> dict:
         return {"knowledge_base": kb, "document": self.doc, "title": self.title, "section": self.section,
                 "page": self.page, "chunk_id": self.id, "start": self.start, "end": self.end, "text": self.text}
@@ -223,8 +229,6 @@ class KnowledgeBase:
         from modelmill.kb.chunk import chunk
         from modelmill.kb.tokens import bm25_tokens, count_tokens
         from modelmill.store.tables import KBDocument
-        from modelmill.store.tables import KnowledgeBase as Row
-        from modelmill.store.tables import utcnow
 
         report = report or AddReport()
         with self.store.lock(f"kb-{self.name}"):
@@ -264,10 +268,7 @@ class KnowledgeBase:
                     for d in new_docs:
                         s.query(KBDocument).filter_by(kb=self.name, name=d.name).delete()
                         s.add(d)
-                    row = s.query(Row).filter_by(name=self.name).one()
-                    row.revision += 1
-                    row.updated_at = utcnow()
-                    revision = row.revision
+                    revision = self._bump_revision(s)
             except BaseException:
                 # the metadata did not change: take the new chunks back out, so that no chunk is in the
                 # store without its document (a replaced document's old chunks may be gone already;
@@ -281,8 +282,6 @@ class KnowledgeBase:
     def remove(self, names: list[str]) -> list[str]:
         """Remove documents by name; every name must be in the knowledge base."""
         from modelmill.store.tables import KBDocument
-        from modelmill.store.tables import KnowledgeBase as Row
-        from modelmill.store.tables import utcnow
 
         with self.store.lock(f"kb-{self.name}"):
             existing = {d.name: d for d in self.documents()}
@@ -293,18 +292,25 @@ class KnowledgeBase:
             self.vectors.delete([existing[n].doc_id for n in names])
             with self.store.session() as s:
                 s.query(KBDocument).filter(KBDocument.kb == self.name, KBDocument.name.in_(names)).delete()
-                row = s.query(Row).filter_by(name=self.name).one()
-                row.revision += 1
-                row.updated_at = utcnow()
-                revision = row.revision
+                revision = self._bump_revision(s)
             self._rebuild_bm25(revision)
         return names
+
+    def _bump_revision(self, session) -> int:
+        """One more change to the documents, in the caller's transaction; the new revision."""
+        from modelmill.store.tables import KnowledgeBase as Row
+        from modelmill.store.tables import utcnow
+
+        row = session.query(Row).filter_by(name=self.name).one()
+        row.revision += 1
+        row.updated_at = utcnow()
+        return row.revision
 
     def _rebuild_bm25(self, revision: int):
         from modelmill.kb.bm25 import BM25Index, index_folder, prune
 
-        ids, tokens = self.vectors.tokens()
-        index = BM25Index.build(ids, tokens)
+        rows = self.vectors.rows(("id", "tokens"))
+        index = BM25Index.build([r["id"] for r in rows], [r["tokens"] for r in rows])
         folder = index_folder(Path(self.row.path), revision)
         if not folder.is_dir():
             index.save(folder)
@@ -402,8 +408,7 @@ def fuse(rankings: dict[str, list[tuple[str, float]]], rows: dict[str, dict], k:
                 continue
             h = hits.get(cid)
             if h is None:
-                h = hits[cid] = Hit(id=cid, doc=r["doc"], title=r["title"], section=r["section"], page=r["page"],
-                                    start=int(r["start"]), end=int(r["end"]), text=r["text"], score=0.0)
+                h = hits[cid] = Hit.from_row(r)
             h.ranks[name] = rank
             h.scores[name] = score
             h.score += weights.get(name, 1.0) / (rrf_k + rank) if len(rankings) > 1 else score

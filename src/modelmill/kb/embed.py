@@ -27,11 +27,9 @@ class LocalEmbedder:
     """A sentence-transformers model. Texts longer than the model reads are cut at its limit: a
     chunk is made to fit, but its title/section prefix may push a few tokens over."""
 
-    def __init__(self, name: str, path: Path | None):
-        from modelmill.serve.embeddings import Embedder
-
-        self.name = name
-        self._embedder = Embedder(name, path)
+    def __init__(self, embedder):
+        self.name = embedder.name
+        self._embedder = embedder  # a serve.embeddings.Embedder: loads the model, holds its lock
 
     @property
     def dimensions(self) -> int:
@@ -73,21 +71,23 @@ class RemoteEmbedder:
 _local_embedders: dict[str, LocalEmbedder] = {}
 
 
-def _local(name: str, path: Path | None) -> LocalEmbedder:
-    """One instance (one loaded model) per local model and process, however many knowledge
+def _local(name: str, path: Path) -> LocalEmbedder:
+    """One instance (one loaded model) per local folder and process, however many knowledge
     bases use it."""
+    from modelmill.serve.embeddings import Embedder
+
     if name not in _local_embedders:
-        _local_embedders[name] = LocalEmbedder(name, path)
+        _local_embedders[name] = LocalEmbedder(Embedder(name, path))
     return _local_embedders[name]
 
 
 def open_embedder(spec: str, store=None):
     """The embedder named by ``spec`` (see the module docstring)."""
-    from modelmill.serve.embeddings import DEFAULT_NAME, bundled_model_path
+    from modelmill.serve.embeddings import DEFAULT_NAME, Embedder
 
     spec = (spec or DEFAULT_EMBEDDER).strip()
-    if spec == DEFAULT_NAME:
-        return _local(spec, bundled_model_path())
+    if spec == DEFAULT_NAME:  # the process's one MiniLM, which /v1/embeddings also uses
+        return LocalEmbedder(Embedder.default())
     if spec.startswith("remote:"):
         from modelmill.models.registry import ModelRegistry, is_remote
         from modelmill.models.remote import RemoteModel

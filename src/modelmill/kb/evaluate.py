@@ -119,7 +119,7 @@ def evaluate_retrieval(kb, questions: list[Question], *, k: int = 10, modes=MODE
                                      retrievers=tuple({"bm25", "vector"} & {r for m in modes for r in _uses(m)}))
         for m in modes:
             hits = fuse({r: rankings[r] for r in _uses(m)}, rows, pool, weights=weights)
-            keys = _dedupe([h.doc if q.by == "document" else h.id for h in hits])[:k]
+            keys = list(dict.fromkeys(h.doc if q.by == "document" else h.id for h in hits))[:k]  # first rank wins
             for name, value in _scores(keys, q.relevant, k).items():
                 sums[m][name] += value
     n = len(questions)
@@ -128,15 +128,6 @@ def evaluate_retrieval(kb, questions: list[Question], *, k: int = 10, modes=MODE
 
 def _uses(mode: str) -> tuple[str, ...]:
     return ("bm25", "vector") if mode == "hybrid" else (mode,)
-
-
-def _dedupe(keys: list[str]) -> list[str]:
-    seen, out = set(), []
-    for x in keys:
-        if x not in seen:
-            seen.add(x)
-            out.append(x)
-    return out
 
 
 def _scores(ranked: list[str], relevant: set[str], k: int) -> dict[str, float]:

@@ -108,26 +108,12 @@ class QdrantVectors:
                          with_payload=True)
         return {p.payload["id"]: dict(p.payload) for p in pts}
 
-    def tokens(self) -> tuple[list[str], list[str]]:
-        ids, tokens = [], []
-        if not self._exists():
-            return ids, tokens
-        offset = None
-        while True:
-            pts, offset = self._call("scroll", self._client.scroll, self.collection, limit=1024, offset=offset,
-                                     with_payload=["id", "tokens"], with_vectors=False)
-            for p in pts:
-                ids.append(p.payload["id"])
-                tokens.append(p.payload["tokens"])
-            if offset is None:
-                return ids, tokens
-
-    def rows(self) -> list[dict]:
+    def rows(self, fields=FIELDS) -> list[dict]:
         out: list[dict] = []
         offset = None
         while self._exists():
             pts, offset = self._call("scroll", self._client.scroll, self.collection, limit=1024, offset=offset,
-                                     with_payload=True, with_vectors=False)
+                                     with_payload=list(fields), with_vectors=False)
             out.extend(dict(p.payload) for p in pts)
             if offset is None:
                 break

@@ -177,9 +177,7 @@ def synthesize(kb, remote, *, name: str, per_chunk: int = 3, test_size: float = 
 
     supported = []
     for p, r in kept:
-        hit = Hit(id=r["id"], doc=r["doc"], title=r["title"], section=r["section"], page=r["page"],
-                  start=int(r["start"]), end=int(r["end"]), text=r["text"], score=1.0)
-        g = groundedness(p["answer"], [(kb.name, hit)], embedder)
+        g = groundedness(p["answer"], [(kb.name, Hit.from_row(r, 1.0))], embedder)
         if g["score"] is None or g["unsupported"]:
             report.unsupported += 1
             continue

@@ -105,20 +105,13 @@ class LanceVectors:
         rows = table.search().where(_in("id", ids)).select(list(FIELDS)).limit(len(ids)).to_list()
         return {r["id"]: r for r in rows}
 
-    def tokens(self) -> tuple[list[str], list[str]]:
-        """(ids, space-joined BM25 tokens) of every chunk, for rebuilding the BM25 index."""
-        table = self.table()
-        if table is None:
-            return [], []
-        t = table.search().select(["id", "tokens"]).limit(table.count_rows() or 1).to_arrow()
-        return t.column("id").to_pylist(), t.column("tokens").to_pylist()
-
-    def rows(self) -> list[dict]:
-        """Every chunk, without its vector."""
+    def rows(self, fields=FIELDS) -> list[dict]:
+        """Every chunk's ``fields`` (no vectors): all of them to synthesize from, id and tokens to
+        rebuild the BM25 index."""
         table = self.table()
         if table is None:
             return []
-        return table.search().select(list(FIELDS)).limit(table.count_rows() or 1).to_list()
+        return table.search().select(list(fields)).limit(table.count_rows() or 1).to_list()
 
     def count(self) -> int:
         table = self.table()

@@ -224,8 +224,7 @@ def create_app(store=None, config: ServeConfig | None = None):
     router = Router(store, config)
     metrics = Metrics(router)
     api_key = config.api_key or os.environ.get("MODELMILL_API_KEY", "")
-    embedder_box: dict = {}
-    knowledge = _Knowledge(store, router, config, embedder_box)
+    knowledge = _Knowledge(store, router, config)
 
     from contextlib import asynccontextmanager
 
@@ -677,9 +676,7 @@ def create_app(store=None, config: ServeConfig | None = None):
         if body.model != DEFAULT_NAME:
             raise EngineError(f"The model '{body.model}' does not exist or is not an embedding model; "
                               f"use '{DEFAULT_NAME}'", status=404, code="model_not_found", param="model")
-        embedder = embedder_box.get("default")
-        if embedder is None:
-            embedder = embedder_box["default"] = Embedder.default()
+        embedder = Embedder.default()
         inp = body.input
         if isinstance(inp, str):
             texts = [inp]
@@ -731,14 +728,13 @@ class _Knowledge:
     deleted and created again under the same name is a new row, and is opened afresh.
     """
 
-    def __init__(self, store, router: Router, config: ServeConfig, embedder_box: dict):
+    def __init__(self, store, router: Router, config: ServeConfig):
         from modelmill.errors import InputError, NotFoundError
         from modelmill.kb.base import KnowledgeBases
 
         self.store = store
         self.router = router
         self.kbs = KnowledgeBases(store)
-        self.embedder_box = embedder_box
         self.cache: dict = {}
         self.bound: dict[str, list[str]] = {}      # BASE or BASE:ADAPTER -> knowledge bases
         self.unresolved: dict[str, list[str]] = {}  # model ids not (yet) registered
@@ -773,20 +769,12 @@ class _Knowledge:
                     self.bound[_model_key(t)] = names
         return self.bound.get(key, [])
 
-    def embedder(self):
-        """The bundled MiniLM as a knowledge-base embedder, sharing /v1/embeddings' loaded model."""
-        e = self.embedder_box.get("kb")
-        if e is None:
-            from modelmill.kb.embed import LocalEmbedder
-            from modelmill.serve.embeddings import DEFAULT_NAME, Embedder, bundled_model_path
+    @staticmethod
+    def embedder():
+        """The bundled MiniLM (the one /v1/embeddings uses), which checks groundedness."""
+        from modelmill.kb.embed import DEFAULT_EMBEDDER, open_embedder
 
-            shared = self.embedder_box.get("default")
-            if shared is None:
-                shared = self.embedder_box["default"] = Embedder.default()
-            e = LocalEmbedder(DEFAULT_NAME, bundled_model_path())
-            e._embedder = shared  # one copy of the model in memory, behind one lock
-            self.embedder_box["kb"] = e
-        return e
+        return open_embedder(DEFAULT_EMBEDDER)
 
     def open(self, name: str):
         """The cached KnowledgeBase named ``name`` (NotFoundError when there is none)."""
@@ -796,8 +784,7 @@ class _Knowledge:
         kb = self.cache.get(name)
         if kb is not None and (kb.row.id, kb.row.created_at) == (row.id, row.created_at):
             return kb
-        emb = self.embedder()
-        kb = KnowledgeBase(self.store, row, embedder=emb if row.embedder == emb.name else None)
+        kb = KnowledgeBase(self.store, row)  # its embedder, if MiniLM, is the process's one
         self.cache[name] = kb
         return kb
 

@@ -12,6 +12,7 @@ sentence-transformers folder works the same way through ``Embedder(name, path)``
 from __future__ import annotations
 
 import base64
+import functools
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,9 +59,11 @@ class Embedder:
 
     @classmethod
     def default(cls, *, device: str | None = None) -> Embedder:
-        """The bundled all-MiniLM-L6-v2; when its package is missing, the first use says how to
-        install it (the server still starts, only /v1/embeddings fails)."""
-        return cls(DEFAULT_NAME, bundled_model_path(), device=device)
+        """The bundled all-MiniLM-L6-v2, one instance (one loaded model) per device and process:
+        /v1/embeddings, knowledge bases and few-shot selection share it. When its package is
+        missing, the first use says how to install it (the server still starts, only
+        /v1/embeddings fails)."""
+        return _default(device)
 
     @property
     def dimensions(self) -> int:
@@ -144,6 +147,11 @@ class Embedder:
                         f"reads. Fix: split the text into chunks of at most {limit} tokens and "
                         f"embed each", status=400, param=f"input[{i}]")
         return self.vectors(texts), counts
+
+
+@functools.cache
+def _default(device: str | None) -> Embedder:
+    return Embedder(DEFAULT_NAME, bundled_model_path(), device=device)
 
 
 def encode_base64(vec: np.ndarray) -> str:
