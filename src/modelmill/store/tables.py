@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -151,3 +151,123 @@ class KBDocument(Base):
     n_chunks: Mapped[int] = mapped_column(Integer)
     n_tokens: Mapped[int] = mapped_column(Integer, default=0)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """A queued unit of work (train, eval, grid) and where it stands.
+
+    ``status`` moves validating_files -> queued -> running -> succeeded | failed | cancelled; a
+    job whose worker stops heartbeating goes back to queued and ``attempts`` grows by one.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # ftjob-<hex>
+    kind: Mapped[str] = mapped_column(String(20), index=True)  # train | eval | grid | a plugin's kind
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    spec: Mapped[dict] = mapped_column(JSON, default=dict)  # the kind's config, as submitted
+    resources: Mapped[dict] = mapped_column(JSON, default=dict)  # {"cpu": slots, "gpu": devices}
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the base model, when there is one
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    training_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker started it
+    worker: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the worker running it now
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # its runner process on that worker's host
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    result: Mapped[dict] = mapped_column(JSON, default=dict)  # what the kind returned (adapter, metrics ...)
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {"code", "message", "param"}
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the API key's id
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JobEvent(Base):
+    """One line of a job's history: a message, or the metrics of one training step."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    level: Mapped[str] = mapped_column(String(10), default="info")  # info | warn | error
+    type: Mapped[str] = mapped_column(String(10), default="message")  # message | metrics
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class Worker(Base):
+    """A running ``modelmill worker``: what it offers and when it last said it was alive."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)  # host:pid:<hex>
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    resources: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="alive")  # alive | stopped | lost
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UploadedFile(Base):
+    """A file uploaded through ``/v1/files``; fine-tune files are validated on upload."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # file-<hex>
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(40))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="processed")
+    info: Mapped[dict] = mapped_column(JSON, default=dict)  # format, kind, num_records
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored; the key itself is shown once, when created."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # key_<hex>
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to recognise it in a list
+    hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    scopes: Mapped[list] = mapped_column(JSON, default=list)  # admin | train | infer
+    models: Mapped[list | None] = mapped_column(JSON, nullable=True)  # None: every model
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Preference(Base):
+    """A judgement from the playground: for these messages, one model's answer beat another's."""
+
+    __tablename__ = "preferences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    messages: Mapped[list] = mapped_column(JSON)  # the conversation up to the answers
+    chosen: Mapped[str] = mapped_column(Text)
+    rejected: Mapped[str] = mapped_column(Text)
+    chosen_model: Mapped[str] = mapped_column(String(300))
+    rejected_model: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Deployment(Base):
+    """A published model: a stable name clients call, pointing at a model or adapter (and knowledge)."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    model: Mapped[str] = mapped_column(String(300))  # BASE, ADAPTER or BASE:ADAPTER
+    knowledge_bases: Mapped[list] = mapped_column(JSON, default=list)
+    system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
