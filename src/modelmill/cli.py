@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from modelmill.errors import InputError, ModelmillError
+from modelmill.schema import field_type
 
 
 # ---------------------------------------------------------------- plumbing
@@ -51,7 +52,7 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()):
                 continue
             flag = "--" + fld.name.replace("_", "-")
             meta = fld.metadata
-            typ: Any = _field_type(fld)
+            typ: Any = field_type(fld)
             if "choices" in meta:
                 typ = click.Choice(meta["choices"])
             if typ is bool:
@@ -64,34 +65,15 @@ def dataclass_options(cls, exclude: tuple[str, ...] = ()):
     return decorate
 
 
-def _field_type(fld) -> type:
-    """int, float, bool or str, from the default (or, for an optional field, the annotation)."""
-    if fld.default is not None and fld.default is not dataclasses.MISSING:
-        return {int: int, float: float, bool: bool}.get(type(fld.default), str)
-    ann = str(fld.type)
-    return next((t for name, t in (("int", int), ("float", float), ("bool", bool)) if ann.startswith(name)), str)
-
-
 def build_config(cls, flags: dict, config_file: str | None):
     """Defaults < YAML file < flags. Unknown YAML keys and bad values name the file and key."""
+    from modelmill.schema import check_values
+
     values: dict = {}
     if config_file:
         from modelmill.config import read_yaml_mapping
 
-        loaded = read_yaml_mapping(config_file, "--config")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        for key, val in loaded.items():
-            k = str(key).replace("-", "_")
-            if k not in known:
-                raise InputError(f"unknown setting '{key}'", file=config_file, field=str(key),
-                                 fix="known settings: " + ", ".join(sorted(known)))
-            want = _field_type(known[k])
-            if want is float and isinstance(val, int) and not isinstance(val, bool):
-                val = float(val)
-            if want in (int, float, str, bool) and not isinstance(val, want) or (want is int and isinstance(val, bool)):
-                raise InputError(f"expected {want.__name__}, got {type(val).__name__} ({val!r})", file=config_file,
-                                 field=str(key), fix=f"e.g. {key}: {known[k].default!r}")
-            values[k] = val
+        values = check_values(cls, read_yaml_mapping(config_file, "--config"), file=config_file)
     values.update({k: v for k, v in flags.items() if v is not None})
     return cls(**values)
 
@@ -400,7 +382,7 @@ def data_clean(ref, name, max_tokens, model, near_dup, show):
 def data_mix(name, sources, size, seed):
     """Mix datasets by ratio into a new chat dataset (keeps general skills while learning the domain)."""
     from modelmill.data.catalog import DatasetCatalog
-    from modelmill.data.mix import mix
+    from modelmill.data.mix import mix_datasets
 
     cat = DatasetCatalog(_store())
     parts = []
@@ -413,19 +395,10 @@ def data_mix(name, sources, size, seed):
         if not sep or not ref or r <= 0:
             raise InputError(f"'{item}' is not DATASET:RATIO with a ratio > 0", field="--from",
                              fix="e.g. --from general:0.3")
-        row = cat.resolve(ref, "--from")
-        parts.append((row.ref, cat.records(row), row.kind, r))
-    if size is not None and size < 1:
-        raise InputError(f"must be >= 1, got {size}", field="--size", fix="e.g. --size 1000")
-    res = mix(parts, size=size, seed=seed)
-    for w in res.warnings:
+        parts.append((ref, r))
+    out, _, warnings, counts = mix_datasets(cat, name, parts, size=size, seed=seed)
+    for w in warnings:
         click.echo(f"warning: {w}", err=True)
-    origin = {"op": "mix", "from": [{"dataset": p[0], "ratio": p[3]} for p in parts], "size": size, "seed": seed}
-    out, created = cat.save(name, list(res), "chat", "messages", None, origin)
-    counts: dict[str, int] = {}
-    for rec in res:
-        src = rec.get("meta", {}).get("source", "?")
-        counts[src] = counts.get(src, 0) + 1
     click.echo(f"{out.ref}: {out.num_records} records (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
 
 
@@ -602,16 +575,18 @@ def serve_cmd(config_file, **flags):
     from modelmill.serve.router import check_engine
 
     check_engine(config.engine)
-    if config.host not in ("127.0.0.1", "localhost", "::1") and not (config.api_key or os.environ.get("MODELMILL_API_KEY")):
-        click.echo(f"warning: listening on {config.host} with no API key: anyone who can reach this port can use "
-                   "every model (set --api-key or MODELMILL_API_KEY)", err=True)
+    from modelmill.cli_platform import _check_host
+
+    store = _store()
+    config = _check_host(config, store)
     click.echo(f"modelmill: serving on http://{config.host}:{config.port}/v1 (engine: {config.engine}); "
                "Ctrl-C stops", err=True)
-    serve(config, _store())
+    serve(config, store)
 
 
 from modelmill import cli_eval  # noqa: E402,F401  (registers eval, leaderboard, report, scorecard, forgetting, grid)
 from modelmill import cli_kb  # noqa: E402,F401  (registers kb)
+from modelmill import cli_platform  # noqa: E402,F401  (registers up, worker, keys, jobs)
 
 if __name__ == "__main__":
     # `python -m modelmill.cli`: cli_eval registered its commands on the importable module's group

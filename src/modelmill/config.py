@@ -21,6 +21,7 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the metadata database; default: SQLite file modelmill.db in home.")
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
+    max_upload_mb: float = Field(default=512, description="Largest file the API accepts in one upload, in MiB.")
 
     @property
     def db_url(self) -> str:

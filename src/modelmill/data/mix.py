@@ -85,3 +85,30 @@ def _sample(records: list[dict], count: int, rng: random.Random) -> list[dict]:
     """``count`` records without repeats while there are enough; whole passes, then the rest."""
     full, rest = divmod(count, len(records))
     return list(records) * full + rng.sample(records, rest)
+
+
+def mix_datasets(catalog, name: str, sources: list[tuple[str, float]], *, size: int | None = None, seed: int = 0,
+                 flag: str = "--from"):
+    """Mix stored datasets by ratio and save the result as ``name``: (row, created, warnings, counts by source).
+
+    The one implementation behind `modelmill data mix` and POST /api/datasets/mix.
+    """
+    from modelmill.errors import InputError
+
+    parts = []
+    for ref, ratio in sources:
+        if not ref or not ratio > 0:
+            raise InputError(f"'{ref}:{ratio}' is not DATASET:RATIO with a ratio > 0", field=flag,
+                             fix="e.g. general:0.3")
+        row = catalog.resolve(ref, flag)
+        parts.append((row.ref, catalog.records(row), row.kind, ratio))
+    if size is not None and size < 1:
+        raise InputError(f"must be >= 1, got {size}", field="--size", fix="e.g. --size 1000")
+    res = mix(parts, size=size, seed=seed)
+    origin = {"op": "mix", "from": [{"dataset": p[0], "ratio": p[3]} for p in parts], "size": size, "seed": seed}
+    out, created = catalog.save(name, list(res), "chat", "messages", None, origin)
+    counts: dict[str, int] = {}
+    for rec in res:
+        src = rec.get("meta", {}).get("source", "?")
+        counts[src] = counts.get(src, 0) + 1
+    return out, created, res.warnings, counts

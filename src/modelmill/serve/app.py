@@ -28,7 +28,6 @@ import asyncio
 import functools
 import json
 import logging
-import os
 import re
 import time
 import uuid
@@ -223,7 +222,6 @@ def create_app(store=None, config: ServeConfig | None = None):
     config = config or ServeConfig()
     router = Router(store, config)
     metrics = Metrics(router)
-    api_key = config.api_key or os.environ.get("MODELMILL_API_KEY", "")
     knowledge = _Knowledge(store, router, config)
 
     from contextlib import asynccontextmanager
@@ -276,14 +274,6 @@ def create_app(store=None, config: ServeConfig | None = None):
         log.exception("unexpected error")
         return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return JSONResponse(error_body("missing or wrong API key: send 'Authorization: Bearer KEY'",
-                                               "authentication_error", code="invalid_api_key"), status_code=401)
-        return await call_next(request)
-
     # -- models, health, metrics
 
     def _card(model_id: str, created, root: str, parent: str | None, **extra) -> dict:
@@ -299,6 +289,10 @@ def create_app(store=None, config: ServeConfig | None = None):
                  for m in ModelRegistry(store).list()]
         cards += [_card(a.name, a.created_at, a.base_model, a.base_model, method=a.method)
                   for a in AdapterRegistry(store).list()]
+        from modelmill.deployments import Deployments
+
+        cards += [_card(d.name, d.created_at, d.model.split(":")[0], d.model, type="deployment")
+                  for d in Deployments(store).list()]
         cards.append(_card(DEFAULT_NAME, None, DEFAULT_NAME, None, type="embedding"))
         return cards
 
@@ -549,6 +543,8 @@ def create_app(store=None, config: ServeConfig | None = None):
         tok = engine.tokenizer
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m.content)}
                     for m in body.messages]
+        if target.system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": target.system_prompt})
         if body.top_logprobs is not None and not body.logprobs:
             raise EngineError("top_logprobs needs logprobs: true", param="top_logprobs")
         max_tokens = body.max_completion_tokens or body.max_tokens
@@ -757,6 +753,8 @@ class _Knowledge:
     def names_for(self, body: ChatRequest, target: Target) -> list[str]:
         if body.knowledge_bases is not None:
             return list(body.knowledge_bases)
+        if target.knowledge:
+            return list(target.knowledge)
         key = _model_key(target)
         if key not in self.bound and self.unresolved:
             for model in list(self.unresolved):
@@ -861,8 +859,10 @@ def _embedding_executor():
 
 
 def serve(config: ServeConfig, store=None) -> None:
-    """Run the server in the foreground (``modelmill serve``)."""
+    """Run the platform app in the foreground (``modelmill serve``, ``modelmill up``)."""
     import uvicorn
 
-    app = create_app(store, config)
+    from modelmill.api.app import create_app as platform_app
+
+    app = platform_app(store, config)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=5)

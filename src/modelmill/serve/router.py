@@ -81,6 +81,8 @@ class Target:
     adapter: AdapterRef | None
     base_name: str
     adapter_name: str | None
+    knowledge: list[str] | None = None  # a deployment's knowledge bases
+    system_prompt: str | None = None    # a deployment's system prompt
 
 
 class Router:
@@ -96,6 +98,14 @@ class Router:
 
         if not isinstance(model_id, str) or not model_id:
             raise EngineError("'model' is required", status=400, param="model")
+        from modelmill.deployments import Deployments
+
+        dep = Deployments(self.store).find(model_id) if ":" not in model_id else None
+        if dep is not None:  # a published name: the model it points at, with its knowledge and prompt
+            target, spec = self.resolve(dep.model)
+            target.model_id, target.knowledge, target.system_prompt = model_id, dep.knowledge_bases or None, \
+                dep.system_prompt
+            return target, spec
         try:
             base, adapter = AdapterRegistry(self.store).resolve_ref(model_id)
         except ModelmillError as e:

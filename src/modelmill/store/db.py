@@ -9,6 +9,8 @@ Artifact layout (all under ``$MODELMILL_HOME``, default ``~/.modelmill``)::
     adapters/<adapter>/           the published adapter (or full weights) + lineage.json
     evals/<result-key>/           one candidate scored on one task: items.jsonl, appended as it goes
     kb/<name>/                    a knowledge base: lance/ (embedded vector store), bm25/rev-<n>/ (BM25 index)
+    jobs/<job-id>/                a queued job's log (job.log), written by its runner
+    files/<file-id>               uploads through /v1/files
     tmp/                          staging: everything is written here first, then renamed into place
     cache/                        file hashes and other derived data
     locks/                        lock files: one conversion or run of a name at a time
@@ -36,7 +38,7 @@ class Store:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.home = Path(settings.home).expanduser().resolve()
-        for sub in ("models", "datasets", "runs", "adapters", "evals", "kb", "tmp", "cache", "locks"):
+        for sub in ("models", "datasets", "runs", "adapters", "evals", "kb", "jobs", "files", "tmp", "cache", "locks"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         self.engine = _engine(settings.db_url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -54,7 +54,7 @@ class MetricsLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if not state.is_world_process_zero or not logs:
             return
-        row = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+        row = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch, "time": time.time(), **logs}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 

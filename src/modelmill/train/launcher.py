@@ -20,6 +20,10 @@ from pathlib import Path
 
 INTERRUPTED = 130
 
+# Process groups this process has launched and not yet reaped: a job runner whose worker died
+# kills these before it leaves, so no orphaned trainer keeps writing the run's checkpoints.
+RUNNING: set[int] = set()
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -59,6 +63,7 @@ def launch(module: str, job_path: Path, *, num_processes: int = 1, use_cuda: boo
     out = open(log_file, "ab") if log_file else None
     try:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=out, stderr=out)
+        RUNNING.add(proc.pid)
         try:
             return proc.wait()
         except KeyboardInterrupt:
@@ -66,6 +71,8 @@ def launch(module: str, job_path: Path, *, num_processes: int = 1, use_cuda: boo
             # accelerate's launcher may leave before its child has saved: wait for the whole group
             _wait_group(proc.pid)
             return INTERRUPTED
+        finally:
+            RUNNING.discard(proc.pid)
     finally:
         if out:
             out.close()

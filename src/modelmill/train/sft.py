@@ -31,13 +31,13 @@ def _f(default, help: str, **kw):
 class SFTConfig:
     """Supervised fine-tuning settings. CLI flags, YAML config keys and REST fields are built from these."""
 
-    base: str = _f("smollm2-135m-instruct", "Base model name from `modelmill models list`.")
-    data: str = _f("", "Training dataset: NAME or NAME@VERSION from `modelmill data list`.")
-    name: str = _f("", "Name of the adapter to create (default: <data>-<method>).")
-    method: str = _f("lora", "lora (adapter weights only) or full (all weights).", choices=METHODS)
-    epochs: float = _f(1.0, "Passes over the training data.")
+    base: str = _f("smollm2-135m-instruct", "Base model name from `modelmill models list`.", basic=True)
+    data: str = _f("", "Training dataset: NAME or NAME@VERSION from `modelmill data list`.", basic=True)
+    name: str = _f("", "Name of the adapter to create (default: <data>-<method>).", basic=True)
+    method: str = _f("lora", "lora (adapter weights only) or full (all weights).", choices=METHODS, basic=True)
+    epochs: float = _f(1.0, "Passes over the training data.", basic=True)
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use --epochs).")
-    learning_rate: float = _f(0.0, "Peak learning rate (0: 2e-4 for lora, 5e-4 for lora on classification data, 2e-5 for full).")
+    learning_rate: float = _f(0.0, "Peak learning rate (0: 2e-4 for lora, 5e-4 for lora on classification data, 2e-5 for full).", basic=True)
     batch_size: int = _f(8, "Examples per optimizer step on each process (before accumulation).")
     grad_accum: int = _f(1, "Gradient accumulation steps.")
     max_length: int = _f(0, "Longest example in tokens; longer ones are cut at the end (0: the model's context, at most 1024).")

@@ -1,0 +1,60 @@
+"""Errors over HTTP: a ModelmillError becomes OpenAI's error JSON with the status its kind implies.
+
+Routers raise the library's own errors (InputError, NotFoundError, ConflictError) or ApiError
+for statuses only HTTP has (413 too large, 415 wrong type, 403 scope); nothing here catches
+what it cannot explain, so a bug stays a 500 that the logs show.
+"""
+
+from __future__ import annotations
+
+from modelmill.errors import ConflictError, ModelmillError, NotFoundError
+
+TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+         415: "invalid_request_error", 429: "rate_limit_exceeded", 503: "server_error"}
+
+
+class ApiError(ModelmillError):
+    """A problem with an HTTP-only status: too large, wrong media type, forbidden."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, **kw):
+        self.status = status
+        self.code = code
+        super().__init__(message, **kw)
+
+
+def status_of(e: ModelmillError) -> int:
+    if isinstance(e, ApiError):
+        return e.status
+    if isinstance(e, NotFoundError):
+        return 404
+    if isinstance(e, ConflictError):
+        return 409
+    return 400
+
+
+def error_json(e: ModelmillError, *, param: str | None = None, code: str | None = None,
+               details: list[dict] | None = None) -> dict:
+    status = status_of(e)
+    field = e.field.lstrip("-").replace("-", "_") if e.field else None
+    body = {"message": str(e), "type": TYPES.get(status, "invalid_request_error"),
+            "param": param or field, "code": code or getattr(e, "code", None) or _code(status)}
+    if details is None and (e.line is not None or e.field):
+        details = [{"file": e.file, "line": e.line, "field": e.field, "message": e.message, "fix": e.fix}]
+    if details:
+        body["details"] = details
+    return {"error": body}
+
+
+def _code(status: int) -> str:
+    return {400: "invalid_value", 403: "insufficient_scope", 404: "not_found", 409: "conflict",
+            413: "file_too_large", 415: "unsupported_file_type"}.get(status, "invalid_value")
+
+
+def install(app) -> None:
+    """Answer every ModelmillError raised in a route with its JSON error and status."""
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(ModelmillError)
+    async def _modelmill_error(request, e: ModelmillError):
+        return JSONResponse(error_json(e, details=getattr(e, "details", None)), status_code=status_of(e))

@@ -1,0 +1,252 @@
+"""What a job can be: train, eval, grid (and any kind a plugin adds under ``modelmill.job_kinds``).
+
+A kind is its config dataclass (the same one the CLI's flags come from) plus three calls:
+``validate`` (at submit time, in the API process: names resolve, files are imported),
+``resources`` (CPU slots and GPUs it needs) and ``run`` (in the worker's subprocess).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from modelmill.errors import ConflictError, InputError
+from modelmill.schema import from_mapping
+from modelmill.train.sft import SFTConfig  # light: no torch at import
+
+KINDS: dict[str, "JobKind"] = {}
+
+
+@dataclass
+class JobKind:
+    name: str
+    config_cls: type
+    validate: Callable  # (store, cfg, job) -> (cfg, {job column: value})
+    run: Callable  # (ctx: runner.JobContext) -> result dict
+    needs: Callable = lambda cfg: {"cpu": 1, "gpu": 0}
+
+    def config(self, spec: dict):
+        return from_mapping(self.config_cls, spec or {})
+
+    def to_spec(self, cfg) -> dict:
+        return asdict(cfg)
+
+    def resources(self, cfg) -> dict:
+        return self.needs(cfg)
+
+
+def register(kind: JobKind) -> JobKind:
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> JobKind:
+    from modelmill.plugins import load_plugins
+
+    load_plugins("modelmill.job_kinds")
+    if name not in KINDS:
+        raise InputError(f"unknown job kind '{name}'", field="kind", fix="use one of " + ", ".join(sorted(KINDS)))
+    return KINDS[name]
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch, no driver: no GPU
+        return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+def _train_needs(cfg) -> dict:
+    gpu = cfg.device == "cuda" or (cfg.device == "auto" and _gpu_count() > 0)
+    return {"cpu": 1, "gpu": cfg.num_processes if gpu else 0}
+
+
+def _import_upload(store, file_id: str, name: str, field_name: str):
+    """A fine-tune file uploaded through /v1/files, imported as a dataset (validated line by line)."""
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.store.tables import UploadedFile
+
+    with store.session() as s:
+        f = s.get(UploadedFile, file_id)
+    if f is None:
+        raise InputError(f"no file '{file_id}'", field=field_name, fix="upload it with POST /v1/files first")
+    if f.purpose != "fine-tune":
+        raise InputError(f"file '{file_id}' was uploaded with purpose '{f.purpose}'", field=field_name,
+                         fix="upload training data with purpose 'fine-tune'")
+    row, _, _ = DatasetCatalog(store).import_file(f.path, name)
+    return row
+
+
+def _validate_train(store, cfg, job):
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.jobs.queue import JobQueue
+    from modelmill.models.registry import ModelRegistry
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.train.runs import TRAINABLE_KINDS, run_name
+
+    q = JobQueue(store)
+    ModelRegistry(store).get(cfg.base)  # NotFoundError names the model
+    if job.training_file:  # an OpenAI fine-tuning job: the uploaded file becomes a dataset
+        q.event(job.id, f"Validating training file: {job.training_file}")
+        ds = _import_upload(store, job.training_file, f"ft-{job.training_file.removeprefix('file-')[:12]}",
+                            "training_file")
+        cfg = dataclasses.replace(cfg, data=ds.ref)
+        q.event(job.id, f"Training file imported as dataset {ds.ref} ({ds.num_records} records)")
+        if job.validation_file:
+            vds = _import_upload(store, job.validation_file,
+                                 f"ft-{job.validation_file.removeprefix('file-')[:12]}", "validation_file")
+            q.event(job.id, f"Validation file imported as dataset {vds.ref} ({vds.num_records} records); "
+                            "score the result on it with `modelmill eval`")
+    if not cfg.data:
+        raise InputError("no training data named", field="data", fix="name a dataset from GET /api/datasets")
+    ds = DatasetCatalog(store).resolve(cfg.data, flag="data")
+    if ds.kind not in TRAINABLE_KINDS:
+        raise InputError(f"dataset '{ds.ref}' holds {ds.kind} records, which supervised fine-tuning cannot use",
+                         field="data", fix="give chat (alpaca, sharegpt, messages) or classification data")
+    if not cfg.name and job.suffix:
+        cfg = dataclasses.replace(cfg, name=f"{job.suffix}-{job.id.removeprefix('ftjob-')[:8]}")
+    cfg = dataclasses.replace(cfg, data=ds.ref, name=run_name(cfg))
+    if AdapterRegistry(store).find(cfg.name) is not None:
+        raise ConflictError(f"an adapter named '{cfg.name}' already exists", field="name",
+                            fix="choose another name (or suffix)")
+    if any(j.id != job.id and (j.spec or {}).get("name") == cfg.name for j in q.find_active(kind="train")):
+        raise ConflictError(f"another job is already training '{cfg.name}'", field="name",
+                            fix="choose another name, or cancel that job")
+    return cfg, {"model": cfg.base}
+
+
+def _run_train(ctx) -> dict:
+    from modelmill.train.runs import train
+
+    cfg = ctx.config
+    run_dir = ctx.store.runs_dir / cfg.name
+    ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) \
+        if (run_dir / "checkpoints").is_dir() else []
+    resume = bool(ckpts) and (run_dir / "job.json").is_file()
+    if resume:
+        ctx.event(f"Resuming from {ckpts[-1].name} (attempt {ctx.job.attempts})", data={"checkpoint": ckpts[-1].name})
+    elif run_dir.exists() and ctx.job.attempts > 1:
+        ctx.event("No checkpoint was saved before the worker stopped; starting again from step 0", level="warn")
+    ctx.watch_training(run_dir)
+    adapter = train(ctx.store, cfg, resume=resume, log_file=ctx.log_file)
+    model_id = f"{adapter.base_model}:{adapter.name}"
+    ctx.event(f"New fine-tuned model: {model_id}", data={"fine_tuned_model": model_id})
+    return {"adapter": adapter.name, "fine_tuned_model": model_id, "metrics": adapter.metrics,
+            "columns": {"fine_tuned_model": model_id, "trained_tokens": (adapter.metrics or {}).get("train_tokens")}}
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalJobConfig:
+    """Score models on a task, as `modelmill eval` does."""
+
+    models: str = field(default="", metadata={"help": "Comma-separated: BASE, ADAPTER, BASE:ADAPTER, tfidf ...",
+                                                 "basic": True})
+    data: str = field(default="", metadata={"help": "The test set (dataset NAME[@VERSION]).", "basic": True})
+    kind: str = field(default="", metadata={"help": "Task kind (default: from the dataset)."})
+    train: str = field(default="", metadata={"help": "Training set for few-shot and TF-IDF baselines."})
+    name: str = field(default="", metadata={"help": "The task's name (default: the dataset's)."})
+    baselines: str = field(default="", metadata={"help": "zero-shot, few-shot, tfidf (comma-separated).",
+                                                 "basic": True})
+    limit: int = field(default=0, metadata={"help": "Score only the first N items (0: all)."})
+    scoring: str = field(default="auto", metadata={"help": "auto, loglik or generate.",
+                                                   "choices": ["auto", "loglik", "generate"]})
+    max_new_tokens: int = field(default=0, metadata={"help": "Generation length (0: default per kind)."})
+
+    def __post_init__(self):
+        if self.limit < 0 or self.max_new_tokens < 0:
+            raise InputError("must be >= 0", field="limit" if self.limit < 0 else "max_new_tokens")
+
+    def argv(self) -> list[str]:
+        out = ["eval", "--models", self.models, "--data", self.data, "--scoring", self.scoring]
+        for flag, value in (("--kind", self.kind), ("--train", self.train), ("--name", self.name),
+                            ("--baselines", self.baselines), ("--limit", self.limit),
+                            ("--max-new-tokens", self.max_new_tokens)):
+            if value:
+                out += [flag, str(value)]
+        return out
+
+
+def _validate_eval(store, cfg, job):
+    from modelmill.data.catalog import DatasetCatalog
+
+    if not cfg.models:
+        raise InputError("no models to score", field="models", fix="e.g. smollm2-135m-instruct,my-adapter")
+    if not cfg.data:
+        raise InputError("no test set named", field="data", fix="name a dataset from GET /api/datasets")
+    DatasetCatalog(store).resolve(cfg.data, flag="data")
+    if cfg.train:
+        DatasetCatalog(store).resolve(cfg.train, flag="train")
+    return cfg, {"model": cfg.models.split(",")[0].split(":")[0].strip() or None}
+
+
+def _run_cli(ctx, argv: list[str]) -> None:
+    """Run a CLI command in this process: the job gets exactly what the command does."""
+    from modelmill.cli import main
+
+    ctx.event("Running: modelmill " + " ".join(argv))
+    main.main(argv, standalone_mode=False, prog_name="modelmill")
+
+
+def _run_eval(ctx) -> dict:
+    from modelmill.evaluate.results import latest
+
+    cfg = ctx.config
+    _run_cli(ctx, cfg.argv())
+    task = cfg.name or Path(cfg.data.split("@")[0]).stem
+    rows = [{"candidate": r.candidate, "score": r.score, "primary": r.primary} for r in latest(ctx.store, task)]
+    return {"task": task, "results": rows}
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+@dataclass
+class GridJobConfig:
+    """Train every base x dataset x method and score each on one task, as `modelmill grid` does."""
+
+    bases: str = field(default="", metadata={"help": "Comma-separated base models.", "basic": True})
+    data: str = field(default="", metadata={"help": "Comma-separated training datasets.", "basic": True})
+    methods: str = field(default="lora", metadata={"help": "Comma-separated: lora, lora-rN, full.", "basic": True})
+    task: str = field(default="", metadata={"help": "Task YAML file every cell is scored on (a path on the server).",
+                                            "basic": True})
+    prefix: str = field(default="", metadata={"help": "A word in front of every cell's adapter name."})
+    baselines: str = field(default="zero-shot", metadata={"help": "Also rank: zero-shot, few-shot, tfidf."})
+    max_steps: int = field(default=-1, metadata={"help": "Training steps per cell (-1: by epochs)."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the training data per cell."})
+
+    def __post_init__(self):
+        if not (self.max_steps == -1 or self.max_steps > 0) or self.epochs <= 0:
+            raise InputError("max_steps must be -1 or > 0 and epochs > 0", field="max_steps")
+
+
+def _validate_grid(store, cfg, job):
+    if not (cfg.bases and cfg.data and cfg.task):
+        missing = next(f for f in ("bases", "data", "task") if not getattr(cfg, f))
+        raise InputError("missing", field=missing)
+    if not Path(cfg.task).is_file():
+        raise InputError(f"no task file at {cfg.task}", field="task", fix="give the path of a task YAML on the server")
+    return cfg, {"model": cfg.bases.split(",")[0].strip()}
+
+
+def _run_grid(ctx) -> dict:
+    cfg = ctx.config
+    argv = ["grid", "--bases", cfg.bases, "--data", cfg.data, "--methods", cfg.methods, "--task", cfg.task,
+            "--baselines", cfg.baselines, "--max-steps", str(cfg.max_steps), "--epochs", str(cfg.epochs)]
+    if cfg.prefix:
+        argv += ["--prefix", cfg.prefix]
+    _run_cli(ctx, argv)
+    return {}
+
+
+register(JobKind("train", SFTConfig, _validate_train, _run_train, _train_needs))
+register(JobKind("eval", EvalJobConfig, _validate_eval, _run_eval))
+register(JobKind("grid", GridJobConfig, _validate_grid, _run_grid))

@@ -1,0 +1,256 @@
+"""The job queue, in the database every process shares.
+
+    q = JobQueue(open_store())
+    job = q.submit("train", {"data": "reviews-train", "max_steps": 40})
+    q.events(job.id)          # message and metrics events, oldest first
+    q.cancel(job.id)
+
+States: ``validating_files -> queued -> running -> succeeded | failed | cancelled``. Workers
+claim a queued job with a compare-and-set UPDATE (two workers never get the same job),
+heartbeat it while it runs, and any worker re-queues a running job whose heartbeat is older
+than ``stale_after`` seconds: its worker died, and the next attempt resumes from the last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select, update
+
+from modelmill.errors import ConflictError, InputError, NotFoundError
+from modelmill.store import Store
+from modelmill.store.tables import Job, JobEvent, Worker
+
+STATES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+ACTIVE = ("validating_files", "queued", "running")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def aware(t: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back without their zone; they were written in UTC."""
+    if t is not None and t.tzinfo is None:
+        return t.replace(tzinfo=timezone.utc)
+    return t
+
+
+def new_job_id() -> str:
+    return "ftjob-" + uuid.uuid4().hex[:24]
+
+
+class JobQueue:
+    def __init__(self, store: Store):
+        self.store = store
+
+    # -- submitting and reading
+
+    def submit(self, kind: str, spec: dict, *, resources: dict | None = None, created_by: str | None = None,
+               **columns) -> Job:
+        """Check ``spec`` with the kind's own config and checks, then queue it.
+
+        Bad parameters, unknown names and invalid files raise an error naming the field, and
+        nothing of the job is kept.
+        """
+        from modelmill.jobs.kinds import get_kind
+
+        k = get_kind(kind)
+        cfg = k.config(spec)  # raises InputError naming the field
+        res = k.resources(cfg) if resources is None else check_resources(resources)
+        job = Job(id=new_job_id(), kind=kind, status="validating_files", spec=k.to_spec(cfg), resources=res,
+                  attempts=0, cancel_requested=False, result={}, created_by=created_by, **columns)
+        with self.store.session() as s:
+            s.add(job)
+        self.event(job.id, f"Created {kind} job {job.id}")
+        try:
+            cfg, extra = k.validate(self.store, cfg, job)
+        except BaseException:
+            self._delete(job.id)  # refused at the door: nothing of it stays behind
+            raise
+        with self.store.session() as s:
+            row = s.get(Job, job.id)
+            row.spec = k.to_spec(cfg)
+            for key, value in extra.items():
+                setattr(row, key, value)
+            if row.status == "validating_files":  # not cancelled meanwhile
+                row.status = "queued"
+        self.event(job.id, "Validated; queued")
+        return self.get(job.id)
+
+    def _delete(self, job_id: str) -> None:
+        from sqlalchemy import delete
+
+        with self.store.session() as s:
+            s.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
+            s.execute(delete(Job).where(Job.id == job_id))
+
+    def get(self, job_id: str) -> Job:
+        with self.store.session() as s:
+            job = s.get(Job, job_id)
+        if job is None:
+            raise NotFoundError(f"no job '{job_id}'", field="job_id", fix="list jobs with GET /api/jobs")
+        return job
+
+    def list(self, *, status: str | None = None, kind: str | None = None, limit: int = 100,
+             after: str | None = None) -> list[Job]:
+        q = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+        if status:
+            q = q.where(Job.status == status)
+        if kind:
+            q = q.where(Job.kind == kind)
+        if after:
+            ref = self.get(after)
+            q = q.where(Job.created_at < ref.created_at)
+        with self.store.session() as s:
+            return list(s.scalars(q.limit(limit)))
+
+    def find_active(self, **where) -> list[Job]:
+        q = select(Job).where(Job.status.in_(ACTIVE))
+        for k, v in where.items():
+            q = q.where(getattr(Job, k) == v)
+        with self.store.session() as s:
+            return list(s.scalars(q))
+
+    # -- events
+
+    def event(self, job_id: str, message: str, *, level: str = "info", type: str = "message",
+              data: dict | None = None) -> None:
+        with self.store.session() as s:
+            s.add(JobEvent(job_id=job_id, message=message, level=level, type=type, data=data))
+
+    def events(self, job_id: str, *, after: int | None = None, limit: int = 1000, type: str | None = None,
+               newest_first: bool = False) -> list[JobEvent]:
+        q = select(JobEvent).where(JobEvent.job_id == job_id)
+        if after is not None:
+            q = q.where(JobEvent.id < after) if newest_first else q.where(JobEvent.id > after)
+        if type:
+            q = q.where(JobEvent.type == type)
+        q = q.order_by(JobEvent.id.desc() if newest_first else JobEvent.id)
+        with self.store.session() as s:
+            return list(s.scalars(q.limit(limit)))
+
+    # -- state changes
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job is cancelled at once; a running one when its worker has stopped it."""
+        job = self.get(job_id)
+        if job.status in FINISHED:
+            raise ConflictError(f"job {job_id} has already {job.status}", field="job_id",
+                                fix="only a job that is validating, queued or running can be cancelled")
+        with self.store.session() as s:
+            n = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(("validating_files", "queued")))
+                          .values(status="cancelled", cancel_requested=True, finished_at=now())).rowcount
+            if not n:
+                s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                          .values(cancel_requested=True))
+        self.event(job_id, "Cancelled" if n else "Cancel requested; stopping the run", level="warn")
+        return self.get(job_id)
+
+    def claim(self, worker_id: str, free: dict) -> Job | None:
+        """Take the oldest queued job that fits in ``free`` resources; None when there is none."""
+        with self.store.session() as s:
+            queued = list(s.scalars(select(Job).where(Job.status == "queued").order_by(Job.created_at).limit(50)))
+        for job in queued:
+            need = job.resources or {}
+            if any(need.get(r, 0) > free.get(r, 0) for r in need):
+                continue
+            with self.store.session() as s:
+                n = s.execute(update(Job).where(Job.id == job.id, Job.status == "queued")
+                              .values(status="running", worker=worker_id, attempts=Job.attempts + 1,
+                                      heartbeat_at=now(), started_at=job.started_at or now())).rowcount
+            if n:
+                return self.get(job.id)
+        return None
+
+    def set_pid(self, job_id: str, pid: int) -> None:
+        with self.store.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(pid=pid))
+
+    def heartbeat(self, worker_id: str, job_ids: list[str]) -> None:
+        t = now()
+        with self.store.session() as s:
+            s.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=t, status="alive"))
+            if job_ids:
+                s.execute(update(Job).where(Job.id.in_(job_ids), Job.worker == worker_id).values(heartbeat_at=t))
+
+    def progress(self, job_id: str, progress: dict) -> None:
+        with self.store.session() as s:
+            row = s.get(Job, job_id)
+            if row is not None:
+                row.result = {**(row.result or {}), "progress": progress}
+
+    def finish(self, job_id: str, status: str, *, result: dict | None = None, error: dict | None = None,
+               worker_id: str | None = None, **columns) -> bool:
+        """Set a final state; False when the job is no longer this worker's (it was re-queued)."""
+        return self._finish(job_id, status, result=result, error=error, worker_id=worker_id, **columns)
+
+    def _finish(self, job_id, status, *, result=None, error=None, worker_id=None, **columns) -> bool:
+        assert status in FINISHED
+        with self.store.session() as s:
+            row = s.get(Job, job_id)
+            if row is None or row.status in FINISHED or (worker_id and row.worker != worker_id):
+                return False
+            row.status = status
+            row.finished_at = now()
+            if result is not None:
+                row.result = {**(row.result or {}), **result}
+            if error is not None:
+                row.error = error
+            for k, v in columns.items():
+                setattr(row, k, v)
+        return True
+
+    def requeue_stale(self, stale_after: float) -> list[str]:
+        """Put back in the queue every running job whose worker stopped heartbeating."""
+        cutoff = now() - timedelta(seconds=stale_after)
+        with self.store.session() as s:
+            stale = [j for j in s.scalars(select(Job).where(Job.status == "running"))
+                     if (aware(j.heartbeat_at) or cutoff) < cutoff]
+        back = []
+        for job in stale:
+            with self.store.session() as s:
+                n = s.execute(update(Job).where(Job.id == job.id, Job.status == "running",
+                                                Job.heartbeat_at == job.heartbeat_at)
+                              .values(status="queued", worker=None, pid=None)).rowcount
+                s.execute(update(Worker).where(Worker.id == job.worker).values(status="lost"))
+            if n:
+                back.append(job.id)
+                self.event(job.id, f"Worker {job.worker} stopped heartbeating for {stale_after:.0f}s; job re-queued "
+                                   f"(attempt {job.attempts + 1} resumes from its last checkpoint)", level="warn")
+        return back
+
+    # -- workers
+
+    def register_worker(self, resources: dict) -> str:
+        import os
+
+        wid = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        with self.store.session() as s:
+            s.add(Worker(id=wid, host=socket.gethostname(), pid=os.getpid(), resources=resources))
+        return wid
+
+    def stop_worker(self, worker_id: str) -> None:
+        with self.store.session() as s:
+            s.execute(update(Worker).where(Worker.id == worker_id).values(status="stopped"))
+
+    def workers(self) -> list[Worker]:
+        with self.store.session() as s:
+            return list(s.scalars(select(Worker).order_by(Worker.started_at.desc())))
+
+
+def check_resources(res: dict) -> dict:
+    if not isinstance(res, dict):
+        raise InputError("must be an object like {\"cpu\": 1, \"gpu\": 0}", field="resources")
+    out = {}
+    for k, v in res.items():
+        if k not in ("cpu", "gpu"):
+            raise InputError(f"unknown resource '{k}'", field="resources", fix="use cpu and gpu")
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 64:
+            raise InputError(f"{k} must be a whole number from 0 to 64, got {v!r}", field="resources")
+        out[k] = v
+    return out

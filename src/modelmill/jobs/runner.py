@@ -1,0 +1,220 @@
+"""One job, run in its own process by a worker: ``python -m modelmill.jobs.runner JOB_ID``.
+
+It runs the kind's ``run`` with stdout and stderr going to ``jobs/<id>/job.log``, turns new log
+lines, training metrics and checkpoints into job events as they appear, and sets the final
+state. SIGTERM (the worker's cancel) stops the run the way Ctrl-C does: training saves a
+checkpoint and leaves. If the worker itself dies, this process kills the trainer it started
+and leaves without a final state: the job stays ``running`` until a worker sees its heartbeat
+stop and re-queues it, and the next attempt resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from modelmill.errors import ModelmillError
+
+# tqdm redraws: "training:  40%|████      | 4/10 [00:03<00:05, ...]" (kept out of the log events)
+REQUEUE = 75  # exit code: stopped before the end on purpose; put the job back in the queue
+
+_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+|^\s*\d+/\d+ \[")
+
+
+class JobContext:
+    def __init__(self, store, job, config, job_dir: Path):
+        from modelmill.jobs.queue import JobQueue
+
+        self.store = store
+        self.job = job
+        self.config = config
+        self.queue = JobQueue(store)
+        self.dir = job_dir
+        self.log_file = job_dir / "job.log"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def event(self, message: str, *, level: str = "info", type: str = "message", data: dict | None = None):
+        self.queue.event(self.job.id, message, level=level, type=type, data=data)
+
+    # -- following a run's files
+
+    def follow_log(self) -> None:
+        self._start(self._tail_log)
+
+    def watch_training(self, run_dir: Path) -> None:
+        """Metrics (metrics.jsonl) and checkpoints of a training run become events as they appear."""
+        self._start(self._tail_metrics, Path(run_dir))
+
+    def _start(self, fn, *args) -> None:
+        t = threading.Thread(target=fn, args=args, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def _tail_log(self) -> None:
+        pos, partial = 0, ""
+        while True:
+            done = self._stop.is_set()
+            try:
+                with open(self.log_file, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                    pos = f.tell()
+            except FileNotFoundError:
+                chunk = b""
+            text = partial + chunk.decode("utf-8", "replace")
+            lines = re.split(r"[\r\n]", text)
+            partial = "" if done else lines.pop()
+            for line in lines:
+                line = line.strip()
+                if line and not _BAR.search(line):
+                    self.event(line[:2000], type="message", data={"source": "log"})
+            if done:
+                return
+            self._stop.wait(0.5)
+
+    def _tail_metrics(self, run_dir: Path) -> None:
+        path, ckdir = run_dir / "metrics.jsonl", run_dir / "checkpoints"
+        # a resumed attempt: steps already reported stay reported
+        seen_step = max([(e.data or {}).get("step", 0) for e in self.queue.events(self.job.id, type="metrics")] or [0])
+        seen_ckpt = {(e.data or {}).get("checkpoint") for e in self.queue.events(self.job.id)
+                     if (e.data or {}).get("checkpoint")}
+        pos = 0
+        last: dict = {}
+        while True:
+            done = self._stop.is_set()
+            try:
+                with open(path, "rb") as f:
+                    f.seek(pos)
+                    raw = f.read()
+                    cut = raw.rfind(b"\n") + 1  # only whole lines
+                    pos += cut
+                rows = [json.loads(x) for x in raw[:cut].decode().splitlines() if x.strip()]
+            except (FileNotFoundError, ValueError):
+                rows = []
+            for row in rows:
+                if "loss" not in row or row.get("step", 0) <= seen_step:
+                    continue
+                seen_step = row["step"]
+                data = {"step": row["step"], "total_steps": row.get("max_steps"), "loss": row["loss"],
+                        "train_loss": row["loss"], "learning_rate": row.get("learning_rate"),
+                        "epoch": row.get("epoch"), "grad_norm": row.get("grad_norm")}
+                last = data
+                self.event(f"Step {row['step']}/{row.get('max_steps', '?')}: training loss={row['loss']:.4f}",
+                           type="metrics", data=data)
+                self.queue.progress(self.job.id, {"step": row["step"], "max_steps": row.get("max_steps"),
+                                                  "loss": row["loss"]})
+            for ck in sorted(ckdir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckdir.is_dir() else []:
+                if ck.name not in seen_ckpt and (ck / "trainer_state.json").is_file():
+                    seen_ckpt.add(ck.name)
+                    step = int(ck.name.split("-")[-1])
+                    self.event(f"Saved checkpoint at step {step}",
+                               data={"checkpoint": ck.name, "step": step, "metrics": {"train_loss": last.get("loss")}})
+            if done:
+                return
+            self._stop.wait(1.0)
+
+
+def _watchdog(parent: int) -> None:
+    """Our worker is gone: kill the trainer we started (its own process group) and leave at once."""
+    from modelmill.train.launcher import RUNNING
+
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            for pgid in list(RUNNING):
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            os._exit(75)
+
+
+def _redirect(log_file: Path) -> None:
+    """This process's stdout and stderr (and its children's) go to the job's log."""
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def run(job_id: str, worker_id: str | None = None) -> int:
+    from modelmill.jobs.kinds import get_kind
+    from modelmill.jobs.queue import JobQueue
+    from modelmill.store import open_store
+
+    store = open_store()
+    q = JobQueue(store)
+    job = q.get(job_id)
+    kind = get_kind(job.kind)
+    job_dir = store.home / "jobs" / job.id
+    job_dir.mkdir(parents=True, exist_ok=True)
+    _redirect(job_dir / "job.log")
+    cfg = kind.config(job.spec)
+    ctx = JobContext(store, job, cfg, job_dir)
+    ctx.follow_log()
+
+    def _term(signum, frame):  # the worker's cancel: stop like Ctrl-C (training saves and leaves)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    ctx.event(f"Started on worker {worker_id or '?'} (attempt {job.attempts})")
+    from modelmill.train.runs import TrainingInterrupted
+
+    status, result, error = "failed", None, None
+    try:
+        result = kind.run(ctx) or {}
+        status = "succeeded"
+    except (KeyboardInterrupt, ModelmillError) as e:
+        if q.get(job_id).cancel_requested:
+            status = "cancelled"
+            if job.kind == "train":  # a cancelled run is gone: its name is free again
+                store.remove_tree(store.runs_dir / cfg.name)
+        elif isinstance(e, (KeyboardInterrupt, TrainingInterrupted)):
+            # the worker is shutting down: no final state; it re-queues the job, which resumes
+            ctx.stop()
+            ctx.event("Interrupted; the next attempt resumes from the last checkpoint", level="warn")
+            return REQUEUE
+        else:
+            error = {"code": type(e).__name__, "message": str(e), "param": e.field}
+    except BaseException as e:  # noqa: BLE001 - a bug: record it, and its traceback, on the job
+        traceback.print_exc()
+        error = {"code": "internal_error", "message": f"{type(e).__name__}: {e}", "param": None}
+    finally:
+        ctx.stop()
+    columns = (result or {}).pop("columns", {}) if result else {}
+    if status == "succeeded":
+        ctx.event("The job has successfully completed")
+    elif status == "cancelled":
+        ctx.event("The job was cancelled", level="warn")
+    else:
+        ctx.event(f"The job failed: {error['message']}", level="error")
+    ok = q.finish(job_id, status, result=result, error=error, worker_id=worker_id,
+                  **{k: v for k, v in columns.items() if v is not None})
+    return 0 if ok and status == "succeeded" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job_id = argv[0]
+    worker_id = argv[1] if len(argv) > 1 else None
+    threading.Thread(target=_watchdog, args=(os.getppid(),), daemon=True).start()
+    return run(job_id, worker_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

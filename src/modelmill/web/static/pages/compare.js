@@ -1,0 +1,150 @@
+// Compare: the leaderboard of one task, two candidates' per-class scores side by side, and the
+// test items where they answer differently (where a fine-tune won or lost is easiest to see there).
+// The choice of task and candidates lives in the URL so a comparison can be shared as a link.
+
+import { api, storedKey, withQuery } from "../api.js";
+import { barChart } from "../charts.js";
+import { errorBox, fmtNum, h, loading, notice, replace, table } from "../dom.js";
+
+function pretty(v) {
+  if (v === null || v === undefined) return h("span", { class: "muted" }, "(no answer)");
+  return typeof v === "string" ? v : JSON.stringify(v);
+}
+
+function mark(correct) {
+  if (correct === true) return h("span", { class: "ok", title: "correct" }, "✓ ");
+  if (correct === false) return h("span", { class: "bad", title: "wrong" }, "✗ ");
+  return null;
+}
+
+export async function comparePage(ctx) {
+  const body = h("div", {}, loading());
+  ctx.main.append(h("section", { class: "page" },
+    h("header", { class: "page-head" }, h("h1", {}, "Compare models"),
+      h("p", { class: "lead" }, "How each candidate scored on your test set, and the exact questions where two of them disagree.")),
+    body));
+
+  let board;
+  try {
+    board = await api("/api/leaderboard");
+  } catch (e) {
+    if (ctx.alive) replace(body, errorBox(e, "leaderboard-error"));
+    return;
+  }
+  if (!ctx.alive) return;
+  const tasks = board.tasks || [];
+  if (!tasks.length) {
+    replace(body, notice("No evaluation results yet. Score models on a test set with `modelmill eval --data TEST --models tiny,my-adapter`, then come back.", "info", "compare-empty"));
+    return;
+  }
+  const q = ctx.query;
+  const t = tasks.find((x) => x.task === q.get("task")) || tasks[0];
+  const names = t.rows.map((r) => r.candidate);
+  let a = names.includes(q.get("a")) ? q.get("a") : names[0];
+  let b = names.includes(q.get("b")) && q.get("b") !== a ? q.get("b") : names.find((n) => n !== a);
+
+  const go = (params) => { location.hash = withQuery("#/compare", { task: t.task, a, b, ...params }); };
+  const taskSelect = h("select", { id: "compare-task", testid: "compare-task", onchange: (e) => go({ task: e.target.value, a: "", b: "" }) },
+    tasks.map((x) => h("option", { value: x.task, selected: x.task === t.task }, `${x.task} (${x.kind})`)));
+  // picking for A the candidate already in B swaps them, so A and B never name the same one
+  const pick = (id, value, choose) => h("select", { id, testid: id, onchange: (e) => go(choose(e.target.value)) },
+    names.map((n) => h("option", { value: n, selected: n === value }, n)));
+
+  const reportHref = withQuery("/api/reports", { task: t.task });
+  const reportLink = h("a", { class: "btn", href: reportHref, target: "_blank", rel: "noopener", testid: "report-link",
+    onclick: async (e) => {
+      if (!storedKey()) return; // a plain link works while the server needs no key
+      // a new tab cannot send the key: fetch the report here and open it as a file
+      e.preventDefault();
+      const win = window.open("", "_blank");
+      try {
+        const html = await api(reportHref, { as: "text" });
+        win.location = URL.createObjectURL(new Blob([html], { type: "text/html" }));
+      } catch (err) {
+        win.close();
+        alert(`The report could not be opened: ${err.message}`);
+      }
+    } }, "Open the full report");
+
+  const metricNames = (t.metric_names || []).filter((m) => t.rows.some((r) => typeof (r.metrics || {})[m] === "number"));
+  const compareBox = h("div", {});
+  replace(body,
+    h("div", { class: "card" },
+      h("div", { class: "card-head" },
+        h("div", { class: "field inline-field" }, h("label", { for: "compare-task" }, "Task"), taskSelect),
+        reportLink),
+      h("p", { class: "muted" }, `Test set ${t.dataset || "?"} · ranked by ${t.primary || "score"}.`),
+      table([
+        { label: "#", get: (r) => r.rank, class: "num" },
+        { label: "Candidate", get: (r) => h("strong", {}, r.candidate) },
+        { label: "Kind", get: (r) => r.kind },
+        ...metricNames.map((m) => ({ label: m.replace(/_/g, " "), class: "num",
+          get: (r) => fmtNum((r.metrics || {})[m]) })),
+        ...(metricNames.includes(t.primary) ? [] : [{ label: t.primary || "score", get: (r) => fmtNum(r.score), class: "num" }]),
+        { label: "Items", get: (r) => fmtNum(r.n), class: "num" },
+        { label: "ms / item", get: (r) => fmtNum(r.ms_per_item, 0), class: "num" },
+      ], t.rows, { testid: "leaderboard-table", rowAttrs: (r) => ({ testid: "leaderboard-row", "data-candidate": r.candidate }) })),
+    names.length < 2
+      ? notice("Only one candidate is scored on this task: score another one to compare.", "info", "compare-single")
+      : h("div", { class: "card" },
+        h("div", { class: "card-head" }, h("h2", {}, "Side by side"),
+          h("div", { class: "inline" },
+            h("div", { class: "field inline-field" }, h("label", { for: "compare-a" }, "A"), pick("compare-a", a, (v) => ({ a: v, b: v === b ? a : b }))),
+            h("div", { class: "field inline-field" }, h("label", { for: "compare-b" }, "B"), pick("compare-b", b, (v) => ({ b: v, a: v === a ? b : a }))))),
+        compareBox));
+  if (names.length < 2) return;
+
+  replace(compareBox, loading());
+  let cmp;
+  try {
+    cmp = await api(withQuery("/api/compare", { task: t.task, a, b }));
+  } catch (e) {
+    if (ctx.alive) replace(compareBox, errorBox(e, "compare-error"));
+    return;
+  }
+  if (!ctx.alive) return;
+  a = cmp.a && cmp.a.candidate ? cmp.a.candidate : a;
+  b = cmp.b && cmp.b.candidate ? cmp.b.candidate : b;
+  replace(compareBox, perClass(cmp, a, b), disagreements(cmp, a, b));
+}
+
+function perClass(cmp, a, b) {
+  const pc = cmp.per_class || {};
+  if (!pc[a] && !pc[b]) {
+    return h("p", { class: "muted", testid: "per-class-none" }, "Per-class scores apply to classification tasks; this task has none.");
+  }
+  const labels = cmp.labels && cmp.labels.length ? cmp.labels : Object.keys(pc[a] || pc[b] || {});
+  const f1 = (who, label) => {
+    const v = (pc[who] || {})[label];
+    return v && typeof v.f1 === "number" ? v.f1 : typeof v === "number" ? v : null;
+  };
+  return h("div", { testid: "per-class" },
+    h("h3", {}, "F1 per class"),
+    h("figure", {}, barChart(labels, [{ name: a, values: labels.map((l) => f1(a, l)) }, { name: b, values: labels.map((l) => f1(b, l)) }],
+      { max: 1, testid: "per-class-chart", yLabel: "F1" }),
+    h("figcaption", {}, "F1 balances finding every item of a class (recall) with being right when naming it (precision); 1 is perfect.")),
+    h("details", {}, h("summary", {}, "Precision, recall and support"),
+      table([
+        { label: "Class", get: (l) => h("strong", {}, l) },
+        ...[a, b].flatMap((who) => ["precision", "recall", "f1"].map((m) => ({ label: `${who} ${m}`, class: "num",
+          get: (l) => fmtNum(((pc[who] || {})[l] || {})[m]) }))),
+        { label: "Support", class: "num", get: (l) => fmtNum(((pc[a] || pc[b] || {})[l] || {}).support) },
+      ], labels, { testid: "per-class-table" })));
+}
+
+function disagreements(cmp, a, b) {
+  const rows = cmp.disagreements || [];
+  const total = cmp.total_disagreements ?? rows.length;
+  const head = h("h3", {}, "Where they disagree");
+  const summary = h("p", { class: "muted", testid: "disagreement-summary" },
+    cmp.compared !== undefined ? `${total} of ${cmp.compared} test items get different answers.` : `${total} items get different answers.`,
+    cmp.has_more ? ` The first ${rows.length} are shown; the full report has more.` : "");
+  if (!rows.length) return [head, summary];
+  return [head, summary, table([
+    { label: "#", get: (d) => d.i ?? "", class: "num" },
+    { label: "Input", get: (d) => h("div", { class: "clip" }, pretty(d.input)) },
+    { label: "Expected", get: (d) => pretty(d.reference) },
+    { label: a, get: (d) => [mark(d.a_correct), pretty(d.a)] },
+    { label: b, get: (d) => [mark(d.b_correct), pretty(d.b)] },
+  ], rows, { testid: "disagreements-table", rowAttrs: () => ({ testid: "disagreement-row" }) })];
+}

@@ -1,0 +1,105 @@
+// Models: the registered base models, the adapters trained on them, and an adapter's lineage
+// (which base, which dataset version, which settings, what it scored) so results can be trusted.
+
+import { api, withQuery } from "../api.js";
+import { errorBox, fmtNum, fmtTime, h, loading, replace, table } from "../dom.js";
+
+export async function modelsPage(ctx) {
+  const basesBox = h("div", {}, loading());
+  const adaptersBox = h("div", {}, loading());
+  const detailBox = h("div", {});
+  ctx.main.append(h("section", { class: "page" },
+    h("header", { class: "page-head" }, h("h1", {}, "Models"),
+      h("p", { class: "lead" }, "Base models are the starting points; adapters are what training made from them with your data.")),
+    h("div", { class: "card" }, h("h2", {}, "Base models"), basesBox),
+    h("div", { class: "card" }, h("div", { class: "card-head" }, h("h2", {}, "Adapters"),
+      h("a", { class: "btn", href: "#/train" }, "Train a new one")), adaptersBox),
+    detailBox));
+
+  const selected = ctx.rest[0];
+  const [bases, adapters] = await Promise.allSettled([api("/api/models"), api("/api/adapters")]);
+  if (!ctx.alive) return;
+  if (bases.status === "rejected") replace(basesBox, errorBox(bases.reason));
+  else {
+    replace(basesBox, table([
+      { label: "Name", get: (m) => h("strong", {}, m.name) },
+      { label: "Source", get: (m) => m.source_type || "–" },
+      { label: "Details", get: (m) => modelInfo(m.info) },
+      { label: "Added", get: (m) => fmtTime(m.created_at) },
+      { label: "", get: (m) => h("a", { class: "btn btn-small", href: `#/train?base=${encodeURIComponent(m.name)}` }, "Train") },
+    ], bases.value.data, { testid: "models-table", rowAttrs: (m) => ({ testid: "model-row", "data-name": m.name }),
+      empty: "No base models registered. Add one with `modelmill models add NAME PATH`." }));
+  }
+  if (adapters.status === "rejected") replace(adaptersBox, errorBox(adapters.reason));
+  else {
+    replace(adaptersBox, table([
+      { label: "Name", get: (a) => h("a", { href: `#/models/${encodeURIComponent(a.name)}`, testid: "adapter-link" }, a.name) },
+      { label: "Base", get: (a) => a.base_model },
+      { label: "Method", get: (a) => a.method },
+      { label: "Dataset", get: (a) => h("code", {}, a.dataset_version ? `${a.dataset}@${a.dataset_version}` : a.dataset) },
+      { label: "Final loss", get: (a) => fmtNum(a.metrics && (a.metrics.train_loss ?? a.metrics.loss)), class: "num" },
+      { label: "Created", get: (a) => fmtTime(a.created_at) },
+    ], adapters.value.data, {
+      testid: "adapters-table",
+      empty: "No adapters yet: train one on the Train page.",
+      rowAttrs: (a) => ({ testid: "adapter-row", "data-name": a.name, class: `clickable${a.name === selected ? " selected" : ""}`,
+        onclick: (e) => { if (e.target.tagName !== "A") location.hash = `#/models/${encodeURIComponent(a.name)}`; } }),
+    }));
+  }
+  if (selected) await adapterDetail(ctx, detailBox, selected);
+}
+
+function modelInfo(info) {
+  if (!info) return "–";
+  const bits = [];
+  if (info.architecture) bits.push(info.architecture);
+  if (info.num_parameters || info.parameters) bits.push(`${fmtParams(info.num_parameters || info.parameters)} parameters`);
+  if (info.context_length) bits.push(`context ${fmtNum(info.context_length)}`);
+  return bits.join(" · ") || "–";
+}
+
+function fmtParams(n) {
+  if (typeof n !== "number") return String(n);
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)}B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(0)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(0)}K`;
+  return String(n);
+}
+
+async function adapterDetail(ctx, box, name) {
+  replace(box, h("div", { class: "card" }, loading(`Loading ${name}…`)));
+  let a;
+  try {
+    a = await api(`/api/adapters/${encodeURIComponent(name)}`);
+  } catch (e) {
+    if (ctx.alive) replace(box, h("div", { class: "card" }, errorBox(e, "adapter-error")));
+    return;
+  }
+  if (!ctx.alive) return;
+  const lin = a.lineage || {};
+  const base = lin.base_model || a.base_model;
+  const dataset = lin.dataset || (a.dataset_version ? `${a.dataset}@${a.dataset_version}` : a.dataset);
+  const metrics = { ...(a.metrics || {}), ...(lin.metrics || {}) };
+  const config = lin.config || {};
+  replace(box, h("div", { class: "card", testid: "adapter-detail" },
+    h("div", { class: "card-head" }, h("h2", {}, a.name),
+      h("a", { class: "btn btn-primary", testid: "adapter-playground",
+        href: withQuery("#/playground", { models: `${base},${base}:${a.name}` }) }, "Try it in the playground")),
+    h("dl", { class: "facts", testid: "adapter-lineage" },
+      [h("dt", {}, "Base model"), h("dd", { testid: "lineage-base" }, base)],
+      [h("dt", {}, "Dataset"), h("dd", { testid: "lineage-dataset" },
+        dataset ? h("a", { href: `#/datasets/${encodeURIComponent(dataset)}` }, dataset) : "–")],
+      [h("dt", {}, "Method"), h("dd", {}, lin.method || a.method || "–")],
+      lin.parent ? [h("dt", {}, "Parent"), h("dd", {}, lin.parent)] : null,
+      [h("dt", {}, "Created"), h("dd", {}, fmtTime(a.created_at))]),
+    Object.keys(metrics).length ? [h("h3", {}, "Training results"), kvTable(metrics, "adapter-metrics")] : null,
+    Object.keys(config).length ? h("details", {}, h("summary", {}, "Training settings"), kvTable(config, "adapter-config")) : null,
+    lin.versions ? h("details", {}, h("summary", {}, "Library versions"), kvTable(lin.versions, "adapter-versions")) : null));
+}
+
+function kvTable(obj, testid) {
+  return table([
+    { label: "Setting", get: ([k]) => h("code", {}, k) },
+    { label: "Value", get: ([, v]) => (typeof v === "number" ? fmtNum(v, 4) : typeof v === "string" ? v : JSON.stringify(v)) },
+  ], Object.entries(obj), { testid });
+}

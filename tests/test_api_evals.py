@@ -1,0 +1,270 @@
+"""The evaluation routes over HTTP: leaderboard, compare, reports, results, and playground
+preferences exported as a preference dataset. Real results: the tiny model and the TF-IDF
+baseline scored on a small classification task, and the tiny model on a generation task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REVIEWS, write_jsonl
+
+from modelmill.config import Settings
+from modelmill.store import Store
+
+
+def _client(store):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from modelmill.api import errors
+    from modelmill.api.evals import router
+
+    app = FastAPI()
+    app.state.store = store
+    errors.install(app)
+    app.include_router(router)
+    return TestClient(app)
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A store holding finished results: tasks 'cls' (tiny, tfidf-lr) and 'gen' (tiny)."""
+    from modelmill.evaluate.candidates import LocalModel, TfidfLR
+    from modelmill.evaluate.runner import evaluate
+    from modelmill.evaluate.tasks import task_from_dict
+    from modelmill.models.registry import ModelRegistry
+    from modelmill.models.tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("api-evals")
+    store = Store(Settings(home=root / "home"))
+    ModelRegistry(store).add("tiny", make_tiny_model(root / "tiny"), progress=False)
+    train = write_jsonl(root / "train.jsonl", [{"text": f"{t} (train {i})", "label": lab}
+                                               for i, (t, lab) in enumerate(REVIEWS * 3)])
+    test = write_jsonl(root / "test.jsonl", [{"text": f"{t} [test {i}]", "label": lab}
+                                             for i, (t, lab) in enumerate(REVIEWS)])
+    gen = write_jsonl(root / "gen.jsonl", [{"prompt": f"Greet customer {i}", "reference": "Hello, how can I help?"}
+                                           for i in range(3)])
+    quiet = {"progress": False, "log": lambda msg: None}
+    cls = task_from_dict({"kind": "classification", "name": "cls", "data": str(test), "train": str(train)})
+    evaluate(store, cls, [LocalModel(store, "tiny"), TfidfLR()], **quiet)
+    evaluate(store, task_from_dict({"kind": "generation", "name": "gen", "data": str(gen), "max_new_tokens": 3}),
+             [LocalModel(store, "tiny")], **quiet)
+    return store
+
+
+@pytest.fixture(scope="module")
+def client(scored):
+    return _client(scored)
+
+
+@pytest.fixture()
+def fresh(tmp_path):
+    """A client over an empty store (preferences start from none)."""
+    store = Store(Settings(home=tmp_path / "home"))
+    return store, _client(store)
+
+
+def _error(r, status: int, param: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"] and err["code"]
+    if param is not None:
+        assert err["param"] == param, err
+    return err
+
+
+# ---- results and the leaderboard ----------------------------------------------------------------
+
+def test_leaderboard_ranks_like_the_library(client, scored):
+    from modelmill.evaluate.results import latest
+
+    board = client.get("/api/leaderboard").json()
+    assert [t["task"] for t in board["tasks"]] == ["cls", "gen"]
+    cls = board["tasks"][0]
+    assert cls["kind"] == "classification" and cls["primary"] == "accuracy"
+    assert cls["metric_names"][0] == "accuracy"
+    rows = cls["rows"]
+    assert sorted(r["candidate"] for r in rows) == ["tfidf-lr", "tiny"]
+    assert [r["candidate"] for r in rows] == [r.candidate for r in latest(scored, "cls")]
+    assert rows[0]["score"] >= rows[1]["score"] and [r["rank"] for r in rows] == [1, 2]
+    by = {r["candidate"]: r for r in rows}
+    assert by["tfidf-lr"]["kind"] == "classical" and by["tiny"]["kind"] == "model"
+    assert by["tiny"]["n"] == len(REVIEWS) and by["tiny"]["metrics"]["accuracy"] == by["tiny"]["score"]
+    assert set(by["tiny"]["metrics"]["per_class"]) == {"negative", "neutral", "positive"}
+    # one task's board; an unknown task is a 404 naming the parameter
+    only = client.get("/api/leaderboard", params={"task": "gen"}).json()
+    assert [t["task"] for t in only["tasks"]] == ["gen"] and only["tasks"][0]["primary"] == "rouge_l"
+    assert "nope" in _error(client.get("/api/leaderboard", params={"task": "nope"}), 404, "task")["message"]
+
+
+def test_evaluations_list_and_filter(client):
+    data = client.get("/api/evaluations").json()["data"]
+    assert sorted((r["task"], r["candidate"]) for r in data) == [("cls", "tfidf-lr"), ("cls", "tiny"), ("gen", "tiny")]
+    r = next(x for x in data if x["candidate"] == "tiny" and x["task"] == "cls")
+    assert {"id", "task", "kind", "dataset", "candidate", "candidate_kind", "base_model", "adapter", "status", "n",
+            "n_done", "primary", "score", "metrics", "seconds", "created_at", "finished_at"} <= set(r)
+    assert r["status"] == "done" and r["n"] == r["n_done"] == len(REVIEWS) and r["base_model"] == "tiny"
+    assert r["finished_at"].endswith("Z") and r["dataset"].endswith("test.jsonl")
+    gen = client.get("/api/evaluations", params={"task": "gen"}).json()["data"]
+    assert [(x["task"], x["kind"]) for x in gen] == [("gen", "generation")]
+    assert client.get("/api/evaluations", params={"task": "cls", "status": "failed"}).json() == {"data": []}
+    _error(client.get("/api/evaluations", params={"task": "nope"}), 404, "task")
+    _error(client.get("/api/evaluations", params={"status": "exploded"}), 400, "status")
+
+
+# ---- compare -------------------------------------------------------------------------------------
+
+def test_compare_per_class_and_disagreements(client, scored):
+    from modelmill.evaluate.results import latest
+    from modelmill.evaluate.runner import read_items
+
+    rows = {r.candidate: r for r in latest(scored, "cls")}
+    out = client.get("/api/compare", params={"task": "cls", "a": "tiny", "b": "tfidf-lr"}).json()
+    assert out["a"]["candidate"] == "tiny" and out["b"]["candidate"] == "tfidf-lr" and out["kind"] == "classification"
+    assert set(out["labels"]) == {"negative", "neutral", "positive"}
+    for name in ("tiny", "tfidf-lr"):
+        assert out["per_class"][name] == rows[name].metrics["per_class"]
+        assert set(out["per_class"][name]["positive"]) == {"precision", "recall", "f1", "support"}
+    # the disagreements are exactly the items whose stored answers differ
+    a = {it["i"]: it for it in read_items(rows["tiny"].path)}
+    b = {it["i"]: it for it in read_items(rows["tfidf-lr"].path)}
+    differ = sorted(i for i in a if a[i]["pred"] != b[i]["pred"])
+    assert differ, "the random tiny model and TF-IDF should disagree somewhere"
+    assert out["compared"] == len(REVIEWS) and out["total_disagreements"] == len(differ)
+    assert [d["i"] for d in out["disagreements"]] == differ and out["has_more"] is False
+    d = out["disagreements"][0]
+    assert d["input"] == a[d["i"]]["input"] and "[test " in d["input"]
+    assert d["reference"] == a[d["i"]]["gold"] and d["a"] == a[d["i"]]["pred"] and d["b"] == b[d["i"]]["pred"]
+    assert d["a"] != d["b"] and d["b_correct"] == (d["b"] == d["reference"])
+    # bounded; without a and b, the leaderboard's top two
+    short = client.get("/api/compare", params={"task": "cls", "limit": 1}).json()
+    assert len(short["disagreements"]) == 1 and short["has_more"] == (len(differ) > 1)
+    top = [r.candidate for r in latest(scored, "cls")]
+    assert [short["a"]["candidate"], short["b"]["candidate"]] == top
+    only_b = client.get("/api/compare", params={"task": "cls", "b": top[0]}).json()
+    assert only_b["a"]["candidate"] == top[1]
+
+
+def test_compare_errors(client):
+    _error(client.get("/api/compare", params={"task": "nope"}), 404, "task")
+    _error(client.get("/api/compare"), 400, "task")
+    assert "tfidf-lr" in _error(client.get("/api/compare", params={"task": "cls", "a": "ghost"}), 404, "a")["message"]
+    _error(client.get("/api/compare", params={"task": "cls", "a": "tiny", "b": "tiny"}), 400, "b")
+    _error(client.get("/api/compare", params={"task": "cls", "limit": -1}), 400, "limit")
+    _error(client.get("/api/compare", params={"task": "cls", "limit": "many"}), 400, "limit")
+    _error(client.get("/api/compare", params={"task": "gen"}), 400, "task")  # one candidate only
+
+
+# ---- reports ------------------------------------------------------------------------------------
+
+def test_report_is_the_cli_report(client, scored):
+    from modelmill.evaluate.report import build_report
+    from modelmill.evaluate.results import report_data
+
+    r = client.get("/api/reports")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.text == build_report(report_data(scored))  # deterministic: the same bytes as `modelmill report`
+    assert "<svg" in r.text and "tfidf-lr" in r.text and "Where candidates disagree" in r.text
+    one = client.get("/api/reports", params={"task": "cls"}).text
+    assert ">cls<" in one and ">gen<" not in one
+    _error(client.get("/api/reports", params={"task": "nope"}), 404, "task")
+
+
+def test_report_with_nothing_scored_is_an_empty_page(fresh):
+    _, c = fresh
+    r = c.get("/api/reports")
+    assert r.status_code == 200 and "No benchmark results yet" in r.text
+    assert c.get("/api/leaderboard").json() == {"tasks": []}
+    assert c.get("/api/evaluations").json() == {"data": []}
+
+
+# ---- preferences --------------------------------------------------------------------------------
+
+PREF = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Is it safe?"}],
+        "chosen": "Yes, at the usual dose.", "rejected": "I cannot say.", "chosen_model": "tiny:drugs-lora",
+        "rejected_model": "tiny"}
+
+
+def test_preferences_create_list_export(fresh, tmp_path):
+    from modelmill.data.catalog import DatasetCatalog
+
+    store, c = fresh
+    _error(c.post("/api/preferences/export", json={"name": "prefs"}), 400)  # nothing to export yet
+    r = c.post("/api/preferences", json=PREF)
+    assert r.status_code == 201, r.text
+    first = r.json()
+    assert first["id"] and first["created_at"].endswith("Z")
+    assert {k: first[k] for k in PREF} == PREF
+    second = c.post("/api/preferences", json={**PREF, "messages": [{"role": "user", "content": "Dose?"}],
+                                              "chosen": "Two a day.", "rejected": "Lots."}).json()
+    listed = c.get("/api/preferences").json()
+    assert [p["id"] for p in listed["data"]] == [second["id"], first["id"]] and listed["has_more"] is False
+    assert [p["id"] for p in c.get("/api/preferences", params={"limit": 1}).json()["data"]] == [second["id"]]
+
+    r = c.post("/api/preferences/export", json={"name": "prefs"})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["kind"] == "preference" and ds["format"] == "preference" and ds["num_records"] == 2
+    assert ds["ref"] == f"prefs@{ds['version']}" and ds["created"] is True and ds["size_bytes"] > 0
+    assert ds["origin"]["op"] == "preferences" and ds["labels"] is None
+    assert {"name", "version", "ref", "kind", "format", "num_records", "size_bytes", "labels", "origin",
+            "created_at"} <= set(ds)
+    cat = DatasetCatalog(store)
+    row = cat.resolve("prefs")
+    assert row.ref == ds["ref"] and row.kind == "preference"
+    records = cat.records(row)
+    assert records[0]["prompt"] == PREF["messages"] and records[0]["chosen"] == PREF["chosen"]
+    assert records[0]["rejected"] == PREF["rejected"] and records[0]["meta"]["chosen_model"] == "tiny:drugs-lora"
+    # the exported file reads back as preference data, like an imported preference file
+    again, _, _ = cat.import_file(write_jsonl(tmp_path / "exported.jsonl", records), "reimported")
+    assert again.kind == "preference" and again.format == "preference" and again.num_records == 2
+    strip = lambda rs: [{k: v for k, v in x.items() if k != "meta"} for x in rs]  # noqa: E731
+    assert strip(cat.records(again)) == strip(records)
+    # the same preferences again: the same version, not a new one
+    assert c.post("/api/preferences/export", json={"name": "prefs"}).json()["created"] is False
+
+
+@pytest.mark.parametrize("change,param", [
+    ({"messages": []}, "messages"),
+    ({"messages": "hello"}, "messages"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+    ({"messages": [{"role": "user"}]}, "messages.0.content"),
+    ({"messages": [{"role": "system", "content": "Be brief."}]}, "messages"),  # no user turn
+    ({"messages": [{"role": "user", "content": "a \x00"}]}, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content"),  # a lone surrogate
+    ({"chosen": ""}, "chosen"),
+    ({"rejected": "   "}, "rejected"),
+    ({"chosen": 3}, "chosen"),
+    ({"chosen_model": ""}, "chosen_model"),
+    ({"rejected_model": "x" * 301}, "rejected_model"),
+    ({"rejected": "bad \x00 byte"}, "rejected"),
+    ({"chosen_model": None}, "chosen_model"),
+])
+def test_bad_preferences_name_the_field(fresh, change, param):
+    store, c = fresh
+    # sent as ASCII JSON, so that "\ud800" travels as the escape a client may send
+    body = json.dumps({**PREF, **change})
+    _error(c.post("/api/preferences", content=body, headers={"content-type": "application/json"}), 400, param)
+    body = {k: v for k, v in PREF.items() if k != "rejected"}
+    _error(c.post("/api/preferences", json=body), 400, "rejected")
+    assert c.get("/api/preferences").json()["data"] == []
+
+
+def test_bad_bodies_and_names(fresh):
+    _, c = fresh
+    err = _error(c.post("/api/preferences", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert "JSON" in err["message"]
+    _error(c.post("/api/preferences", json=[1, 2]), 400)
+    assert c.post("/api/preferences", json=PREF).status_code == 201
+    _error(c.post("/api/preferences/export", json={"name": "../up"}), 400, "name")
+    _error(c.post("/api/preferences/export", json={}), 400, "name")
+    _error(c.get("/api/preferences", params={"limit": 0}), 400, "limit")
+
+
+def test_openapi_documents_the_bodies(fresh):
+    _, c = fresh
+    spec = c.get("/openapi.json").json()
+    assert {"PreferenceIn", "ExportIn", "Message"} <= set(spec["components"]["schemas"])
+    assert "text/html" in spec["paths"]["/api/reports"]["get"]["responses"]["200"]["content"]
+    assert json.dumps(spec)  # serialisable as is
