@@ -93,9 +93,9 @@ def reviews_file(tmp_path) -> Path:
 
 
 class Server:
-    """``modelmill serve`` started as a user starts it, on a free localhost port."""
+    """``modelmill serve`` (or ``up``) started as a user starts it, on a free localhost port."""
 
-    def __init__(self, home: Path, *flags, env: dict | None = None, timeout: float = 120):
+    def __init__(self, home: Path, *flags, env: dict | None = None, timeout: float = 120, command: str = "serve"):
         import socket
         import tempfile
         import time
@@ -107,7 +107,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkstemp(prefix="serve-", suffix=".log")[1])
         full_env = {**os.environ, "MODELMILL_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen([*MODELMILL, "serve", "--port", str(self.port), *map(str, flags)],
+        self.proc = subprocess.Popen([*MODELMILL, command, "--port", str(self.port), *map(str, flags)],
                                      env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:

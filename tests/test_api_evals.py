@@ -14,17 +14,12 @@ from modelmill.store import Store
 
 
 def _client(store):
-    from fastapi import FastAPI
+    """The platform app (`modelmill up` serves it) over ``store``; no API key exists, so no auth."""
     from fastapi.testclient import TestClient
 
-    from modelmill.api import errors
-    from modelmill.api.evals import router
+    from modelmill.api.app import create_app
 
-    app = FastAPI()
-    app.state.store = store
-    errors.install(app)
-    app.include_router(router)
-    return TestClient(app)
+    return TestClient(create_app(store))
 
 
 @pytest.fixture(scope="module")

@@ -64,12 +64,14 @@ def _validation_error(e: RequestValidationError) -> InputError:
 # Text a database of any kind can hold (PostgreSQL refuses NUL), said in the schema so clients
 # and fuzzers know it; TEXT also needs something besides white space.
 NO_NUL = r"^[^\x00]*$"
-TEXT = r"^[^\x00]*\S[^\x00]*$"
+TEXT = r"^[^\x00]*[^\x00\s][^\x00]*$"
 _PATTERN_MESSAGES = {NO_NUL: "must not contain a NUL character",
-                     TEXT: "must have some text (not only spaces) and no NUL character"}
+                     TEXT: "must have some text (not only spaces) and no NUL character",
+                     NAME.pattern: "is not a valid name: use letters, digits, '.', '_' and '-' (up to 128), "
+                                   "starting with a letter or digit"}
 
 
-class _ErrorDetail(BaseModel):
+class ErrorDetail(BaseModel):
     message: str
     type: str
     param: str | None = None
@@ -80,7 +82,7 @@ class _ErrorDetail(BaseModel):
 class ErrorBody(BaseModel):
     """Every error, in OpenAI's shape (``modelmill.api.errors``)."""
 
-    error: _ErrorDetail
+    error: ErrorDetail
 
 
 router = APIRouter(prefix="/api", tags=["evaluations"], route_class=_Route,
@@ -102,10 +104,20 @@ def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def _finite(m):
+    """Metrics as JSON can carry them: NaN and infinities become null (the runner stores them so
+    already; rows from elsewhere may not)."""
+    if isinstance(m, dict):
+        return {str(k): _finite(v) for k, v in m.items()}
+    if isinstance(m, list):
+        return [_finite(v) for v in m]
+    return None if isinstance(m, float) and not math.isfinite(m) else m
+
+
 def result_json(r) -> dict:
     return {"id": r.id, "task": r.task, "kind": r.kind, "dataset": r.dataset, "candidate": r.candidate,
             "candidate_kind": r.candidate_kind, "base_model": r.base_model, "adapter": r.adapter, "status": r.status,
-            "n": r.n, "n_done": r.n_done, "primary": r.primary, "score": _num(r.score), "metrics": r.metrics or {},
+            "n": r.n, "n_done": r.n_done, "primary": r.primary, "score": _num(r.score), "metrics": _finite(r.metrics or {}),
             "parameters": r.parameters, "seconds": _num(r.seconds), "error": r.error,
             "created_at": _iso(r.created_at), "finished_at": _iso(r.finished_at)}
 
@@ -200,7 +212,7 @@ def leaderboard(request: Request, task: str | None = Query(None, description="On
         tasks.append({"task": t, "kind": mine[0].kind, "primary": mine[0].primary, "dataset": mine[0].dataset,
                       "metric_names": _metric_names(mine[0].kind, mine),
                       "rows": [{"rank": i + 1, "candidate": r.candidate, "kind": r.candidate_kind, "score": _num(r.score),
-                                "metrics": r.metrics or {}, "n": r.n_done, "seconds": _num(r.seconds),
+                                "metrics": _finite(r.metrics or {}), "n": r.n_done, "seconds": _num(r.seconds),
                                 "ms_per_item": 1000 * r.seconds / r.n_done if r.n_done and _num(r.seconds) is not None else None,
                                 "dataset": r.dataset, "result_id": r.id, "finished_at": _iso(r.finished_at)}
                                for i, r in enumerate(mine)]})
@@ -230,6 +242,13 @@ def _per_class(r, items: list[dict]) -> dict | None:
         return None
 
 
+def _items(r) -> list[dict]:
+    """The result's scored items (``evaluate.runner.read_items``), each with its index ``i``."""
+    from modelmill.evaluate.runner import read_items
+
+    return [it for it in read_items(r.path) if isinstance(it, dict) and isinstance(it.get("i"), int)]
+
+
 def _same(x, y) -> bool:
     return json.dumps(x, sort_keys=True, default=str) == json.dumps(y, sort_keys=True, default=str)
 
@@ -247,10 +266,6 @@ def compare(request: Request,
             limit: int = Query(50, ge=0, le=1000, description="At most this many disagreements.")):
     """Per-class metrics of each candidate and the items where their answers differ (input,
     reference, a's answer, b's answer), from the stored scored items."""
-    from modelmill.evaluate.runner import read_items
-
-    if not task:
-        raise InputError("required", field="task", fix="name the task, e.g. ?task=drugs")
     rows = _latest(request.app.state.store, task)
     by_name = {r.candidate: r for r in rows}  # best first
     for field, name in (("a", a), ("b", b)):
@@ -265,11 +280,11 @@ def compare(request: Request,
         raise InputError(f"task '{task}' has one candidate scored: nothing to compare", field="task",
                          fix="score another candidate on it with `modelmill eval`")
     ra, rb = by_name[a], by_name[b]
-    items_a, items_b = read_items(ra.path), read_items(rb.path)
-    by_i = {it.get("i"): it for it in items_b if "i" in it}
+    items_a, items_b = _items(ra), _items(rb)
+    by_i = {it["i"]: it for it in items_b}
     paired, shown, total = 0, [], 0
     for x in items_a:
-        y = by_i.get(x.get("i"))
+        y = by_i.get(x["i"])
         # the same item: same index and the same input shown (results on other data do not pair)
         if y is None or not _same(x.get("input"), y.get("input")):
             continue
@@ -278,10 +293,10 @@ def compare(request: Request,
             continue
         total += 1
         if len(shown) < limit:
-            shown.append({"i": x.get("i"), "input": x.get("input"), "reference": x.get("gold"),
-                          "a": x.get("pred"), "b": y.get("pred"),
-                          "a_correct": x.get("correct"), "b_correct": y.get("correct")})
-    per_class = {a: _per_class(ra, items_a), b: _per_class(rb, items_b)}
+            shown.append(_finite({"i": x["i"], "input": x.get("input"), "reference": x.get("gold"),
+                                  "a": x.get("pred"), "b": y.get("pred"),
+                                  "a_correct": x.get("correct"), "b_correct": y.get("correct")}))
+    per_class = {a: _finite(_per_class(ra, items_a)), b: _finite(_per_class(rb, items_b))}
     labels: list[str] = []
     for pc in per_class.values():
         labels += [str(k) for k in (pc or {}) if str(k) not in labels]

@@ -71,9 +71,9 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
         report = validate_file(path, "auto", file.filename)
         if not report["valid"]:
             first = report["errors"][0]
-            err = InputError(f"{len(report['errors'])} invalid line(s); the first: {first['message']}",
-                             file=file.filename, line=first["line"], field="file",
-                             fix="fix those lines (GET details lists each) and upload again")
+            err = InputError(f"{len(report['errors'])} invalid line(s) in {file.filename}; the first: "
+                             f"{first['message']}", field="file",
+                             fix="fix the lines listed in error.details and upload again")
             raise _with_details(err, report["errors"])
         if report["kind"] not in ("chat", "classification"):
             raise InputError(f"the file holds {report['kind']} records, which fine-tuning cannot use", field="file",

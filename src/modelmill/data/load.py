@@ -48,7 +48,15 @@ def load_file(path: str | Path, format: str = "auto", field_map: dict[str, str] 
     fmt = None if format == "auto" else get_format(format)
     unit = record_unit(path)
     records, skipped = [], []
-    for n, raw in read_records(path):
+    items = read_records(path)
+    if skip_invalid and path.suffix.lower() == ".jsonl":  # a line that is not JSON is skipped too, not fatal
+        from modelmill.data.readers import jsonl_items
+
+        items = jsonl_items(path)
+    for n, raw in items:
+        if isinstance(raw, InputError):
+            skipped.append((n, str(raw)))
+            continue
         where = Where(str(path), n, unit)
         if field_map:
             if not records and not skipped:
@@ -61,6 +69,9 @@ def load_file(path: str | Path, format: str = "auto", field_map: dict[str, str] 
             if not skip_invalid or fmt is None:
                 raise
             skipped.append((n, str(e)))
+    if not records and not skipped:
+        raise InputError("no records", file=str(path),
+                         fix="add at least one record, or check that you chose the right file")
     if not records:
         raise InputError(f"no valid records ({len(skipped)} skipped, the first: {skipped[0][1]})",
                          file=str(path), fix="check that the file is in the format you named")

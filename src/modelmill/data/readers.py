@@ -59,20 +59,34 @@ def record_unit(path: str | Path) -> str:
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """JSON Lines: one object a line; blank lines are skipped."""
+    for n, item in jsonl_items(path):
+        if isinstance(item, InputError):
+            raise item
+        yield n, item
+
+
+def jsonl_items(path: Path) -> Iterator[tuple[int, "dict | InputError"]]:
+    """Each non-blank line as its object, or as the error that says why it is not one (to list them all)."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
-            text = _decode(raw, path, n)
+            try:
+                text = _decode(raw, path, n)
+            except InputError as e:
+                yield n, e
+                continue
             if not text.strip():
                 continue
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON: {e.msg} (column {e.colno})", file=str(path), line=n,
-                                 fix="write one complete JSON object per line; check quotes, commas "
-                                     "and brackets on this line") from None
+                yield n, InputError(f"not valid JSON: {e.msg} (column {e.colno})", file=str(path), line=n,
+                                    fix="write one complete JSON object per line; check quotes, commas "
+                                        "and brackets on this line")
+                continue
             if not isinstance(record, dict):
-                raise InputError(f"expected a JSON object, got {type_name(record)}", file=str(path), line=n,
-                                 fix='write each line as an object like {"text": "..."}')
+                yield n, InputError(f"expected a JSON object, got {type_name(record)}", file=str(path), line=n,
+                                    fix='write each line as an object like {"text": "..."}')
+                continue
             yield n, record
 
 

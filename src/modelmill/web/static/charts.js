@@ -20,7 +20,7 @@ function niceTicks(lo, hi, count = 5) {
 function label(v) {
   if (Math.abs(v) >= 1000) return v.toFixed(0);
   if (Number.isInteger(v)) return String(v);
-  return Math.abs(v) >= 10 ? v.toFixed(1) : v.toPrecision(3);
+  return String(Number(Math.abs(v) >= 10 ? v.toFixed(1) : v.toPrecision(3))); // 0.750 -> 0.75
 }
 
 /** A line chart of points [{x, y}] (loss against step). */

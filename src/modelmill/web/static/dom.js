@@ -45,7 +45,8 @@ export function replace(el, ...children) {
 
 /** A plain-words error box; `details` are the per-line problems the API adds. */
 export function errorBox(err, testid = "error") {
-  const details = (err && err.details) || [];
+  // details repeat the message for a single problem; they add something only per line
+  const details = ((err && err.details) || []).filter((d) => d && d.line);
   return h("div", { class: "alert alert-error", role: "alert", testid },
     h("strong", {}, "Something went wrong. "), err && err.message ? err.message : String(err),
     details.length ? h("ul", {}, details.slice(0, 20).map((d) =>

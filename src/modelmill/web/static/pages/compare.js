@@ -11,6 +11,14 @@ function pretty(v) {
   return typeof v === "string" ? v : JSON.stringify(v);
 }
 
+const COUNTS = new Set(["n", "unparsed", "support", "errors"]);
+
+/** Scores with three decimals (JSON turns 1.0 into 1); counts as whole numbers. */
+function score(metric, v) {
+  if (typeof v !== "number") return fmtNum(v);
+  return COUNTS.has(metric) || String(metric).endsWith("_count") ? fmtNum(v) : v.toFixed(3);
+}
+
 function mark(correct) {
   if (correct === true) return h("span", { class: "ok", title: "correct" }, "✓ ");
   if (correct === false) return h("span", { class: "bad", title: "wrong" }, "✗ ");
@@ -79,8 +87,8 @@ export async function comparePage(ctx) {
         { label: "Candidate", get: (r) => h("strong", {}, r.candidate) },
         { label: "Kind", get: (r) => r.kind },
         ...metricNames.map((m) => ({ label: m.replace(/_/g, " "), class: "num",
-          get: (r) => fmtNum((r.metrics || {})[m]) })),
-        ...(metricNames.includes(t.primary) ? [] : [{ label: t.primary || "score", get: (r) => fmtNum(r.score), class: "num" }]),
+          get: (r) => score(m, (r.metrics || {})[m]) })),
+        ...(metricNames.includes(t.primary) ? [] : [{ label: t.primary || "score", get: (r) => score(t.primary, r.score), class: "num" }]),
         { label: "Items", get: (r) => fmtNum(r.n), class: "num" },
         { label: "ms / item", get: (r) => fmtNum(r.ms_per_item, 0), class: "num" },
       ], t.rows, { testid: "leaderboard-table", rowAttrs: (r) => ({ testid: "leaderboard-row", "data-candidate": r.candidate }) })),

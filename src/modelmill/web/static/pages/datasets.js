@@ -141,6 +141,11 @@ function uploadCard(ctx, onStored) {
     result);
 }
 
+/** "data.jsonl:3: field 'output': missing. Fix: ..." -> "missing. Fix: ...": the table has line and field. */
+function problemText(e) {
+  return String(e.message || "").replace(/^.*?:\d+: (field '[^']*': )?/, "") || e.message;
+}
+
 function validationReport(filename, v) {
   const errors = v.errors || [];
   return h("div", { class: "alert alert-error", role: "alert", testid: "validation-report" },
@@ -151,7 +156,7 @@ function validationReport(filename, v) {
     table([
       { label: "Line", get: (e) => e.line ?? "–", class: "num" },
       { label: "Field", get: (e) => (e.field ? h("code", {}, e.field) : "–") },
-      { label: "Problem", get: (e) => e.message },
+      { label: "Problem", get: (e) => problemText(e) },
     ], errors.slice(0, 200), { testid: "validation-errors", rowAttrs: () => ({ testid: "validation-error-row" }),
       empty: "The server found the file invalid but gave no line details." }),
     errors.length > 200 ? h("p", { class: "muted" }, `… and ${errors.length - 200} more.`) : null);

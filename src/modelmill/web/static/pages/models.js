@@ -78,28 +78,35 @@ async function adapterDetail(ctx, box, name) {
   if (!ctx.alive) return;
   const lin = a.lineage || {};
   const base = lin.base_model || a.base_model;
-  const dataset = lin.dataset || (a.dataset_version ? `${a.dataset}@${a.dataset_version}` : a.dataset);
+  const dsName = lin.dataset || a.dataset;
+  const dsVersion = lin.dataset_version || a.dataset_version;
+  const dataset = dsName && dsVersion && !String(dsName).includes("@") ? `${dsName}@${dsVersion}` : dsName;
   const metrics = { ...(a.metrics || {}), ...(lin.metrics || {}) };
-  const config = lin.config || {};
+  const config = lin.config || a.config || {};
+  const versions = lin.versions || a.versions;
+  const modelId = a.model_id || `${base}:${a.name}`;
+  const hash = (x) => (x ? h("code", { class: "muted", title: x }, ` sha256 ${String(x).slice(0, 12)}…`) : null);
   replace(box, h("div", { class: "card", testid: "adapter-detail" },
     h("div", { class: "card-head" }, h("h2", {}, a.name),
       h("a", { class: "btn btn-primary", testid: "adapter-playground",
-        href: withQuery("#/playground", { models: `${base},${base}:${a.name}` }) }, "Try it in the playground")),
+        href: withQuery("#/playground", { models: `${base},${modelId}` }) }, "Try it in the playground")),
     h("dl", { class: "facts", testid: "adapter-lineage" },
-      [h("dt", {}, "Base model"), h("dd", { testid: "lineage-base" }, base)],
+      [h("dt", {}, "Use as"), h("dd", {}, h("code", { testid: "lineage-model-id" }, modelId))],
+      [h("dt", {}, "Base model"), h("dd", { testid: "lineage-base" }, base, hash(lin.base_model_hash || lin.base_model_sha256))],
       [h("dt", {}, "Dataset"), h("dd", { testid: "lineage-dataset" },
-        dataset ? h("a", { href: `#/datasets/${encodeURIComponent(dataset)}` }, dataset) : "–")],
+        dataset ? h("a", { href: `#/datasets/${encodeURIComponent(dataset)}` }, dataset) : "–",
+        hash(lin.dataset_hash || lin.dataset_sha256))],
       [h("dt", {}, "Method"), h("dd", {}, lin.method || a.method || "–")],
       lin.parent ? [h("dt", {}, "Parent"), h("dd", {}, lin.parent)] : null,
       [h("dt", {}, "Created"), h("dd", {}, fmtTime(a.created_at))]),
-    Object.keys(metrics).length ? [h("h3", {}, "Training results"), kvTable(metrics, "adapter-metrics")] : null,
+    Object.keys(metrics).length ? [h("h3", {}, "Training results"), kvTable(metrics, "adapter-metrics", "Result")] : null,
     Object.keys(config).length ? h("details", {}, h("summary", {}, "Training settings"), kvTable(config, "adapter-config")) : null,
-    lin.versions ? h("details", {}, h("summary", {}, "Library versions"), kvTable(lin.versions, "adapter-versions")) : null));
+    versions && Object.keys(versions).length ? h("details", {}, h("summary", {}, "Library versions"), kvTable(versions, "adapter-versions", "Library")) : null));
 }
 
-function kvTable(obj, testid) {
+function kvTable(obj, testid, keyLabel = "Setting") {
   return table([
-    { label: "Setting", get: ([k]) => h("code", {}, k) },
+    { label: keyLabel, get: ([k]) => h("code", {}, k) },
     { label: "Value", get: ([, v]) => (typeof v === "number" ? fmtNum(v, 4) : typeof v === "string" ? v : JSON.stringify(v)) },
   ], Object.entries(obj), { testid });
 }

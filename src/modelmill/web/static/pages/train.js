@@ -107,7 +107,7 @@ export async function trainPage(ctx) {
       if (!ctx.alive) return;
       replace(errorArea, h("div", { class: "alert alert-error", role: "alert", testid: "train-error" },
         h("strong", {}, "The job was not started. "), err.message,
-        (err.details || []).length ? h("ul", {}, err.details.map((d) => h("li", {}, [d.line && `line ${d.line}`, d.field, d.message].filter(Boolean).join(": ")))) : null));
+        (err.details || []).some((d) => d.line) ? h("ul", {}, err.details.filter((d) => d.line).map((d) => h("li", {}, [d.line && `line ${d.line}`, d.field, d.message].filter(Boolean).join(": ")))) : null));
       markInvalid(ctx.main, err.param);
       submit.disabled = false;
       submit.textContent = "Start training";

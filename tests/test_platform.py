@@ -1,0 +1,276 @@
+"""The platform as users meet it: `modelmill up` with the official openai client, the queue's
+workers (one killed with SIGKILL mid-training), API keys, and bad input over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import MODELMILL, Server, write_jsonl
+
+CHAT = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                      {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(24)]
+
+
+def _wait(pred, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = pred()
+        if out:
+            return out
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _pids_with(text: str) -> list[int]:
+    """Live processes whose command line mentions ``text``."""
+    out = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmd.read_bytes().decode(errors="replace") and _alive(int(cmd.parent.name)):
+                out.append(int(cmd.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.fixture()
+def up(cli_tiny, home):
+    server = Server(home, "--workers", "1", "--poll", "0.3", command="up")
+    yield server
+    server.stop()
+
+
+def test_openai_client_fine_tunes_and_the_model_answers_at_once(up, tmp_path):
+    """files.create -> fine_tuning.jobs.create -> poll -> events/checkpoints -> chat with fine_tuned_model."""
+    client = up.client()
+    path = write_jsonl(tmp_path / "train.jsonl", CHAT)
+    f = client.files.create(file=path.open("rb"), purpose="fine-tune")
+    assert f.id.startswith("file-") and f.filename == "train.jsonl" and f.bytes == path.stat().st_size
+    assert [x.id for x in client.files.list().data] == [f.id]
+    assert client.files.content(f.id).read() == path.read_bytes()
+
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="sums",
+                                         hyperparameters={"n_epochs": 2, "batch_size": 4})
+    assert job.status in ("queued", "running") and job.model == "tiny" and job.user_provided_suffix == "sums"
+    job = _wait(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
+                180, "the fine-tuning job")
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"tiny:sums-{job.id.removeprefix('ftjob-')[:8]}"
+    assert job.hyperparameters.n_epochs == 2 and job.finished_at >= job.created_at
+
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=200))
+    messages = [e.message for e in events]
+    assert messages[0] == "The job has successfully completed"  # newest first, as OpenAI's
+    assert any(m.startswith("Validating training file") for m in messages)
+    metrics = [e for e in events if e.type == "metrics"]
+    assert metrics and all(e.data["train_loss"] > 0 for e in metrics)
+    page = client.fine_tuning.jobs.list_events(job.id, limit=2)  # paging with `after`
+    older = client.fine_tuning.jobs.list_events(job.id, limit=2, after=page.data[-1].id)
+    assert [e.id for e in page.data + older.data] == [e.id for e in events[:4]]
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints and checkpoints[0].step_number == 12 and checkpoints[0].fine_tuning_job_id == job.id
+
+    reply = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
+                                           messages=[{"role": "user", "content": "What is 2 plus 2?"}])
+    assert reply.model == job.fine_tuned_model and reply.usage.completion_tokens >= 1
+    assert job.fine_tuned_model.split(":")[1] in {m.id for m in client.models.list().data}
+    assert client.fine_tuning.jobs.list().data[0].id == job.id
+    assert client.files.delete(f.id).deleted is True
+    assert client.files.list().data == []
+
+
+def test_fine_tuning_bad_input_is_refused_with_what_and_where(up, tmp_path):
+    import openai
+
+    client = up.client()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(CHAT[0]) + "\n" + '{"messages": [{"role": "user"}]}\n' + "not json\n")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.create(file=bad.open("rb"), purpose="fine-tune")
+    body = e.value.body
+    assert "bad.jsonl" in body["message"] and [d["line"] for d in body["details"]] == [2, 3]
+
+    with httpx.Client(base_url=up.url) as h:
+        r = h.post("/v1/files", files={"file": ("model.bin", b"\x00\x01", "application/octet-stream")},
+                   data={"purpose": "fine-tune"})
+        assert r.status_code == 415 and ".jsonl" in r.json()["error"]["message"]
+        r = h.post("/v1/files", files={"file": ("../../etc/passwd.jsonl", b"{}\n", "application/jsonl")},
+                   data={"purpose": "fine-tune"})
+        assert r.status_code == 400 and "plain file name" in r.json()["error"]["message"]
+        r = h.post("/v1/files", files={"file": ("a.jsonl", b"{}\n")}, data={"purpose": "assistants"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
+        r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": "file-nope"})
+        assert r.status_code == 404 and "file-nope" in r.json()["error"]["message"]
+        r = h.post("/v1/fine_tuning/jobs", json={"model": "no-such-model", "training_file": "file-nope"})
+        assert r.status_code == 404
+        good = client.files.create(file=write_jsonl(tmp_path / "ok.jsonl", CHAT).open("rb"), purpose="fine-tune")
+        r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": good.id,
+                                                 "hyperparameters": {"n_epochs": 0}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "hyperparameters.n_epochs"
+        r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": good.id, "method": {"type": "dpo"}})
+        assert r.status_code == 400 and "dpo" in r.json()["error"]["message"]
+        r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": good.id, "suffix": "../x"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "suffix"
+        # nothing half-made: no job was queued by any of these
+        assert h.get("/api/jobs").json()["data"] == []
+        r = h.get("/v1/fine_tuning/jobs/ftjob-unknown")
+        assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_native_jobs_cancel_and_upload_limit(cli_tiny, home, tmp_path):
+    server = Server(home, "--workers", "1", "--poll", "0.3", command="up",
+                    env={"MODELMILL_MAX_UPLOAD_MB": "0.01"})
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as h:
+            data = write_jsonl(tmp_path / "sums.jsonl", CHAT).read_bytes()
+            r = h.post("/api/datasets", files={"file": ("sums.jsonl", data)}, data={"name": "sums"})
+            assert r.status_code == 201 and r.json()["num_records"] == 24 and r.json()["kind"] == "chat"
+            r = h.post("/api/datasets", files={"file": ("big.jsonl", data * 20)}, data={"name": "big"})
+            assert r.status_code == 413 and "upload limit" in r.json()["error"]["message"]
+            assert [d["name"] for d in h.get("/api/datasets").json()["data"]] == ["sums"]
+
+            schema = {f["name"]: f for f in h.get("/api/schema/train").json()["fields"]}
+            assert schema["epochs"]["advanced"] is False and schema["lora_r"]["advanced"] is True
+            assert schema["method"]["choices"] == ["lora", "full"]
+            r = h.post("/api/jobs", json={"kind": "train", "config": {"base": "tiny", "data": "sums",
+                                                                      "batch_size": "eight"}})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "batch_size"
+            r = h.post("/api/jobs", json={"kind": "train", "config": {"base": "tiny", "data": "nope"}})
+            assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
+
+            # a long job, cancelled while it runs: its run folder goes, and its name is free again
+            r = h.post("/api/jobs", json={"kind": "train", "config": {"base": "tiny", "data": "sums", "name": "long",
+                                                                      "max_steps": 5000, "logging_steps": 1}})
+            assert r.status_code == 201, r.text
+            jid = r.json()["id"]
+            r = h.post("/api/jobs", json={"kind": "train", "config": {"base": "tiny", "data": "sums", "name": "long"}})
+            assert r.status_code == 409
+            _wait(lambda: h.get(f"/api/jobs/{jid}").json()["progress"], 120, "the first training step")
+            assert h.post(f"/api/jobs/{jid}/cancel").json()["cancel_requested"] is True
+            job = _wait(lambda: (j := h.get(f"/api/jobs/{jid}").json())["status"] == "cancelled" and j, 120,
+                        "the cancel")
+            assert job["finished_at"] and not (home / "runs" / "long").exists()
+            assert h.post(f"/api/jobs/{jid}/cancel").status_code == 409
+            # the event stream replays the job's history and ends
+            with h.stream("GET", f"/api/jobs/{jid}/events/stream") as s:
+                text = "".join(s.iter_text())
+            assert "event: end" in text and '"type": "metrics"' in text
+    finally:
+        server.stop()
+
+
+def test_a_worker_killed_mid_training_is_replaced_and_the_job_resumes(cli_tiny, home, tmp_path):
+    """SIGKILL the worker: the job is re-queued on heartbeat timeout and finishes from its checkpoint."""
+    from modelmill.jobs.queue import JobQueue
+    from modelmill.store import open_store
+
+    cli_tiny("data", "import", write_jsonl(tmp_path / "sums.jsonl", CHAT), "--name", "sums")
+    env = {**os.environ, "MODELMILL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    os.environ["MODELMILL_HOME"] = str(home)
+    q = JobQueue(open_store())
+    steps = 40
+    job = q.submit("train", {"base": "tiny", "data": "sums", "name": "survivor", "max_steps": steps,
+                             "save_steps": 4, "logging_steps": 1, "batch_size": 2})
+    worker_args = [*MODELMILL, "worker", "--poll", "0.3", "--stale-after", "3"]
+    log_a = (tmp_path / "worker-a.log").open("wb")
+    a = subprocess.Popen(worker_args, env=env, stdout=log_a, stderr=subprocess.STDOUT)
+    try:
+        ckpt = _wait(lambda: [e for e in q.events(job.id) if (e.data or {}).get("checkpoint")], 180,
+                     "a first checkpoint")
+        saved_at = ckpt[0].data["step"]
+        a.send_signal(signal.SIGKILL)  # no goodbye: no final state, no re-queue by the worker itself
+        a.wait()
+        time.sleep(1.5)
+        runner_pid = q.get(job.id).pid
+        run_dir = str(home / "runs" / "survivor")
+        # the dead worker's runner notices, kills its trainer and leaves: no orphan keeps training
+        _wait(lambda: not _alive(runner_pid) and not _pids_with(run_dir), 15, "the orphaned runner and trainer to stop")
+        assert q.get(job.id).status == "running"  # until a worker notices the silence
+        b = subprocess.Popen(worker_args, env=env, stdout=(tmp_path / "worker-b.log").open("wb"),
+                             stderr=subprocess.STDOUT)
+        try:
+            done = _wait(lambda: (j := q.get(job.id)).status in ("succeeded", "failed") and j, 240, "the resumed job")
+        finally:
+            b.send_signal(signal.SIGINT)
+            b.wait(60)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    events = q.events(job.id)
+    text = "\n".join(e.message for e in events)
+    assert done.status == "succeeded", text
+    assert done.attempts == 2 and "stopped heartbeating" in text
+    resumed = [e for e in events if e.message.startswith("Resuming from checkpoint-")]
+    assert resumed and int(resumed[0].data["checkpoint"].split("-")[1]) >= saved_at
+    # nothing lost: every step's loss is in the history once, from step 1 to the last
+    logged = [e.data["step"] for e in events if e.type == "metrics"]
+    assert logged == list(range(1, steps + 1))
+    state = json.loads((home / "adapters" / "survivor" / "lineage.json").read_text())
+    assert state["config"]["max_steps"] == steps
+
+
+def test_api_keys_scopes_and_model_limits(cli_tiny, home):
+    admin = cli_tiny("keys", "create", "root", "--scope", "admin").stdout.strip()
+    infer = cli_tiny("keys", "create", "app", "--scope", "infer", "--model", "tiny").stdout.strip()
+    assert admin.startswith("mm-") and admin != infer
+    listed = cli_tiny("keys", "list").stdout
+    assert "root" in listed and admin not in listed  # only a prefix is ever shown again
+    from sqlalchemy import select
+
+    from modelmill.store import open_store
+    from modelmill.store.tables import ApiKey
+
+    os.environ["MODELMILL_HOME"] = str(home)
+    with open_store().session() as s:
+        assert all(admin not in json.dumps([k.hash, k.prefix]) for k in s.scalars(select(ApiKey)))
+
+    server = Server(home, "--host", "0.0.0.0", "--workers", "0", command="up")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as h:
+            assert h.get("/health").status_code == 200
+            assert h.get("/openapi.json").status_code == 200
+            r = h.get("/v1/models")
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+            assert h.get("/api/jobs", headers={"Authorization": "Bearer mm-wrong"}).status_code == 401
+            as_infer = {"Authorization": f"Bearer {infer}"}
+            assert h.get("/v1/models", headers=as_infer).status_code == 200
+            r = h.get("/api/datasets", headers=as_infer)
+            assert r.status_code == 403 and "train" in r.json()["error"]["message"]
+            body = {"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+            assert h.post("/v1/chat/completions", json=body, headers=as_infer).status_code == 200
+            r = h.post("/v1/chat/completions", json={**body, "model": "smollm2-135m-instruct"}, headers=as_infer)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
+            as_admin = {"Authorization": f"Bearer {admin}"}
+            assert h.get("/api/datasets", headers=as_admin).status_code == 200
+            r = h.post("/api/keys", json={"name": "ci", "scopes": ["train"]}, headers=as_admin)
+            assert r.status_code == 201 and r.json()["key"].startswith("mm-")
+            assert h.post("/api/keys", json={"name": "x", "scopes": ["train"]}, headers=as_infer).status_code == 403
+            cli_tiny("keys", "revoke", "app")
+            assert h.get("/v1/models", headers=as_infer).status_code == 401
+    finally:
+        server.stop()
+
+
+def test_without_keys_the_server_stays_on_localhost_and_says_so(cli_tiny, home):
+    server = Server(home, "--host", "0.0.0.0", "--workers", "0", command="up")
+    try:
+        assert httpx.get(server.url + "/v1/models").status_code == 200  # no key needed: local only
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "listens on 127.0.0.1 only, not 0.0.0.0" in log and "Uvicorn running on http://127.0.0.1" in log

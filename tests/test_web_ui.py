@@ -1,0 +1,221 @@
+"""The web UI end to end, in a real headless Chromium against `modelmill up`, the way a business
+user meets it: upload data (a broken file first), train from the form, watch the job, read the
+comparison, chat with base and adapter side by side and keep a preference.
+
+Needs Debian's /usr/bin/chromium and the `playwright` package (its own browsers are not used:
+nothing is downloaded); the module is skipped where either is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import MODELMILL, REVIEWS, write_jsonl
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip("no /usr/bin/chromium: the browser test needs Debian's chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download needed)")
+
+# Headless, and quiet on the network: as root without a sandbox, and without the background
+# services (updates, sync, safe browsing) that would otherwise keep dialling out of a closed box.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+FAQ = [("What are your opening hours?", "We are open 9 to 5, Monday to Friday."),
+       ("Do you ship abroad?", "Yes, to every country in the EU."),
+       ("How do I return an item?", "Send it back within 30 days with the receipt."),
+       ("Can I pay by card?", "Yes, all major cards are accepted."),
+       ("Where is my order?", "Look it up with the tracking link in your email."),
+       ("Do you have a phone line?", "Call us at 555-0100 during opening hours."),
+       ("Is there a warranty?", "Every product has a two-year warranty."),
+       ("Can I change my address?", "Yes, until the order has shipped.")]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture()
+def platform(cli_tiny, home, tmp_path):
+    """`modelmill up` on a free port with one worker, the tiny model registered and a scored
+    classification task (tiny beside a TF-IDF baseline) for the compare page."""
+    reviews = write_jsonl(tmp_path / "reviews.jsonl",
+                          [{"text": f"{t} (visit {i})", "label": lab} for i, (t, lab) in enumerate(REVIEWS * 2)])
+    cli_tiny("data", "import", reviews, "--name", "reviews")
+    cli_tiny("eval", "--data", "reviews", "--models", "tiny,tfidf", "--train", "reviews", "--limit", "8")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.mkstemp(prefix="up-", suffix=".log")[1])
+    env = {**os.environ, "MODELMILL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*MODELMILL, "up", "--port", str(port), "--workers", "1"], env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"modelmill up exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"modelmill up did not answer /health in 120s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends: workers re-queue, the server drains
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if os.environ.get("MODELMILL_TEST_SHOW_LOG"):
+            print(log.read_text())
+        log.unlink(missing_ok=True)
+
+
+@pytest.fixture()
+def page():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1280, "height": 900})
+            pg.set_default_timeout(30_000)
+            pg.crashes = []  # uncaught exceptions in the page's scripts
+            pg.on("pageerror", lambda e: pg.crashes.append(str(e)))
+            yield pg
+        finally:
+            browser.close()
+
+
+def test_web_ui_upload_train_watch_compare_chat(platform, page, tmp_path):
+    expect = sync_api.expect
+    url = platform
+    by = page.get_by_test_id
+
+    # ---- the root redirects to the UI, which opens on the datasets page
+    page.goto(url + "/")
+    expect(by("upload-form")).to_be_visible()
+    assert page.url.startswith(url + "/ui/")
+
+    # ---- a broken file is refused with its bad line named, and nothing is stored
+    bad = write_jsonl(tmp_path / "broken.jsonl", [{"instruction": "hi", "output": "hello"},
+                                                   {"instruction": "this one has no answer"},
+                                                   {"instruction": "bye", "output": "goodbye"}])
+    by("upload-file").set_input_files(bad)
+    by("upload-submit").click()
+    row = by("validation-error-row").first
+    expect(row).to_contain_text("2")
+    expect(row).to_contain_text("output")
+    expect(by("validation-error-row")).to_have_count(1)
+    assert "broken" not in {d["name"] for d in _get(url + "/api/datasets")["data"]}
+
+    # ---- a good one is stored, listed, previewed with its stats
+    good = write_jsonl(tmp_path / "faq.jsonl", [{"instruction": q, "input": "", "output": a} for q, a in FAQ * 2])
+    by("upload-file").set_input_files(good)
+    by("upload-name").fill("faq")
+    by("upload-submit").click()
+    expect(by("upload-status")).to_contain_text("faq@")
+    expect(by("upload-status")).to_contain_text("16 chat records")
+    page.locator('[data-testid="dataset-row"][data-name="faq"]').click()
+    expect(by("dataset-detail")).to_be_visible()
+    expect(by("preview-record")).to_have_count(5)
+    expect(by("dataset-stats")).to_contain_text("16")
+    expect(by("length-chart")).to_be_visible()
+
+    # ---- train from the form: a bad value first, whose message is shown beside the form
+    by("dataset-train").click()
+    expect(by("train-form")).to_be_visible()
+    expect(by("field-data")).to_have_value("faq")  # preselected from the dataset page
+    by("field-base").select_option("tiny")
+    by("field-name").fill("faq-lora")
+    by("advanced-toggle").click()
+    expect(by("advanced-settings")).to_have_attribute("open", "")
+    by("field-max_steps").fill("6")
+    by("field-logging_steps").fill("1")
+    by("field-batch_size").fill("4")
+    default_lr = by("field-learning_rate").input_value()
+    by("field-learning_rate").fill("-1")
+    by("train-submit").click()
+    expect(by("train-error")).to_contain_text("learning_rate")
+    expect(page.locator('.field.invalid[data-field="learning_rate"]')).to_be_visible()
+    by("field-learning_rate").fill(default_lr)
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/api/jobs")) as sent:
+        by("train-submit").click()
+    # only what differs from the schema's defaults is sent, plus the pinned fields
+    assert json.loads(sent.value.post_data) == {"kind": "train", "config": {
+        "base": "tiny", "data": "faq", "name": "faq-lora", "max_steps": 6, "logging_steps": 1, "batch_size": 4}}
+
+    # ---- the job page follows the run to the end: status, chart points, log lines, result
+    page.wait_for_url(re.compile(r".*#/jobs/[^/?]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    expect(by("job-status")).to_have_attribute("data-status", "succeeded", timeout=120_000)
+    expect(by("loss-chart")).to_have_attribute("data-points", re.compile(r"^[1-9]\d*$"))
+    assert page.locator('[data-testid="loss-chart"] [data-testid="chart-point"]').count() >= 1
+    assert by("log-line").count() >= 1
+    expect(by("job-model")).to_have_text("tiny:faq-lora")
+    expect(by("job-cancel")).to_have_count(0)  # nothing left to cancel
+
+    # ---- the job list shows it with its badge
+    by("nav-jobs").click()
+    expect(page.locator(f'[data-testid="job-row"][data-id="{job_id}"]')).to_have_attribute("data-status", "succeeded")
+
+    # ---- playground: base and adapter side by side, preselected from the job page
+    page.go_back()
+    by("job-playground-link").click()
+    expect(by("pg-form")).to_be_visible()
+    for model in ("tiny", "tiny:faq-lora"):
+        expect(page.locator(f'[data-testid="pg-model"][data-model="{model}"]')).to_be_checked()
+    by("pg-message").fill("Do you ship abroad?")
+    by("pg-send").click()
+    answers = page.locator('[data-testid="pg-answer"]')
+    expect(answers).to_have_count(2)
+    expect(page.locator('[data-testid="pg-answer"][data-state="done"]')).to_have_count(2, timeout=60_000)
+    winner = page.locator('[data-testid="pg-prefer"]:enabled').first
+    chosen_model = winner.get_attribute("data-model")
+    winner.click()
+    expect(by("pg-confirm")).to_contain_text(f"{chosen_model} preferred over")
+    prefs = _get(url + "/api/preferences")["data"]
+    assert len(prefs) == 1
+    assert {prefs[0]["chosen_model"], prefs[0]["rejected_model"]} == {"tiny", "tiny:faq-lora"}
+    assert prefs[0]["chosen_model"] == chosen_model
+
+    # ---- compare: the leaderboard, per-class bars, the disagreements, the report link
+    by("nav-compare").click()
+    expect(by("leaderboard-row")).to_have_count(2)
+    expect(by("compare-task")).to_have_value("reviews")
+    expect(by("per-class-chart")).to_be_visible()
+    assert page.locator('[data-testid="per-class-chart"] [data-testid="bar"]').count() >= 1
+    cmp = _get(url + "/api/compare?task=reviews")
+    expect(by("disagreement-row")).to_have_count(len(cmp["disagreements"]))
+    expect(by("disagreement-summary")).to_contain_text(f"of {cmp['compared']}")
+    href = by("report-link").get_attribute("href")
+    assert href == "/api/reports?task=reviews"
+    with urllib.request.urlopen(url + href, timeout=30) as r:
+        assert r.status == 200 and "<html" in r.read().decode().lower()
+
+    # ---- the adapter's lineage names its base and dataset version
+    page.goto(url + "/ui/#/models/faq-lora")
+    expect(by("lineage-base")).to_contain_text("tiny")
+    expect(by("lineage-dataset")).to_contain_text("faq@")
+
+    assert page.crashes == [], page.crashes
