@@ -185,7 +185,7 @@ def test_preferences_create_list_export(fresh, tmp_path):
     from modelmill.data.catalog import DatasetCatalog
 
     store, c = fresh
-    _error(c.post("/api/preferences/export", json={"name": "prefs"}), 400)  # nothing to export yet
+    _error(c.post("/api/preferences/export", json={"name": "prefs"}), 409)  # nothing to export yet
     r = c.post("/api/preferences", json=PREF)
     assert r.status_code == 201, r.text
     first = r.json()

@@ -186,6 +186,10 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, tmp_path):
     for model in ("tiny", "tiny:faq-lora"):
         expect(page.locator(f'[data-testid="pg-model"][data-model="{model}"]')).to_be_checked()
     by("pg-message").fill("Do you ship abroad?")
+    page.locator('[data-testid="pg-form"] summary').click()  # the settings fold
+    by("pg-temperature").fill("0")
+    chat_requests = []
+    page.on("request", lambda r: chat_requests.append(r) if r.url.endswith("/v1/chat/completions") else None)
     by("pg-send").click()
     answers = page.locator('[data-testid="pg-answer"]')
     expect(answers).to_have_count(2)
@@ -194,6 +198,10 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, tmp_path):
     chosen_model = winner.get_attribute("data-model")
     winner.click()
     expect(by("pg-confirm")).to_contain_text(f"{chosen_model} preferred over")
+    sent_body = [json.loads(r.post_data) for r in chat_requests]
+    assert sorted(b["model"] for b in sent_body) == ["tiny", "tiny:faq-lora"]
+    assert all(b["temperature"] == 0 and b["messages"] == [{"role": "user", "content": "Do you ship abroad?"}]
+               for b in sent_body)
     prefs = _get(url + "/api/preferences")["data"]
     assert len(prefs) == 1
     assert {prefs[0]["chosen_model"], prefs[0]["rejected_model"]} == {"tiny", "tiny:faq-lora"}

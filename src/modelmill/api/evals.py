@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from modelmill.errors import InputError, NotFoundError
+from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.names import _NAME as NAME
 
 
@@ -416,8 +416,8 @@ def export_preferences(request: Request, body: ExportIn):
     with store.session() as s:
         prefs = list(s.scalars(select(Preference).order_by(Preference.id)))
     if not prefs:
-        raise InputError("there are no preferences to export", field="name",
-                         fix="judge some answers in the playground first (POST /api/preferences)")
+        raise ConflictError("there are no preferences to export", field="name",
+                            fix="judge some answers in the playground first (POST /api/preferences)")
     records = [_record(p) for p in prefs]
     origin = {"op": "preferences", "preferences": len(prefs), "ids": [prefs[0].id, prefs[-1].id]}
     row, created = DatasetCatalog(store).save(body.name, records, "preference", "preference", None, origin)

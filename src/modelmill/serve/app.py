@@ -267,7 +267,7 @@ def create_app(store=None, config: ServeConfig | None = None):
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e: StarletteHTTPException):
         return JSONResponse(error_body(str(e.detail), _TYPES.get(e.status_code, "invalid_request_error")),
-                            status_code=e.status_code)
+                            status_code=e.status_code, headers=getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request, e: Exception):

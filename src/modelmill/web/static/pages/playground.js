@@ -12,6 +12,12 @@ function modelId(card) {
   return card.parent && !String(card.id).includes(":") ? `${card.parent}:${card.id}` : card.id;
 }
 
+/** An answer as stored: without NUL characters, which are never text (small models emit them) and
+ *  which the preferences API refuses; the page shows the answer the same way with or without them. */
+function printable(text) {
+  return text.replace(/\u0000/g, "");
+}
+
 export async function playgroundPage(ctx) {
   const box = h("div", {}, loading("Loading models…"));
   ctx.main.append(h("section", { class: "page" },
@@ -120,11 +126,11 @@ export async function playgroundPage(ctx) {
       replace(body, errorBox(r.error, "pg-answer-error"));
       return;
     }
-    const others = round ? round.filter((o) => o !== r && !o.error && o.text && o.text.trim()) : [];
+    const others = round ? round.filter((o) => o !== r && !o.error && printable(o.text || "").trim()) : [];
     const prefer = h("button", { type: "button", class: "btn btn-small", testid: "pg-prefer", "data-model": r.model,
-      disabled: !round || !r.text.trim() || !others.length,
-      title: !r.text.trim() ? "An empty answer cannot be chosen" : !others.length && round ? "No other answer to compare with" : null,
-      onclick: () => choose(r, others, round, messages, confirm) }, "👍 This one is better");
+      disabled: !round || !printable(r.text).trim() || !others.length,
+      title: !printable(r.text).trim() ? "An empty answer cannot be chosen" : !others.length && round ? "No other answer to compare with" : null,
+      onclick: () => choose(r, others, round, messages, confirm) }, "This one is better");
     replace(body,
       h("div", { class: "answer-text", testid: "pg-answer-text" }, r.text.trim() ? r.text : h("span", { class: "muted" }, "(empty answer)")),
       h("footer", {}, h("span", { class: "muted small" }, `${(r.ms / 1000).toFixed(1)} s`,
@@ -138,7 +144,7 @@ export async function playgroundPage(ctx) {
     const failed = [];
     for (const loser of losers) { // "better than each of the others": one pair per other answer
       try {
-        await api("/api/preferences", { method: "POST", json: { messages, chosen: winner.text, rejected: loser.text,
+        await api("/api/preferences", { method: "POST", json: { messages, chosen: printable(winner.text), rejected: printable(loser.text),
           chosen_model: winner.model, rejected_model: loser.model } });
         saved.push(loser.model);
       } catch (err) {
@@ -147,10 +153,12 @@ export async function playgroundPage(ctx) {
     }
     if (!ctx.alive) return;
     winner.col.classList.add("chosen");
+    const mine = winner.col.querySelector("[data-testid=pg-prefer]");
+    if (mine && saved.length) mine.textContent = "✓ Your pick";
     replace(confirm,
       saved.length ? h("div", { class: "alert alert-ok", role: "status", testid: "pg-confirm" },
         `Saved: ${winner.model} preferred over ${saved.join(", ")}. `,
-        "Thanks! Export your picks as a preference dataset with ", h("code", {}, "POST /api/preferences/export"), ".") : null,
+        "Thanks! Your picks can later train a model to answer the way you prefer.") : null,
       failed.map(([m, err]) => errorBox({ message: `Not saved for ${m}: ${err.message}`, details: err.details }, "pg-prefer-error")));
     if (!saved.length) {
       for (const r of round) drawAnswer(r, round, messages, confirm); // let the user try again
