@@ -274,3 +274,44 @@ def test_without_keys_the_server_stays_on_localhost_and_says_so(cli_tiny, home):
         server.stop()
     log = server.log.read_text()
     assert "listens on 127.0.0.1 only, not 0.0.0.0" in log and "Uvicorn running on http://127.0.0.1" in log
+
+
+def test_eval_jobs_and_deployments_over_rest(cli_tiny, home, tmp_path, reviews_file):
+    """An evaluation queued over REST lands on the leaderboard; a deployment name answers chat."""
+    cli_tiny("data", "import", reviews_file, "--name", "reviews")
+    server = Server(home, "--workers", "1", "--poll", "0.3", command="up")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as h:
+            r = h.post("/api/jobs", json={"kind": "eval", "config": {"models": "tfidf", "data": "reviews",
+                                                                     "train": "reviews", "name": "rev"}})
+            assert r.status_code == 201, r.text
+            jid = r.json()["id"]
+            job = _wait(lambda: (j := h.get(f"/api/jobs/{jid}").json())["status"] in ("succeeded", "failed") and j,
+                        180, "the eval job")
+            assert job["status"] == "succeeded", h.get(f"/api/jobs/{jid}/events").text
+            assert job["result"]["task"] == "rev" and job["result"]["results"][0]["candidate"].startswith("tfidf")
+            board = h.get("/api/leaderboard", params={"task": "rev"}).json()["tasks"][0]
+            assert board["rows"][0]["candidate"] == job["result"]["results"][0]["candidate"]
+            assert h.post("/api/jobs", json={"kind": "eval", "config": {"models": "tiny"}}).status_code == 400
+
+            r = h.post("/api/deployments", json={"name": "support", "model": "tiny",
+                                                 "system_prompt": "You answer in one word."})
+            assert r.status_code == 201, r.text
+            assert h.post("/api/deployments", json={"name": "tiny", "model": "tiny"}).status_code == 409
+            assert h.post("/api/deployments", json={"name": "x", "model": "missing"}).status_code == 404
+            assert "support" in {m["id"] for m in h.get("/v1/models").json()["data"]}
+            body = {"model": "support", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+            r = h.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200 and r.json()["model"] == "support"
+            direct = h.post("/v1/chat/completions", json={**body, "model": "tiny", "temperature": 0,
+                                                          "messages": [{"role": "system",
+                                                                        "content": "You answer in one word."},
+                                                                       *body["messages"]]}).json()
+            again = h.post("/v1/chat/completions", json={**body, "temperature": 0}).json()
+            # the deployment's system prompt is in front of the user's messages
+            assert again["usage"]["prompt_tokens"] == direct["usage"]["prompt_tokens"]
+            assert again["choices"][0]["message"] == direct["choices"][0]["message"]
+            assert h.delete("/api/deployments/support").status_code == 200
+            assert h.post("/v1/chat/completions", json=body).status_code == 404
+    finally:
+        server.stop()
