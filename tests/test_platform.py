@@ -315,3 +315,23 @@ def test_eval_jobs_and_deployments_over_rest(cli_tiny, home, tmp_path, reviews_f
             assert h.post("/v1/chat/completions", json=body).status_code == 404
     finally:
         server.stop()
+
+
+def test_a_database_locked_by_another_process_gets_503_then_works(cli_tiny, home):
+    import sqlite3
+
+    server = Server(home, "--workers", "0", command="up", env={"MODELMILL_DB_TIMEOUT": "1"})
+    try:
+        other = sqlite3.connect(home / "modelmill.db", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # another process in the middle of a long write
+        try:
+            r = httpx.post(server.url + "/api/deployments", json={"name": "bot", "model": "tiny"}, timeout=30)
+            assert r.status_code == 503 and r.headers["Retry-After"] and "locked" in r.json()["error"]["message"]
+            assert httpx.get(server.url + "/api/jobs").status_code == 200  # reads go on (WAL)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        r = httpx.post(server.url + "/api/deployments", json={"name": "bot", "model": "tiny"}, timeout=30)
+        assert r.status_code == 201
+    finally:
+        server.stop()

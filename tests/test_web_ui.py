@@ -187,7 +187,7 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, tmp_path):
         expect(page.locator(f'[data-testid="pg-model"][data-model="{model}"]')).to_be_checked()
     by("pg-message").fill("Do you ship abroad?")
     page.locator('[data-testid="pg-form"] summary').click()  # the settings fold
-    by("pg-temperature").fill("0")
+    by("pg-temperature").fill("1")  # the tiny model says only newlines when greedy
     chat_requests = []
     page.on("request", lambda r: chat_requests.append(r) if r.url.endswith("/v1/chat/completions") else None)
     by("pg-send").click()
@@ -200,7 +200,7 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, tmp_path):
     expect(by("pg-confirm")).to_contain_text(f"{chosen_model} preferred over")
     sent_body = [json.loads(r.post_data) for r in chat_requests]
     assert sorted(b["model"] for b in sent_body) == ["tiny", "tiny:faq-lora"]
-    assert all(b["temperature"] == 0 and b["messages"] == [{"role": "user", "content": "Do you ship abroad?"}]
+    assert all(b["temperature"] == 1 and b["messages"] == [{"role": "user", "content": "Do you ship abroad?"}]
                for b in sent_body)
     prefs = _get(url + "/api/preferences")["data"]
     assert len(prefs) == 1

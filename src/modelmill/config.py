@@ -21,6 +21,8 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the metadata database; default: SQLite file modelmill.db in home.")
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
+    db_timeout: float = Field(default=30.0, description="Seconds to wait for a SQLite database locked by another "
+                                                         "process before giving up (the API then answers 503).")
     max_upload_mb: float = Field(default=512, description="Largest file the API accepts in one upload, in MiB.")
 
     @property

@@ -55,6 +55,18 @@ def install(app) -> None:
     """Answer every ModelmillError raised in a route with its JSON error and status."""
     from fastapi.responses import JSONResponse
 
+    from sqlalchemy.exc import OperationalError
+
     @app.exception_handler(ModelmillError)
     async def _modelmill_error(request, e: ModelmillError):
         return JSONResponse(error_json(e, details=getattr(e, "details", None)), status_code=status_of(e))
+
+    @app.exception_handler(OperationalError)
+    async def _database_busy(request, e: OperationalError):
+        # SQLite waited MODELMILL_DB_TIMEOUT seconds for another process's lock: say so, and when to retry
+        if "locked" in str(e.orig).lower() or "busy" in str(e.orig).lower():
+            return JSONResponse({"error": {"message": "the database is locked by another process (a long write "
+                                                      "elsewhere); nothing was changed, retry in a few seconds",
+                                           "type": "server_error", "param": None, "code": "database_locked"}},
+                                status_code=503, headers={"Retry-After": "2"})
+        raise e

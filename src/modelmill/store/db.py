@@ -40,7 +40,7 @@ class Store:
         self.home = Path(settings.home).expanduser().resolve()
         for sub in ("models", "datasets", "runs", "adapters", "evals", "kb", "jobs", "files", "tmp", "cache", "locks"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
-        self.engine = _engine(settings.db_url)
+        self.engine = _engine(settings.db_url, settings.db_timeout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         migrate(self.engine)
 
@@ -126,11 +126,11 @@ class Store:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, timeout: float = 30.0) -> Engine:
     kwargs: dict = {}
     if url.startswith("sqlite"):
-        # Several processes (CLI, trainer, server) share the file: wait for locks rather than fail.
-        kwargs["connect_args"] = {"timeout": 30}
+        # Several processes (CLI, workers, server) share the file: wait for locks rather than fail.
+        kwargs["connect_args"] = {"timeout": timeout}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         @event.listens_for(engine, "connect")
