@@ -17,6 +17,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import OperationalError
+
 from modelmill.errors import InputError
 
 
@@ -131,7 +133,10 @@ class Worker:
         self.log(f"worker {self.id}: offering {self.resources}; polling the queue every {self.config.poll}s")
         try:
             while not self.stopping:
-                self.step()
+                try:
+                    self.step()
+                except OperationalError as e:  # the database is busy or away for a moment: try again next poll
+                    self.log(f"worker {self.id}: database unavailable ({e.orig}); retrying")
                 time.sleep(self.config.poll)
             for proc, _ in self.running.values():  # runners stop the way Ctrl-C stops training: with a checkpoint
                 if proc.poll() is None:
