@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def page():
             browser.close()
 
 
-def test_web_ui_upload_train_watch_compare_chat(platform, page, tmp_path):
+def test_web_ui_upload_train_watch_compare_chat(platform, page, cli_tiny, tmp_path):
     expect = sync_api.expect
     url = platform
     by = page.get_by_test_id
@@ -123,9 +124,10 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, tmp_path):
                                                    {"instruction": "bye", "output": "goodbye"}])
     by("upload-file").set_input_files(bad)
     by("upload-submit").click()
-    row = by("validation-error-row").first
-    expect(row).to_contain_text("2")
-    expect(row).to_contain_text("output")
+    cells = by("validation-error-row").first.locator("td")
+    expect(cells.nth(0)).to_have_text("2")  # line
+    expect(cells.nth(1)).to_have_text("output")  # field
+    expect(cells.nth(2)).to_contain_text("missing")  # message
     expect(by("validation-error-row")).to_have_count(1)
     assert "broken" not in {d["name"] for d in _get(url + "/api/datasets")["data"]}
 
@@ -169,6 +171,7 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, tmp_path):
     page.wait_for_url(re.compile(r".*#/jobs/[^/?]+$"))
     job_id = page.url.rsplit("/", 1)[1]
     expect(by("job-status")).to_have_attribute("data-status", "succeeded", timeout=120_000)
+    expect(by("job-stream-mode")).to_have_text("finished")  # the event stream's `end` arrived
     expect(by("loss-chart")).to_have_attribute("data-points", re.compile(r"^[1-9]\d*$"))
     assert page.locator('[data-testid="loss-chart"] [data-testid="chart-point"]').count() >= 1
     assert by("log-line").count() >= 1
@@ -225,5 +228,45 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, tmp_path):
     page.goto(url + "/ui/#/models/faq-lora")
     expect(by("lineage-base")).to_contain_text("tiny")
     expect(by("lineage-dataset")).to_contain_text("faq@")
+
+    # ---- deploy the adapter under a stable name, then take it down again
+    by("nav-deployments").click()
+    by("deploy-name").fill("support-bot")
+    by("deploy-model").select_option("tiny:faq-lora")
+    by("deploy-submit").click()
+    expect(by("deploy-status")).to_contain_text("support-bot")
+    row = page.locator('[data-testid="deployment-row"][data-name="support-bot"]')
+    expect(row).to_contain_text("tiny:faq-lora")
+    assert [d["model"] for d in _get(url + "/api/deployments")["data"]] == ["tiny:faq-lora"]
+    page.once("dialog", lambda d: d.accept())  # "Delete the deployment ...?"
+    row.get_by_test_id("deploy-delete").click()
+    expect(row).to_have_count(0)
+    assert _get(url + "/api/deployments")["data"] == []
+
+    # ---- once the server has a key, the UI asks for it, keeps it, and the job page polls
+    # (EventSource cannot send the key) yet shows the same chart and log
+    key = cli_tiny("keys", "create", "ui", "--scope", "train", "--scope", "infer").stdout.strip()
+    deadline = time.monotonic() + 10
+    while True:  # the server notices a new key within a couple of seconds
+        try:
+            _get(url + "/api/jobs")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
+            break
+        assert time.monotonic() < deadline, "the server did not start asking for a key"
+        time.sleep(0.3)
+    page.goto(f"{url}/ui/#/jobs/{job_id}")
+    expect(by("key-dialog")).to_be_visible()
+    by("key-input").fill("mm-not-the-key")
+    by("key-save").click()
+    expect(by("key-dialog")).to_contain_text("refused")
+    by("key-input").fill(key)
+    by("key-save").click()
+    expect(by("key-dialog")).to_be_hidden()
+    expect(by("job-status")).to_have_attribute("data-status", "succeeded")
+    expect(by("job-stream-mode")).to_contain_text("updating")
+    expect(by("loss-chart")).to_have_attribute("data-points", re.compile(r"^[1-9]\d*$"))
+    assert by("log-line").count() >= 1
+    assert page.evaluate("localStorage.getItem('modelmill.apiKey')") == key
 
     assert page.crashes == [], page.crashes

@@ -41,7 +41,7 @@ def create_app(store=None, config=None):
     if (WEB / "index.html").is_file():
         app.mount("/ui", StaticFiles(directory=WEB, html=True), name="ui")
 
-        @app.get("/", include_in_schema=False)
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
         async def _root():
             return RedirectResponse("/ui/")
     return app

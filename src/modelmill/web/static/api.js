@@ -123,3 +123,14 @@ export function withQuery(path, params) {
   const s = q.toString();
   return s ? `${path}?${s}` : path;
 }
+
+/**
+ * The id to send as `model` for a /v1/models card: an adapter as BASE:ADAPTER, so answers and
+ * stored preferences name both; base models and deployments (whose parent is what they point
+ * at) by their own id.
+ */
+export function chatModelId(card) {
+  const adapter = card.parent && card.type !== "deployment" && !String(card.parent).includes(":")
+    && !String(card.id).includes(":");
+  return adapter ? `${card.parent}:${card.id}` : card.id;
+}

@@ -184,7 +184,7 @@ async function showDetail(ctx, box, ref) {
     h("dl", { class: "facts" },
       fact("Kind", ds.kind), fact("Format", ds.format), fact("Records", fmtNum(ds.num_records)),
       fact("Size", fmtBytes(ds.size_bytes)), ds.labels && ds.labels.length ? fact("Labels", ds.labels.join(", ")) : null,
-      ds.origin ? fact("Origin", typeof ds.origin === "string" ? ds.origin : JSON.stringify(ds.origin)) : null,
+      ds.origin ? fact("Origin", originText(ds.origin)) : null,
       fact("Added", fmtTime(ds.created_at))),
     h("h3", {}, "Statistics"),
     stats instanceof Error ? errorBox(stats, "stats-error") : statsView(stats),
@@ -192,6 +192,15 @@ async function showDetail(ctx, box, ref) {
     h("div", { class: "preview", testid: "dataset-preview" },
       (ds.preview || []).map((r, i) => h("div", { class: "record", testid: "preview-record" },
         h("span", { class: "record-n" }, `#${i + 1}`), recordView(r))))));
+}
+
+/** {"op": "import", "file": "/srv/x/faq.jsonl", "format": "alpaca"} -> "import of faq.jsonl (alpaca)" */
+function originText(o) {
+  if (typeof o === "string") return o;
+  if (!o || typeof o !== "object" || !o.op) return JSON.stringify(o);
+  const file = o.file ? String(o.file).split(/[\\/]/).pop() : null;
+  const sources = Array.isArray(o.sources) ? o.sources.map((x) => x.dataset || x.ref || JSON.stringify(x)).join(" + ") : null;
+  return [o.op, file && `of ${file}`, sources && `of ${sources}`, o.format && `(${o.format})`].filter(Boolean).join(" ");
 }
 
 function fact(label, value) {

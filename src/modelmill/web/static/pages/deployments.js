@@ -2,7 +2,7 @@
 // optional knowledge bases and a system prompt. Re-pointing a name ships a new model without
 // touching the apps that use it.
 
-import { api } from "../api.js";
+import { api, chatModelId } from "../api.js";
 import { errorBox, fmtTime, h, loading, notice, replace, table } from "../dom.js";
 
 export async function deploymentsPage(ctx) {
@@ -49,17 +49,15 @@ export async function deploymentsPage(ctx) {
 
   let models = [];
   try {
-    models = ((await api("/v1/models")).data || []).filter((c) => c.type !== "embedding");
+    // a deployment points at a model or adapter, not at another deployment
+    models = ((await api("/v1/models")).data || []).filter((c) => c.type !== "embedding" && c.type !== "deployment");
   } catch (e) {
     if (ctx.alive) formBox.append(errorBox(e));
   }
   if (!ctx.alive) return;
   const name = h("input", { id: "deploy-name", testid: "deploy-name", required: true, autocomplete: "off", placeholder: "support-bot" });
   const model = h("select", { id: "deploy-model", testid: "deploy-model", required: true },
-    models.map((c) => {
-      const id = c.parent && !String(c.id).includes(":") ? `${c.parent}:${c.id}` : c.id;
-      return h("option", { value: id }, id);
-    }));
+    models.map((c) => h("option", { value: chatModelId(c) }, chatModelId(c))));
   const kbs = h("input", { id: "deploy-kbs", testid: "deploy-kbs", autocomplete: "off", placeholder: "handbook, faq" });
   const system = h("textarea", { id: "deploy-system", testid: "deploy-system", rows: 2 });
   const result = h("div", { "aria-live": "polite" });

@@ -96,11 +96,11 @@ export async function jobPage(ctx) {
   const logBox = h("ol", { class: "log", testid: "job-log", "aria-live": "polite" });
   const streamNote = h("p", { class: "muted small", testid: "job-stream-mode" });
   const specBox = h("div", {});
+  const chartCard = h("div", { class: "card" }, h("h2", {}, "Training loss"), chartBox,
+    h("p", { class: "help" }, "Loss should trend down; a flat or rising line means the model is not learning from the data."));
   ctx.main.append(h("section", { class: "page", testid: "job-page", "data-job-id": id },
     h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "← All jobs")),
-    head, resultBox,
-    h("div", { class: "card" }, h("h2", {}, "Training loss"), chartBox,
-      h("p", { class: "help" }, "Loss should trend down; a flat or rising line means the model is not learning from the data.")),
+    head, resultBox, chartCard,
     h("div", { class: "card" }, h("div", { class: "card-head" }, h("h2", {}, "Log"), streamNote), logBox),
     specBox));
 
@@ -112,6 +112,7 @@ export async function jobPage(ctx) {
     return;
   }
   if (!ctx.alive) return;
+  chartCard.hidden = job.kind !== "train"; // evaluations log no loss; shown if one ever does
 
   const points = [];
   let lastId = 0;
@@ -142,6 +143,7 @@ export async function jobPage(ctx) {
     const d = ev.data || {};
     if (typeof d.loss === "number" && typeof d.step === "number") {
       points.push({ x: d.step, y: d.loss });
+      chartCard.hidden = false;
       drawChart();
     }
     if (ev.message) {
@@ -202,11 +204,16 @@ export async function jobPage(ctx) {
         /* a keep-alive or a line we do not know: nothing to show */
       }
     };
-    es.addEventListener("end", () => {
+    es.addEventListener("end", (e) => { // its data is the finished job
       es.close();
       eventsDone = true;
       streamNote.textContent = "finished";
-      refreshJob();
+      try {
+        job = JSON.parse(e.data);
+        draw();
+      } catch {
+        refreshJob();
+      }
     });
     // EventSource would reconnect by itself, but from its first URL (the wrong `after`): poll instead.
     es.onerror = () => {

@@ -2,15 +2,11 @@
 // better. Each judgement is stored as a preference pair (POST /api/preferences), which later
 // becomes a preference dataset for DPO: the business user's taste turned into training data.
 
-import { api, withQuery } from "../api.js";
+import { api, chatModelId, withQuery } from "../api.js";
 import { errorBox, h, loading, notice, replace } from "../dom.js";
 
 const DEFAULTS = { temperature: 0.7, max_tokens: 64 };
 
-/** The id to send for a /v1/models card: adapters as BASE:ADAPTER so the answer names both. */
-function modelId(card) {
-  return card.parent && !String(card.id).includes(":") ? `${card.parent}:${card.id}` : card.id;
-}
 
 /** An answer as stored: without NUL characters, which are never text (small models emit them) and
  *  which the preferences API refuses; the page shows the answer the same way with or without them. */
@@ -33,7 +29,7 @@ export async function playgroundPage(ctx) {
     return;
   }
   if (!ctx.alive) return;
-  const options = cards.filter((c) => c.type !== "embedding").map((c) => ({ id: modelId(c), card: c }));
+  const options = cards.filter((c) => c.type !== "embedding").map((c) => ({ id: chatModelId(c), card: c }));
   // models asked for in the link (a finished job's adapter, say) are selected, even if the list
   // does not name them that way: the server resolves BASE:ADAPTER itself
   const wanted = (ctx.query.get("models") || "").split(",").map((x) => x.trim()).filter(Boolean);
@@ -50,7 +46,8 @@ export async function playgroundPage(ctx) {
 
   const checks = options.map((o) => h("label", { class: "chip" },
     h("input", { type: "checkbox", value: o.id, checked: selected.has(o.id), testid: "pg-model", "data-model": o.id }),
-    " ", o.id, o.card.method ? h("span", { class: "muted" }, ` (${o.card.method})`) : null));
+    " ", o.id, o.card.type === "deployment" ? h("span", { class: "muted" }, ` (deployment of ${o.card.parent})`)
+      : o.card.method ? h("span", { class: "muted" }, ` (${o.card.method})`) : null));
   const system = h("textarea", { id: "pg-system", testid: "pg-system", rows: 2, placeholder: "Optional: how the assistant should behave" });
   const message = h("textarea", { id: "pg-message", testid: "pg-message", rows: 3, required: true,
     placeholder: "Ask something a customer would ask…" });

@@ -62,7 +62,7 @@ export async function trainPage(ctx) {
     trainable.map((d) => h("option", { value: d.name, selected: d.name === wantData },
       `${d.name} (${d.kind}, ${d.num_records} records)`)));
   const nameInput = h("input", { id: "field-name", testid: "field-name", type: "text", autocomplete: "off",
-    pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", placeholder: "automatic: <dataset>-<method>" });
+    pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", placeholder: "automatic: dataset-method" });
   inputs.base = { field: byName.base || { name: "base" }, el: baseSelect, read: () => baseSelect.value };
   inputs.data = { field: byName.data || { name: "data" }, el: dataSelect, read: () => dataSelect.value };
   inputs.name = { field: byName.name || { name: "name" }, el: nameInput, read: () => nameInput.value.trim() };
