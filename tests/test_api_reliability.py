@@ -403,7 +403,7 @@ def test_200_concurrent_mixed_calls_get_no_5xx_and_leave_no_job_stuck(platform, 
 
 # Bounds: the fuzzing phase's examples per operation; schemathesis's examples and coverage phases
 # (boundary values, wrong types, missing fields) add their own few cases per operation on top.
-FUZZ_EXAMPLES = 12
+FUZZ_EXAMPLES = 25
 GENERATE = ("/v1/chat/completions", "/v1/completions")
 
 

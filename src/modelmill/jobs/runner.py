@@ -105,7 +105,12 @@ class JobContext:
             except (FileNotFoundError, ValueError):
                 rows = []
             for row in rows:
-                if "loss" not in row or row.get("step", 0) <= seen_step:
+                if "loss" not in row:  # the run's summary row: progress reaches its last step
+                    if row.get("step") and row.get("max_steps"):
+                        self.queue.progress(self.job.id, {"step": row["step"], "max_steps": row["max_steps"],
+                                                          "loss": last.get("loss")})
+                    continue
+                if row.get("step", 0) <= seen_step:
                     continue
                 seen_step = row["step"]
                 data = {"step": row["step"], "total_steps": row.get("max_steps"), "loss": row["loss"],
