@@ -183,18 +183,19 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_job_resumes(cli_tiny, 
     env = {**os.environ, "MODELMILL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     os.environ["MODELMILL_HOME"] = str(home)
     q = JobQueue(open_store())
-    steps = 40
+    steps = 150  # the tiny model trains at 3 to 70 steps/s here: the kill must land well before the end
     job = q.submit("train", {"base": "tiny", "data": "sums", "name": "survivor", "max_steps": steps,
-                             "save_steps": 4, "logging_steps": 1, "batch_size": 2})
+                             "save_steps": 5, "logging_steps": 1, "batch_size": 2})
     worker_args = [*MODELMILL, "worker", "--poll", "0.3", "--stale-after", "3"]
     log_a = (tmp_path / "worker-a.log").open("wb")
     a = subprocess.Popen(worker_args, env=env, stdout=log_a, stderr=subprocess.STDOUT)
     try:
-        ckpt = _wait(lambda: [e for e in q.events(job.id) if (e.data or {}).get("checkpoint")], 180,
-                     "a first checkpoint")
-        saved_at = ckpt[0].data["step"]
+        ckdir = home / "runs" / "survivor" / "checkpoints"
+        first = _wait(lambda: sorted(ckdir.glob("checkpoint-*/trainer_state.json")), 180, "a first checkpoint",
+                      every=0.02)
         a.send_signal(signal.SIGKILL)  # no goodbye: no final state, no re-queue by the worker itself
         a.wait()
+        saved_at = int(first[0].parent.name.split("-")[1])
         time.sleep(1.5)
         runner_pid = q.get(job.id).pid
         run_dir = str(home / "runs" / "survivor")
@@ -293,6 +294,12 @@ def test_eval_jobs_and_deployments_over_rest(cli_tiny, home, tmp_path, reviews_f
             board = h.get("/api/leaderboard", params={"task": "rev"}).json()["tasks"][0]
             assert board["rows"][0]["candidate"] == job["result"]["results"][0]["candidate"]
             assert h.post("/api/jobs", json={"kind": "eval", "config": {"models": "tiny"}}).status_code == 400
+            # a command that fails inside the job fails the job, with the command's own message
+            r = h.post("/api/jobs", json={"kind": "eval", "config": {"models": "ghost", "data": "reviews"}})
+            jid = r.json()["id"]
+            job = _wait(lambda: (j := h.get(f"/api/jobs/{jid}").json())["status"] in ("succeeded", "failed") and j,
+                        120, "the failing eval job")
+            assert job["status"] == "failed" and "ghost" in job["error"]["message"], job
 
             r = h.post("/api/deployments", json={"name": "support", "model": "tiny",
                                                  "system_prompt": "You answer in one word."})

@@ -50,7 +50,7 @@ class Deployments:
             for kb in kbs:
                 KnowledgeBases(self.store).get(kb)
         now = datetime.now(timezone.utc)
-        with self.store.session() as s:
+        with self.store.lock(f"deployment-{name}"), self.store.session() as s:  # create-or-update, one at a time
             row = s.scalar(select(Deployment).where(Deployment.name == name))
             if row is None:
                 row = Deployment(name=name, created_at=now)

@@ -21,6 +21,7 @@ import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.names import check_name
@@ -50,11 +51,15 @@ class Keys:
         key = "mm-" + secrets.token_urlsafe(32)
         row = ApiKey(id="key_" + uuid.uuid4().hex[:16], name=name, prefix=key[:8], hash=digest(key), scopes=scopes,
                      models=sorted(set(models)) if models else None)
-        with self.store.session() as s:
-            if s.scalar(select(ApiKey).where(ApiKey.name == name)) is not None:
-                raise ConflictError(f"a key named '{name}' exists", field="NAME",
-                                    fix=f"choose another name, or `modelmill keys revoke {name}` first")
-            s.add(row)
+        taken = ConflictError(f"a key named '{name}' exists", field="NAME",
+                              fix=f"choose another name, or `modelmill keys revoke {name}` first")
+        try:
+            with self.store.session() as s:
+                if s.scalar(select(ApiKey).where(ApiKey.name == name)) is not None:
+                    raise taken
+                s.add(row)
+        except IntegrityError:  # created at the same moment by another request: the unique index decided
+            raise taken from None
         return row, key
 
     def list(self) -> list[ApiKey]:

@@ -190,7 +190,7 @@ class MixSource(BaseModel):
 class MixRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     sources: list[MixSource] = Field(min_length=1, max_length=50)
-    size: int | None = Field(default=None, ge=1, le=100_000_000)
+    size: int | None = Field(default=None, ge=1, le=1_000_000)  # built in memory: bounded
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 

@@ -44,13 +44,19 @@ class DatasetCatalog:
     def save(self, name: str, records: list[dict], kind: str, format: str, labels: list[str] | None,
              origin: dict) -> tuple[DatasetVersion, bool]:
         """Store records as a version of ``name``; the same content twice is stored once."""
-        from modelmill.data.load import write_jsonl_atomic
-
         check_name(name, "--name")
         if not records:
             raise InputError("no records to save", field="--name", fix="check the filters and ratios you gave")
         digest = content_hash(records)
         version = digest[:VERSION_LEN]
+        # One writer per name across threads and processes: two saves of the same content must not
+        # both write its folder (or one delete the other's as "left by a crash").
+        with self.store.lock(f"dataset-{name}"):
+            return self._save_locked(name, version, digest, records, kind, format, labels, origin)
+
+    def _save_locked(self, name, version, digest, records, kind, format, labels, origin):
+        from modelmill.data.load import write_jsonl_atomic
+
         with self.store.session() as s:
             existing = s.scalar(select(DatasetVersion).where(DatasetVersion.name == name,
                                                              DatasetVersion.version == version))

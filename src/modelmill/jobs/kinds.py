@@ -8,6 +8,7 @@ A kind is its config dataclass (the same one the CLI's flags come from) plus thr
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -192,8 +193,20 @@ def _run_cli(ctx, argv: list[str]) -> None:
     """Run a CLI command in this process: the job gets exactly what the command does."""
     from modelmill.cli import main
 
+    import click
+
+    from modelmill.errors import ModelmillError
+
     ctx.event("Running: modelmill " + " ".join(argv))
-    main.main(argv, standalone_mode=False, prog_name="modelmill")
+    try:
+        rc = main.main(argv, standalone_mode=False, prog_name="modelmill")
+    except click.exceptions.Abort:  # click's form of Ctrl-C: the job's cancel
+        raise KeyboardInterrupt from None
+    if rc not in (None, 0):  # the command printed "error: ..." (in the job's log) and chose its exit code
+        sys.stderr.flush()
+        lines = ctx.log_file.read_text(encoding="utf-8", errors="replace").splitlines() if ctx.log_file.is_file() else []
+        said = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), "see the job's events")
+        raise ModelmillError(f"`modelmill {argv[0]}` failed (exit code {rc}): {said}")
 
 
 def _run_eval(ctx) -> dict:

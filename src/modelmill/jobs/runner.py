@@ -173,10 +173,6 @@ def run(job_id: str, worker_id: str | None = None) -> int:
     ctx = JobContext(store, job, cfg, job_dir)
     ctx.follow_log()
 
-    def _term(signum, frame):  # the worker's cancel: stop like Ctrl-C (training saves and leaves)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
     ctx.event(f"Started on worker {worker_id or '?'} (attempt {job.attempts})")
     from modelmill.train.runs import TrainingInterrupted
 
@@ -213,7 +209,29 @@ def run(job_id: str, worker_id: str | None = None) -> int:
     return 0 if ok and status == "succeeded" else 1
 
 
+def _term(signum, frame):
+    """The worker's cancel or shutdown: stop the way Ctrl-C stops training (it saves and leaves).
+
+    A trainer already running gets SIGINT directly. Before that, KeyboardInterrupt stops the
+    set-up, and STOP stops a trainer that starts anyway: a KeyboardInterrupt that lands inside
+    some library's import-time ``except:`` is lost, the flag is not.
+    """
+    from modelmill.train.launcher import RUNNING, STOP
+
+    first = not STOP.is_set()
+    STOP.set()
+    if RUNNING:
+        for pgid in list(RUNNING):
+            try:
+                os.killpg(pgid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    elif first:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _term)  # first of all: a cancel may come at once
     argv = sys.argv[1:] if argv is None else argv
     job_id = argv[0]
     worker_id = argv[1] if len(argv) > 1 else None

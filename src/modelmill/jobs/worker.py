@@ -86,7 +86,12 @@ class Worker:
             del self.running[job_id]
             job = self.queue.get(job_id)
             if job.status not in FINISHED and job.worker == self.id:
-                if self.stopping or rc == REQUEUE:  # stopped on purpose: back in the queue, resumes from its checkpoint
+                if job.cancel_requested:  # stopped by its cancel before it could say so itself
+                    self.queue.event(job_id, "The job was cancelled", level="warn")
+                    self.queue.finish(job_id, "cancelled", worker_id=self.id)
+                    if job.kind == "train" and (job.spec or {}).get("name"):
+                        self.store.remove_tree(self.store.runs_dir / job.spec["name"])
+                elif self.stopping or rc == REQUEUE:  # stopped on purpose: back in the queue, resumes from its checkpoint
                     self.queue.event(job_id, f"Worker {self.id} stopped the job; re-queued", level="warn")
                     self._requeue(job_id)
                 else:

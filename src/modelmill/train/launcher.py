@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ INTERRUPTED = 130
 # Process groups this process has launched and not yet reaped: a job runner whose worker died
 # kills these before it leaves, so no orphaned trainer keeps writing the run's checkpoints.
 RUNNING: set[int] = set()
+# Set by a job runner told to stop (cancel, worker shutdown) before its trainer has started: the
+# trainer is then stopped the moment it starts, as if Ctrl-C had come.
+STOP = threading.Event()
 
 
 def _free_port() -> int:
@@ -61,19 +65,23 @@ def launch(module: str, job_path: Path, *, num_processes: int = 1, use_cuda: boo
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
     cmd = launch_command(module, job_path, num_processes, use_cuda, accelerate_config)
     out = open(log_file, "ab") if log_file else None
+    proc = None
     try:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=out, stderr=out)
         RUNNING.add(proc.pid)
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            _forward_interrupt(proc)
-            # accelerate's launcher may leave before its child has saved: wait for the whole group
-            _wait_group(proc.pid)
-            return INTERRUPTED
-        finally:
-            RUNNING.discard(proc.pid)
+        if STOP.is_set():
+            raise KeyboardInterrupt
+        return proc.wait()
+    except KeyboardInterrupt:
+        if proc is None:
+            raise
+        _forward_interrupt(proc)
+        # accelerate's launcher may leave before its child has saved: wait for the whole group
+        _wait_group(proc.pid)
+        return INTERRUPTED
     finally:
+        if proc is not None:
+            RUNNING.discard(proc.pid)
         if out:
             out.close()
 
