@@ -48,11 +48,21 @@ def _pids_with(text: str) -> list[int]:
     return out
 
 
+def _workers_left(home: Path) -> list[str]:
+    """Workers of this home still marked alive in its database."""
+    from modelmill.jobs.queue import JobQueue
+    from modelmill.store import open_store
+
+    os.environ["MODELMILL_HOME"] = str(home)
+    return [w.id for w in JobQueue(open_store()).workers() if w.status == "alive"]
+
+
 @pytest.fixture()
 def up(cli_tiny, home):
     server = Server(home, "--workers", "1", "--poll", "0.3", command="up")
     yield server
-    server.stop()
+    server.stop()  # SIGTERM: `up` leaves, and its workers with it (no orphan keeps polling)
+    _wait(lambda: not _workers_left(home), 30, "the workers of `up` to stop")
 
 
 def test_openai_client_fine_tunes_and_the_model_answers_at_once(up, tmp_path):

@@ -44,6 +44,19 @@ def _worker_argv(wcfg: WorkerConfig) -> list[str]:
             "--gpus", str(wcfg.gpus), "--poll", str(wcfg.poll), "--stale-after", str(wcfg.stale_after)]
 
 
+def _die_with_parent() -> None:
+    """In the worker, before exec: SIGTERM (a clean stop) when `up` goes, however it goes.
+
+    uvicorn ends a SIGTERM'd server by raising the signal again, so `up` can die without running
+    its own clean-up; the kernel's parent-death signal still reaches the workers (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class _Supervisor:
     """Keeps ``n`` worker processes alive: one that dies (even by SIGKILL) is started again."""
 
@@ -54,15 +67,19 @@ class _Supervisor:
         self.stopping = threading.Event()
 
     def start(self) -> None:
-        self.procs = [subprocess.Popen(self.argv) for _ in range(self.n)]
+        # their own sessions: Ctrl-C reaches `up` alone, which then stops them in order
+        self.procs = [self._spawn() for _ in range(self.n)]
         threading.Thread(target=self._watch, daemon=True).start()
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(self.argv, start_new_session=True, preexec_fn=_die_with_parent)
 
     def _watch(self) -> None:
         while not self.stopping.wait(1.0):
             for i, p in enumerate(self.procs):
                 if p.poll() is not None and not self.stopping.is_set():
                     click.echo(f"modelmill: worker pid {p.pid} exited ({p.returncode}); starting another", err=True)
-                    self.procs[i] = subprocess.Popen(self.argv)
+                    self.procs[i] = self._spawn()
 
     def stop(self) -> None:
         self.stopping.set()

@@ -35,6 +35,7 @@ def create_app(store=None, config=None):
     app.description = ("A self-hosted model factory: OpenAI-compatible serving and fine-tuning, datasets, jobs, "
                        "evaluations and deployments. See docs/platform.md.")
     errors.install(app)
+    _limit_uploads(app, store)
     install_auth(app, store, config)
     for r in (ft_router, native_router, evals_router):
         app.include_router(r)
@@ -45,3 +46,27 @@ def create_app(store=None, config=None):
         async def _root():
             return RedirectResponse("/ui/")
     return app
+
+
+UPLOADS = ("/api/datasets", "/api/datasets/validate", "/v1/files")
+
+
+def _limit_uploads(app, store) -> None:
+    """Refuse an upload whose declared size is past the limit before its body is read (413)."""
+    from fastapi.responses import JSONResponse
+
+    limit = int(store.settings.max_upload_mb * 1024 * 1024) + (1 << 20)  # + room for the multipart framing
+
+    @app.middleware("http")
+    async def _upload_size(request, call_next):
+        if request.method == "POST" and request.url.path in UPLOADS:
+            try:
+                size = int(request.headers.get("content-length") or 0)
+            except ValueError:
+                size = 0
+            if size > limit:
+                msg = (f"the upload is {size / 2**20:.1f} MiB, over the {store.settings.max_upload_mb:g} MiB limit; "
+                       "split the file, or raise MODELMILL_MAX_UPLOAD_MB")
+                return JSONResponse({"error": {"message": msg, "type": "invalid_request_error", "param": "file",
+                                               "code": "file_too_large"}}, status_code=413)
+        return await call_next(request)

@@ -20,8 +20,8 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.names import check_name
@@ -43,6 +43,9 @@ class Keys:
     def create(self, name: str, scopes: list[str], models: list[str] | None = None) -> tuple[ApiKey, str]:
         """Store a new key; returns its row and the key itself, which is not stored anywhere."""
         check_name(name, "NAME")
+        if models is not None and not models:
+            raise InputError("an empty list of models would allow none", field="models",
+                             fix="leave models out for every model, or name at least one")
         scopes = sorted(set(scopes or []))
         bad = [s for s in scopes if s not in SCOPES]
         if not scopes or bad:
@@ -81,8 +84,12 @@ class Keys:
     def check(self, key: str) -> ApiKey | None:
         with self.store.session() as s:
             row = s.scalar(select(ApiKey).where(ApiKey.hash == digest(key)))
-            if row is not None and (row.last_used_at is None or _age(row.last_used_at) > 60):
-                row.last_used_at = datetime.now(timezone.utc)  # at most one write a minute per key
+        if row is not None and (row.last_used_at is None or _age(row.last_used_at) > 60):
+            try:  # at most one write a minute per key, and never a reason to refuse a request
+                with self.store.session() as s:
+                    s.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=datetime.now(timezone.utc)))
+            except OperationalError:
+                pass
         return row
 
 
@@ -135,13 +142,17 @@ def install(app, store, config) -> None:
 
     admin_key = getattr(config, "api_key", "") or os.environ.get("MODELMILL_API_KEY", "")
     keys = Keys(store)
-    cache = {"at": 0.0, "any": False}
+    # Fail closed: a server that listens beyond localhost, or has once seen a key, keeps asking for
+    # one even after the last key is revoked (it then answers 401 until a key exists again).
+    public = getattr(config, "host", "127.0.0.1") not in LOCAL_HOSTS
+    cache = {"at": 0.0, "any": False, "latched": bool(admin_key) or public}
 
     def required() -> bool:
-        if admin_key:
+        if cache["latched"]:
             return True
         if time.monotonic() - cache["at"] > 2.0:  # a key created by the CLI is enforced within 2 s
             cache["any"], cache["at"] = keys.any_active(), time.monotonic()
+            cache["latched"] = cache["any"]
         return cache["any"]
 
     def deny(status: int, message: str, code: str) -> JSONResponse:
@@ -152,9 +163,22 @@ def install(app, store, config) -> None:
     async def _auth(request: Request, call_next):
         import asyncio
 
+        from sqlalchemy.exc import OperationalError
+
         need = scope_for(request.method, request.url.path)
         request.state.api_key = None
-        if need is None or not await asyncio.to_thread(required):
+        if need is None:
+            return await call_next(request)
+        try:
+            needed = await asyncio.to_thread(required)
+        except OperationalError:
+            return deny(503, "the database is locked by another process; retry in a few seconds", "database_locked")
+        if not needed:
+            # No keys: only this machine may call, so a web page must not reach us by a rebound DNS name.
+            host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
+            if host not in LOCAL_HOSTS:
+                return deny(403, f"this server has no API keys, so it answers only requests addressed to "
+                                 f"localhost, not '{host}' (create a key with `modelmill keys create`)", "no_keys")
             return await call_next(request)
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
@@ -163,7 +187,10 @@ def install(app, store, config) -> None:
                              "`modelmill keys create`)", "invalid_api_key")
         if admin_key and secrets.compare_digest(token, admin_key):
             return await call_next(request)
-        row = await asyncio.to_thread(keys.check, token)
+        try:
+            row = await asyncio.to_thread(keys.check, token)
+        except OperationalError:
+            return deny(503, "the database is locked by another process; retry in a few seconds", "database_locked")
         if row is None:
             return deny(401, "wrong API key: it matches no key of this server (see `modelmill keys list`)",
                         "invalid_api_key")
@@ -187,5 +214,7 @@ def require_model(request, model: str | None) -> None:
     from modelmill.api.errors import ApiError
 
     key = getattr(request.state, "api_key", None)
+    if model is not None and not isinstance(model, str):
+        raise InputError(f"must be a model name, got {type(model).__name__}", field="model")
     if not allowed_model(key, model):
         raise ApiError(403, f"key '{key.name}' may not use model '{model}'", field="model", code="model_not_allowed")

@@ -282,9 +282,12 @@ def _event_id(after: str | None) -> int | None:
     if after is None:
         return None
     try:
-        return int(after.removeprefix("ftevent-"))
+        n = int(after.removeprefix("ftevent-"))
     except ValueError:
-        raise InputError(f"'{after}' is not an event id", field="after", fix="pass the id of an event") from None
+        n = -1
+    if not 0 <= n < 2**62:
+        raise InputError(f"'{after[:80]}' is not an event id", field="after", fix="pass the id of an event")
+    return n
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events")

@@ -130,7 +130,8 @@ def import_dataset(request: Request, file: UploadFile = File(...), name: str = F
     try:
         path = save_upload(store, file, folder, DATA_TYPES)
         try:
-            row, created, skipped = DatasetCatalog(store).import_file(path, name, format, skip_invalid=skip_invalid)
+            row, created, skipped = DatasetCatalog(store).import_file(path, name, format, skip_invalid=skip_invalid,
+                                                                      source_name=f"upload:{file.filename}")
         except InputError as e:
             report = validate_file(path, format, file.filename)
             e.file = file.filename if e.file == str(path) else e.file
@@ -295,6 +296,11 @@ def create_job(request: Request, body: JobRequest):
 
     if body.kind == "train":
         require_model(request, body.config.get("base") or "smollm2-135m-instruct")
+    for field in ("models", "bases"):  # eval and grid jobs name their models in a comma-separated list
+        names = body.config.get(field)
+        if isinstance(names, str):
+            for name in (n.strip() for n in names.split(",") if n.strip()):
+                require_model(request, name)
     key = getattr(request.state, "api_key", None)
     job = JobQueue(_store(request)).submit(body.kind, body.config, resources=body.resources,
                                            created_by=key.id if key else None)
@@ -397,16 +403,22 @@ def create_deployment(request: Request, body: DeploymentRequest):
     from modelmill.api.auth import require_model
     from modelmill.deployments import Deployments
 
+    deps = Deployments(_store(request))
     require_model(request, body.model)
-    return deployment_json(Deployments(_store(request)).put(body.name, body.model, body.knowledge_bases,
-                                                            body.system_prompt))
+    if (old := deps.find(body.name)) is not None:
+        require_model(request, old.model)  # a limited key may not repoint another model's deployment
+    return deployment_json(deps.put(body.name, body.model, body.knowledge_bases, body.system_prompt))
 
 
 @router.delete("/deployments/{name}", tags=["deployments"])
 def delete_deployment(request: Request, name: str):
+    from modelmill.api.auth import require_model
     from modelmill.deployments import Deployments
 
-    Deployments(_store(request)).remove(name)
+    deps = Deployments(_store(request))
+    if (old := deps.find(name)) is not None:
+        require_model(request, old.model)
+    deps.remove(name)
     return {"deleted": name}
 
 

@@ -30,12 +30,15 @@ class DatasetCatalog:
         self.store = store
 
     def import_file(self, path: str | Path, name: str, format: str = "auto",
-                    field_map: dict[str, str] | None = None, skip_invalid: bool = False
-                    ) -> tuple[DatasetVersion, bool, list]:
-        """Validate and store a file. Returns (version, created, skipped records)."""
+                    field_map: dict[str, str] | None = None, skip_invalid: bool = False,
+                    source_name: str | None = None) -> tuple[DatasetVersion, bool, list]:
+        """Validate and store a file. Returns (version, created, skipped records).
+
+        ``source_name`` is what the lineage records as the file (an upload's own name, a file id),
+        instead of the path it was read from."""
         check_name(name, "--name")
         loaded = load_file(path, format, field_map, skip_invalid=skip_invalid)
-        origin = {"op": "import", "file": str(Path(path).resolve()), "format": loaded.format}
+        origin = {"op": "import", "file": source_name or str(Path(path).resolve()), "format": loaded.format}
         if skipped := loaded.skipped:
             origin["skipped"] = len(skipped)
         row, created = self.save(name, loaded.records, loaded.kind, loaded.format, loaded.labels, origin)

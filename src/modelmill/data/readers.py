@@ -83,11 +83,30 @@ def jsonl_items(path: Path) -> Iterator[tuple[int, "dict | InputError"]]:
                                     fix="write one complete JSON object per line; check quotes, commas "
                                         "and brackets on this line")
                 continue
+            except (RecursionError, ValueError) as e:  # nested too deep; an integer of thousands of digits
+                yield n, InputError(f"JSON this reader refuses: {str(e)[:120]}", file=str(path), line=n,
+                                    fix="keep records shallow and numbers of ordinary size")
+                continue
+            if not _utf8_safe(text, record):
+                yield n, InputError("a string holds a lone UTF-16 surrogate (an escape like \\ud800), which is "
+                                    "not text", file=str(path), line=n, fix="remove or repair that escape")
+                continue
             if not isinstance(record, dict):
                 yield n, InputError(f"expected a JSON object, got {type_name(record)}", file=str(path), line=n,
                                     fix='write each line as an object like {"text": "..."}')
                 continue
             yield n, record
+
+
+def _utf8_safe(text: str, record) -> bool:
+    """False when a decoded string has a lone surrogate (only an escape can put one there)."""
+    if "\\u" not in text:
+        return True
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
@@ -101,6 +120,12 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
             fix = "if the file has one JSON object per line, rename it to .jsonl"
         raise InputError(f"not valid JSON: {e.msg} (column {e.colno})", file=str(path), line=e.lineno,
                          fix=fix) from None
+    except (RecursionError, ValueError) as e:
+        raise InputError(f"JSON this reader refuses: {str(e)[:120]}", file=str(path),
+                         fix="keep records shallow and numbers of ordinary size") from None
+    if not _utf8_safe(text, data):
+        raise InputError("a string holds a lone UTF-16 surrogate (an escape like \\ud800), which is not text",
+                         file=str(path), fix="remove or repair that escape")
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -121,7 +146,7 @@ def _csv_reader(delimiter: str) -> Callable[[Path], Iterator[tuple[int, dict]]]:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
         reader.fieldnames = [h.strip() for h in reader.fieldnames or []]  # "text, label" works too
         start = 2  # the header is line 1; a quoted cell may span lines, so track where rows start
-        for row in reader:
+        for row in _csv_rows(reader, path):
             if None in row:
                 raise InputError(f"{len(reader.fieldnames) + len(row[None])} cells but the header has "
                                  f"{len(reader.fieldnames)}", file=str(path), line=start,
@@ -131,6 +156,19 @@ def _csv_reader(delimiter: str) -> Callable[[Path], Iterator[tuple[int, dict]]]:
                 yield start, record
             start = reader.line_num + 1
     return read
+
+
+def _csv_rows(reader, path: Path):
+    """The reader's rows; a CSV error (a cell over the field size limit, a stray quote) names its line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise InputError(f"not readable as CSV: {e}", file=str(path), line=reader.line_num,
+                             fix="check the quoting on that line (cells over 128 KiB are refused)") from None
+        yield row
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:

@@ -80,7 +80,7 @@ def _import_upload(store, file_id: str, name: str, field_name: str):
     if f.purpose != "fine-tune":
         raise InputError(f"file '{file_id}' was uploaded with purpose '{f.purpose}'", field=field_name,
                          fix="upload training data with purpose 'fine-tune'")
-    row, _, _ = DatasetCatalog(store).import_file(f.path, name)
+    row, _, _ = DatasetCatalog(store).import_file(f.path, name, source_name=f"{file_id}:{f.filename}")
     return row
 
 
@@ -119,6 +119,10 @@ def _validate_train(store, cfg, job):
     if any(j.id != job.id and (j.spec or {}).get("name") == cfg.name for j in q.find_active(kind="train")):
         raise ConflictError(f"another job is already training '{cfg.name}'", field="name",
                             fix="choose another name, or cancel that job")
+    ckpts = store.runs_dir / cfg.name / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        raise ConflictError(f"an interrupted run named '{cfg.name}' has checkpoints", field="name",
+                            fix=f"continue it with `modelmill train --name {cfg.name} --resume`, or choose another name")
     return cfg, {"model": cfg.base}
 
 
@@ -129,7 +133,8 @@ def _run_train(ctx) -> dict:
     run_dir = ctx.store.runs_dir / cfg.name
     ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) \
         if (run_dir / "checkpoints").is_dir() else []
-    resume = bool(ckpts) and (run_dir / "job.json").is_file()
+    # only this job's own earlier attempt (validation refused a name with another run's checkpoints)
+    resume = bool(ckpts) and (run_dir / "job.json").is_file() and ctx.job.attempts > 1
     if resume:
         ctx.event(f"Resuming from {ckpts[-1].name} (attempt {ctx.job.attempts})", data={"checkpoint": ckpts[-1].name})
     elif run_dir.exists() and ctx.job.attempts > 1:
@@ -186,7 +191,7 @@ def _validate_eval(store, cfg, job):
     DatasetCatalog(store).resolve(cfg.data, flag="data")
     if cfg.train:
         DatasetCatalog(store).resolve(cfg.train, flag="train")
-    return cfg, {"model": cfg.models.split(",")[0].split(":")[0].strip() or None}
+    return cfg, {"model": cfg.models.split(",")[0].split(":")[0].strip()[:200] or None}
 
 
 def _run_cli(ctx, argv: list[str]) -> None:
@@ -245,9 +250,17 @@ def _validate_grid(store, cfg, job):
     if not (cfg.bases and cfg.data and cfg.task):
         missing = next(f for f in ("bases", "data", "task") if not getattr(cfg, f))
         raise InputError("missing", field=missing)
-    if not Path(cfg.task).is_file():
-        raise InputError(f"no task file at {cfg.task}", field="task", fix="give the path of a task YAML on the server")
-    return cfg, {"model": cfg.bases.split(",")[0].strip()}
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.models.registry import ModelRegistry
+
+    if Path(cfg.task).suffix.lower() not in (".yaml", ".yml") or not Path(cfg.task).is_file():
+        raise InputError(f"no task file (.yaml) at {cfg.task}", field="task",
+                         fix="give the path of a task YAML file on the server")
+    for base in (b.strip() for b in cfg.bases.split(",") if b.strip()):
+        ModelRegistry(store).get(base)
+    for ref in (d.strip() for d in cfg.data.split(",") if d.strip()):
+        DatasetCatalog(store).resolve(ref, flag="data")
+    return cfg, {"model": cfg.bases.split(",")[0].strip()[:200]}
 
 
 def _run_grid(ctx) -> dict:

@@ -66,20 +66,23 @@ class JobQueue:
                   attempts=0, cancel_requested=False, result={}, created_by=created_by, **columns)
         with self.store.session() as s:
             s.add(job)
-        self.event(job.id, f"Created {kind} job {job.id}")
         try:
+            self.event(job.id, f"Created {kind} job {job.id}")
             cfg, extra = k.validate(self.store, cfg, job)
+            with self.store.session() as s:
+                row = s.get(Job, job.id)
+                row.spec = k.to_spec(cfg)
+                for key, value in extra.items():
+                    setattr(row, key, value)
+                if row.status == "validating_files":  # not cancelled meanwhile
+                    row.status = "queued"
+            self.event(job.id, "Validated; queued")
         except BaseException:
-            self._delete(job.id)  # refused at the door: nothing of it stays behind
+            try:
+                self._delete(job.id)  # refused at the door: nothing of it stays behind
+            except Exception:  # noqa: BLE001 - the database is away: sweep_validating() ends it later
+                pass
             raise
-        with self.store.session() as s:
-            row = s.get(Job, job.id)
-            row.spec = k.to_spec(cfg)
-            for key, value in extra.items():
-                setattr(row, key, value)
-            if row.status == "validating_files":  # not cancelled meanwhile
-                row.status = "queued"
-        self.event(job.id, "Validated; queued")
         return self.get(job.id)
 
     def _delete(self, job_id: str) -> None:
@@ -142,19 +145,24 @@ class JobQueue:
         if job.status in FINISHED:
             raise ConflictError(f"job {job_id} has already {job.status}", field="job_id",
                                 fix="only a job that is validating, queued or running can be cancelled")
+        from sqlalchemy import case
+
+        # one statement: a job re-queued by a worker's death between two updates cannot slip through
         with self.store.session() as s:
-            n = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(("validating_files", "queued")))
-                          .values(status="cancelled", cancel_requested=True, finished_at=now())).rowcount
-            if not n:
-                s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
-                          .values(cancel_requested=True))
-        self.event(job_id, "Cancelled" if n else "Cancel requested; stopping the run", level="warn")
-        return self.get(job_id)
+            s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE)).values(
+                cancel_requested=True,
+                status=case((Job.status == "running", Job.status), else_="cancelled"),
+                finished_at=case((Job.status == "running", Job.finished_at), else_=now())))
+        job = self.get(job_id)
+        self.event(job_id, "Cancelled" if job.status == "cancelled" else "Cancel requested; stopping the run",
+                   level="warn")
+        return job
 
     def claim(self, worker_id: str, free: dict) -> Job | None:
         """Take the oldest queued job that fits in ``free`` resources; None when there is none."""
         with self.store.session() as s:
-            queued = list(s.scalars(select(Job).where(Job.status == "queued").order_by(Job.created_at).limit(50)))
+            queued = list(s.scalars(select(Job).where(Job.status == "queued", Job.cancel_requested.is_(False))
+                                    .order_by(Job.created_at).limit(200)))
         for job in queued:
             need = job.resources or {}
             if any(need.get(r, 0) > free.get(r, 0) for r in need):
@@ -213,16 +221,31 @@ class JobQueue:
                      if (aware(j.heartbeat_at) or cutoff) < cutoff]
         back = []
         for job in stale:
+            # a job whose cancel was pending ends cancelled rather than running again
+            values = dict(status="cancelled", finished_at=now()) if job.cancel_requested else dict(status="queued")
             with self.store.session() as s:
                 n = s.execute(update(Job).where(Job.id == job.id, Job.status == "running",
                                                 Job.heartbeat_at == job.heartbeat_at)
-                              .values(status="queued", worker=None, pid=None)).rowcount
+                              .values(worker=None, pid=None, **values)).rowcount
                 s.execute(update(Worker).where(Worker.id == job.worker).values(status="lost"))
-            if n:
+            if n and job.cancel_requested:
+                self.event(job.id, f"Worker {job.worker} stopped heartbeating; the job was cancelled", level="warn")
+                if job.kind == "train" and (job.spec or {}).get("name"):
+                    self.store.remove_tree(self.store.runs_dir / job.spec["name"])
+            elif n:
                 back.append(job.id)
                 self.event(job.id, f"Worker {job.worker} stopped heartbeating for {stale_after:.0f}s; job re-queued "
                                    f"(attempt {job.attempts + 1} resumes from its last checkpoint)", level="warn")
         return back
+
+    def sweep_validating(self, older_than: float = 600.0) -> None:
+        """Jobs left in validating_files by an API process that died mid-submission: gone."""
+        cutoff = now() - timedelta(seconds=older_than)
+        with self.store.session() as s:
+            old = [j.id for j in s.scalars(select(Job).where(Job.status == "validating_files"))
+                   if aware(j.created_at) < cutoff]
+        for job_id in old:
+            self._delete(job_id)
 
     # -- workers
 

@@ -38,6 +38,7 @@ class JobContext:
         self.queue = JobQueue(store)
         self.dir = job_dir
         self.log_file = job_dir / "job.log"
+        self.log_start = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -64,7 +65,7 @@ class JobContext:
             t.join(timeout=5)
 
     def _tail_log(self) -> None:
-        pos, partial = 0, ""
+        pos, partial = self.log_start, ""  # an earlier attempt's lines are already events
         while True:
             done = self._stop.is_set()
             try:
@@ -168,9 +169,11 @@ def run(job_id: str, worker_id: str | None = None) -> int:
     kind = get_kind(job.kind)
     job_dir = store.home / "jobs" / job.id
     job_dir.mkdir(parents=True, exist_ok=True)
+    log_start = (job_dir / "job.log").stat().st_size if (job_dir / "job.log").is_file() else 0
     _redirect(job_dir / "job.log")
     cfg = kind.config(job.spec)
     ctx = JobContext(store, job, cfg, job_dir)
+    ctx.log_start = log_start
     ctx.follow_log()
 
     ctx.event(f"Started on worker {worker_id or '?'} (attempt {job.attempts})")

@@ -67,6 +67,9 @@ class Worker:
         return {k: self.resources[k] - used[k] for k in self.resources}
 
     def _spawn(self, job) -> None:
+        if job.id in self.running:  # our old copy still winds down: never two runners of one job here
+            self._requeue(job.id)
+            return
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         proc = subprocess.Popen([sys.executable, "-m", "modelmill.jobs.runner", job.id, self.id], env=env,
@@ -111,17 +114,28 @@ class Worker:
                       .values(status="queued", worker=None, pid=None))
 
     def _cancels(self) -> None:
+        """Stop runners whose job was cancelled, or is no longer this worker's (re-queued while we
+        were paused): SIGTERM first (the trainer checkpoints), SIGKILL if it is still there 60 s later."""
         for job_id, (proc, _) in self.running.items():
             job = self.queue.get(job_id)
-            if job.cancel_requested and proc.poll() is None and not getattr(proc, "_mm_cancel_sent", False):
+            lost = job.worker != self.id or job.status != "running"
+            if not (job.cancel_requested or lost) or proc.poll() is not None:
+                continue
+            sent = getattr(proc, "_mm_stop_sent", None)
+            if sent is None:
+                if lost:
+                    self.log(f"worker {self.id}: job {job_id} was re-queued elsewhere; stopping our copy")
                 proc.send_signal(signal.SIGTERM)
-                proc._mm_cancel_sent = True
+                proc._mm_stop_sent = time.monotonic()
+            elif time.monotonic() - sent > 60:
+                proc.kill()
 
     def step(self) -> None:
         self.queue.heartbeat(self.id, list(self.running))
         self._reap()
         for job_id in self.queue.requeue_stale(self.config.stale_after):
             self.log(f"worker {self.id}: re-queued {job_id} (its worker stopped heartbeating)")
+        self.queue.sweep_validating()
         self._cancels()
         while not self.stopping:
             job = self.queue.claim(self.id, self.free())
