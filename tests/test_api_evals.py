@@ -19,7 +19,8 @@ def _client(store):
 
     from modelmill.api.app import create_app
 
-    return TestClient(create_app(store))
+    # a server without keys answers only requests addressed to localhost
+    return TestClient(create_app(store), base_url="http://localhost")
 
 
 @pytest.fixture(scope="module")

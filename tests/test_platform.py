@@ -273,6 +273,10 @@ def test_api_keys_scopes_and_model_limits(cli_tiny, home):
             assert h.post("/api/keys", json={"name": "x", "scopes": ["train"]}, headers=as_infer).status_code == 403
             cli_tiny("keys", "revoke", "app")
             assert h.get("/v1/models", headers=as_infer).status_code == 401
+            for name in ("root", "ci"):  # every key gone: the server still asks for one (fails closed)
+                cli_tiny("keys", "revoke", name)
+            time.sleep(2.5)
+            assert h.get("/api/keys").status_code == 401
     finally:
         server.stop()
 
@@ -281,6 +285,10 @@ def test_without_keys_the_server_stays_on_localhost_and_says_so(cli_tiny, home):
     server = Server(home, "--host", "0.0.0.0", "--workers", "0", command="up")
     try:
         assert httpx.get(server.url + "/v1/models").status_code == 200  # no key needed: local only
+        # ... and only for requests addressed to localhost: a page on a rebound DNS name gets nothing
+        r = httpx.post(server.url + "/api/keys", json={"name": "x", "scopes": ["admin"]},
+                       headers={"Host": "evil.example"})
+        assert r.status_code == 403 and "localhost" in r.json()["error"]["message"]
     finally:
         server.stop()
     log = server.log.read_text()
