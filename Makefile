@@ -30,8 +30,9 @@ dev: $(VENV)/.dev
 demo: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/quickstart.sh
 
+# one pytest process per CPU (pytest-xdist), each test file whole on one of them; PYTEST_ARGS=-n0 runs serially
 test: dev
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .modelmill build *.egg-info src/*.egg-info
