@@ -85,11 +85,9 @@ def _import_upload(store, file_id: str, name: str, field_name: str):
 
 
 def _validate_train(store, cfg, job):
-    from modelmill.data.catalog import DatasetCatalog
     from modelmill.jobs.queue import JobQueue
     from modelmill.models.registry import ModelRegistry
-    from modelmill.adapters import AdapterRegistry
-    from modelmill.train.runs import TRAINABLE_KINDS, run_name
+    from modelmill.train.runs import check_name_free, run_name, trainable_dataset
 
     q = JobQueue(store)
     ModelRegistry(store).get(cfg.base)  # NotFoundError names the model
@@ -106,23 +104,14 @@ def _validate_train(store, cfg, job):
                             "score the result on it with `modelmill eval`")
     if not cfg.data:
         raise InputError("no training data named", field="data", fix="name a dataset from GET /api/datasets")
-    ds = DatasetCatalog(store).resolve(cfg.data, flag="data")
-    if ds.kind not in TRAINABLE_KINDS:
-        raise InputError(f"dataset '{ds.ref}' holds {ds.kind} records, which supervised fine-tuning cannot use",
-                         field="data", fix="give chat (alpaca, sharegpt, messages) or classification data")
+    ds = trainable_dataset(store, cfg.data, field="data")
     if not cfg.name and job.suffix:
         cfg = dataclasses.replace(cfg, name=f"{job.suffix}-{job.id.removeprefix('ftjob-')[:8]}")
     cfg = dataclasses.replace(cfg, data=ds.ref, name=run_name(cfg))
-    if AdapterRegistry(store).find(cfg.name) is not None:
-        raise ConflictError(f"an adapter named '{cfg.name}' already exists", field="name",
-                            fix="choose another name (or suffix)")
+    check_name_free(store, cfg.name, field="name")
     if any(j.id != job.id and (j.spec or {}).get("name") == cfg.name for j in q.find_active(kind="train")):
         raise ConflictError(f"another job is already training '{cfg.name}'", field="name",
                             fix="choose another name, or cancel that job")
-    ckpts = store.runs_dir / cfg.name / "checkpoints"
-    if ckpts.is_dir() and any(ckpts.iterdir()):
-        raise ConflictError(f"an interrupted run named '{cfg.name}' has checkpoints", field="name",
-                            fix=f"continue it with `modelmill train --name {cfg.name} --resume`, or choose another name")
     return cfg, {"model": cfg.base}
 
 

@@ -89,9 +89,9 @@ class JobContext:
     def _tail_metrics(self, run_dir: Path) -> None:
         path, ckdir = run_dir / "metrics.jsonl", run_dir / "checkpoints"
         # a resumed attempt: steps already reported stay reported
-        seen_step = max([(e.data or {}).get("step", 0) for e in self.queue.events(self.job.id, type="metrics")] or [0])
-        seen_ckpt = {(e.data or {}).get("checkpoint") for e in self.queue.events(self.job.id)
-                     if (e.data or {}).get("checkpoint")}
+        earlier = self.queue.events(self.job.id)
+        seen_step = max([(e.data or {}).get("step", 0) for e in earlier if e.type == "metrics"] or [0])
+        seen_ckpt = {(e.data or {}).get("checkpoint") for e in earlier if (e.data or {}).get("checkpoint")}
         pos = 0
         last: dict = {}
         while True:

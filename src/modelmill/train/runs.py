@@ -55,6 +55,31 @@ def run_name(cfg: SFTConfig) -> str:
     return check_name(cfg.name or (cfg.data.split("@")[0] + "-" + cfg.method), "--name")
 
 
+def check_name_free(store: Store, name: str, field: str = "--name", *, checkpoints: bool = True) -> None:
+    """Refuse a run name already taken by an adapter or (``checkpoints``) by an interrupted run."""
+    from modelmill.adapters import AdapterRegistry
+
+    if AdapterRegistry(store).find(name) is not None:
+        raise ConflictError(f"an adapter named '{name}' already exists", field=field,
+                            fix=f"choose another {field}, or `modelmill adapters remove {name}`")
+    ckpts = store.runs_dir / name / "checkpoints"
+    if checkpoints and ckpts.is_dir() and any(ckpts.iterdir()):
+        raise ConflictError(f"an interrupted run named '{name}' has checkpoints", field=field,
+                            fix=f"continue it with `modelmill train --name {name} --resume`, or choose another "
+                                f"{field}")
+
+
+def trainable_dataset(store: Store, ref: str, field: str = "--data"):
+    """The dataset ``ref`` names, refused when supervised fine-tuning cannot use its records."""
+    from modelmill.data.catalog import DatasetCatalog
+
+    ds = DatasetCatalog(store).resolve(ref, flag=field)
+    if ds.kind not in TRAINABLE_KINDS:
+        raise InputError(f"dataset '{ds.ref}' holds {ds.kind} records, which supervised fine-tuning cannot use",
+                         field=field, fix="give chat (alpaca, sharegpt, messages) or classification data")
+    return ds
+
+
 @contextmanager
 def run_lock(store: Store, name: str):
     """Held while a run named ``name`` is prepared and trains: a second one does not wait, it fails."""
@@ -67,17 +92,13 @@ def run_lock(store: Store, name: str):
 
 def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
     """Check everything a run needs before any process starts; return the job to launch."""
-    from modelmill.adapters import AdapterRegistry
-    from modelmill.data.catalog import DatasetCatalog
     from modelmill.models.registry import ModelRegistry
 
     if not cfg.data and not resume:
         raise InputError("no training data named", field="--data", fix="pass --data NAME (see `modelmill data list`)")
     name = run_name(cfg)
     run_dir = store.runs_dir / name
-    if AdapterRegistry(store).find(name) is not None:
-        raise ConflictError(f"an adapter named '{name}' already exists", field="--name",
-                            fix="choose another --name, or `modelmill adapters remove " + name + "`")
+    check_name_free(store, name, checkpoints=False)
     if resume:
         job_file = run_dir / "job.json"
         if not job_file.is_file():
@@ -86,16 +107,11 @@ def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
         job = SFTJob.load(job_file)
         job.resume = True
         return job
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise ConflictError(f"an interrupted run named '{name}' has checkpoints", field="--name",
-                            fix=f"continue it with `modelmill train --name {name} --resume`, or choose another --name")
+    check_name_free(store, name)
     shutil.rmtree(run_dir, ignore_errors=True)  # a run that never saved a checkpoint
 
     base = ModelRegistry(store).ready(cfg.base)
-    ds = DatasetCatalog(store).resolve(cfg.data)
-    if ds.kind not in TRAINABLE_KINDS:
-        raise InputError(f"dataset '{ds.ref}' holds {ds.kind} records, which supervised fine-tuning cannot use",
-                         field="--data", fix="give chat (alpaca, sharegpt, messages) or classification data")
+    ds = trainable_dataset(store, cfg.data)
     ctx = (base.info or {}).get("context_length")
     if cfg.max_length == 0:
         cfg = replace(cfg, max_length=min(1024, ctx or 1024))
