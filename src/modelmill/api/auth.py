@@ -106,7 +106,7 @@ def local_only(store, config) -> bool:
     return not (getattr(config, "api_key", "") or os.environ.get("MODELMILL_API_KEY") or Keys(store).any_active())
 
 
-def scope_for(method: str, path: str) -> str | None:
+def scope_for(path: str) -> str | None:
     """The scope a request needs (None: public)."""
     if path == "/" or any(path == p or path.startswith(p + "/") for p in PUBLIC):
         return None
@@ -165,7 +165,7 @@ def install(app, store, config) -> None:
 
         from sqlalchemy.exc import OperationalError
 
-        need = scope_for(request.method, request.url.path)
+        need = scope_for(request.url.path)
         request.state.api_key = None
         if need is None:
             return await call_next(request)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request
@@ -27,6 +26,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from modelmill.api.native import _iso, dataset_json
 from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.names import _NAME as NAME
 
@@ -92,14 +92,6 @@ router = APIRouter(prefix="/api", tags=["evaluations"], route_class=_Route,
 
 # ---- JSON shapes ------------------------------------------------------------------------------
 
-def _iso(t: datetime | None) -> str | None:
-    """UTC, as ``2026-11-21T10:00:00Z`` (SQLite hands back naive datetimes: they are UTC)."""
-    if t is None:
-        return None
-    t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
-    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _num(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
@@ -120,12 +112,6 @@ def result_json(r) -> dict:
             "n": r.n, "n_done": r.n_done, "primary": r.primary, "score": _num(r.score), "metrics": _finite(r.metrics or {}),
             "parameters": r.parameters, "seconds": _num(r.seconds), "error": r.error,
             "created_at": _iso(r.created_at), "finished_at": _iso(r.finished_at)}
-
-
-def dataset_json(d) -> dict:
-    return {"name": d.name, "version": d.version, "ref": d.ref, "kind": d.kind, "format": d.format,
-            "num_records": d.num_records, "size_bytes": d.size_bytes, "labels": d.labels, "origin": d.origin or {},
-            "created_at": _iso(d.created_at)}
 
 
 def preference_json(p) -> dict:

@@ -10,7 +10,7 @@ import asyncio
 import json
 import shutil
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -31,9 +31,11 @@ def _store(request: Request):
 
 
 def _iso(t: datetime | None) -> str | None:
+    """UTC, as ``2026-11-21T10:00:00Z`` (SQLite hands back naive datetimes: they are UTC)."""
     if t is None:
         return None
-    return t.isoformat().replace("+00:00", "Z") if t.tzinfo else t.isoformat() + "Z"
+    t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -107,7 +109,7 @@ def validate_file(path: Path, fmt: str, shown_as: str) -> dict:
 def dataset_json(row, **extra) -> dict:
     return {"name": row.name, "version": row.version, "ref": row.ref, "kind": row.kind, "format": row.format,
             "num_records": row.num_records, "size_bytes": row.size_bytes, "labels": row.labels,
-            "origin": row.origin, "created_at": _iso(row.created_at), **extra}
+            "origin": row.origin or {}, "created_at": _iso(row.created_at), **extra}
 
 
 @router.get("/datasets", tags=["datasets"])
