@@ -360,3 +360,34 @@ def test_a_database_locked_by_another_process_gets_503_then_works(cli_tiny, home
         assert r.status_code == 201
     finally:
         server.stop()
+
+
+def test_stale_jobs_are_judged_by_the_watchers_clock_not_the_writers(home):
+    """Workers on hosts whose clocks disagree: a job beaten by a host an hour behind stays with
+    its worker while it beats, and one last beaten by a host an hour ahead is re-queued once its
+    beats stop -- each after ``stale_after`` seconds of the watching worker's own clock."""
+    from datetime import timedelta
+
+    from modelmill.jobs.queue import JobQueue, now
+    from modelmill.store import open_store
+    from modelmill.store.tables import Job, Worker
+
+    store = open_store()
+    with store.session() as s:
+        for wid in ("slow-host:1", "fast-host:2"):
+            s.add(Worker(id=wid, host=wid.split(":")[0], pid=1, resources={}))
+        s.add(Job(id="ftjob-slow", kind="eval", status="running", spec={}, worker="slow-host:1", attempts=1,
+                  heartbeat_at=now() - timedelta(hours=1)))
+        s.add(Job(id="ftjob-fast", kind="eval", status="running", spec={}, worker="fast-host:2", attempts=1,
+                  heartbeat_at=now() + timedelta(hours=1)))
+    watcher, slow = JobQueue(store), JobQueue(store)
+    deadline = time.monotonic() + 1.5
+    requeued = []
+    while time.monotonic() < deadline:
+        with store.session() as s:  # the slow host beats every 0.1 s with its own (late) clock
+            s.get(Job, "ftjob-slow").heartbeat_at = now() - timedelta(hours=1)
+        requeued += watcher.requeue_stale(0.5)
+        time.sleep(0.1)
+    assert requeued == ["ftjob-fast"]
+    assert slow.get("ftjob-slow").status == "running" and slow.get("ftjob-fast").status == "queued"
+    assert slow.get("ftjob-fast").worker is None

@@ -7,14 +7,17 @@
 
 States: ``validating_files -> queued -> running -> succeeded | failed | cancelled``. Workers
 claim a queued job with a compare-and-set UPDATE (two workers never get the same job),
-heartbeat it while it runs, and any worker re-queues a running job whose heartbeat is older
-than ``stale_after`` seconds: its worker died, and the next attempt resumes from the last
-checkpoint.
+heartbeat it while it runs, and any worker re-queues a running job whose heartbeat it has seen
+unchanged for ``stale_after`` seconds: its worker died, and the next attempt resumes from the
+last checkpoint. Staleness is timed on the watching worker's own monotonic clock and a heartbeat
+is only compared with the previous one for equality, so workers on hosts whose clocks disagree
+never re-queue a live job or keep a dead one.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -47,6 +50,8 @@ def new_job_id() -> str:
 class JobQueue:
     def __init__(self, store: Store):
         self.store = store
+        # job id -> (its heartbeat value as last read, when this process first read that value)
+        self._beats: dict[str, tuple[datetime | None, float]] = {}
 
     # -- submitting and reading
 
@@ -214,11 +219,21 @@ class JobQueue:
         return True
 
     def requeue_stale(self, stale_after: float) -> list[str]:
-        """Put back in the queue every running job whose worker stopped heartbeating."""
-        cutoff = now() - timedelta(seconds=stale_after)
+        """Put back in the queue every running job whose worker stopped heartbeating: whose
+        heartbeat this queue object has read unchanged for ``stale_after`` seconds (of its own
+        clock; a fresh watcher waits that long before it judges anything)."""
+        t = time.monotonic()
         with self.store.session() as s:
-            stale = [j for j in s.scalars(select(Job).where(Job.status == "running"))
-                     if (aware(j.heartbeat_at) or cutoff) < cutoff]
+            running = list(s.scalars(select(Job).where(Job.status == "running")))
+        beats, stale = {}, []
+        for j in running:
+            seen = self._beats.get(j.id)
+            if seen is None or seen[0] != j.heartbeat_at:
+                seen = (j.heartbeat_at, t)  # a new beat (or a new job): its clock starts now
+            elif t - seen[1] >= stale_after:
+                stale.append(j)
+            beats[j.id] = seen
+        self._beats = beats
         back = []
         for job in stale:
             # a job whose cancel was pending ends cancelled rather than running again
