@@ -152,6 +152,31 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(cli_tiny: CLI, reviews_file, home)
     assert (home / "adapters" / "long" / "adapter_model.safetensors").is_file()
 
 
+def test_resume_from_the_last_steps_checkpoint_trains_no_extra_step(tiny_model, tmp_path):
+    """Killed after saving its last step's checkpoint, before publishing: the resume publishes
+    that checkpoint's weights as they are (Trainer alone would train step max_steps + 1)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from modelmill.train.sft import SFTConfig, SFTJob, run
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                                            {"role": "assistant", "content": str(2 * i)}]}
+                                              for i in range(40)])
+    cfg = SFTConfig(base="tiny", data="d", name="x", max_steps=4, save_steps=2, batch_size=4, max_length=256)
+    job = SFTJob(config=cfg, base_path=str(tiny_model), data_path=str(data), kind="chat", run_dir=str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    assert run(job)["global_step"] == 4
+    shutil.rmtree(tmp_path / "run" / "final")  # as if killed before publishing
+    job.resume = True
+    m = run(job)
+    assert m["global_step"] == 4 and m["resumed_at_last_step"]
+    final = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
+    saved = load_file(tmp_path / "run" / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    assert final.keys() == saved.keys() and all((final[k] == saved[k]).all() for k in final)
+
+
 def test_eval_base_beside_adapter(trained, tmp_path):
     cli, _ = trained
     out = cli("eval", "--data", "reviews", "--models", "tiny,rev-lora", "--limit", "10", "--details").stdout

@@ -260,9 +260,21 @@ def run(job: SFTJob) -> dict:
     trainer, stop, run_dir = p.trainer, p.stop, Path(job.run_dir)
 
     # 4. train
-    resume = job.resume and _last_checkpoint(run_dir / "checkpoints") is not None
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
-    metrics = dict(result.metrics)
+    last = _last_checkpoint(run_dir / "checkpoints") if job.resume else None
+    done = _finished(last)
+    if done is not None:
+        # Stopped after its last step's checkpoint but before publishing: the weights are final.
+        # (Trainer would run one more step on a resume from max_steps.)
+        from transformers.trainer_callback import TrainerState
+
+        trainer._load_from_checkpoint(last)
+        trainer.state = TrainerState.load_from_json(done)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        metrics = {"train_runtime": 0.0, "train_loss": sum(losses) / len(losses) if losses else None,
+                   "epoch": trainer.state.epoch, "resumed_at_last_step": True}
+    else:
+        result = trainer.train(resume_from_checkpoint=True if last is not None else None)
+        metrics = dict(result.metrics)
     metrics.update(examples=p.examples, dropped_examples=p.dropped, example_tokens=p.tokens,
                    global_step=trainer.state.global_step, num_processes=trainer.args.world_size,
                    interrupted=stop.stopped)
@@ -284,6 +296,18 @@ def _fuse_lora(model) -> int:
     except ImportError:
         return 0
     return fuse_lora_layers(model)
+
+
+def _finished(checkpoint: str | None) -> str | None:
+    """The trainer_state.json of ``checkpoint`` when it was saved at the run's last step."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint) / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(path) if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"] else None
 
 
 def _last_checkpoint(folder: Path):
