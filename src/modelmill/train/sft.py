@@ -270,8 +270,8 @@ def run(job: SFTJob) -> dict:
         trainer._load_from_checkpoint(last)
         trainer.state = TrainerState.load_from_json(done)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        metrics = {"train_runtime": 0.0, "train_loss": sum(losses) / len(losses) if losses else None,
-                   "epoch": trainer.state.epoch, "resumed_at_last_step": True}
+        metrics = {"train_runtime": 0.0, "epoch": trainer.state.epoch, "resumed_at_last_step": True,
+                   **({"train_loss": sum(losses) / len(losses)} if losses else {})}
     else:
         result = trainer.train(resume_from_checkpoint=True if last is not None else None)
         metrics = dict(result.metrics)
