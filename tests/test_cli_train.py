@@ -32,6 +32,7 @@ def test_train_registers_adapter_with_lineage(trained, home):
     assert lineage["base_model"] == "tiny" and len(lineage["base_model_sha256"]) == 64
     assert lineage["dataset"].startswith("reviews@") and len(lineage["dataset_sha256"]) == 64
     assert lineage["config"]["lora_r"] == 16 and lineage["config"]["learning_rate"] == 5e-4  # LoRA on classification data
+    assert lineage["config"]["epochs"] == 2.0  # the auto default on classification data (--max-steps caps it here)
     assert lineage["config"]["max_length"] == 512  # the tiny model's context
     for lib in ("torch", "transformers", "trl", "peft", "accelerate", "modelmill"):
         assert lib in lineage["versions"]
@@ -89,6 +90,15 @@ def test_bad_train_input(cli_tiny: CLI, reviews_file, home, args, needle):
     p = cli_tiny("train", *args, ok=False)
     assert needle in p.stderr and "Fix:" in p.stderr, p.stderr
     assert not list((home / "runs").iterdir()) and not list((home / "adapters").iterdir())
+
+
+def test_epochs_default_follows_the_data():
+    from modelmill.train.sft import SFTConfig
+
+    assert SFTConfig().epochs_for("classification") == 2.0  # a few label tokens per example: two passes
+    assert SFTConfig().epochs_for("chat") == SFTConfig().epochs_for("text") == 1.0
+    assert SFTConfig(method="full").epochs_for("classification") == 1.0
+    assert SFTConfig(epochs=3).epochs_for("classification") == SFTConfig(epochs=3).epochs_for("chat") == 3.0
 
 
 def test_yaml_config_and_its_errors(cli_tiny: CLI, reviews_file, tmp_path):

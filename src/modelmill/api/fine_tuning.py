@@ -182,8 +182,10 @@ def _hyper(job) -> dict:
     spec = job.spec or {}
     base_lr = SFTConfig(method=spec.get("method", "lora")).lr_for("chat")
     lr = spec.get("learning_rate") or base_lr
-    return {"n_epochs": int(spec.get("epochs", 1)) if float(spec.get("epochs", 1)).is_integer()
-            else spec.get("epochs"), "batch_size": spec.get("batch_size", 8),
+    epochs = spec.get("epochs") or "auto"  # auto: 1, or 2 on classification data (SFTConfig.epochs_for)
+    if epochs != "auto" and float(epochs).is_integer():
+        epochs = int(epochs)
+    return {"n_epochs": epochs, "batch_size": spec.get("batch_size", 8),
             "learning_rate_multiplier": round(lr / base_lr, 6)}
 
 

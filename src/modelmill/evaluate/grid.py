@@ -67,7 +67,7 @@ def _same(existing, cfg: SFTConfig, data_hash: str, data_kind: str) -> bool:
     keep = ("base", "method", "epochs", "max_steps", "learning_rate", "batch_size", "grad_accum", "lora_r",
             "lora_alpha", "target_modules", "seed", "max_length")
     old = existing.config or {}
-    want = {**cfg.__dict__, "learning_rate": cfg.lr_for(data_kind)}
+    want = {**cfg.__dict__, "learning_rate": cfg.lr_for(data_kind), "epochs": cfg.epochs_for(data_kind)}
     return existing.dataset_hash == data_hash and all(
         k not in old or old[k] == want[k] or (k == "max_length" and cfg.max_length == 0) for k in keep)
 

@@ -228,11 +228,14 @@ class GridJobConfig:
     prefix: str = field(default="", metadata={"help": "A word in front of every cell's adapter name."})
     baselines: str = field(default="zero-shot", metadata={"help": "Also rank: zero-shot, few-shot, tfidf."})
     max_steps: int = field(default=-1, metadata={"help": "Training steps per cell (-1: by epochs)."})
-    epochs: float = field(default=1.0, metadata={"help": "Passes over the training data per cell."})
+    epochs: float = field(default=0.0, metadata={
+        "help": "Passes over the training data per cell (0: 1, or 2 for LoRA on classification data)."})
 
     def __post_init__(self):
-        if not (self.max_steps == -1 or self.max_steps > 0) or self.epochs <= 0:
-            raise InputError("max_steps must be -1 or > 0 and epochs > 0", field="max_steps")
+        if not (self.max_steps == -1 or self.max_steps > 0):
+            raise InputError(f"must be -1 or > 0, got {self.max_steps}", field="max_steps")
+        if self.epochs < 0:
+            raise InputError(f"must be >= 0 (0: auto), got {self.epochs}", field="epochs")
 
 
 def _validate_grid(store, cfg, job):

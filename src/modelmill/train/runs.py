@@ -119,7 +119,7 @@ def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
         raise InputError(f"{cfg.max_length} is longer than the context of '{base.name}' ({ctx} tokens)",
                          field="--max-length", fix=f"use --max-length {ctx} or less")
     run_dir.mkdir(parents=True)
-    cfg = replace(cfg, name=name, data=ds.ref, learning_rate=cfg.lr_for(ds.kind))
+    cfg = replace(cfg, name=name, data=ds.ref, learning_rate=cfg.lr_for(ds.kind), epochs=cfg.epochs_for(ds.kind))
     return SFTJob(config=cfg, base_path=base.path, data_path=ds.path, kind=ds.kind, run_dir=str(run_dir),
                   labels=ds.labels, chat_template=base.chat_template)
 

@@ -35,7 +35,8 @@ class SFTConfig:
     data: str = _f("", "Training dataset: NAME or NAME@VERSION from `modelmill data list`.", basic=True)
     name: str = _f("", "Name of the adapter to create (default: <data>-<method>).", basic=True)
     method: str = _f("lora", "lora (adapter weights only) or full (all weights).", choices=METHODS, basic=True)
-    epochs: float = _f(1.0, "Passes over the training data.", basic=True)
+    epochs: float = _f(0.0, "Passes over the training data (0: 1, or 2 for LoRA on classification data).",
+                       basic=True)
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use --epochs).")
     learning_rate: float = _f(0.0, "Peak learning rate (0: 2e-4 for lora, 5e-4 for lora on classification data, 2e-5 for full).", basic=True)
     batch_size: int = _f(8, "Examples per optimizer step on each process (before accumulation).")
@@ -62,7 +63,7 @@ class SFTConfig:
     def __post_init__(self):
         checks = [
             (self.method in METHODS, "--method", f"unknown method '{self.method}'", "use lora or full"),
-            (self.epochs > 0, "--epochs", f"must be > 0, got {self.epochs}", "e.g. --epochs 1"),
+            (self.epochs >= 0, "--epochs", f"must be >= 0 (0: auto), got {self.epochs}", "e.g. --epochs 1"),
             (self.max_steps == -1 or self.max_steps > 0, "--max-steps", f"must be -1 or > 0, got {self.max_steps}", "e.g. --max-steps 100"),
             (0 <= self.learning_rate < 1, "--learning-rate", f"must be in [0, 1), got {self.learning_rate}", "e.g. --learning-rate 2e-4"),
             (self.batch_size >= 1, "--batch-size", f"must be >= 1, got {self.batch_size}", "e.g. --batch-size 8"),
@@ -102,6 +103,14 @@ class SFTConfig:
         if self.method != "lora":
             return 2e-5
         return 5e-4 if kind == "classification" else 2e-4
+
+    def epochs_for(self, kind: str) -> float:
+        """Passes over data of ``kind``: the ones asked for, else 1, or 2 for LoRA on
+        classification data, where a label of a few tokens per example gives one pass little
+        signal (see bench/quality.py in the README)."""
+        if self.epochs:
+            return self.epochs
+        return 2.0 if kind == "classification" and self.method == "lora" else 1.0
 
     @classmethod
     def field_names(cls) -> list[str]:
