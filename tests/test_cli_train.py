@@ -92,6 +92,30 @@ def test_bad_train_input(cli_tiny: CLI, reviews_file, home, args, needle):
     assert not list((home / "runs").iterdir()) and not list((home / "adapters").iterdir())
 
 
+def test_held_out_loss_during_training_and_its_bad_input(cli_tiny: CLI, reviews_file, home, tmp_path):
+    cli_tiny("data", "import", reviews_file, "--name", "reviews")
+    cli_tiny("data", "split", "reviews", "--test-size", "0.25", "--seed", "7")
+    out = cli_tiny("train", "--base", "tiny", "--data", "reviews-train", "--eval-data", "reviews-test",
+                   "--name", "held", "--max-steps", "4", "--eval-steps", "2", "--batch-size", "4")
+    lineage = json.loads(cli_tiny("adapters", "show", "held", "--json").stdout)
+    rows = [json.loads(x) for x in (home / "adapters" / "held" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4], out.stdout  # every --eval-steps; the last one is the final loss
+    assert lineage["metrics"]["eval_loss"] == evals[-1]["eval_loss"] > 0
+    assert lineage["config"]["eval_data"].startswith("reviews-test@")
+    # held-out data must be of the training data's kind, with labels the training data has
+    write_jsonl(tmp_path / "chat.jsonl", [{"instruction": "hi", "output": "hello"}])
+    cli_tiny("data", "import", tmp_path / "chat.jsonl", "--name", "chat")
+    write_jsonl(tmp_path / "odd.jsonl", [{"text": "meh", "label": "mixed"}, {"text": "ok", "label": "positive"}])
+    cli_tiny("data", "import", tmp_path / "odd.jsonl", "--name", "odd")
+    for ref, needle in (("chat", "holds chat records"), ("odd", "absent from the training data"),
+                        ("nope", "unknown dataset 'nope'")):
+        p = cli_tiny("train", "--base", "tiny", "--data", "reviews-train", "--eval-data", ref, "--name", "x",
+                     ok=False)
+        assert needle in p.stderr and "--eval-data" in p.stderr and "Fix:" in p.stderr, p.stderr
+    assert not (home / "runs" / "x").exists()
+
+
 def test_epochs_default_follows_the_data():
     from modelmill.train.sft import SFTConfig
 

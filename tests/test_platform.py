@@ -74,7 +74,11 @@ def test_openai_client_fine_tunes_and_the_model_answers_at_once(up, tmp_path):
     assert [x.id for x in client.files.list().data] == [f.id]
     assert client.files.content(f.id).read() == path.read_bytes()
 
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="sums",
+    held = write_jsonl(tmp_path / "valid.jsonl", [{"messages": [
+        {"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": f"It is {2 * i}."}]}
+        for i in range(30, 36)])
+    v = client.files.create(file=held.open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, validation_file=v.id, suffix="sums",
                                          hyperparameters={"n_epochs": 2, "batch_size": 4})
     assert job.status in ("queued", "running") and job.model == "tiny" and job.user_provided_suffix == "sums"
     job = _wait(lambda: (j := client.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and j,
@@ -87,8 +91,11 @@ def test_openai_client_fine_tunes_and_the_model_answers_at_once(up, tmp_path):
     messages = [e.message for e in events]
     assert messages[0] == "The job has successfully completed"  # newest first, as OpenAI's
     assert any(m.startswith("Validating training file") for m in messages)
-    metrics = [e for e in events if e.type == "metrics"]
+    metrics = [e for e in events if e.type == "metrics" and "train_loss" in e.data]
     assert metrics and all(e.data["train_loss"] > 0 for e in metrics)
+    # the validation file's loss, of the final weights (at every --save-steps too, none in 12 steps)
+    valid = [e.data for e in events if e.type == "metrics" and "valid_loss" in e.data]
+    assert [(d["step"], d["valid_loss"] > 0) for d in valid] == [(12, True)]
     page = client.fine_tuning.jobs.list_events(job.id, limit=2)  # paging with `after`
     older = client.fine_tuning.jobs.list_events(job.id, limit=2, after=page.data[-1].id)
     assert [e.id for e in page.data + older.data] == [e.id for e in events[:4]]
@@ -100,7 +107,7 @@ def test_openai_client_fine_tunes_and_the_model_answers_at_once(up, tmp_path):
     assert reply.model == job.fine_tuned_model and reply.usage.completion_tokens >= 1
     assert job.fine_tuned_model.split(":")[1] in {m.id for m in client.models.list().data}
     assert client.fine_tuning.jobs.list().data[0].id == job.id
-    assert client.files.delete(f.id).deleted is True
+    assert client.files.delete(f.id).deleted is True and client.files.delete(v.id).deleted is True
     assert client.files.list().data == []
 
 

@@ -154,6 +154,7 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, cli_tiny, tmp_pa
     by("field-max_steps").fill("6")
     by("field-logging_steps").fill("1")
     by("field-batch_size").fill("4")
+    by("field-eval_data").select_option("faq")  # held-out loss on a chosen dataset (here the same one)
     default_lr = by("field-learning_rate").input_value()
     by("field-learning_rate").fill("-1")
     by("train-submit").click()
@@ -164,7 +165,8 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, cli_tiny, tmp_pa
         by("train-submit").click()
     # only what differs from the schema's defaults is sent, plus the pinned fields
     assert json.loads(sent.value.post_data) == {"kind": "train", "config": {
-        "base": "tiny", "data": "faq", "name": "faq-lora", "max_steps": 6, "logging_steps": 1, "batch_size": 4}}
+        "base": "tiny", "data": "faq", "name": "faq-lora", "max_steps": 6, "logging_steps": 1, "batch_size": 4,
+        "eval_data": "faq"}}
 
     # ---- the job page follows the run to the end: status, chart points, log lines, result
     page.wait_for_url(re.compile(r".*#/jobs/[^/?]+$"))
@@ -173,6 +175,9 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, cli_tiny, tmp_pa
     expect(by("job-stream-mode")).to_have_text("finished")  # the event stream's `end` arrived
     expect(by("loss-chart")).to_have_attribute("data-points", re.compile(r"^[1-9]\d*$"))
     assert page.locator('[data-testid="loss-chart"] [data-testid="chart-point"]').count() >= 1
+    # the held-out loss of the final weights, as a second line with a legend
+    expect(page.locator('[data-testid="loss-chart"] [data-testid="chart-point-2"]')).to_have_count(1)
+    expect(page.locator('[data-testid="loss-chart"] [data-testid="chart-legend"]')).to_contain_text("validation")
     assert by("log-line").count() >= 1
     expect(by("job-model")).to_have_text("tiny:faq-lora")
     expect(by("job-cancel")).to_have_count(0)  # nothing left to cancel

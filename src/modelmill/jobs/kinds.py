@@ -87,7 +87,7 @@ def _import_upload(store, file_id: str, name: str, field_name: str):
 def _validate_train(store, cfg, job):
     from modelmill.jobs.queue import JobQueue
     from modelmill.models.registry import ModelRegistry
-    from modelmill.train.runs import check_name_free, run_name, trainable_dataset
+    from modelmill.train.runs import check_name_free, held_out_dataset, run_name, trainable_dataset
 
     q = JobQueue(store)
     ModelRegistry(store).get(cfg.base)  # NotFoundError names the model
@@ -100,11 +100,15 @@ def _validate_train(store, cfg, job):
         if job.validation_file:
             vds = _import_upload(store, job.validation_file,
                                  f"ft-{job.validation_file.removeprefix('file-')[:12]}", "validation_file")
+            cfg = dataclasses.replace(cfg, eval_data=vds.ref)
             q.event(job.id, f"Validation file imported as dataset {vds.ref} ({vds.num_records} records); "
-                            "score the result on it with `modelmill eval`")
+                            "its loss is reported as valid_loss")
     if not cfg.data:
         raise InputError("no training data named", field="data", fix="name a dataset from GET /api/datasets")
     ds = trainable_dataset(store, cfg.data, field="data")
+    if cfg.eval_data:
+        field = "validation_file" if job.validation_file else "eval_data"
+        cfg = dataclasses.replace(cfg, eval_data=held_out_dataset(store, cfg.eval_data, ds, field=field).ref)
     if not cfg.name and job.suffix:
         cfg = dataclasses.replace(cfg, name=f"{job.suffix}-{job.id.removeprefix('ftjob-')[:8]}")
     cfg = dataclasses.replace(cfg, data=ds.ref, name=run_name(cfg))

@@ -90,7 +90,10 @@ class JobContext:
         path, ckdir = run_dir / "metrics.jsonl", run_dir / "checkpoints"
         # a resumed attempt: steps already reported stay reported
         earlier = self.queue.events(self.job.id)
-        seen_step = max([(e.data or {}).get("step", 0) for e in earlier if e.type == "metrics"] or [0])
+        train_rows = [e.data or {} for e in earlier if e.type == "metrics" and "valid_loss" not in (e.data or {})]
+        seen_step = max([d.get("step", 0) for d in train_rows] or [0])
+        seen_eval = max([(e.data or {}).get("step", 0) for e in earlier
+                         if e.type == "metrics" and "valid_loss" in (e.data or {})] or [0])
         seen_ckpt = {(e.data or {}).get("checkpoint") for e in earlier if (e.data or {}).get("checkpoint")}
         pos = 0
         last: dict = {}
@@ -106,6 +109,15 @@ class JobContext:
             except (FileNotFoundError, ValueError):
                 rows = []
             for row in rows:
+                if "eval_loss" in row:  # the held-out loss (--eval-data, or the job's validation_file)
+                    if row.get("step", 0) > seen_eval:
+                        seen_eval = row["step"]
+                        self.event(f"Step {row['step']}/{row.get('max_steps', '?')}: validation loss="
+                                   f"{row['eval_loss']:.4f}", type="metrics",
+                                   data={"step": row["step"], "total_steps": row.get("max_steps"),
+                                         "valid_loss": row["eval_loss"],
+                                         "valid_mean_token_accuracy": row.get("eval_mean_token_accuracy")})
+                    continue
                 if "loss" not in row:  # the run's summary row: progress reaches its last step
                     if row.get("step") and row.get("max_steps"):
                         self.queue.progress(self.job.id, {"step": row["step"], "max_steps": row["max_steps"],

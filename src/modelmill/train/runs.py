@@ -80,6 +80,22 @@ def trainable_dataset(store: Store, ref: str, field: str = "--data"):
     return ds
 
 
+def held_out_dataset(store: Store, ref: str, train_ds, field: str = "--eval-data"):
+    """The dataset ``ref`` names, checked as held-out data for training on ``train_ds``: the same
+    kind of records, and for classification no label the training data lacks."""
+    ds = trainable_dataset(store, ref, field=field)
+    if ds.kind != train_ds.kind:
+        raise InputError(f"dataset '{ds.ref}' holds {ds.kind} records but the training data '{train_ds.ref}' "
+                         f"holds {train_ds.kind} records", field=field,
+                         fix="give held-out data of the same kind as the training data")
+    unknown = sorted(set(ds.labels or []) - set(train_ds.labels or []))
+    if ds.kind == "classification" and unknown:
+        raise InputError(f"labels of '{ds.ref}' absent from the training data '{train_ds.ref}': "
+                         f"{', '.join(unknown[:10])}", field=field,
+                         fix="hold out records whose labels the training data has (e.g. `modelmill data split`)")
+    return ds
+
+
 @contextmanager
 def run_lock(store: Store, name: str):
     """Held while a run named ``name`` is prepared and trains: a second one does not wait, it fails."""
@@ -118,10 +134,12 @@ def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
     elif ctx and cfg.max_length > ctx:
         raise InputError(f"{cfg.max_length} is longer than the context of '{base.name}' ({ctx} tokens)",
                          field="--max-length", fix=f"use --max-length {ctx} or less")
+    held_out = held_out_dataset(store, cfg.eval_data, ds) if cfg.eval_data else None
     run_dir.mkdir(parents=True)
-    cfg = replace(cfg, name=name, data=ds.ref, learning_rate=cfg.lr_for(ds.kind), epochs=cfg.epochs_for(ds.kind))
+    cfg = replace(cfg, name=name, data=ds.ref, learning_rate=cfg.lr_for(ds.kind), epochs=cfg.epochs_for(ds.kind),
+                  eval_data=held_out.ref if held_out else "")
     return SFTJob(config=cfg, base_path=base.path, data_path=ds.path, kind=ds.kind, run_dir=str(run_dir),
-                  labels=ds.labels, chat_template=base.chat_template)
+                  labels=ds.labels, chat_template=base.chat_template, eval_path=held_out.path if held_out else None)
 
 
 def train(store: Store, cfg: SFTConfig, *, resume: bool = False, log_file: Path | None = None,

@@ -38,6 +38,8 @@ class SFTConfig:
     epochs: float = _f(0.0, "Passes over the training data (0: 1, or 2 for LoRA on classification data).",
                        basic=True)
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use --epochs).")
+    eval_data: str = _f("", "Held-out dataset NAME[@VERSION] whose loss is logged as eval_loss during training.")
+    eval_steps: int = _f(0, "Compute the --eval-data loss every N steps, and at the end (0: every --save-steps).")
     learning_rate: float = _f(0.0, "Peak learning rate (0: 2e-4 for lora, 5e-4 for lora on classification data, 2e-5 for full).", basic=True)
     batch_size: int = _f(8, "Examples per optimizer step on each process (before accumulation).")
     grad_accum: int = _f(1, "Gradient accumulation steps.")
@@ -64,6 +66,7 @@ class SFTConfig:
         checks = [
             (self.method in METHODS, "--method", f"unknown method '{self.method}'", "use lora or full"),
             (self.epochs >= 0, "--epochs", f"must be >= 0 (0: auto), got {self.epochs}", "e.g. --epochs 1"),
+            (self.eval_steps >= 0, "--eval-steps", f"must be >= 0, got {self.eval_steps}", "e.g. --eval-steps 50"),
             (self.max_steps == -1 or self.max_steps > 0, "--max-steps", f"must be -1 or > 0, got {self.max_steps}", "e.g. --max-steps 100"),
             (0 <= self.learning_rate < 1, "--learning-rate", f"must be in [0, 1), got {self.learning_rate}", "e.g. --learning-rate 2e-4"),
             (self.batch_size >= 1, "--batch-size", f"must be >= 1, got {self.batch_size}", "e.g. --batch-size 8"),
@@ -129,6 +132,7 @@ class SFTJob:
     labels: list[str] | None = None
     chat_template: str | None = None
     resume: bool = False
+    eval_path: str | None = None  # the held-out records of config.eval_data, the same kind as data_path
 
     def save(self, path: Path) -> None:
         d = asdict(self)
@@ -143,13 +147,14 @@ class SFTJob:
         return cls(**d)
 
 
-def build_examples(job: SFTJob, tokenizer) -> tuple[list[dict], int]:
-    """Tokenized examples (input_ids, labels) and how many were dropped for having no answer left."""
+def build_examples(job: SFTJob, tokenizer, path: str | None = None) -> tuple[list[dict], int]:
+    """Tokenized examples (input_ids, labels) of ``path`` (default: the training data) and how many
+    were dropped for having no answer left."""
     from modelmill.data.load import read_jsonl
     from modelmill.train.chat_tokens import tokenize_record
 
     out, dropped = [], 0
-    for rec in read_jsonl(job.data_path):
+    for rec in read_jsonl(path or job.data_path):
         ex = tokenize_record(rec, job.kind, tokenizer, job.config.max_length, labels=job.labels,
                              chat_template=job.chat_template)
         if ex is None:
@@ -204,6 +209,13 @@ def build_trainer(job: SFTJob) -> TrainerSetup:
                          file=job.data_path, field="--max-length", fix="raise --max-length")
     train_ds = Dataset.from_list(examples)
     n_tokens = sum(len(e["input_ids"]) for e in examples)
+    eval_ds = None
+    if job.eval_path:
+        held_out, _ = build_examples(job, tokenizer, job.eval_path)
+        if not held_out:
+            raise InputError("no held-out example has an answer token left after truncation",
+                             file=job.eval_path, field="--eval-data", fix="raise --max-length")
+        eval_ds = Dataset.from_list(held_out)
 
     # 2. model
     dtype = torch.bfloat16 if use_cuda and torch.cuda.is_bf16_supported() else torch.float32
@@ -238,6 +250,10 @@ def build_trainer(job: SFTJob) -> TrainerSetup:
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=(cfg.eval_steps or cfg.save_steps) if eval_ds is not None else None,
+        per_device_eval_batch_size=cfg.batch_size,
+        prediction_loss_only=True,  # the loss is all we read; no logits gathered over the vocabulary
         seed=cfg.seed,
         report_to=["tensorboard"],
         disable_tqdm=True,
@@ -249,8 +265,8 @@ def build_trainer(job: SFTJob) -> TrainerSetup:
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False if cfg.num_processes > 1 else None,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                         peft_config=peft_config)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=peft_config)
     if peft_config is not None:
         _fuse_lora(trainer.model)  # the same LoRA, in fewer passes over memory
     from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
@@ -284,6 +300,11 @@ def run(job: SFTJob) -> dict:
     else:
         result = trainer.train(resume_from_checkpoint=True if last is not None else None)
         metrics = dict(result.metrics)
+    if job.eval_path and not stop.stopped:
+        # the final weights' held-out loss (also logged to metrics.jsonl as the last eval_loss)
+        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+        final = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
+        metrics.update({k: v for k, v in final.items() if k in ("eval_loss", "eval_mean_token_accuracy")})
     metrics.update(examples=p.examples, dropped_examples=p.dropped, example_tokens=p.tokens,
                    global_step=trainer.state.global_step, num_processes=trainer.args.world_size,
                    interrupted=stop.stopped)

@@ -23,8 +23,13 @@ function label(v) {
   return String(Number(Math.abs(v) >= 10 ? v.toFixed(1) : v.toPrecision(3))); // 0.750 -> 0.75
 }
 
-/** A line chart of points [{x, y}] (loss against step). */
-export function lineChart(points, { xLabel = "step", yLabel = "loss", testid = "line-chart" } = {}) {
+/**
+ * A line chart of points [{x, y}] (loss against step); `second` = {name, points} draws a second,
+ * dashed line on the same axes (validation loss), with a legend naming both.
+ */
+export function lineChart(points, { xLabel = "step", yLabel = "loss", testid = "line-chart", second = null,
+  name = "training" } = {}) {
+  const other = second && second.points.length ? second.points : [];
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", testid,
     "data-points": points.length, "aria-label": `${yLabel} by ${xLabel}, ${points.length} points` });
   const iw = W - PAD.left - PAD.right;
@@ -34,8 +39,8 @@ export function lineChart(points, { xLabel = "step", yLabel = "loss", testid = "
       `No ${yLabel} logged yet`));
     return svg;
   }
-  const xs = points.map((p) => p.x);
-  const ys = points.map((p) => p.y);
+  const xs = points.concat(other).map((p) => p.x);
+  const ys = points.concat(other).map((p) => p.y);
   let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
   let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
   if (x0 === x1) [x0, x1] = [x0 - 1, x1 + 1];
@@ -59,14 +64,27 @@ export function lineChart(points, { xLabel = "step", yLabel = "loss", testid = "
     s("text", { class: "chart-title", x: PAD.left + iw / 2, y: H - 4, "text-anchor": "middle" }, xLabel),
     s("text", { class: "chart-title", x: 14, y: PAD.top + ih / 2, "text-anchor": "middle",
       transform: `rotate(-90 14 ${PAD.top + ih / 2})` }, yLabel));
-  const sorted = [...points].sort((a, b) => a.x - b.x);
-  svg.append(s("path", { class: "chart-line", d: sorted.map((p, i) => `${i ? "L" : "M"}${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`).join("") }));
-  const dots = s("g", { class: "chart-dots" });
-  for (const p of sorted) {
-    dots.append(s("circle", { cx: X(p.x), cy: Y(p.y), r: sorted.length > 60 ? 1.5 : 3, testid: "chart-point" },
-      s("title", {}, `${xLabel} ${p.x}: ${yLabel} ${label(p.y)}`)));
+  const line = (pts, cls, dotId, what) => {
+    const sorted = [...pts].sort((a, b) => a.x - b.x);
+    svg.append(s("path", { class: cls, d: sorted.map((p, i) => `${i ? "L" : "M"}${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`).join("") }));
+    const dots = s("g", { class: cls.includes("chart-line-2") ? "chart-dots chart-dots-2" : "chart-dots" });
+    for (const p of sorted) {
+      dots.append(s("circle", { cx: X(p.x), cy: Y(p.y), r: sorted.length > 60 ? 1.5 : 3, testid: dotId },
+        s("title", {}, `${xLabel} ${p.x}: ${what} ${label(p.y)}`)));
+    }
+    svg.append(dots);
+  };
+  line(points, "chart-line", "chart-point", other.length ? `${name} ${yLabel}` : yLabel);
+  if (other.length) {
+    line(other, "chart-line chart-line-2", "chart-point-2", `${second.name} ${yLabel}`);
+    const legend = s("g", { class: "chart-legend", testid: "chart-legend" });
+    [[name, "chart-line"], [second.name, "chart-line chart-line-2"]].forEach(([text, cls], i) => {
+      const x = PAD.left + 12 + i * 120;
+      legend.append(s("line", { class: cls, x1: x, x2: x + 18, y1: PAD.top + 6, y2: PAD.top + 6 }),
+        s("text", { x: x + 24, y: PAD.top + 10 }, text));
+    });
+    svg.append(legend);
   }
-  svg.append(dots);
   return svg;
 }
 

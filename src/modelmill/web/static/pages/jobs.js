@@ -115,6 +115,7 @@ export async function jobPage(ctx) {
   chartCard.hidden = job.kind !== "train"; // evaluations log no loss; shown if one ever does
 
   const points = [];
+  const validPoints = [];
   let lastId = 0;
   let drawQueued = false;
   let eventsDone = false;
@@ -133,7 +134,7 @@ export async function jobPage(ctx) {
     drawQueued = true;
     requestAnimationFrame(() => {
       drawQueued = false;
-      replace(chartBox, lineChart(points, { testid: "loss-chart" }));
+      replace(chartBox, lineChart(points, { testid: "loss-chart", second: { name: "validation", points: validPoints } }));
     });
   }
 
@@ -144,6 +145,10 @@ export async function jobPage(ctx) {
     if (typeof d.loss === "number" && typeof d.step === "number") {
       points.push({ x: d.step, y: d.loss });
       chartCard.hidden = false;
+      drawChart();
+    }
+    if (typeof d.valid_loss === "number" && typeof d.step === "number") {
+      validPoints.push({ x: d.step, y: d.valid_loss }); // the held-out loss (a validation file)
       drawChart();
     }
     if (ev.message) {

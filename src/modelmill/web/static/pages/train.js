@@ -75,7 +75,8 @@ export async function trainPage(ctx) {
   }
   for (const f of fields) {
     if (PINNED.includes(f.name)) continue;
-    const made = makeInput(f);
+    // held-out data: a choice among the datasets, like the training data (sent only when chosen)
+    const made = f.name === "eval_data" ? heldOutSelect(f, trainable) : makeInput(f);
     inputs[f.name] = made;
     (f.advanced ? advanced : basics).push(fieldRow(f, made.el, made.kind === "bool"));
   }
@@ -124,6 +125,13 @@ export async function trainPage(ctx) {
       errorArea,
       h("div", { class: "actions" }, submit,
         h("a", { class: "btn btn-ghost", href: withQuery("#/jobs", {}) }, "See running jobs"))));
+}
+
+function heldOutSelect(f, datasets) {
+  const el = h("select", { id: `field-${f.name}`, name: f.name, testid: `field-${f.name}` },
+    h("option", { value: "", selected: true }, "none"),
+    datasets.map((d) => h("option", { value: d.name }, `${d.name} (${d.kind}, ${d.num_records} records)`)));
+  return { field: f, kind: "select", el, read: () => el.value };
 }
 
 function makeInput(f) {
