@@ -398,3 +398,29 @@ def test_stale_jobs_are_judged_by_the_watchers_clock_not_the_writers(home):
     assert requeued == ["ftjob-fast"]
     assert slow.get("ftjob-slow").status == "running" and slow.get("ftjob-fast").status == "queued"
     assert slow.get("ftjob-fast").worker is None
+
+
+def test_a_job_past_the_workers_job_timeout_is_stopped_and_fails(cli_tiny, home, tmp_path):
+    from modelmill.jobs.queue import JobQueue
+    from modelmill.store import open_store
+
+    cli_tiny("data", "import", write_jsonl(tmp_path / "sums.jsonl", CHAT), "--name", "sums")
+    env = {**os.environ, "MODELMILL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    os.environ["MODELMILL_HOME"] = str(home)
+    q = JobQueue(open_store())
+    job = q.submit("train", {"base": "tiny", "data": "sums", "name": "endless", "max_steps": 100000,
+                             "save_steps": 5, "logging_steps": 1, "batch_size": 2})
+    w = subprocess.Popen([*MODELMILL, "worker", "--poll", "0.3", "--job-timeout", "20"], env=env,
+                         stdout=(tmp_path / "worker.log").open("wb"), stderr=subprocess.STDOUT)
+    try:
+        done = _wait(lambda: (j := q.get(job.id)).status in ("succeeded", "failed", "cancelled") and j, 180,
+                     "the job to be stopped")
+        assert w.poll() is None, "the worker goes on after stopping a job"
+    finally:
+        w.send_signal(signal.SIGINT)
+        w.wait(60)
+    assert done.status == "failed" and done.error["code"] == "timeout", done.error
+    assert "--job-timeout (20 s)" in done.error["message"] and "--name endless --resume" in done.error["message"]
+    assert any(e.message.startswith("Running for more than --job-timeout") for e in q.events(job.id))
+    assert list((home / "runs" / "endless" / "checkpoints").glob("checkpoint-*"))  # kept, resumable
+    assert not _pids_with(str(home / "runs" / "endless")), "no trainer left running"

@@ -3,8 +3,8 @@
     modelmill worker --cpu-slots 2 --gpus 0
 
 Every ``poll`` seconds it heartbeats itself and its jobs, re-queues jobs whose worker stopped
-heartbeating (any worker does this for all), asks the runners of cancelled jobs to stop, and
-starts new jobs while slots are free. SIGINT/SIGTERM: stop taking jobs, let running ones
+heartbeating (any worker does this for all), asks the runners of cancelled jobs (and of jobs
+past ``--job-timeout``, which then fail) to stop, and starts new jobs while slots are free. SIGINT/SIGTERM: stop taking jobs, let running ones
 checkpoint and re-queue them, leave.
 """
 
@@ -31,6 +31,8 @@ class WorkerConfig:
     poll: float = field(default=1.0, metadata={"help": "Seconds between looks at the queue (and heartbeats)."})
     stale_after: float = field(default=30.0, metadata={
         "help": "A running job whose worker has not heartbeated for this many seconds is re-queued."})
+    job_timeout: float = field(default=0.0, metadata={
+        "help": "Stop a job that has run this many seconds in one attempt and mark it failed (0: no limit)."})
 
     def __post_init__(self):
         if not 0 <= self.cpu_slots <= 256:
@@ -39,6 +41,9 @@ class WorkerConfig:
             raise InputError(f"must be -1 or more, got {self.gpus}", field="--gpus")
         if not 0.05 <= self.poll <= 60:
             raise InputError(f"must be in [0.05, 60], got {self.poll}", field="--poll")
+        if self.job_timeout < 0:
+            raise InputError(f"must be >= 0 (0: no limit), got {self.job_timeout}", field="--job-timeout",
+                             fix="e.g. --job-timeout 86400")
         if self.stale_after < 3 * self.poll:
             raise InputError(f"must be at least 3 x --poll ({3 * self.poll}), got {self.stale_after}",
                              field="--stale-after", fix="heartbeats come every --poll seconds")
@@ -55,6 +60,8 @@ class Worker:
         gpus = _gpu_count() if self.config.gpus == -1 else self.config.gpus
         self.resources = {"cpu": self.config.cpu_slots, "gpu": gpus}
         self.running: dict[str, tuple[subprocess.Popen, dict]] = {}  # job id -> (runner, resources)
+        self.started: dict[str, float] = {}  # job id -> when its runner started (monotonic)
+        self.timed_out: set[str] = set()  # jobs stopped for running past --job-timeout
         self.stopping = False
         self.log = log
         self.id = self.queue.register_worker(self.resources)
@@ -75,6 +82,7 @@ class Worker:
         proc = subprocess.Popen([sys.executable, "-m", "modelmill.jobs.runner", job.id, self.id], env=env,
                                 stdin=subprocess.DEVNULL)
         self.running[job.id] = (proc, job.resources or {})
+        self.started[job.id] = time.monotonic()
         self.queue.set_pid(job.id, proc.pid)
         self.log(f"worker {self.id}: started {job.kind} job {job.id} (attempt {job.attempts}, pid {proc.pid})")
 
@@ -87,6 +95,9 @@ class Worker:
             if rc is None:
                 continue
             del self.running[job_id]
+            self.started.pop(job_id, None)
+            timed_out = job_id in self.timed_out
+            self.timed_out.discard(job_id)
             job = self.queue.get(job_id)
             if job.status not in FINISHED and job.worker == self.id:
                 if job.cancel_requested:  # stopped by its cancel before it could say so itself
@@ -94,6 +105,14 @@ class Worker:
                     self.queue.finish(job_id, "cancelled", worker_id=self.id)
                     if job.kind == "train" and (job.spec or {}).get("name"):
                         self.store.remove_tree(self.store.runs_dir / job.spec["name"])
+                elif timed_out:
+                    msg = f"the job ran longer than this worker's --job-timeout ({self.config.job_timeout:g} s)"
+                    name = (job.spec or {}).get("name") if job.kind == "train" else None
+                    if name and (self.store.runs_dir / name / "checkpoints").is_dir():
+                        msg += f"; its checkpoints are kept: `modelmill train --name {name} --resume` continues it"
+                    self.queue.event(job_id, f"The job failed: {msg}", level="error")
+                    self.queue.finish(job_id, "failed", error={"code": "timeout", "message": msg, "param": None},
+                                      worker_id=self.id)
                 elif self.stopping or rc == REQUEUE:  # stopped on purpose: back in the queue, resumes from its checkpoint
                     self.queue.event(job_id, f"Worker {self.id} stopped the job; re-queued", level="warn")
                     self._requeue(job_id)
@@ -116,10 +135,16 @@ class Worker:
     def _cancels(self) -> None:
         """Stop runners whose job was cancelled, or is no longer this worker's (re-queued while we
         were paused): SIGTERM first (the trainer checkpoints), SIGKILL if it is still there 60 s later."""
+        limit = self.config.job_timeout
         for job_id, (proc, _) in self.running.items():
             job = self.queue.get(job_id)
             lost = job.worker != self.id or job.status != "running"
-            if not (job.cancel_requested or lost) or proc.poll() is not None:
+            if limit and job_id not in self.timed_out and time.monotonic() - self.started.get(job_id, 0.0) > limit \
+                    and not (job.cancel_requested or lost) and proc.poll() is None:
+                self.timed_out.add(job_id)
+                self.queue.event(job_id, f"Running for more than --job-timeout ({limit:g} s): stopping the job",
+                                 level="warn")
+            if not (job.cancel_requested or lost or job_id in self.timed_out) or proc.poll() is not None:
                 continue
             sent = getattr(proc, "_mm_stop_sent", None)
             if sent is None:
