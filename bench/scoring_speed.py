@@ -38,8 +38,9 @@ def timed(store, model_ref: str, items: list[dict], labels: list[str], *, device
     from modelmill.serve.hf_engine import native_dtype
 
     device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    if dtypes is None:
-        dtypes = sorted({"float32", str(native_dtype(device)).removeprefix("torch.")}, reverse=True)
+    if dtypes is None:  # float32, and the device's native half type beside it where it has one
+        native = str(native_dtype(device)).removeprefix("torch.")
+        dtypes = ["float32"] + ([native] if native != "float32" else [])
 
     def sync():
         if device == "cuda":

@@ -245,13 +245,17 @@ class JobQueue:
                 s.execute(update(Worker).where(Worker.id == job.worker).values(status="lost"))
             if n and job.cancel_requested:
                 self.event(job.id, f"Worker {job.worker} stopped heartbeating; the job was cancelled", level="warn")
-                if job.kind == "train" and (job.spec or {}).get("name"):
-                    self.store.remove_tree(self.store.runs_dir / job.spec["name"])
+                self.drop_run(job)
             elif n:
                 back.append(job.id)
                 self.event(job.id, f"Worker {job.worker} stopped heartbeating for {stale_after:.0f}s; job re-queued "
                                    f"(attempt {job.attempts + 1} resumes from its last checkpoint)", level="warn")
         return back
+
+    def drop_run(self, job: Job) -> None:
+        """A cancelled training job's run folder (its checkpoints) goes: the name is free again."""
+        if job.kind == "train" and (job.spec or {}).get("name"):
+            self.store.remove_tree(self.store.runs_dir / job.spec["name"])
 
     def sweep_validating(self, older_than: float = 600.0) -> None:
         """Jobs left in validating_files by an API process that died mid-submission: gone."""

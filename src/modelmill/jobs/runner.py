@@ -90,10 +90,9 @@ class JobContext:
         path, ckdir = run_dir / "metrics.jsonl", run_dir / "checkpoints"
         # a resumed attempt: steps already reported stay reported
         earlier = self.queue.events(self.job.id)
-        train_rows = [e.data or {} for e in earlier if e.type == "metrics" and "valid_loss" not in (e.data or {})]
-        seen_step = max([d.get("step", 0) for d in train_rows] or [0])
-        seen_eval = max([(e.data or {}).get("step", 0) for e in earlier
-                         if e.type == "metrics" and "valid_loss" in (e.data or {})] or [0])
+        metrics = [e.data or {} for e in earlier if e.type == "metrics"]
+        seen_step = max([d.get("step", 0) for d in metrics if "valid_loss" not in d] or [0])
+        seen_eval = max([d.get("step", 0) for d in metrics if "valid_loss" in d] or [0])
         seen_ckpt = {(e.data or {}).get("checkpoint") for e in earlier if (e.data or {}).get("checkpoint")}
         pos = 0
         last: dict = {}
@@ -198,8 +197,7 @@ def run(job_id: str, worker_id: str | None = None) -> int:
     except (KeyboardInterrupt, ModelmillError) as e:
         if q.get(job_id).cancel_requested:
             status = "cancelled"
-            if job.kind == "train":  # a cancelled run is gone: its name is free again
-                store.remove_tree(store.runs_dir / cfg.name)
+            q.drop_run(job)
         elif isinstance(e, (KeyboardInterrupt, TrainingInterrupted)):
             # the worker is shutting down: no final state; it re-queues the job, which resumes
             ctx.stop()

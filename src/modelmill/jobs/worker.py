@@ -4,8 +4,8 @@
 
 Every ``poll`` seconds it heartbeats itself and its jobs, re-queues jobs whose worker stopped
 heartbeating (any worker does this for all), asks the runners of cancelled jobs (and of jobs
-past ``--job-timeout``, which then fail) to stop, and starts new jobs while slots are free. SIGINT/SIGTERM: stop taking jobs, let running ones
-checkpoint and re-queue them, leave.
+past ``--job-timeout``, which then fail) to stop, and starts new jobs while slots are free.
+SIGINT/SIGTERM: stop taking jobs, let running ones checkpoint and re-queue them, leave.
 """
 
 from __future__ import annotations
@@ -103,8 +103,7 @@ class Worker:
                 if job.cancel_requested:  # stopped by its cancel before it could say so itself
                     self.queue.event(job_id, "The job was cancelled", level="warn")
                     self.queue.finish(job_id, "cancelled", worker_id=self.id)
-                    if job.kind == "train" and (job.spec or {}).get("name"):
-                        self.store.remove_tree(self.store.runs_dir / job.spec["name"])
+                    self.queue.drop_run(job)
                 elif timed_out:
                     msg = f"the job ran longer than this worker's --job-timeout ({self.config.job_timeout:g} s)"
                     name = (job.spec or {}).get("name") if job.kind == "train" else None

@@ -290,10 +290,8 @@ def run(job: SFTJob) -> dict:
     if done is not None:
         # Stopped after its last step's checkpoint but before publishing: the weights are final.
         # (Trainer would run one more step on a resume from max_steps.)
-        from transformers.trainer_callback import TrainerState
-
         trainer._load_from_checkpoint(last)
-        trainer.state = TrainerState.load_from_json(done)
+        trainer.state = done
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         metrics = {"train_runtime": 0.0, "epoch": trainer.state.epoch, "resumed_at_last_step": True,
                    **({"train_loss": sum(losses) / len(losses)} if losses else {})}
@@ -328,16 +326,17 @@ def _fuse_lora(model) -> int:
     return fuse_lora_layers(model)
 
 
-def _finished(checkpoint: str | None) -> str | None:
-    """The trainer_state.json of ``checkpoint`` when it was saved at the run's last step."""
+def _finished(checkpoint: str | None):
+    """The TrainerState saved with ``checkpoint`` when it was saved at the run's last step, else None."""
+    from transformers.trainer_callback import TrainerState
+
     if checkpoint is None:
         return None
-    path = Path(checkpoint) / "trainer_state.json"
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    except (OSError, ValueError, TypeError):
         return None
-    return str(path) if state.get("max_steps") and state.get("global_step", 0) >= state["max_steps"] else None
+    return state if state.max_steps and state.global_step >= state.max_steps else None
 
 
 def _last_checkpoint(folder: Path):

@@ -64,21 +64,25 @@ export function lineChart(points, { xLabel = "step", yLabel = "loss", testid = "
     s("text", { class: "chart-title", x: PAD.left + iw / 2, y: H - 4, "text-anchor": "middle" }, xLabel),
     s("text", { class: "chart-title", x: 14, y: PAD.top + ih / 2, "text-anchor": "middle",
       transform: `rotate(-90 14 ${PAD.top + ih / 2})` }, yLabel));
-  const line = (pts, cls, dotId, what) => {
+  // series 0: the solid line (points, testid chart-point); series 1: the dashed one (chart-point-2)
+  const lineClass = ["chart-line", "chart-line chart-line-2"];
+  const line = (pts, series, what) => {
     const sorted = [...pts].sort((a, b) => a.x - b.x);
-    svg.append(s("path", { class: cls, d: sorted.map((p, i) => `${i ? "L" : "M"}${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`).join("") }));
-    const dots = s("g", { class: cls.includes("chart-line-2") ? "chart-dots chart-dots-2" : "chart-dots" });
+    svg.append(s("path", { class: lineClass[series], d: sorted.map((p, i) => `${i ? "L" : "M"}${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`).join("") }));
+    const dots = s("g", { class: series ? "chart-dots chart-dots-2" : "chart-dots" });
     for (const p of sorted) {
-      dots.append(s("circle", { cx: X(p.x), cy: Y(p.y), r: sorted.length > 60 ? 1.5 : 3, testid: dotId },
+      dots.append(s("circle", { cx: X(p.x), cy: Y(p.y), r: sorted.length > 60 ? 1.5 : 3,
+        testid: series ? "chart-point-2" : "chart-point" },
         s("title", {}, `${xLabel} ${p.x}: ${what} ${label(p.y)}`)));
     }
     svg.append(dots);
   };
-  line(points, "chart-line", "chart-point", other.length ? `${name} ${yLabel}` : yLabel);
+  line(points, 0, other.length ? `${name} ${yLabel}` : yLabel);
   if (other.length) {
-    line(other, "chart-line chart-line-2", "chart-point-2", `${second.name} ${yLabel}`);
+    line(other, 1, `${second.name} ${yLabel}`);
     const legend = s("g", { class: "chart-legend", testid: "chart-legend" });
-    [[name, "chart-line"], [second.name, "chart-line chart-line-2"]].forEach(([text, cls], i) => {
+    [name, second.name].forEach((text, i) => {
+      const cls = lineClass[i];
       const x = PAD.left + 12 + i * 120;
       legend.append(s("line", { class: cls, x1: x, x2: x + 18, y1: PAD.top + 6, y2: PAD.top + 6 }),
         s("text", { x: x + 24, y: PAD.top + 10 }, text));

@@ -59,8 +59,7 @@ export async function trainPage(ctx) {
   const wantData = (ctx.query.get("data") || "").split("@")[0];
   const dataSelect = h("select", { id: "field-data", testid: "field-data", required: true },
     h("option", { value: "", disabled: true, selected: !wantData }, "Choose a dataset…"),
-    trainable.map((d) => h("option", { value: d.name, selected: d.name === wantData },
-      `${d.name} (${d.kind}, ${d.num_records} records)`)));
+    datasetOptions(trainable, wantData));
   const nameInput = h("input", { id: "field-name", testid: "field-name", type: "text", autocomplete: "off",
     pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", placeholder: "automatic: dataset-method" });
   inputs.base = { field: byName.base || { name: "base" }, el: baseSelect, read: () => baseSelect.value };
@@ -127,10 +126,14 @@ export async function trainPage(ctx) {
         h("a", { class: "btn btn-ghost", href: withQuery("#/jobs", {}) }, "See running jobs"))));
 }
 
+function datasetOptions(datasets, selected) {
+  return datasets.map((d) => h("option", { value: d.name, selected: d.name === selected },
+    `${d.name} (${d.kind}, ${d.num_records} records)`));
+}
+
 function heldOutSelect(f, datasets) {
   const el = h("select", { id: `field-${f.name}`, name: f.name, testid: `field-${f.name}` },
-    h("option", { value: "", selected: true }, "none"),
-    datasets.map((d) => h("option", { value: d.name }, `${d.name} (${d.kind}, ${d.num_records} records)`)));
+    h("option", { value: "", selected: true }, "none"), datasetOptions(datasets, ""));
   return { field: f, kind: "select", el, read: () => el.value };
 }
 
