@@ -225,21 +225,18 @@ def run(job_id: str, worker_id: str | None = None) -> int:
 def _term(signum, frame):
     """The worker's cancel or shutdown: stop the way Ctrl-C stops training (it saves and leaves).
 
-    A trainer already running gets SIGINT directly. Before that, KeyboardInterrupt stops the
-    set-up, and STOP stops a trainer that starts anyway: a KeyboardInterrupt that lands inside
-    some library's import-time ``except:`` is lost, the flag is not.
+    KeyboardInterrupt is what Ctrl-C raises: in the set-up it stops the set-up, and while a
+    trainer runs it lands in ``launcher.launch``, which forwards it to the trainer's group and
+    waits until the checkpoint is saved (accelerate's own launcher dies of it before that). STOP
+    stops a trainer that starts anyway: a KeyboardInterrupt that lands inside some library's
+    import-time ``except:`` is lost, the flag is not. A second SIGTERM while a trainer runs
+    aborts it, as a second Ctrl-C does.
     """
     from modelmill.train.launcher import RUNNING, STOP
 
     first = not STOP.is_set()
     STOP.set()
-    if RUNNING:
-        for pgid in list(RUNNING):
-            try:
-                os.killpg(pgid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-    elif first:
+    if first or RUNNING:
         raise KeyboardInterrupt
 
 

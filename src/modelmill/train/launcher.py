@@ -71,13 +71,7 @@ def launch(module: str, job_path: Path, *, num_processes: int = 1, use_cuda: boo
         RUNNING.add(proc.pid)
         if STOP.is_set():
             raise KeyboardInterrupt
-        rc = proc.wait()
-        if rc != 0 and STOP.is_set():
-            # stopped from outside (a job runner's SIGTERM sends the group SIGINT): accelerate's
-            # launcher dies of the KeyboardInterrupt (-2) while its child still saves a checkpoint
-            _wait_group(proc.pid)
-            return INTERRUPTED
-        return rc
+        return proc.wait()
     except KeyboardInterrupt:
         if proc is None:
             raise
