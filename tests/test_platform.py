@@ -203,7 +203,7 @@ def test_a_worker_killed_mid_training_is_replaced_and_the_job_resumes(cli_tiny, 
     steps = 150  # the tiny model trains at 3 to 70 steps/s here: the kill must land well before the end
     job = q.submit("train", {"base": "tiny", "data": "sums", "name": "survivor", "max_steps": steps,
                              "save_steps": 5, "logging_steps": 1, "batch_size": 2})
-    worker_args = [*MODELMILL, "worker", "--poll", "0.3", "--stale-after", "3"]
+    worker_args = [*MODELMILL, "worker", "--poll", "0.3", "--stale-after", "10"]
     log_a = (tmp_path / "worker-a.log").open("wb")
     a = subprocess.Popen(worker_args, env=env, stdout=log_a, stderr=subprocess.STDOUT)
     try:

@@ -120,9 +120,17 @@ def _validate_train(store, cfg, job):
 
 
 def _run_train(ctx) -> dict:
-    from modelmill.train.runs import train
+    from modelmill.train.runs import published_by, run_lock, train
 
     cfg = ctx.config
+    # an earlier copy of this job that is being stopped may still hold the run: wait until it has
+    # let go (its worker SIGKILLs it 60 s after asking) before looking at what it left
+    with run_lock(ctx.store, cfg.name, wait=90.0):
+        pass
+    done = published_by(ctx.store, cfg.name, ctx.job.id)
+    if done is not None:  # an earlier attempt published it just before the job was re-queued
+        ctx.event(f"Attempt {ctx.job.attempts - 1} already published {done.name}; nothing to train again")
+        return _train_result(ctx, done)
     run_dir = ctx.store.runs_dir / cfg.name
     ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) \
         if (run_dir / "checkpoints").is_dir() else []
@@ -133,7 +141,13 @@ def _run_train(ctx) -> dict:
     elif run_dir.exists() and ctx.job.attempts > 1:
         ctx.event("No checkpoint was saved before the worker stopped; starting again from step 0", level="warn")
     ctx.watch_training(run_dir)
-    adapter = train(ctx.store, cfg, resume=resume, log_file=ctx.log_file)
+    # publish only while this attempt still holds the job
+    adapter = train(ctx.store, cfg, resume=resume, log_file=ctx.log_file, lock_wait=90.0,
+                    before_publish=ctx.still_ours, job_id=ctx.job.id)
+    return _train_result(ctx, adapter)
+
+
+def _train_result(ctx, adapter) -> dict:
     model_id = f"{adapter.base_model}:{adapter.name}"
     ctx.event(f"New fine-tuned model: {model_id}", data={"fine_tuned_model": model_id})
     return {"adapter": adapter.name, "fine_tuned_model": model_id, "metrics": adapter.metrics,

@@ -7,11 +7,16 @@
 
 States: ``validating_files -> queued -> running -> succeeded | failed | cancelled``. Workers
 claim a queued job with a compare-and-set UPDATE (two workers never get the same job),
-heartbeat it while it runs, and any worker re-queues a running job whose heartbeat it has seen
-unchanged for ``stale_after`` seconds: its worker died, and the next attempt resumes from the
-last checkpoint. Staleness is timed on the watching worker's own monotonic clock and a heartbeat
-is only compared with the previous one for equality, so workers on hosts whose clocks disagree
-never re-queue a live job or keep a dead one.
+heartbeat it while it runs (from a thread of its own, so no work of the worker can delay a beat),
+and any worker re-queues a running job whose heartbeat it has seen unchanged for ``stale_after``
+seconds: its worker died, and the next attempt resumes from the last checkpoint. Staleness is
+timed on the watching worker's own monotonic clock and a heartbeat is only compared with the
+previous one for equality, so workers on hosts whose clocks disagree never re-queue a live job or
+keep a dead one.
+
+Each attempt is fenced by ``(worker, attempts)``: an attempt whose job was re-queued meanwhile
+(a copy that lived on after all) can neither finish the job nor publish its result, and a
+recorded cancel wins over every re-queue: the job ends ``cancelled`` instead of running again.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ def new_job_id() -> str:
 class JobQueue:
     def __init__(self, store: Store):
         self.store = store
-        # job id -> (its heartbeat value as last read, when this process first read that value)
-        self._beats: dict[str, tuple[datetime | None, float]] = {}
+        # job id -> (its heartbeat value as last read, when this process first read that value,
+        # how many times it has read that value)
+        self._beats: dict[str, tuple[datetime | None, float, int]] = {}
 
     # -- submitting and reading
 
@@ -163,22 +169,40 @@ class JobQueue:
                    level="warn")
         return job
 
-    def claim(self, worker_id: str, free: dict) -> Job | None:
-        """Take the oldest queued job that fits in ``free`` resources; None when there is none."""
+    def claim(self, worker_id: str, free: dict, exclude=()) -> Job | None:
+        """Take the oldest queued job that fits in ``free`` resources and is not in ``exclude`` (jobs
+        whose earlier copy this worker is still stopping); None when there is none."""
+        q = select(Job).where(Job.status == "queued", Job.cancel_requested.is_(False))
+        if exclude:
+            q = q.where(Job.id.not_in(list(exclude)))
         with self.store.session() as s:
-            queued = list(s.scalars(select(Job).where(Job.status == "queued", Job.cancel_requested.is_(False))
-                                    .order_by(Job.created_at).limit(200)))
+            queued = list(s.scalars(q.order_by(Job.created_at).limit(200)))
         for job in queued:
             need = job.resources or {}
             if any(need.get(r, 0) > free.get(r, 0) for r in need):
                 continue
+            beat = now()
             with self.store.session() as s:
-                n = s.execute(update(Job).where(Job.id == job.id, Job.status == "queued")
+                # a cancel recorded since the read above wins: the job is not started
+                n = s.execute(update(Job).where(Job.id == job.id, Job.status == "queued",
+                                                Job.cancel_requested.is_(False))
                               .values(status="running", worker=worker_id, attempts=Job.attempts + 1,
-                                      heartbeat_at=now(), started_at=job.started_at or now())).rowcount
-            if n:
-                return self.get(job.id)
+                                      heartbeat_at=beat, started_at=job.started_at or beat)).rowcount
+                if n:
+                    # read in the claiming transaction: a database busy for a moment after the
+                    # UPDATE cannot leave a job marked running that no runner was started for
+                    return s.get(Job, job.id, populate_existing=True)
         return None
+
+    def owns(self, job_id: str, worker_id: str | None, attempt: int | None) -> bool:
+        """Whether this attempt (``worker_id``, ``attempt``) still holds the job: it is running on
+        that worker at that attempt, and no cancel is recorded. A copy that lost its job to a
+        re-queue, or was cancelled, must not publish or finish anything."""
+        with self.store.session() as s:
+            row = s.get(Job, job_id)
+        return (row is not None and row.status == "running" and not row.cancel_requested
+                and (worker_id is None or row.worker == worker_id)
+                and (attempt is None or row.attempts == attempt))
 
     def set_pid(self, job_id: str, pid: int) -> None:
         with self.store.session() as s:
@@ -198,15 +222,14 @@ class JobQueue:
                 row.result = {**(row.result or {}), "progress": progress}
 
     def finish(self, job_id: str, status: str, *, result: dict | None = None, error: dict | None = None,
-               worker_id: str | None = None, **columns) -> bool:
-        """Set a final state; False when the job is no longer this worker's (it was re-queued)."""
-        return self._finish(job_id, status, result=result, error=error, worker_id=worker_id, **columns)
-
-    def _finish(self, job_id, status, *, result=None, error=None, worker_id=None, **columns) -> bool:
+               worker_id: str | None = None, attempt: int | None = None, **columns) -> bool:
+        """Set a final state; False when the job is no longer this attempt's (it was re-queued,
+        and maybe claimed again: ``attempt`` fences an earlier attempt off from a later one)."""
         assert status in FINISHED
         with self.store.session() as s:
             row = s.get(Job, job_id)
-            if row is None or row.status in FINISHED or (worker_id and row.worker != worker_id):
+            if row is None or row.status in FINISHED or (worker_id and row.worker != worker_id) \
+                    or (attempt is not None and row.attempts != attempt):
                 return False
             row.status = status
             row.finished_at = now()
@@ -218,10 +241,13 @@ class JobQueue:
                 setattr(row, k, v)
         return True
 
-    def requeue_stale(self, stale_after: float) -> list[str]:
+    def requeue_stale(self, stale_after: float, min_looks: int = 3) -> list[str]:
         """Put back in the queue every running job whose worker stopped heartbeating: whose
         heartbeat this queue object has read unchanged for ``stale_after`` seconds (of its own
-        clock; a fresh watcher waits that long before it judges anything)."""
+        clock; a fresh watcher waits that long before it judges anything) and in at least
+        ``min_looks`` reads. The second condition keeps a watcher that was itself stalled (a
+        loaded host, a paused VM) from judging on its first look after the pause: the workers it
+        watches were stalled with it, and their next beat is one poll away."""
         t = time.monotonic()
         with self.store.session() as s:
             running = list(s.scalars(select(Job).where(Job.status == "running")))
@@ -229,21 +255,23 @@ class JobQueue:
         for j in running:
             seen = self._beats.get(j.id)
             if seen is None or seen[0] != j.heartbeat_at:
-                seen = (j.heartbeat_at, t)  # a new beat (or a new job): its clock starts now
-            elif t - seen[1] >= stale_after:
-                stale.append(j)
+                seen = (j.heartbeat_at, t, 1)  # a new beat (or a new job): its clock starts now
+            else:
+                seen = (seen[0], seen[1], seen[2] + 1)
+                if t - seen[1] >= stale_after and seen[2] >= min_looks:
+                    stale.append(j)
             beats[j.id] = seen
         self._beats = beats
         back = []
         for job in stale:
-            # a job whose cancel was pending ends cancelled rather than running again
-            values = dict(status="cancelled", finished_at=now()) if job.cancel_requested else dict(status="queued")
             with self.store.session() as s:
                 n = s.execute(update(Job).where(Job.id == job.id, Job.status == "running",
                                                 Job.heartbeat_at == job.heartbeat_at)
-                              .values(worker=None, pid=None, **values)).rowcount
+                              .values(worker=None, pid=None, **requeue_values())).rowcount
                 s.execute(update(Worker).where(Worker.id == job.worker).values(status="lost"))
-            if n and job.cancel_requested:
+            if n:
+                job = self.get(job.id)
+            if n and job.status == "cancelled":
                 self.event(job.id, f"Worker {job.worker} stopped heartbeating; the job was cancelled", level="warn")
                 self.drop_run(job)
             elif n:
@@ -251,6 +279,14 @@ class JobQueue:
                 self.event(job.id, f"Worker {job.worker} stopped heartbeating for {stale_after:.0f}s; job re-queued "
                                    f"(attempt {job.attempts + 1} resumes from its last checkpoint)", level="warn")
         return back
+
+    def requeue(self, job_id: str, worker_id: str) -> str | None:
+        """This worker gives its running job back (it stopped it on purpose): queued again, or
+        cancelled when a cancel is recorded. The new status, or None when it was not ours."""
+        with self.store.session() as s:
+            n = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == worker_id)
+                          .values(worker=None, pid=None, **requeue_values())).rowcount
+        return self.get(job_id).status if n else None
 
     def drop_run(self, job: Job) -> None:
         """A cancelled training job's run folder (its checkpoints) goes: the name is free again."""
@@ -283,6 +319,16 @@ class JobQueue:
     def workers(self) -> list[Worker]:
         with self.store.session() as s:
             return list(s.scalars(select(Worker).order_by(Worker.started_at.desc())))
+
+
+def requeue_values() -> dict:
+    """The columns of a running job put back: queued, or cancelled when a cancel is recorded,
+    decided by the database in the same UPDATE, so a cancel that lands meanwhile is never lost."""
+    from sqlalchemy import case
+
+    cancelled = Job.cancel_requested.is_(True)
+    return dict(status=case((cancelled, "cancelled"), else_="queued"),
+                finished_at=case((cancelled, now()), else_=None))
 
 
 def check_resources(res: dict) -> dict:

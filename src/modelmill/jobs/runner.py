@@ -25,15 +25,21 @@ from modelmill.errors import ModelmillError
 # tqdm redraws: "training:  40%|████      | 4/10 [00:03<00:05, ...]" (kept out of the log events)
 REQUEUE = 75  # exit code: stopped before the end on purpose; put the job back in the queue
 
+class JobLost(ModelmillError):
+    """This attempt lost its job (re-queued elsewhere, or cancelled): it must not publish."""
+
+
 _BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+|^\s*\d+/\d+ \[")
 
 
 class JobContext:
-    def __init__(self, store, job, config, job_dir: Path):
+    def __init__(self, store, job, config, job_dir: Path, worker_id: str | None = None, attempt: int | None = None):
         from modelmill.jobs.queue import JobQueue
 
         self.store = store
         self.job = job
+        self.worker_id = worker_id
+        self.attempt = attempt
         self.config = config
         self.queue = JobQueue(store)
         self.dir = job_dir
@@ -44,6 +50,13 @@ class JobContext:
 
     def event(self, message: str, *, level: str = "info", type: str = "message", data: dict | None = None):
         self.queue.event(self.job.id, message, level=level, type=type, data=data)
+
+    def still_ours(self) -> None:
+        """Raise unless this attempt still holds the job: called right before a result is
+        published, so a copy whose job was re-queued (or cancelled) meanwhile publishes nothing."""
+        if not self.queue.owns(self.job.id, self.worker_id, self.attempt):
+            raise JobLost(f"job {self.job.id} is no longer attempt {self.attempt} on worker {self.worker_id} "
+                          "(re-queued or cancelled meanwhile); this copy publishes nothing")
 
     # -- following a run's files
 
@@ -169,7 +182,7 @@ def _redirect(log_file: Path) -> None:
     os.close(fd)
 
 
-def run(job_id: str, worker_id: str | None = None) -> int:
+def run(job_id: str, worker_id: str | None = None, attempt: int | None = None) -> int:
     from modelmill.jobs.kinds import get_kind
     from modelmill.jobs.queue import JobQueue
     from modelmill.store import open_store
@@ -183,7 +196,8 @@ def run(job_id: str, worker_id: str | None = None) -> int:
     log_start = (job_dir / "job.log").stat().st_size if (job_dir / "job.log").is_file() else 0
     _redirect(job_dir / "job.log")
     cfg = kind.config(job.spec)
-    ctx = JobContext(store, job, cfg, job_dir)
+    attempt = job.attempts if attempt is None else attempt
+    ctx = JobContext(store, job, cfg, job_dir, worker_id, attempt)
     ctx.log_start = log_start
     ctx.follow_log()
 
@@ -195,7 +209,13 @@ def run(job_id: str, worker_id: str | None = None) -> int:
         result = kind.run(ctx) or {}
         status = "succeeded"
     except (KeyboardInterrupt, ModelmillError) as e:
-        if q.get(job_id).cancel_requested:
+        now = q.get(job_id)
+        if now.worker != worker_id or now.attempts != attempt or now.status != "running":
+            # no longer ours: whoever holds the job now (or its cancel) decides its state and its files
+            ctx.stop()
+            ctx.event(f"Attempt {attempt} stopped: the job was re-queued or ended meanwhile", level="warn")
+            return 1
+        if now.cancel_requested:
             status = "cancelled"
             q.drop_run(job)
         elif isinstance(e, (KeyboardInterrupt, TrainingInterrupted)):
@@ -217,7 +237,7 @@ def run(job_id: str, worker_id: str | None = None) -> int:
         ctx.event("The job was cancelled", level="warn")
     else:
         ctx.event(f"The job failed: {error['message']}", level="error")
-    ok = q.finish(job_id, status, result=result, error=error, worker_id=worker_id,
+    ok = q.finish(job_id, status, result=result, error=error, worker_id=worker_id, attempt=attempt,
                   **{k: v for k, v in columns.items() if v is not None})
     return 0 if ok and status == "succeeded" else 1
 
@@ -245,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     job_id = argv[0]
     worker_id = argv[1] if len(argv) > 1 else None
+    attempt = int(argv[2]) if len(argv) > 2 else None
     threading.Thread(target=_watchdog, args=(os.getppid(),), daemon=True).start()
-    return run(job_id, worker_id)
+    return run(job_id, worker_id, attempt)
 
 
 if __name__ == "__main__":

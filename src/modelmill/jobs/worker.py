@@ -2,9 +2,11 @@
 
     modelmill worker --cpu-slots 2 --gpus 0
 
-Every ``poll`` seconds it heartbeats itself and its jobs, re-queues jobs whose worker stopped
-heartbeating (any worker does this for all), asks the runners of cancelled jobs (and of jobs
-past ``--job-timeout``, which then fail) to stop, and starts new jobs while slots are free.
+Every ``poll`` seconds it re-queues jobs whose worker stopped heartbeating (any worker does this
+for all), asks the runners of cancelled jobs (and of jobs past ``--job-timeout``, which then
+fail) to stop, and starts new jobs while slots are free. A thread of its own heartbeats the
+worker and its jobs every ``poll`` seconds too: that lease is renewed however long the loop's own
+work takes (a busy database, a slow claim), so a loaded host never makes a live job look dead.
 SIGINT/SIGTERM: stop taking jobs, let running ones checkpoint and re-queue them, leave.
 """
 
@@ -14,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -30,7 +33,8 @@ class WorkerConfig:
     gpus: int = field(default=-1, metadata={"help": "GPUs this worker offers (-1: every visible CUDA device)."})
     poll: float = field(default=1.0, metadata={"help": "Seconds between looks at the queue (and heartbeats)."})
     stale_after: float = field(default=30.0, metadata={
-        "help": "A running job whose worker has not heartbeated for this many seconds is re-queued."})
+        "help": "A running job whose worker has not heartbeated for this many seconds is re-queued. Beats come "
+                "every --poll seconds from a thread of their own; 30 s rides out a database busy for seconds."})
     job_timeout: float = field(default=0.0, metadata={
         "help": "Stop a job that has run this many seconds in one attempt and mark it failed (0: no limit)."})
 
@@ -61,10 +65,36 @@ class Worker:
         self.resources = {"cpu": self.config.cpu_slots, "gpu": gpus}
         self.running: dict[str, tuple[subprocess.Popen, dict]] = {}  # job id -> (runner, resources)
         self.started: dict[str, float] = {}  # job id -> when its runner started (monotonic)
+        self.attempts: dict[str, int] = {}  # job id -> the attempt its runner runs (the fence)
         self.timed_out: set[str] = set()  # jobs stopped for running past --job-timeout
         self.stopping = False
         self.log = log
         self.id = self.queue.register_worker(self.resources)
+        self._beat_stop = threading.Event()
+        self._beater: threading.Thread | None = None
+
+    # -- the lease: beats from a thread of their own
+
+    def start_heartbeat(self) -> None:
+        self._beat_stop.clear()
+        self._beater = threading.Thread(target=self._beat_loop, name="modelmill-heartbeat", daemon=True)
+        self._beater.start()
+
+    def stop_heartbeat(self) -> None:
+        self._beat_stop.set()
+        if self._beater is not None:
+            self._beater.join(timeout=10)
+
+    def _beat_loop(self) -> None:
+        from modelmill.jobs.queue import JobQueue
+
+        queue = JobQueue(self.store)  # its own sessions; nothing shared with the loop but the pool
+        while not self._beat_stop.is_set():
+            try:
+                queue.heartbeat(self.id, list(self.running))
+            except Exception as e:  # noqa: BLE001 - busy or away for a moment: the next beat tries again
+                self.log(f"worker {self.id}: heartbeat failed ({type(e).__name__}: {e}); retrying")
+            self._beat_stop.wait(self.config.poll)
 
     def free(self) -> dict:
         used = {"cpu": 0, "gpu": 0}
@@ -74,14 +104,12 @@ class Worker:
         return {k: self.resources[k] - used[k] for k in self.resources}
 
     def _spawn(self, job) -> None:
-        if job.id in self.running:  # our old copy still winds down: never two runners of one job here
-            self._requeue(job.id)
-            return
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        proc = subprocess.Popen([sys.executable, "-m", "modelmill.jobs.runner", job.id, self.id], env=env,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "modelmill.jobs.runner", job.id, self.id, str(job.attempts)],
+                                env=env, stdin=subprocess.DEVNULL)
         self.running[job.id] = (proc, job.resources or {})
+        self.attempts[job.id] = job.attempts
         self.started[job.id] = time.monotonic()
         self.queue.set_pid(job.id, proc.pid)
         self.log(f"worker {self.id}: started {job.kind} job {job.id} (attempt {job.attempts}, pid {proc.pid})")
@@ -94,16 +122,17 @@ class Worker:
             rc = proc.poll()
             if rc is None:
                 continue
+            attempt = self.attempts.pop(job_id, None)
             del self.running[job_id]
             self.started.pop(job_id, None)
             timed_out = job_id in self.timed_out
             self.timed_out.discard(job_id)
             job = self.queue.get(job_id)
-            if job.status not in FINISHED and job.worker == self.id:
+            if job.status not in FINISHED and job.worker == self.id and job.attempts == attempt:
                 if job.cancel_requested:  # stopped by its cancel before it could say so itself
                     self.queue.event(job_id, "The job was cancelled", level="warn")
-                    self.queue.finish(job_id, "cancelled", worker_id=self.id)
-                    self.queue.drop_run(job)
+                    if self.queue.finish(job_id, "cancelled", worker_id=self.id, attempt=attempt):
+                        self.queue.drop_run(job)
                 elif timed_out:
                     msg = f"the job ran longer than this worker's --job-timeout ({self.config.job_timeout:g} s)"
                     name = (job.spec or {}).get("name") if job.kind == "train" else None
@@ -111,25 +140,20 @@ class Worker:
                         msg += f"; its checkpoints are kept: `modelmill train --name {name} --resume` continues it"
                     self.queue.event(job_id, f"The job failed: {msg}", level="error")
                     self.queue.finish(job_id, "failed", error={"code": "timeout", "message": msg, "param": None},
-                                      worker_id=self.id)
+                                      worker_id=self.id, attempt=attempt)
                 elif self.stopping or rc == REQUEUE:  # stopped on purpose: back in the queue, resumes from its checkpoint
-                    self.queue.event(job_id, f"Worker {self.id} stopped the job; re-queued", level="warn")
-                    self._requeue(job_id)
+                    now = self.queue.requeue(job_id, self.id)
+                    if now == "cancelled":
+                        self.queue.event(job_id, "The job was cancelled", level="warn")
+                        self.queue.drop_run(job)
+                    elif now:
+                        self.queue.event(job_id, f"Worker {self.id} stopped the job; re-queued", level="warn")
                 else:
                     msg = f"the job's process exited with code {rc} without a result (see jobs/{job_id}/job.log)"
                     self.queue.event(job_id, f"The job failed: {msg}", level="error")
                     self.queue.finish(job_id, "failed", error={"code": "runner_died", "message": msg, "param": None},
-                                      worker_id=self.id)
+                                      worker_id=self.id, attempt=attempt)
             self.log(f"worker {self.id}: job {job_id} left with exit code {rc}")
-
-    def _requeue(self, job_id: str) -> None:
-        from sqlalchemy import update
-
-        from modelmill.store.tables import Job
-
-        with self.store.session() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.worker == self.id)
-                      .values(status="queued", worker=None, pid=None))
 
     def _cancels(self) -> None:
         """Stop runners whose job was cancelled, or is no longer this worker's (re-queued while we
@@ -137,7 +161,7 @@ class Worker:
         limit = self.config.job_timeout
         for job_id, (proc, _) in self.running.items():
             job = self.queue.get(job_id)
-            lost = job.worker != self.id or job.status != "running"
+            lost = job.worker != self.id or job.status != "running" or job.attempts != self.attempts.get(job_id)
             if limit and job_id not in self.timed_out and time.monotonic() - self.started.get(job_id, 0.0) > limit \
                     and not (job.cancel_requested or lost) and proc.poll() is None:
                 self.timed_out.add(job_id)
@@ -155,14 +179,16 @@ class Worker:
                 proc.kill()
 
     def step(self) -> None:
-        self.queue.heartbeat(self.id, list(self.running))
+        if self._beater is None:  # stepped by hand (tests): the beat comes with the step
+            self.queue.heartbeat(self.id, list(self.running))
         self._reap()
         for job_id in self.queue.requeue_stale(self.config.stale_after):
             self.log(f"worker {self.id}: re-queued {job_id} (its worker stopped heartbeating)")
         self.queue.sweep_validating()
         self._cancels()
         while not self.stopping:
-            job = self.queue.claim(self.id, self.free())
+            # not a job whose earlier copy we are still stopping: it waits for that copy to leave
+            job = self.queue.claim(self.id, self.free(), exclude=list(self.running))
             if job is None:
                 break
             self._spawn(job)
@@ -174,6 +200,7 @@ class Worker:
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
         self.log(f"worker {self.id}: offering {self.resources}; polling the queue every {self.config.poll}s")
+        self.start_heartbeat()
         try:
             while not self.stopping:
                 try:
@@ -186,9 +213,9 @@ class Worker:
                     proc.send_signal(signal.SIGTERM)
             deadline = time.time() + 120
             while self.running and time.time() < deadline:
-                self.queue.heartbeat(self.id, list(self.running))
                 self._reap()
                 time.sleep(0.2)
         finally:
+            self.stop_heartbeat()
             self.queue.stop_worker(self.id)
             self.log(f"worker {self.id}: stopped")

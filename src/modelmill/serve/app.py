@@ -865,4 +865,5 @@ def serve(config: ServeConfig, store=None) -> None:
     from modelmill.api.app import create_app as platform_app
 
     app = platform_app(store, config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=5,
+                timeout_keep_alive=config.keep_alive)

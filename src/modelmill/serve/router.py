@@ -48,8 +48,16 @@ class ServeConfig:
         "help": "Bind models to knowledge bases: 'MODEL=KB[+KB...]', pairs separated by ';' or ',' (e.g. "
                 "'smollm2-135m-instruct:policy-lora=policies+faq'). Chat requests to MODEL answer from them, "
                 "with citations, unless the request names knowledge_bases itself."})
+    keep_alive: float = field(default=75.0, metadata={
+        "help": "Seconds an idle HTTP connection stays open. Keep it above your clients' own idle limit (httpx and "
+                "the openai client: 5 s; a proxy's upstream keep-alive): the side that waits longer never closes a "
+                "connection just as the other sends a request on it, which the client sees as no answer at all."})
 
     def __post_init__(self):
+        from modelmill.errors import InputError
+
+        if not 1 <= self.keep_alive <= 3600:
+            raise InputError(f"must be in [1, 3600] seconds, got {self.keep_alive:g}", field="--keep-alive")
         self.knowledge_bindings()  # a malformed --knowledge fails at start-up, naming the flag
 
     def knowledge_bindings(self) -> dict[str, list[str]]:

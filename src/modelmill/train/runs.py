@@ -97,13 +97,21 @@ def held_out_dataset(store: Store, ref: str, train_ds, field: str = "--eval-data
 
 
 @contextmanager
-def run_lock(store: Store, name: str):
-    """Held while a run named ``name`` is prepared and trains: a second one does not wait, it fails."""
-    with store.lock(f"run-{name}", wait=False) as held:
-        if not held:
+def run_lock(store: Store, name: str, wait: float = 0.0):
+    """Held while a run named ``name`` is prepared and trains. A second one fails at once, or
+    after ``wait`` seconds (a queued job's next attempt waits while an earlier copy winds down)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        with store.lock(f"run-{name}", wait=False) as held:
+            if held:
+                yield
+                return
+        if time.monotonic() >= deadline:
             raise ConflictError(f"a run named '{name}' is training right now", field="--name",
                                 fix="wait for it, or choose another --name")
-        yield
+        time.sleep(0.5)
 
 
 def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
@@ -143,14 +151,18 @@ def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
 
 
 def train(store: Store, cfg: SFTConfig, *, resume: bool = False, log_file: Path | None = None,
-          accelerate_config: str | None = None) -> Adapter:
-    """Train and register an adapter; raise TrainingInterrupted (resumable) or TrainingFailed."""
-    with run_lock(store, run_name(cfg)):
-        return _train_locked(store, cfg, resume, log_file, accelerate_config)
+          accelerate_config: str | None = None, lock_wait: float = 0.0, before_publish=None,
+          job_id: str | None = None) -> Adapter:
+    """Train and register an adapter; raise TrainingInterrupted (resumable) or TrainingFailed.
+
+    ``before_publish()`` runs right before the adapter is published and may raise to stop it (a
+    queued job checks it still holds its job); ``job_id`` is recorded in the lineage."""
+    with run_lock(store, run_name(cfg), wait=lock_wait):
+        return _train_locked(store, cfg, resume, log_file, accelerate_config, before_publish, job_id)
 
 
 def _train_locked(store: Store, cfg: SFTConfig, resume: bool, log_file: Path | None,
-                  accelerate_config: str | None) -> Adapter:
+                  accelerate_config: str | None, before_publish=None, job_id: str | None = None) -> Adapter:
     import torch
 
     from modelmill.train.launcher import INTERRUPTED, launch
@@ -172,10 +184,27 @@ def _train_locked(store: Store, cfg: SFTConfig, resume: bool, log_file: Path | N
         raise TrainingFailed(f"training '{cfg.name}' failed with exit code {rc}{where}",
                              fix="read the error above; fix it and run again (add --resume to keep checkpoints)")
     metrics = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    return publish(store, job, metrics)
+    if before_publish is not None:
+        before_publish()
+    return publish(store, job, metrics, job_id=job_id)
 
 
-def publish(store: Store, job: SFTJob, metrics: dict) -> Adapter:
+def published_by(store: Store, name: str, job_id: str) -> Adapter | None:
+    """The adapter ``name`` if the queued job ``job_id`` published it (an earlier attempt of the
+    job that finished training just as the job was re-queued), else None."""
+    from modelmill.adapters import AdapterRegistry
+
+    row = AdapterRegistry(store).find(name)
+    if row is None:
+        return None
+    try:
+        lineage = json.loads((Path(row.path) / "lineage.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return row if lineage.get("job") == job_id else None
+
+
+def publish(store: Store, job: SFTJob, metrics: dict, job_id: str | None = None) -> Adapter:
     """Move the finished run into adapters/<name>/ and register it with its lineage."""
     from modelmill.adapters import AdapterRegistry
     from modelmill.data.catalog import DatasetCatalog
@@ -193,6 +222,8 @@ def publish(store: Store, job: SFTJob, metrics: dict) -> Adapter:
         "config": asdict(cfg), "versions": library_versions(), "metrics": metrics,
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
+    if job_id:
+        lineage["job"] = job_id
     with store.staging(final) as tmp:
         # Copies, not moves: if anything below fails, the run folder is still whole.
         shutil.copytree(run_dir / "final", tmp, dirs_exist_ok=True)

@@ -1,0 +1,179 @@
+"""A job's lease on a busy host: live jobs are never judged stale, a recorded cancel wins over
+every re-queue, and an attempt that lost its job neither finishes it nor publishes anything.
+
+These drive the queue and a worker in this process (the worker's loop made slow on purpose, at
+our own seam), with real subprocesses standing in for runners; test_platform.py covers the
+same paths end to end with real workers and training."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+
+from modelmill.jobs.queue import JobQueue, now
+from modelmill.store import open_store
+from modelmill.store.tables import Job
+
+
+def _running_job(store, job_id: str, worker: str, attempts: int = 1, kind: str = "eval") -> None:
+    with store.session() as s:
+        s.add(Job(id=job_id, kind=kind, status="running", spec={}, worker=worker, attempts=attempts,
+                  heartbeat_at=now(), cancel_requested=False, result={}))
+
+
+@pytest.fixture()
+def store(home):
+    return open_store()
+
+
+def test_a_worker_whose_loop_is_stalled_keeps_its_job_while_it_lives(store):
+    """The loop of the worker below takes 4 s a step (a database busy for seconds, a slow claim),
+    four times --stale-after: the job stays with it, because its lease is renewed by a thread of
+    its own. Once that thread stops (the worker is gone), the same watcher re-queues the job and
+    the stalled worker stops its copy."""
+    from modelmill.jobs.worker import Worker, WorkerConfig
+
+    w = Worker(store, WorkerConfig(poll=0.2, stale_after=1.0), log=lambda *a: None)
+    _running_job(store, "ftjob-busy", w.id)
+    runner = subprocess.Popen(["sleep", "120"])
+    w.running["ftjob-busy"] = (runner, {})
+    w.attempts["ftjob-busy"] = 1
+    slow_cancels = w._cancels
+
+    def stalled():  # the loop's own work takes 4 s
+        time.sleep(4.0)
+        slow_cancels()
+
+    w._cancels = stalled
+    watcher = JobQueue(store)
+    requeued: list[str] = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            requeued.extend(watcher.requeue_stale(1.0))
+            time.sleep(0.1)
+
+    t = threading.Thread(target=watch)
+    w.start_heartbeat()
+    t.start()
+    try:
+        for _ in range(2):  # 8 s of a stalled loop
+            w.step()
+        assert requeued == [], "a live job was judged stale while its worker's loop was busy"
+        assert watcher.get("ftjob-busy").status == "running"
+        w.stop_heartbeat()  # the worker's lease ends: now the job is stale, and only now
+        deadline = time.monotonic() + 30
+        while not requeued and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert requeued == ["ftjob-busy"]
+        w._cancels = slow_cancels
+        w.step()  # the stalled worker finds its job gone and stops its copy (SIGTERM)
+        assert runner.wait(10) == -15
+    finally:
+        stop.set()
+        t.join()
+        w.stop_heartbeat()
+        if runner.poll() is None:
+            runner.kill()
+    job = watcher.get("ftjob-busy")
+    assert job.status == "queued" and job.worker is None
+
+
+def test_a_watcher_that_was_itself_stalled_does_not_judge_on_its_first_look(store):
+    """One read before a 1.5 s pause and one after span stale_after, but two looks are not enough:
+    the watched worker was paused too, and its next beat is one poll away."""
+    _running_job(store, "ftjob-paused", "other-host:1")
+    watcher = JobQueue(store)
+    assert watcher.requeue_stale(1.0) == []
+    time.sleep(1.5)
+    assert watcher.requeue_stale(1.0) == []  # second look: not yet
+    assert watcher.requeue_stale(1.0) == ["ftjob-paused"]  # third look, still no beat: stale
+
+
+def test_a_cancel_recorded_while_a_watcher_re_queues_wins(store, monkeypatch):
+    """The cancel lands between the watcher's read of the stale job and its UPDATE: the job ends
+    cancelled, not queued (where no worker would ever take it, or -- before the claim checked --
+    run again to the end)."""
+    from sqlalchemy import event
+
+    _running_job(store, "ftjob-race", "gone-host:1")
+    watcher, api = JobQueue(store), JobQueue(store)
+    for _ in range(2):
+        watcher.requeue_stale(0.0)  # two looks; the third (below) acts
+    fired = []
+
+    def cancel_first(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE JOBS") and not fired:
+            fired.append(1)
+            api.cancel("ftjob-race")  # another connection: the API's
+
+    engine = store.engine
+    event.listen(engine, "before_cursor_execute", cancel_first)
+    try:
+        back = watcher.requeue_stale(0.0)
+    finally:
+        event.remove(engine, "before_cursor_execute", cancel_first)
+    assert fired and back == []
+    job = api.get("ftjob-race")
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert any("cancelled" in e.message for e in api.events("ftjob-race"))
+
+
+def test_a_worker_giving_back_a_cancelled_job_cancels_it(store):
+    _running_job(store, "ftjob-back", "w:1")
+    q = JobQueue(store)
+    q.cancel("ftjob-back")  # running: the cancel is recorded, the worker stops the runner
+    assert q.requeue("ftjob-back", "w:1") == "cancelled"
+    _running_job(store, "ftjob-back2", "w:1")
+    assert q.requeue("ftjob-back2", "w:1") == "queued"
+    assert q.requeue("ftjob-back2", "w:1") is None  # no longer that worker's
+
+
+def test_a_queued_job_cancelled_after_the_claims_read_is_not_started(store, monkeypatch):
+    from sqlalchemy import event
+
+    with store.session() as s:
+        s.add(Job(id="ftjob-q", kind="eval", status="queued", spec={}, attempts=0, cancel_requested=False,
+                  result={}, resources={"cpu": 1}))
+    q = JobQueue(store)
+    # a cancel request recorded on a queued job as an older API did it (flag only): the claim must refuse it
+    fired = []
+
+    def flag_first(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE JOBS") and not fired:
+            fired.append(1)
+            with store.engine.connect() as c2:
+                from sqlalchemy import update
+
+                c2.execute(update(Job).where(Job.id == "ftjob-q").values(cancel_requested=True))
+                c2.commit()
+
+    event.listen(store.engine, "before_cursor_execute", flag_first)
+    try:
+        assert q.claim("w:1", {"cpu": 1, "gpu": 0}) is None
+    finally:
+        event.remove(store.engine, "before_cursor_execute", flag_first)
+    assert fired and q.get("ftjob-q").status == "queued" and q.get("ftjob-q").attempts == 0
+
+
+def test_an_attempt_that_lost_its_job_cannot_finish_it(store):
+    """Attempt 1 lived on after the job was re-queued and claimed again (attempt 2, the same
+    worker id even): its finish is refused, and its ownership check says so before any publish."""
+    from modelmill.jobs.runner import JobContext, JobLost
+
+    _running_job(store, "ftjob-twice", "w:1", attempts=2)
+    q = JobQueue(store)
+    assert not q.owns("ftjob-twice", "w:1", 1) and q.owns("ftjob-twice", "w:1", 2)
+    assert q.finish("ftjob-twice", "succeeded", worker_id="w:1", attempt=1) is False
+    assert q.get("ftjob-twice").status == "running"
+    ctx = JobContext(store, q.get("ftjob-twice"), None, store.home / "jobs" / "x", "w:1", 1)
+    with pytest.raises(JobLost, match="publishes nothing"):
+        ctx.still_ours()
+    JobContext(store, q.get("ftjob-twice"), None, store.home / "jobs" / "x", "w:1", 2).still_ours()
+    q.cancel("ftjob-twice")  # a recorded cancel: no attempt publishes any more
+    assert not q.owns("ftjob-twice", "w:1", 2)
+    assert q.finish("ftjob-twice", "succeeded", worker_id="w:1", attempt=2) is True
