@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 PIP_QUIET ?= -q
 
-.PHONY: install dev demo test clean
+.PHONY: install dev demo test test-loaded clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ demo: install
 # one pytest process per CPU (pytest-xdist), each test file whole on one of them; PYTEST_ARGS=-n0 runs serially
 test: dev
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile $(PYTEST_ARGS)
+
+# how a slow or shared host behaves: the platform, reliability and serving tests while busy loops hold every CPU
+LOADED_TESTS ?= tests/test_jobs_lease.py tests/test_platform.py tests/test_api_reliability.py tests/test_serve_api.py
+test-loaded: dev
+	HF_HUB_OFFLINE=1 $(PY) tests/loaded.py -- $(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile $(PYTEST_ARGS) $(LOADED_TESTS)
 
 clean:
 	rm -rf $(VENV) .modelmill build *.egg-info src/*.egg-info

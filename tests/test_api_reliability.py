@@ -402,6 +402,12 @@ def test_200_concurrent_mixed_calls_get_no_5xx_and_leave_no_job_stuck(platform, 
     for name in [f"cancel-{i}" for i in range(6)] + ["stop-me"]:
         if by_name.get(name, {}).get("status") != "cancelled":
             problems.append(f"{name} was cancelled but did not end cancelled: {by_name.get(name)}")
+    # a stopped run's tracebacks stay in its log: its events are for people
+    with httpx.Client(base_url=platform.url, headers=AUTH, timeout=60) as c:
+        said = [e["message"] for e in c.get(f"/api/jobs/{stop_me}/events", params={"limit": 1000}).json()["data"]]
+    frames = [m for m in said if m.startswith(("File ", "Traceback", "raise ", "^^^"))]
+    if frames:
+        problems.append(f"stop-me's events hold {len(frames)} traceback lines, e.g. {frames[:3]}")
     n5xx = sum(1 for _, s, _ in b.results if s >= 500 or s == 0)
     assert not problems, (f"{n5xx} of 200 calls got a 5xx or no answer; {len(problems)} problems:\n"
                           + "\n".join(problems) + "\n---- server tracebacks ----\n"

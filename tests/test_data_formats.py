@@ -30,7 +30,7 @@ def test_detect_unknown_lists_formats():
         detect_format({"question": "q", "reply": "r"}, W)
     msg = str(e.value)
     assert msg.startswith("data.jsonl:3:") and "['question', 'reply']" in msg
-    assert "alpaca (instruction, input?, output)" in msg and "--field-map" in msg
+    assert "alpaca (instruction, input?, output)" in msg and "--field COLUMN=FIELD" in msg
 
 
 def test_unknown_format_name_lists_known():

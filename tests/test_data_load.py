@@ -148,7 +148,7 @@ def test_field_map_imports_other_columns_as_classification(tmp_path):
     assert data.records[0] == {"text": "Loved it", "label": "5", "meta": {"shop": "A"}}
     assert data.labels == ["1", "3", "5", "10"]
     e = error_of(p, field_map={"reveiw": "text"})
-    assert e.field == "--field-map" and "column 'reveiw' is not in the first record" in str(e)
+    assert e.field == "--field" and "column 'reveiw' is not in the first record" in str(e)
 
 
 def test_skip_invalid_keeps_going_and_lists_what_it_left_out(tmp_path):

@@ -177,3 +177,28 @@ def test_an_attempt_that_lost_its_job_cannot_finish_it(store):
     q.cancel("ftjob-twice")  # a recorded cancel: no attempt publishes any more
     assert not q.owns("ftjob-twice", "w:1", 2)
     assert q.finish("ftjob-twice", "succeeded", worker_id="w:1", attempt=2) is True
+
+
+def test_a_traceback_in_a_jobs_log_is_one_event(store, tmp_path):
+    """A stopped run prints KeyboardInterrupt tracebacks from the launcher and the trainer: the
+    job's events get one line saying what happened, the frames stay in job.log."""
+    from modelmill.jobs.runner import JobContext
+
+    _running_job(store, "ftjob-tb", "w:1")
+    q = JobQueue(store)
+    job_dir = tmp_path / "jobs" / "ftjob-tb"
+    job_dir.mkdir(parents=True)
+    frames = "".join(f'  File "/x/y{i}.py", line {i}, in f\n    call_{i}()\n' for i in range(50))
+    (job_dir / "job.log").write_text("step 1 done\n" + ("Traceback (most recent call last):\n" + frames
+                                                        + "KeyboardInterrupt\n") * 2
+                                     + "[rank0]: Traceback (most recent call last):\n[rank0]:   File \"z\"\n"
+                                     + "[rank0]: ValueError: bad batch\nafter\n")
+    ctx = JobContext(store, q.get("ftjob-tb"), None, job_dir, "w:1", 1)
+    ctx.follow_log()
+    time.sleep(1.0)
+    ctx.stop()
+    said = [e.message for e in q.events("ftjob-tb")]
+    assert said[0] == "step 1 done" and said[-1] == "after", said
+    assert len(said) == 4, said
+    assert said[1].startswith("The process was interrupted (KeyboardInterrupt)") and "job.log" in said[1]
+    assert said[2].startswith("ValueError: bad batch")

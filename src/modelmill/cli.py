@@ -31,11 +31,22 @@ class Group(click.Group):
         return list(self.commands)
 
     def invoke(self, ctx):
+        from sqlalchemy.exc import DatabaseError
+
         try:
             return super().invoke(ctx)
         except ModelmillError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except DatabaseError as e:  # damage found past start-up (a page read mid-command)
+            from modelmill.config import get_settings
+            from modelmill.store.backup import damaged, is_damage
+
+            if not is_damage(e):
+                raise
+            err = damaged(get_settings().db_url.removeprefix("sqlite:///"), e)
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
 
 
 def _store():
@@ -587,6 +598,7 @@ def serve_cmd(config_file, **flags):
 from modelmill import cli_eval  # noqa: E402,F401  (registers eval, leaderboard, report, scorecard, forgetting, grid)
 from modelmill import cli_kb  # noqa: E402,F401  (registers kb)
 from modelmill import cli_platform  # noqa: E402,F401  (registers up, worker, keys, jobs)
+from modelmill import cli_db  # noqa: E402,F401  (registers db)
 
 if __name__ == "__main__":
     # `python -m modelmill.cli`: cli_eval registered its commands on the importable module's group

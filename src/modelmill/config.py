@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     db_timeout: float = Field(default=30.0, description="Seconds to wait for a SQLite database locked by another "
                                                          "process before giving up (the API then answers 503).")
     max_upload_mb: float = Field(default=512, description="Largest file the API accepts in one upload, in MiB.")
+    max_body_mb: float = Field(default=8, description="Largest request body the API reads for any other route "
+                                                      "(chat, completions, JSON calls), in MiB; larger ones get 413.")
 
     @property
     def db_url(self) -> str:

@@ -52,21 +52,68 @@ UPLOADS = ("/api/datasets", "/api/datasets/validate", "/v1/files")
 
 
 def _limit_uploads(app, store) -> None:
-    """Refuse an upload whose declared size is past the limit before its body is read (413)."""
-    from fastapi.responses import JSONResponse
+    """Every request body is capped before it is read: uploads at MODELMILL_MAX_UPLOAD_MB, any
+    other body at MODELMILL_MAX_BODY_MB. A declared Content-Length over the cap gets 413 at once;
+    a body sent without one (chunked) is counted as it arrives and cut off with 413 at the cap, so
+    no request makes the server read, hold or parse more than that."""
+    app.add_middleware(_BodyLimit, store=store)
 
-    limit = int(store.settings.max_upload_mb * 1024 * 1024) + (1 << 20)  # + room for the multipart framing
 
-    @app.middleware("http")
-    async def _upload_size(request, call_next):
-        if request.method == "POST" and request.url.path in UPLOADS:
-            try:
-                size = int(request.headers.get("content-length") or 0)
-            except ValueError:
-                size = 0
-            if size > limit:
-                msg = (f"the upload is {size / 2**20:.1f} MiB, over the {store.settings.max_upload_mb:g} MiB limit; "
-                       "split the file, or raise MODELMILL_MAX_UPLOAD_MB")
-                return JSONResponse({"error": {"message": msg, "type": "invalid_request_error", "param": "file",
-                                               "code": "file_too_large"}}, status_code=413)
-        return await call_next(request)
+class _BodyLimit:
+    """Pure ASGI (no buffering of its own, streams pass through untouched)."""
+
+    def __init__(self, app, store):
+        self.app = app
+        self.settings = store.settings
+
+    def _limit(self, path: str) -> tuple[int, str]:
+        if path in UPLOADS:
+            mb, env = self.settings.max_upload_mb, "MODELMILL_MAX_UPLOAD_MB"
+            return int(mb * 2**20) + (1 << 20), env  # + room for the multipart framing
+        return int(self.settings.max_body_mb * 2**20), "MODELMILL_MAX_BODY_MB"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        limit, env = self._limit(scope["path"])
+        upload = scope["path"] in UPLOADS
+        what = "upload" if upload else "request body"
+
+        def message(size: str) -> str:
+            fix = "split the file, or raise " + env if upload else "send less in one request, or raise " + env
+            return f"the {what} is {size}, over the {limit / 2**20:.0f} MiB limit; {fix}"
+
+        declared = None
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length":
+                try:
+                    declared = int(v)
+                except ValueError:
+                    declared = None
+        if declared is not None and declared > limit:
+            return await _too_large(send, message(f"{declared / 2**20:.1f} MiB"), upload)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    from starlette.exceptions import HTTPException
+
+                    raise HTTPException(413, detail=message(f"over {limit / 2**20:.0f} MiB"))
+            return msg
+
+        return await self.app(scope, counted, send)
+
+
+async def _too_large(send, msg: str, upload: bool) -> None:
+    import json
+
+    body = json.dumps({"error": {"message": msg, "type": "invalid_request_error", "param": "file" if upload else None,
+                                 "code": "file_too_large" if upload else "request_too_large"}}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})

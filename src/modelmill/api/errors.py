@@ -69,4 +69,28 @@ def install(app) -> None:
                                                       "elsewhere); nothing was changed, retry in a few seconds",
                                            "type": "server_error", "param": None, "code": "database_locked"}},
                                 status_code=503, headers={"Retry-After": "2"})
+        return _damaged_or_raise(e)
+
+    from sqlalchemy.exc import DatabaseError
+
+    @app.exception_handler(DatabaseError)
+    async def _database_damaged(request, e: DatabaseError):
+        return _damaged_or_raise(e)
+
+
+def _damaged_or_raise(e):
+    """A damaged database file: 503 that says so (the operator restores a backup), the path only in
+    the server's log; any other database error is the server's bug and goes on up."""
+    import logging
+
+    from fastapi.responses import JSONResponse
+
+    from modelmill.store.backup import is_damage
+
+    if not is_damage(e):
         raise e
+    logging.getLogger("modelmill.api").error("the metadata database is damaged: %s; run `modelmill db check`", e.orig)
+    return JSONResponse({"error": {"message": "the server's metadata database is damaged; its operator must restore "
+                                              "a backup (`modelmill db check`, `modelmill db restore`)",
+                                   "type": "server_error", "param": None, "code": "database_damaged"}},
+                        status_code=503)

@@ -88,10 +88,10 @@ def _rename(record: dict, field_map: dict[str, str]) -> dict:
 def _check_field_map(field_map: dict[str, str], first: dict, where: Where) -> None:
     for old, new in field_map.items():
         if not (isinstance(old, str) and isinstance(new, str)):
-            raise InputError(f"expected names, got {old!r} -> {new!r}", field="--field-map",
+            raise InputError(f"expected names, got {old!r} -> {new!r}", field="--field",
                              fix="map input column names to format field names, e.g. review=text")
         if old not in first and new not in first:
-            raise where.error("--field-map", f"column '{old}' is not in the first record "
+            raise where.error("--field", f"column '{old}' is not in the first record "
                               f"(it has: {', '.join(sorted(first))})", fix="map a column the file has")
 
 

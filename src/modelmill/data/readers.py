@@ -203,8 +203,19 @@ def _reader_for(path: Path) -> Reader:
     return READERS[ext]
 
 
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"), (b"\xff\xfe", "UTF-16LE"),
+         (b"\xfe\xff", "UTF-16BE"))
+
+
 def _decode(raw: bytes, path: Path, first_line: int) -> str:
     """UTF-8 text of ``raw`` (which starts at ``first_line``); on a bad byte, name its line."""
+    if first_line == 1:
+        enc = next((name for bom, name in _BOMS if raw.startswith(bom)), None)
+        if enc is not None:  # Windows tools save "Unicode" text this way; its bytes are not a stray 0xff
+            raise InputError(f"the file is {enc[:-2]} text ({enc[-2:]}, it starts with that byte-order mark), not "
+                             "UTF-8", file=str(path), line=1,
+                             fix=f"convert it: `iconv -f {enc} -t UTF-8 {path.name} > {path.stem}-utf8{path.suffix}`"
+                                 ", or re-save it as UTF-8 in your editor")
     try:
         return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
     except UnicodeDecodeError as e:

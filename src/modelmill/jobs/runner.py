@@ -29,6 +29,35 @@ class JobLost(ModelmillError):
     """This attempt lost its job (re-queued elsewhere, or cancelled): it must not publish."""
 
 
+class _TracebackFolder:
+    """Turns a Python traceback in the log into one line: the exception it ended in, said once per
+    attempt however many processes print it (a stopped run's launcher and trainer both do).
+    ``feed(line)`` returns (whether the line belongs to a traceback, the line to say or None): a
+    traceback's frames stay in job.log, not in the events."""
+
+    _PREFIX = re.compile(r"^(\[rank\d+\]:\s?)")
+
+    def __init__(self):
+        self.inside = False
+        self.said: set[str] = set()
+
+    def feed(self, raw: str) -> tuple[bool, str | None]:
+        line = self._PREFIX.sub("", raw.rstrip())
+        if line.startswith("Traceback (most recent call last)"):
+            self.inside = True
+            return True, None
+        if not self.inside:
+            return False, None
+        if not line or line[0].isspace() or line.startswith(("During handling of the above exception",
+                                                             "The above exception was the direct cause")):
+            return True, None
+        self.inside = False  # the exception line ends it
+        if line in self.said:
+            return True, None
+        self.said.add(line)
+        return True, "The process was interrupted (KeyboardInterrupt)" if line == "KeyboardInterrupt" else line
+
+
 _BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+|^\s*\d+/\d+ \[")
 
 
@@ -79,6 +108,7 @@ class JobContext:
 
     def _tail_log(self) -> None:
         pos, partial = self.log_start, ""  # an earlier attempt's lines are already events
+        folder = _TracebackFolder()
         while True:
             done = self._stop.is_set()
             try:
@@ -91,9 +121,13 @@ class JobContext:
             text = partial + chunk.decode("utf-8", "replace")
             lines = re.split(r"[\r\n]", text)
             partial = "" if done else lines.pop()
-            for line in lines:
-                line = line.strip()
-                if line and not _BAR.search(line):
+            for raw in lines:
+                in_traceback, said = folder.feed(raw)
+                if said is not None:  # a traceback, folded to the exception it ended in
+                    self.event(f"{said[:1500]} (the traceback is in jobs/{self.job.id}/job.log)", level="warn",
+                               data={"source": "log", "traceback": True})
+                line = raw.strip()
+                if line and not in_traceback and not _BAR.search(line):
                     self.event(line[:2000], type="message", data={"source": "log"})
             if done:
                 return

@@ -203,7 +203,9 @@ class KnowledgeBase:
                 found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED
                                and not any(part.startswith(".") for part in f.relative_to(p).parts))
                 if not found:
-                    report.failed.append((str(p), f"{p}: folder has no {', '.join(SUPPORTED)} files"))
+                    report.failed.append((str(p), f"{p}: folder has no {', '.join(SUPPORTED)} files (hidden files and "
+                                                  "folders are skipped). Fix: put documents in it, name the files "
+                                                  "themselves, or add a parser plugin for their type"))
                 files.extend(found)
             else:
                 files.append(p)

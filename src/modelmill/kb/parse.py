@@ -369,6 +369,14 @@ def parse_pdf(path: Path, *, encoding: str | None = None) -> Document:
     from pypdf import PdfReader
 
     fix = "check that it opens in a PDF viewer; re-export it, or repair it (e.g. qpdf in.pdf out.pdf)"
+    import logging
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings about damaged files: our error says it
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    if b"%PDF-" not in head:  # pypdf would log its own guesses first; say it once
+        raise KBError("is not a PDF (no %PDF- header in its first bytes)", file=str(path),
+                      fix="check the file: give it its real extension, or re-export it as PDF")
     try:
         reader = PdfReader(path)
         encrypted = reader.is_encrypted

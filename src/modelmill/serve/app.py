@@ -34,6 +34,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Literal
 
+from typing import Annotated
+
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,26 +67,32 @@ class ResponseFormat(_Body):
     json_schema: JsonSchemaSpec | None = None
 
 
+# Whole numbers are bounded where they enter: a value past what the engine's C code holds (a seed
+# past 64 bits, a token id past 32) is the request's fault, a 400 naming the field, never a 500.
+INT32 = 2**31 - 1
+TokenId = Annotated[int, Field(ge=0, le=INT32)]
+
+
 class _Sampling(_Body):
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=128)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     # vLLM's extra sampling parameters
-    top_k: int = Field(default=0, ge=-1)
+    top_k: int = Field(default=0, ge=-1, le=INT32)
     min_p: float = Field(default=0.0, ge=0, le=1)
     repetition_penalty: float = Field(default=1.0, gt=0, le=10)
     ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool = True
 
 
@@ -92,6 +100,8 @@ class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict] | None = None
     name: str | None = None
+    tool_calls: list[dict] | None = None
+    tool_call_id: str | None = None
 
 
 class RagOptions(_Body):
@@ -101,7 +111,7 @@ class RagOptions(_Body):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
@@ -110,10 +120,26 @@ class ChatRequest(_Sampling):
     knowledge_bases: list[str] | None = None
     rag: RagOptions | None = None
 
+    def check_messages(self) -> None:
+        """What OpenAI answers 400 to: a message with no content (only an assistant message that
+        makes tool calls may have none), and a tool message that answers no assistant tool call."""
+        for i, m in enumerate(self.messages):
+            if m.content is None and not (m.role == "assistant" and m.tool_calls):
+                raise EngineError(f"messages.{i}.content: a '{m.role}' message needs content (a string or a list "
+                                  "of text parts)", param=f"messages.{i}.content", code="invalid_value")
+            if m.role == "tool":
+                prev = self.messages[i - 1] if i else None
+                if prev is None or not (prev.role == "tool" or (prev.role == "assistant" and prev.tool_calls)):
+                    raise EngineError(f"messages.{i}.role: a 'tool' message must answer a preceding assistant "
+                                      "message with 'tool_calls'", param=f"messages.{i}.role", code="invalid_value")
+                if not m.tool_call_id:
+                    raise EngineError(f"messages.{i}.tool_call_id: a 'tool' message needs tool_call_id",
+                                      param=f"messages.{i}.tool_call_id", code="invalid_value")
+
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(default=16, ge=1)
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    max_tokens: int | None = Field(default=16, ge=1, le=INT32)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
@@ -123,9 +149,9 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(_Body):
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: int | None = Field(default=None, ge=1, le=65536)
     user: str | None = None
 
 
@@ -427,10 +453,17 @@ def create_app(store=None, config: ServeConfig | None = None):
                     continue
                 yield i, item
         finally:
-            for t in tasks:
-                t.cancel()
-            for _, _, s in started:
-                await s.aclose()
+            # Shielded: when the client leaves, the response's cancel scope re-cancels every await in
+            # here. The pumps end first (a stream being iterated cannot be closed), then the streams
+            # close, which aborts their generations in the engine.
+            import anyio
+
+            with anyio.CancelScope(shield=True):
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                for _, _, s in started:
+                    await s.aclose()
 
     def _sse(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -496,7 +529,7 @@ def create_app(store=None, config: ServeConfig | None = None):
         async def events():
             completion: dict[int, int] = {}
             texts = [""] * len(started)
-            status = "200"
+            status, done = "200", False
             try:
                 for c in preamble:
                     yield _sse({**base, "choices": [c], **extra})
@@ -524,10 +557,11 @@ def create_app(store=None, config: ServeConfig | None = None):
                         "prompt_tokens": prompt_tokens, "completion_tokens": total,
                         "total_tokens": prompt_tokens + total}})
                 yield "data: [DONE]\n\n"
-            except asyncio.CancelledError:
-                status = "499"  # the client went away: _merged's cleanup aborted the generations
-                raise
+                done = True
             finally:
+                if not done:  # the client went away (cancelled, or the stream closed): _merged aborted the rest
+                    status = "499"
+                    log.warning("%s: the client disconnected mid-stream; its generation was aborted", rid)
                 _record(target, endpoint, status, t0, prompt_tokens, sum(completion.values()), None, first_at)
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -536,6 +570,7 @@ def create_app(store=None, config: ServeConfig | None = None):
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         t0 = time.monotonic()
+        body.check_messages()
         if body.tools:
             raise EngineError("tools (function calling) are not supported yet", param="tools",
                               code="unsupported_parameter")
@@ -558,9 +593,10 @@ def create_app(store=None, config: ServeConfig | None = None):
             return tok(text, add_special_tokens=False)["input_ids"]
 
         items = await knowledge.retrieve(body, target, messages)
-        if items is None:
-            ids = encode(messages)
-        else:
+
+        def prompt_ids(items):
+            if items is None:
+                return encode(messages), items
             from modelmill.kb import rag
 
             # The lowest-ranked items leave the prompt until it fits with room for the answer.
@@ -569,6 +605,10 @@ def create_app(store=None, config: ServeConfig | None = None):
             while len(items) > 1 and len(ids) + room > engine.max_context:
                 items = items[:-1]
                 ids = encode(rag.build_messages(messages, items))
+            return ids, items
+
+        # a long prompt takes the tokenizer seconds: off the event loop, so other clients go on
+        ids, items = await asyncio.to_thread(prompt_ids, items)
         params = _params(body, max_tokens, len(ids), engine, (body.top_logprobs or 0) if body.logprobs else None,
                          _json_schema(body.response_format), "messages")
         rid = _new_id("chatcmpl")
@@ -603,9 +643,9 @@ def create_app(store=None, config: ServeConfig | None = None):
         tok = engine.tokenizer
         p = body.prompt
         if isinstance(p, str):
-            prompts = [tok(p, add_special_tokens=True)["input_ids"]]
+            prompts = [(await asyncio.to_thread(tok, p, add_special_tokens=True))["input_ids"]]
         elif p and all(isinstance(x, str) for x in p):
-            prompts = [tok(x, add_special_tokens=True)["input_ids"] for x in p]
+            prompts = await asyncio.to_thread(lambda: [tok(x, add_special_tokens=True)["input_ids"] for x in p])
         elif p and all(isinstance(x, int) for x in p):
             prompts = [list(p)]
         elif p and all(isinstance(x, list) for x in p):

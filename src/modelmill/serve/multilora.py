@@ -30,6 +30,7 @@ LoRA biases, ``modules_to_save`` and embedding adapters are refused with a clear
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -270,15 +271,21 @@ def load_adapter(name: str, path: str | Path, module_shapes: dict[str, tuple[int
     missing, unreadable, of another kind, or does not fit the base model's shapes."""
     folder = Path(path)
     cfg_file = folder / "adapter_config.json"
+
+    def unavailable(file: Path, what: str, e: Exception | None = None) -> EngineError:
+        # API clients see the file by its name in the adapter's folder; the server's log has the path
+        if e is not None:
+            logging.getLogger("modelmill.serve").warning("adapter %s: %s: %s", name, file, e)
+        why = f" ({e.strerror if isinstance(e, OSError) and e.strerror else _no_paths(str(e), folder)})" if e else ""
+        return EngineError(f"adapter '{name}': its file {file.name} {what}{why}; re-train it, or `modelmill "
+                           f"adapters remove {name}`", status=400, code="adapter_unavailable", param="model")
+
     try:
         cfg = json.loads(cfg_file.read_text())
     except FileNotFoundError:
-        raise EngineError(f"adapter '{name}': {cfg_file} is missing; the adapter's folder was moved or "
-                          f"deleted (re-train it, or `modelmill adapters remove {name}`)", status=400,
-                          code="adapter_unavailable", param="model") from None
+        raise unavailable(cfg_file, "is missing (the adapter's folder was moved or deleted)") from None
     except (OSError, ValueError) as e:
-        raise EngineError(f"adapter '{name}': cannot read {cfg_file}: {e}", status=400,
-                          code="adapter_unavailable", param="model") from None
+        raise unavailable(cfg_file, "cannot be read", e) from None
     if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
         raise EngineError(f"adapter '{name}' is {cfg.get('peft_type')}, only LoRA adapters can be served",
                           status=400, code="adapter_unsupported", param="model")
@@ -298,11 +305,9 @@ def load_adapter(name: str, path: str | Path, module_shapes: dict[str, tuple[int
     try:
         tensors = load_file(str(weights_file), device="cpu")
     except FileNotFoundError:
-        raise EngineError(f"adapter '{name}': {weights_file} is missing", status=400,
-                          code="adapter_unavailable", param="model") from None
+        raise unavailable(weights_file, "is missing") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise EngineError(f"adapter '{name}': {weights_file} is corrupt ({e}); re-train or remove it",
-                          status=400, code="adapter_unavailable", param="model") from None
+        raise unavailable(weights_file, "is corrupt", e) from None
 
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
@@ -348,3 +353,8 @@ def _pattern_value(pattern: dict, module: str, default):
         if re.search(rf"(^|\.){key}$", module) or re.fullmatch(key, module):
             return value
     return default
+
+
+def _no_paths(text: str, folder: Path) -> str:
+    """A library's message with the server's folders taken out of it."""
+    return text.replace(str(folder.resolve()), folder.name).replace(str(folder), folder.name)[:300]

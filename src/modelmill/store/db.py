@@ -42,7 +42,17 @@ class Store:
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         self.engine = _engine(settings.db_url, settings.db_timeout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        migrate(self.engine)
+        from sqlalchemy.exc import DatabaseError
+
+        from modelmill.store.backup import damaged, is_damage
+
+        try:
+            migrate(self.engine)
+        except DatabaseError as e:  # a damaged file: one line naming it and what to do, not a traceback
+            if not is_damage(e):
+                raise
+            self.engine.dispose()
+            raise damaged(settings.db_url.removeprefix("sqlite:///"), e) from None
 
     # folders
     @property

@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 def launch_command(module: str, job_path: Path, num_processes: int = 1, use_cuda: bool = False,
                    accelerate_config: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd = [sys.executable, "-m", "modelmill.train.accelerate_launch"]
     if accelerate_config:
         cmd += ["--config_file", accelerate_config]
     else:

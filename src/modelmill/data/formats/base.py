@@ -89,7 +89,7 @@ def detect_format(record: dict, where: Where) -> Format:
     known = "; ".join(f"{f.name} ({f.fields})" for f in FORMATS.values())
     raise where.error(None, f"cannot tell the format from fields {sorted(record)}",
                       fix=f"rename the fields to one of: {known}; or map them with "
-                          "--field-map, or name the format with --format")
+                          "--field COLUMN=FIELD (REST: field_map), or name the format with --format")
 
 
 def kind_format(kind: str) -> Format:
