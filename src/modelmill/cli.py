@@ -38,6 +38,14 @@ class Group(click.Group):
         except ModelmillError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except OSError as e:  # the disk: full, read-only, not ours
+            from modelmill.errors import storage_error
+
+            err = storage_error(e)
+            if err is None:
+                raise
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
         except DatabaseError as e:  # damage found past start-up (a page read mid-command)
             from modelmill.config import get_settings
             from modelmill.store.backup import damaged, is_damage

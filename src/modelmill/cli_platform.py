@@ -42,7 +42,7 @@ def _check_host(config: ServeConfig, store) -> ServeConfig:
 def _worker_argv(wcfg: WorkerConfig) -> list[str]:
     return [sys.executable, "-m", "modelmill.cli", "worker", "--cpu-slots", str(wcfg.cpu_slots),
             "--gpus", str(wcfg.gpus), "--poll", str(wcfg.poll), "--stale-after", str(wcfg.stale_after),
-            "--job-timeout", str(wcfg.job_timeout)]
+            "--job-timeout", str(wcfg.job_timeout), "--max-attempts", str(wcfg.max_attempts)]
 
 
 def _die_with_parent() -> None:

@@ -53,3 +53,36 @@ class ConflictError(ModelmillError):
     """A name that is already taken, or an adapter used with the wrong base."""
 
     exit_code = 4
+
+
+class StorageError(ModelmillError):
+    """The disk said no: full, over quota, read-only, or not ours to write."""
+
+    exit_code = 6
+
+
+def storage_error(e: BaseException) -> StorageError | None:
+    """An OSError of the disk (full, quota, read-only, permission) as one line with the fix; None for
+    any other error. Writers stage into tmp/ and rename, so nothing half-written is kept."""
+    import errno
+
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None:  # libraries that wrap the OS's error in their own (safetensors, torch.save)
+        text = str(e)
+        for n, words in ((errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system"),
+                         (errno.EDQUOT, "Disk quota exceeded")):
+            if words in text or f"os error {n})" in text:
+                code = n
+                break
+    fixes = {errno.ENOSPC: ("no space left on the device", "free space there (or point MODELMILL_HOME at a "
+                                                            "bigger disk) and run it again"),
+             errno.EDQUOT: ("over the disk quota", "free space within your quota and run it again"),
+             errno.EROFS: ("the file system is read-only", "remount it read-write, or point MODELMILL_HOME at a "
+                                                            "writable folder"),
+             errno.EACCES: ("permission denied", "give this user write access there, or point MODELMILL_HOME at "
+                                                 "a folder it owns")}
+    if code not in fixes:
+        return None
+    what, fix = fixes[code]
+    return StorageError(f"{what}; what was being written is not kept, everything stored before is unchanged",
+                        file=getattr(e, "filename", None), fix=fix)

@@ -7,6 +7,8 @@ what it cannot explain, so a bug stays a 500 that the logs show.
 
 from __future__ import annotations
 
+import logging
+
 from modelmill.errors import ConflictError, ModelmillError, NotFoundError
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -70,6 +72,18 @@ def install(app) -> None:
                                            "type": "server_error", "param": None, "code": "database_locked"}},
                                 status_code=503, headers={"Retry-After": "2"})
         return _damaged_or_raise(e)
+
+    @app.exception_handler(OSError)
+    async def _disk(request, e: OSError):
+        from modelmill.errors import storage_error
+
+        err = storage_error(e)
+        if err is None:
+            raise e
+        logging.getLogger("modelmill.api").error("storage: %s", err)
+        return JSONResponse({"error": {"message": f"the server cannot store this: {err.message}",
+                                       "type": "server_error", "param": None, "code": "storage_unavailable"}},
+                            status_code=507)
 
     from sqlalchemy.exc import DatabaseError
 

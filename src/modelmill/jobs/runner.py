@@ -24,6 +24,7 @@ from modelmill.errors import ModelmillError
 
 # tqdm redraws: "training:  40%|████      | 4/10 [00:03<00:05, ...]" (kept out of the log events)
 REQUEUE = 75  # exit code: stopped before the end on purpose; put the job back in the queue
+KILLED = 76  # exit code: its trainer was killed from outside; retried up to the worker's --max-attempts
 
 class JobLost(ModelmillError):
     """This attempt lost its job (re-queued elsewhere, or cancelled): it must not publish."""
@@ -236,7 +237,7 @@ def run(job_id: str, worker_id: str | None = None, attempt: int | None = None) -
     ctx.follow_log()
 
     ctx.event(f"Started on worker {worker_id or '?'} (attempt {job.attempts})")
-    from modelmill.train.runs import TrainingInterrupted
+    from modelmill.train.runs import TrainingInterrupted, TrainingKilled
 
     status, result, error = "failed", None, None
     try:
@@ -257,6 +258,11 @@ def run(job_id: str, worker_id: str | None = None, attempt: int | None = None) -
             ctx.stop()
             ctx.event("Interrupted; the next attempt resumes from the last checkpoint", level="warn")
             return REQUEUE
+        elif isinstance(e, TrainingKilled):
+            # killed from outside (out of memory?): the worker tries again from the checkpoints, a few times
+            ctx.stop()
+            ctx.event(f"{e.message}; the next attempt resumes from the last checkpoint", level="warn")
+            return KILLED
         else:
             error = {"code": type(e).__name__, "message": str(e), "param": e.field}
     except BaseException as e:  # noqa: BLE001 - a bug: record it, and its traceback, on the job

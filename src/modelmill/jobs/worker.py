@@ -35,6 +35,9 @@ class WorkerConfig:
     stale_after: float = field(default=30.0, metadata={
         "help": "A running job whose worker has not heartbeated for this many seconds is re-queued. Beats come "
                 "every --poll seconds from a thread of their own; 30 s rides out a database busy for seconds."})
+    max_attempts: int = field(default=3, metadata={
+        "help": "Attempts a job gets when its runner or trainer is killed from outside (the out-of-memory killer, "
+                "kill -9): each resumes from the last checkpoint; then the job fails."})
     job_timeout: float = field(default=0.0, metadata={
         "help": "Stop a job that has run this many seconds in one attempt and mark it failed (0: no limit)."})
 
@@ -45,6 +48,8 @@ class WorkerConfig:
             raise InputError(f"must be -1 or more, got {self.gpus}", field="--gpus")
         if not 0.05 <= self.poll <= 60:
             raise InputError(f"must be in [0.05, 60], got {self.poll}", field="--poll")
+        if not 1 <= self.max_attempts <= 100:
+            raise InputError(f"must be in [1, 100], got {self.max_attempts}", field="--max-attempts")
         if self.job_timeout < 0:
             raise InputError(f"must be >= 0 (0: no limit), got {self.job_timeout}", field="--job-timeout",
                              fix="e.g. --job-timeout 86400")
@@ -116,7 +121,7 @@ class Worker:
 
     def _reap(self) -> None:
         from modelmill.jobs.queue import FINISHED
-        from modelmill.jobs.runner import REQUEUE
+        from modelmill.jobs.runner import KILLED, REQUEUE
 
         for job_id, (proc, _) in list(self.running.items()):
             rc = proc.poll()
@@ -141,6 +146,17 @@ class Worker:
                     self.queue.event(job_id, f"The job failed: {msg}", level="error")
                     self.queue.finish(job_id, "failed", error={"code": "timeout", "message": msg, "param": None},
                                       worker_id=self.id, attempt=attempt)
+                elif (rc < 0 or rc == KILLED) and not self.stopping and job.attempts < self.config.max_attempts:
+                    # killed from outside (runner or trainer): resumes from its checkpoint, a bounded number of times
+                    how = f"signal {-rc}" if rc < 0 else "its trainer was killed"
+                    now = self.queue.requeue(job_id, self.id)
+                    if now == "cancelled":
+                        self.queue.event(job_id, "The job was cancelled", level="warn")
+                        self.queue.drop_run(job)
+                    elif now:
+                        self.queue.event(job_id, f"Attempt {job.attempts} was killed ({how}); re-queued, attempt "
+                                                 f"{job.attempts + 1} of at most {self.config.max_attempts} resumes "
+                                                 "from the last checkpoint", level="warn")
                 elif self.stopping or rc == REQUEUE:  # stopped on purpose: back in the queue, resumes from its checkpoint
                     now = self.queue.requeue(job_id, self.id)
                     if now == "cancelled":

@@ -36,6 +36,11 @@ class TrainingFailed(ModelmillError):
     exit_code = 1
 
 
+class TrainingKilled(TrainingFailed):
+    """The trainer was killed by a signal it did not ask for (the out-of-memory killer, an operator's
+    kill -9): its checkpoints stand, and a queued job tries again from them."""
+
+
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -179,6 +184,14 @@ def _train_locked(store: Store, cfg: SFTConfig, resume: bool, log_file: Path | N
     if rc == INTERRUPTED or (rc == 0 and not (run_dir / "final").is_dir()):
         raise TrainingInterrupted(f"training '{cfg.name}' was interrupted; checkpoints are in {run_dir / 'checkpoints'}",
                                   fix=f"continue with `modelmill train --name {cfg.name} --resume`")
+    if rc < 0:
+        import signal
+
+        sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        raise TrainingKilled(f"the trainer of '{cfg.name}' was killed by {sig}"
+                             + (" (the out-of-memory killer sends that)" if sig == "SIGKILL" else ""),
+                             fix=f"continue with `modelmill train --name {cfg.name} --resume`; if memory ran out, "
+                                 "lower --batch-size or --max-length")
     if rc != 0:
         where = f" (log: {log_file})" if log_file else ""
         raise TrainingFailed(f"training '{cfg.name}' failed with exit code {rc}{where}",

@@ -356,9 +356,28 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a full or read-only disk while saving: one line, the checkpoints before it stay
+        from modelmill.errors import storage_error
+
+        err = storage_error(e)
+        if err is None:
+            raise
+        _drop_partial_checkpoints(Path(job.run_dir) / "checkpoints")
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         _leave_process_group()
     return 130 if metrics.get("interrupted") else 0
+
+
+def _drop_partial_checkpoints(folder: Path) -> None:
+    """A checkpoint the disk could not finish has no trainer_state.json (the Trainer writes it last):
+    it goes, so that --resume starts from the last whole one."""
+    import shutil
+
+    for ck in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        if not (ck / "trainer_state.json").is_file():
+            shutil.rmtree(ck, ignore_errors=True)
 
 
 def _leave_process_group() -> None:
