@@ -202,3 +202,29 @@ def test_a_traceback_in_a_jobs_log_is_one_event(store, tmp_path):
     assert len(said) == 4, said
     assert said[1].startswith("The process was interrupted (KeyboardInterrupt)") and "job.log" in said[1]
     assert said[2].startswith("ValueError: bad batch")
+
+
+def test_a_runner_killed_from_outside_is_retried_a_bounded_number_of_times(store):
+    """SIGKILL of a runner (the out-of-memory killer's way) re-queues its job, whose next attempt
+    resumes from the checkpoints; after --max-attempts attempts the job fails instead."""
+    from modelmill.jobs.worker import Worker, WorkerConfig
+
+    w = Worker(store, WorkerConfig(poll=0.2, max_attempts=2), log=lambda *a: None)
+    q = JobQueue(store)
+    for attempt, expect in ((1, "queued"), (2, "failed")):
+        with store.session() as s:
+            job = s.get(Job, "ftjob-oom")
+            if job is None:
+                s.add(Job(id="ftjob-oom", kind="eval", status="running", spec={}, worker=w.id, attempts=attempt,
+                          heartbeat_at=now(), cancel_requested=False, result={}))
+            else:
+                job.status, job.worker, job.attempts = "running", w.id, attempt
+        killed = subprocess.Popen(["sh", "-c", "kill -9 $$"])
+        killed.wait()
+        w.running["ftjob-oom"] = (killed, {})
+        w.attempts["ftjob-oom"] = attempt
+        w._reap()
+        assert q.get("ftjob-oom").status == expect
+    said = [e.message for e in q.events("ftjob-oom")]
+    assert any("was killed (signal 9); re-queued, attempt 2 of at most 2" in m for m in said), said
+    assert q.get("ftjob-oom").error["code"] == "runner_died"
