@@ -200,9 +200,11 @@ def test_fused_adapter_saves_and_loads_into_fresh_peft(tmp_path):
 
 @pytest.fixture()
 def trl_utils(monkeypatch):
-    """trl's utils module, with its ``_use_triton`` restored after the test."""
+    """trl's utils module as installed (unpatched: an earlier test in this process may have trained
+    in-process, which patches it), with whatever it had restored after the test."""
     utils = pytest.importorskip("trl.trainer.utils")
-    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)
+    original = getattr(utils._use_triton, "__wrapped__", utils._use_triton)
+    monkeypatch.setattr(utils, "_use_triton", original)
     return utils
 
 
