@@ -149,27 +149,26 @@ class Worker:
                 elif (rc < 0 or rc == KILLED) and not self.stopping and job.attempts < self.config.max_attempts:
                     # killed from outside (runner or trainer): resumes from its checkpoint, a bounded number of times
                     how = f"signal {-rc}" if rc < 0 else "its trainer was killed"
-                    now = self.queue.requeue(job_id, self.id)
-                    if now == "cancelled":
-                        self.queue.event(job_id, "The job was cancelled", level="warn")
-                        self.queue.drop_run(job)
-                    elif now:
-                        self.queue.event(job_id, f"Attempt {job.attempts} was killed ({how}); re-queued, attempt "
-                                                 f"{job.attempts + 1} of at most {self.config.max_attempts} resumes "
-                                                 "from the last checkpoint", level="warn")
+                    self._give_back(job, f"Attempt {job.attempts} was killed ({how}); re-queued, attempt "
+                                         f"{job.attempts + 1} of at most {self.config.max_attempts} resumes from the "
+                                         "last checkpoint")
                 elif self.stopping or rc == REQUEUE:  # stopped on purpose: back in the queue, resumes from its checkpoint
-                    now = self.queue.requeue(job_id, self.id)
-                    if now == "cancelled":
-                        self.queue.event(job_id, "The job was cancelled", level="warn")
-                        self.queue.drop_run(job)
-                    elif now:
-                        self.queue.event(job_id, f"Worker {self.id} stopped the job; re-queued", level="warn")
+                    self._give_back(job, f"Worker {self.id} stopped the job; re-queued")
                 else:
                     msg = f"the job's process exited with code {rc} without a result (see jobs/{job_id}/job.log)"
                     self.queue.event(job_id, f"The job failed: {msg}", level="error")
                     self.queue.finish(job_id, "failed", error={"code": "runner_died", "message": msg, "param": None},
                                       worker_id=self.id, attempt=attempt)
             self.log(f"worker {self.id}: job {job_id} left with exit code {rc}")
+
+    def _give_back(self, job, message: str) -> None:
+        """Put our job back in the queue, saying ``message``; a job with a recorded cancel ends cancelled."""
+        now = self.queue.requeue(job.id, self.id)
+        if now == "cancelled":
+            self.queue.event(job.id, "The job was cancelled", level="warn")
+            self.queue.drop_run(job)
+        elif now:
+            self.queue.event(job.id, message, level="warn")
 
     def _cancels(self) -> None:
         """Stop runners whose job was cancelled, or is no longer this worker's (re-queued while we
