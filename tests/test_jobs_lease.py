@@ -228,3 +228,17 @@ def test_a_runner_killed_from_outside_is_retried_a_bounded_number_of_times(store
     said = [e.message for e in q.events("ftjob-oom")]
     assert any("was killed (signal 9); re-queued, attempt 2 of at most 2" in m for m in said), said
     assert q.get("ftjob-oom").error["code"] == "runner_died"
+
+
+def test_a_checkpoint_its_trainer_was_killed_writing_is_not_resumed_from(tmp_path):
+    """Found by bench/reliability.py's chaos: SIGKILL while checkpoint-5 was written left it without
+    trainer_state.json, and the resumed attempt failed on it. The half-written one goes."""
+    from modelmill.train.sft import _last_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "checkpoint-2").mkdir(parents=True)
+    (ckpts / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (ckpts / "checkpoint-4").mkdir()
+    (ckpts / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"half")
+    assert _last_checkpoint(ckpts) == str(ckpts / "checkpoint-2")
+    assert not (ckpts / "checkpoint-4").exists()

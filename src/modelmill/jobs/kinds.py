@@ -121,6 +121,7 @@ def _validate_train(store, cfg, job):
 
 def _run_train(ctx) -> dict:
     from modelmill.train.runs import published_by, run_lock, train
+    from modelmill.train.sft import drop_partial_checkpoints
 
     cfg = ctx.config
     # an earlier copy of this job that is being stopped may still hold the run: wait until it has
@@ -132,6 +133,8 @@ def _run_train(ctx) -> dict:
         ctx.event(f"Attempt {ctx.job.attempts - 1} already published {done.name}; nothing to train again")
         return _train_result(ctx, done)
     run_dir = ctx.store.runs_dir / cfg.name
+    # whole checkpoints only: one whose trainer was killed while writing it goes (no trainer_state.json yet)
+    drop_partial_checkpoints(run_dir / "checkpoints")
     ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) \
         if (run_dir / "checkpoints").is_dir() else []
     # only this job's own earlier attempt (validation refused a name with another run's checkpoints)

@@ -68,7 +68,7 @@ def check_name_free(store: Store, name: str, field: str = "--name", *, checkpoin
         raise ConflictError(f"an adapter named '{name}' already exists", field=field,
                             fix=f"choose another {field}, or `modelmill adapters remove {name}`")
     ckpts = store.runs_dir / name / "checkpoints"
-    if checkpoints and ckpts.is_dir() and any(ckpts.iterdir()):
+    if checkpoints and ckpts.is_dir() and any(ckpts.glob("checkpoint-*")):
         raise ConflictError(f"an interrupted run named '{name}' has checkpoints", field=field,
                             fix=f"continue it with `modelmill train --name {name} --resume`, or choose another "
                                 f"{field}")

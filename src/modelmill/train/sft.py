@@ -340,8 +340,11 @@ def _finished(checkpoint: str | None):
 
 
 def _last_checkpoint(folder: Path):
+    """The newest whole checkpoint. One a killed trainer or a full disk left half-written (no
+    trainer_state.json: the Trainer writes it last) is removed first; Trainer would fail on it."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    drop_partial_checkpoints(folder)
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         err = storage_error(e)
         if err is None:
             raise
-        _drop_partial_checkpoints(Path(job.run_dir) / "checkpoints")
+        drop_partial_checkpoints(Path(job.run_dir) / "checkpoints")
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
@@ -370,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     return 130 if metrics.get("interrupted") else 0
 
 
-def _drop_partial_checkpoints(folder: Path) -> None:
+def drop_partial_checkpoints(folder: Path) -> None:
     """A checkpoint the disk could not finish has no trainer_state.json (the Trainer writes it last):
     it goes, so that --resume starts from the last whole one."""
     import shutil
