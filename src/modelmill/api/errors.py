@@ -95,8 +95,6 @@ def install(app) -> None:
 def _damaged_or_raise(e):
     """A damaged database file: 503 that says so (the operator restores a backup), the path only in
     the server's log; any other database error is the server's bug and goes on up."""
-    import logging
-
     from fastapi.responses import JSONResponse
 
     from modelmill.store.backup import is_damage

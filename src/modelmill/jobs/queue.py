@@ -200,9 +200,8 @@ class JobQueue:
         re-queue, or was cancelled, must not publish or finish anything."""
         with self.store.session() as s:
             row = s.get(Job, job_id)
-        return (row is not None and row.status == "running" and not row.cancel_requested
-                and (worker_id is None or row.worker == worker_id)
-                and (attempt is None or row.attempts == attempt))
+        return row is not None and row.status == "running" and not row.cancel_requested \
+            and held_by(row, worker_id, attempt)
 
     def set_pid(self, job_id: str, pid: int) -> None:
         with self.store.session() as s:
@@ -228,8 +227,7 @@ class JobQueue:
         assert status in FINISHED
         with self.store.session() as s:
             row = s.get(Job, job_id)
-            if row is None or row.status in FINISHED or (worker_id and row.worker != worker_id) \
-                    or (attempt is not None and row.attempts != attempt):
+            if row is None or row.status in FINISHED or not held_by(row, worker_id, attempt):
                 return False
             row.status = status
             row.finished_at = now()
@@ -319,6 +317,12 @@ class JobQueue:
     def workers(self) -> list[Worker]:
         with self.store.session() as s:
             return list(s.scalars(select(Worker).order_by(Worker.started_at.desc())))
+
+
+def held_by(job: Job, worker_id: str | None, attempt: int | None) -> bool:
+    """Whether ``job`` (a row as read) is this attempt's: on worker ``worker_id`` at attempt
+    ``attempt`` (None: any). The fence every finish, publish and stop decision goes through."""
+    return (worker_id is None or job.worker == worker_id) and (attempt is None or job.attempts == attempt)
 
 
 def requeue_values() -> dict:

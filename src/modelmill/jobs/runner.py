@@ -26,6 +26,7 @@ from modelmill.errors import ModelmillError
 REQUEUE = 75  # exit code: stopped before the end on purpose; put the job back in the queue
 KILLED = 76  # exit code: its trainer was killed from outside; retried up to the worker's --max-attempts
 
+
 class JobLost(ModelmillError):
     """This attempt lost its job (re-queued elsewhere, or cancelled): it must not publish."""
 
@@ -219,7 +220,7 @@ def _redirect(log_file: Path) -> None:
 
 def run(job_id: str, worker_id: str | None = None, attempt: int | None = None) -> int:
     from modelmill.jobs.kinds import get_kind
-    from modelmill.jobs.queue import JobQueue
+    from modelmill.jobs.queue import JobQueue, held_by
     from modelmill.store import open_store
 
     store = open_store()
@@ -245,7 +246,7 @@ def run(job_id: str, worker_id: str | None = None, attempt: int | None = None) -
         status = "succeeded"
     except (KeyboardInterrupt, ModelmillError) as e:
         now = q.get(job_id)
-        if now.worker != worker_id or now.attempts != attempt or now.status != "running":
+        if now.status != "running" or not held_by(now, worker_id, attempt):
             # no longer ours: whoever holds the job now (or its cancel) decides its state and its files
             ctx.stop()
             ctx.event(f"Attempt {attempt} stopped: the job was re-queued or ended meanwhile", level="warn")

@@ -120,7 +120,7 @@ class Worker:
         self.log(f"worker {self.id}: started {job.kind} job {job.id} (attempt {job.attempts}, pid {proc.pid})")
 
     def _reap(self) -> None:
-        from modelmill.jobs.queue import FINISHED
+        from modelmill.jobs.queue import FINISHED, held_by
         from modelmill.jobs.runner import KILLED, REQUEUE
 
         for job_id, (proc, _) in list(self.running.items()):
@@ -133,7 +133,7 @@ class Worker:
             timed_out = job_id in self.timed_out
             self.timed_out.discard(job_id)
             job = self.queue.get(job_id)
-            if job.status not in FINISHED and job.worker == self.id and job.attempts == attempt:
+            if job.status not in FINISHED and held_by(job, self.id, attempt):
                 if job.cancel_requested:  # stopped by its cancel before it could say so itself
                     self.queue.event(job_id, "The job was cancelled", level="warn")
                     if self.queue.finish(job_id, "cancelled", worker_id=self.id, attempt=attempt):
@@ -173,10 +173,12 @@ class Worker:
     def _cancels(self) -> None:
         """Stop runners whose job was cancelled, or is no longer this worker's (re-queued while we
         were paused): SIGTERM first (the trainer checkpoints), SIGKILL if it is still there 60 s later."""
+        from modelmill.jobs.queue import held_by
+
         limit = self.config.job_timeout
         for job_id, (proc, _) in self.running.items():
             job = self.queue.get(job_id)
-            lost = job.worker != self.id or job.status != "running" or job.attempts != self.attempts.get(job_id)
+            lost = job.status != "running" or not held_by(job, self.id, self.attempts.get(job_id))
             if limit and job_id not in self.timed_out and time.monotonic() - self.started.get(job_id, 0.0) > limit \
                     and not (job.cancel_requested or lost) and proc.poll() is None:
                 self.timed_out.add(job_id)

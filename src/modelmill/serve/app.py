@@ -529,7 +529,7 @@ def create_app(store=None, config: ServeConfig | None = None):
         async def events():
             completion: dict[int, int] = {}
             texts = [""] * len(started)
-            status, done = "200", False
+            status = "200"
             try:
                 for c in preamble:
                     yield _sse({**base, "choices": [c], **extra})
@@ -557,11 +557,16 @@ def create_app(store=None, config: ServeConfig | None = None):
                         "prompt_tokens": prompt_tokens, "completion_tokens": total,
                         "total_tokens": prompt_tokens + total}})
                 yield "data: [DONE]\n\n"
-                done = True
+            except (asyncio.CancelledError, GeneratorExit):
+                # the client went away: the response was cancelled, or it closed this generator at a
+                # yield; _merged's cleanup aborted the generations
+                status = "499"
+                log.warning("%s: the client disconnected mid-stream; its generation was aborted", rid)
+                raise
+            except BaseException:
+                status = "500"  # a bug: the server's own error, logged by the app
+                raise
             finally:
-                if not done:  # the client went away (cancelled, or the stream closed): _merged aborted the rest
-                    status = "499"
-                    log.warning("%s: the client disconnected mid-stream; its generation was aborted", rid)
                 _record(target, endpoint, status, t0, prompt_tokens, sum(completion.values()), None, first_at)
 
         return StreamingResponse(events(), media_type="text/event-stream",
