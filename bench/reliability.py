@@ -163,7 +163,7 @@ class HealthWatch:
 
 
 def _watch_health(url, stop, out) -> None:
-    worst, failed, n = 0.0, 0, 0
+    worst, failed, n, slow = 0.0, 0, 0, []
     with httpx.Client(timeout=30) as c:
         while not stop.wait(0.5):
             t0 = time.monotonic()
@@ -172,9 +172,13 @@ def _watch_health(url, stop, out) -> None:
             except httpx.HTTPError:
                 ok = False
             n += 1
-            worst = max(worst, time.monotonic() - t0)
+            took = time.monotonic() - t0
+            worst = max(worst, took)
             failed += not ok
-    out.put({"health_checks": n, "health_worst_s": round(worst, 3), "health_failed": failed})
+            if took > 1:  # when (wall clock, to line up with the part's phases) and how long
+                slow.append((round(time.time(), 1), round(took, 2)))
+    out.put({"health_checks": n, "health_worst_s": round(worst, 3), "health_failed": failed,
+             "health_slow": slow[:50]})
 
 
 # ----------------------------------------------------------------------------- fuzz
@@ -215,7 +219,10 @@ BASE_BODIES = {
 
 
 def fuzz(up: Up, args, record) -> dict:
-    out: dict = {"cases": 0, "statuses": {}, "5xx": 0, "no_answer": 0, "problems": []}
+    out: dict = {"cases": 0, "statuses": {}, "5xx": 0, "no_answer": 0, "problems": [], "phases": {}}
+
+    def phase(name: str) -> None:  # wall-clock start of each step, to place /health's slow answers
+        out["phases"][name] = round(time.time(), 1)
 
     def count(what: str, status: int | None):
         out["cases"] += 1
@@ -238,19 +245,23 @@ def fuzz(up: Up, args, record) -> dict:
         return r
 
     watch = HealthWatch(up.url)
+    phase("huge body")
     # 1. a 20 MB body: refused before it is read
     big = b'{"model": "tiny", "messages": [{"role": "user", "content": "' + b"x" * (20 * 2**20) + b'"}]}'
     t0 = time.monotonic()
     r = send("20 MB chat body", "POST", "/v1/chat/completions", content=big,
              headers={"Content-Type": "application/json"})
     out["huge_body"] = {"status": r.status_code if r is not None else None, "seconds": round(time.monotonic() - t0, 2)}
+    phase("nested")
     # 2. nested 100,000 deep
     send("body nested 100k deep", "POST", "/v1/chat/completions", content=b"[" * 100_000 + b"]" * 100_000,
          headers={"Content-Type": "application/json"})
+    phase("invalid utf-8")
     # 3. invalid UTF-8
     send("invalid UTF-8", "POST", "/v1/chat/completions",
          content=b'{"model": "tiny", "messages": [{"role": "user", "content": "\xff\xfe\xc3"}]}',
          headers={"Content-Type": "application/json"})
+    phase("overflow")
     # 4. integer overflow in every numeric field of every JSON body, and every integer query
     spec = httpx.get(up.url + "/openapi.json", headers=AUTH).json()
     defs = spec.get("components", {}).get("schemas", {})
@@ -272,6 +283,7 @@ def fuzz(up: Up, args, record) -> dict:
                     body = json.dumps(_set(base, field, "__X__")).replace('"__X__"', raw)
                     send(f"{method.upper()} {path} {'.'.join(field)}={raw[:22]}", method.upper(), path,
                          content=body.encode(), headers={"Content-Type": "application/json"})
+    phase("trickle")
     # 5. a body trickled over --trickle-seconds: it holds neither the loop nor a worker
     trickle = {"done": None}
 
@@ -295,6 +307,7 @@ def fuzz(up: Up, args, record) -> dict:
     out["trickle"] = {"seconds": args.trickle_seconds, "answer": trickle["done"]}
     count("the trickled request", int(trickle["done"].split()[1]) if trickle["done"] else None)
 
+    phase("disconnects")
     # 6. clients that leave: half mid-request (headers sent, body not), half mid-stream
     async def leave(i: int):
         if i % 2:
@@ -330,6 +343,7 @@ def fuzz(up: Up, args, record) -> dict:
         if not eng.get("running") and not eng.get("waiting"):
             break
         time.sleep(0.5)
+    phase("end")
     out["disconnects"] = {"clients": args.disconnects, "engine_after": eng, "rss_before_mib": round(rss0, 1),
                           "rss_after_mib": round(up.rss_mib(), 1)}
     out.update(watch.stop())

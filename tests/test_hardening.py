@@ -87,3 +87,46 @@ def test_kb_add_says_one_thing_about_a_fake_pdf_and_an_empty_folder(cli, tmp_pat
     assert "not a PDF" in text and "pypdf" not in text.lower(), text
     folder_line = next(ln for ln in text.splitlines() if "folder has no" in ln)
     assert "Fix:" in folder_line, folder_line
+
+
+STARTS_AN_ENGINE = r"""
+import asyncio, sys, threading
+
+main = threading.main_thread()
+on_loop = []
+
+
+def hook(event, args):
+    if event == "import" and threading.current_thread() is main and args[0].split(".")[0] in ("torch", "transformers"):
+        on_loop.append(args[0])
+
+
+from modelmill.serve.router import Router, ServeConfig
+
+assert "torch" not in sys.modules, "the serving app must start without torch"
+sys.addaudithook(hook)
+
+
+async def start():
+    router = Router(None, ServeConfig(max_batch_size=2))
+    folder = sys.argv[1]
+    eng = await router._start("tiny", {"name": "tiny", "path": folder, "tokenizer_path": folder})
+    await router.shutdown()
+    return eng.name
+
+
+print(asyncio.run(start()), sorted(set(on_loop))[:5])
+"""
+
+
+def test_starting_an_engine_imports_nothing_heavy_on_the_event_loop(tiny_model, tmp_path):
+    """The first request for a model started its engine on the event loop, importing torch and
+    transformers there: /health waited 2-3 s on a slow host. The import now runs in a thread."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "start.py"
+    script.write_text(STARTS_AN_ENGINE)
+    p = subprocess.run([sys.executable, str(script), str(tiny_model)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split()[0] == "transformers" and p.stdout.strip().endswith("[]"), p.stdout

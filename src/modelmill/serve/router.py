@@ -164,7 +164,9 @@ class Router:
         if "path" not in spec:
             folder = await asyncio.to_thread(self._base_folder, spec["name"])
             spec = {**spec, "path": folder, "tokenizer_path": folder}
-        eng = make_engine(self.config, spec)
+        # off the event loop: building an engine imports torch and transformers (seconds on a slow
+        # host), and /health and every other request must keep answering meanwhile
+        eng = await asyncio.to_thread(make_engine, self.config, spec)
         log.info("starting the %s engine for %s", eng.name, key)
         await eng.start()
         self.engines[key] = eng
