@@ -185,3 +185,46 @@ def reference_tokens(tiny_model, paths) -> list[list[int]]:
         gen = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
         out.append(gen[0, ids.shape[1]:].tolist())
     return out
+
+
+def test_int8_serves_the_base_and_its_adapters_as_float32_does(tiny_model, adapters):
+    """--quantize int8 smooths and quantizes the base model's q/k/v/o/gate/up projections; the
+    adapters, trained on float32 inputs, must still apply (their A is rescaled by the smoothing:
+    without that, the all-linear adapter's log-probabilities here are off by about as much as the
+    adapter changes them)."""
+    paths = [adapters["plain"], adapters["rslora"]]
+
+    async def top5(quantize):
+        eng = HFEngine("tiny", str(tiny_model), max_batch_size=4, dtype="float32", quantize=quantize)
+        await eng.start()
+        ids = eng.tokenizer("hello there, how are you today")["input_ids"]
+        out = []
+        for i, p in enumerate([None, *paths]):
+            ref = AdapterRef(f"a{i}", str(p)) if p else None
+            async for o in eng.generate(GenerationRequest(f"{quantize}{i}", ids, SamplingParams(
+                    max_tokens=1, temperature=0, ignore_eos=True, logprobs=5), ref)):
+                if o.logprobs:
+                    out.append({t.token_id: t.logprob for t in o.logprobs[0][3]})
+        kinds = [type(m.base).__name__ for m in eng._lora.rows.layers.values()]
+        await eng.shutdown()
+        return out, kinds
+
+    f32, kinds32 = run(top5("none"))
+    i8, kinds8 = run(top5("int8"))
+    assert set(kinds32) == {"Linear"}
+    assert kinds8.count("Int8Linear") == 6 * kinds8.count("Linear")  # down_proj stays float32
+    assert len({max(d, key=d.get) for d in f32}) > 1  # the adapters change the answer
+    for want, got in zip(f32, i8):
+        assert max(got, key=got.get) == max(want, key=want.get)
+        shared = set(want) & set(got)
+        assert len(shared) >= 4 and max(abs(want[t] - got[t]) for t in shared) < 0.05, (want, got)
+
+
+def test_int8_is_refused_where_it_does_not_apply(tiny_model):
+    async def start(**kw):
+        eng = HFEngine("tiny", str(tiny_model), max_batch_size=2, quantize="int8", **kw)
+        await eng.start()
+        await eng.shutdown()
+
+    with pytest.raises(EngineError, match="--quantize int8 runs on a CPU in float32"):
+        run(start(dtype="bfloat16"))

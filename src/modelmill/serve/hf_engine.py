@@ -187,7 +187,8 @@ class HFEngine(Engine):
 
     def __init__(self, model_name: str, model_path: str, chat_template: str | None = None,
                  tokenizer_path: str | None = None, device: str = "auto", dtype: str = "auto", max_batch_size: int = 32, max_waiting: int = 256,
-                 max_loras: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096):
+                 max_loras: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096,
+                 quantize: str = "none"):
         if max_batch_size < 1 or max_waiting < 0 or max_loras < 1:
             raise ValueError("max_batch_size and max_loras must be >= 1, max_waiting >= 0")
         self.model_name = model_name
@@ -200,6 +201,10 @@ class HFEngine(Engine):
         self.max_waiting = max_waiting
         self.max_loras = max_loras
         self.max_prefill_tokens = max_prefill_tokens
+        if quantize not in ("none", "int8"):
+            raise ValueError(f"quantize must be 'none' or 'int8', not {quantize!r}")
+        self.quantize = quantize
+        self.input_scales: dict = {}           # int8: what smoothing divided each linear's input by
         self._max_context_setting = max_context
         self.max_context = max_context or 0
         self._tokenizer = None
@@ -320,7 +325,12 @@ class HFEngine(Engine):
         hf_logging.disable_progress_bar()
         device = pick_device(self.device_name)
         self.device = torch.device(device)
-        if self.dtype_name == "auto":
+        if self.quantize == "int8":
+            if device != "cpu" or self.dtype_name not in ("auto", "float32"):
+                raise EngineError(f"--quantize int8 runs on a CPU in float32, not on {device} in {self.dtype_name}; "
+                                  "use --quantize none there", status=500, code="model_unavailable")
+            dtype = torch.float32
+        elif self.dtype_name == "auto":
             dtype = native_dtype(device)
         else:
             dtype = getattr(torch, self.dtype_name)
@@ -333,6 +343,15 @@ class HFEngine(Engine):
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, attn_implementation=attn)
         model.to(self.device).eval()
         model.requires_grad_(False)
+        if self.quantize == "int8":
+            from modelmill.errors import InputError
+            from modelmill.models.int8 import quantize_int8
+
+            try:
+                self.input_scales = quantize_int8(model, tok)
+            except InputError as e:
+                raise EngineError(f"{self.model_name}: {e.message}; {e.fix}", status=500,
+                                  code="model_unavailable") from None
         self.model = model
         self.decoder = model.get_decoder()
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -340,7 +359,7 @@ class HFEngine(Engine):
         self.max_context = min(self._max_context_setting or ctx, ctx)
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         wrap_linears(model, self._lora, self.max_batch_size, self.device)
-        self.module_shapes = {n: tuple(m.base.weight.shape) for n, m in self._lora.rows.layers.items()}
+        self.module_shapes = {n: (m.base.out_features, m.base.in_features) for n, m in self._lora.rows.layers.items()}
         self.num_layers = cfg.num_hidden_layers
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -438,7 +457,8 @@ class HFEngine(Engine):
 
         def work():
             try:
-                adapter = load_adapter(ref.name, ref.path, self.module_shapes, device=self.device)
+                adapter = load_adapter(ref.name, ref.path, self.module_shapes, device=self.device,
+                                       input_scales=self.input_scales)
                 result = (key, adapter, None)
             except EngineError as e:
                 result = (key, None, e)

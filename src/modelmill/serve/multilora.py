@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from modelmill.models.int8 import Int8Linear
 from modelmill.serve.engine import EngineError
 
 LORA_DTYPE = torch.float32
@@ -175,8 +176,8 @@ class MultiLoraLinear(torch.nn.Module):
         self._cat = None
 
     @property
-    def weight(self):  # some model code reads proj.weight (dtype, device checks)
-        return self.base.weight
+    def weight(self):  # some model code reads proj.weight (dtype, device checks); an int8 base has none
+        return getattr(self.base, "weight", None)
 
     def grow(self, rows: int, rank: int, device):
         a = torch.zeros(rows, self.base.in_features, rank, dtype=LORA_DTYPE, device=device)
@@ -251,7 +252,7 @@ def wrap_linears(model: torch.nn.Module, context: LoraContext, rows: int, device
         if not name.startswith(layers_root + "."):
             continue
         for child_name, child in list(module.named_children()):
-            if type(child) is torch.nn.Linear:
+            if type(child) is torch.nn.Linear or type(child) is Int8Linear:
                 full = f"{name}.{child_name}"
                 layer = MultiLoraLinear(child, full, context)
                 setattr(module, child_name, layer)
@@ -264,8 +265,13 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB]
 
 
 def load_adapter(name: str, path: str | Path, module_shapes: dict[str, tuple[int, int]],
-                 dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> LoadedAdapter:
+                 dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                 input_scales: dict[str, torch.Tensor] | None = None) -> LoadedAdapter:
     """Read a peft LoRA folder into per-module (A.T, (B * scaling).T) float32 tensors.
+
+    ``input_scales``: per module, what the base model's smoothing (int8 serving) divided that
+    linear's input by; the adapter's A is multiplied by it so that it sees the input it was
+    trained on.
 
     Raises EngineError (status 400, naming the adapter and the file) when the folder is
     missing, unreadable, of another kind, or does not fit the base model's shapes."""
@@ -337,6 +343,8 @@ def load_adapter(name: str, path: str | Path, module_shapes: dict[str, tuple[int
         a_alpha = _pattern_value(alpha_pattern, module, alpha)
         scale = a_alpha / math.sqrt(r) if cfg.get("use_rslora") else a_alpha / r
         a_t = a.to(device=device, dtype=LORA_DTYPE).t().contiguous()                  # [in, r]
+        if input_scales and module in input_scales:
+            a_t.mul_(input_scales[module].to(device=device, dtype=LORA_DTYPE)[:, None])
         b_t = (b.to(LORA_DTYPE) * scale).to(device=device).t().contiguous()             # [r, out]
         out[module] = (a_t, b_t)
         rank = max(rank, r)

@@ -32,6 +32,11 @@ class ServeConfig:
     dtype: str = field(default="auto", metadata={
         "help": "Weights and activations: 'auto' is bfloat16 where the GPU or CPU computes it natively "
                 "(AVX512-BF16/AMX), else float32.", "choices": ["auto", "float32", "bfloat16", "float16"]})
+    quantize: str = field(default="none", metadata={
+        "help": "transformers engine on a CPU: 'int8' runs the base model's attention and gate/up projections in "
+                "int8 (SmoothQuant-smoothed, float32 elsewhere; LoRA adapters still apply): 1.5-2x faster decoding "
+                "where the CPU has no native bfloat16, perplexity about +1.4% on SmolLM2-135M. 'none': as loaded.",
+        "choices": ["none", "int8"]})
     max_batch_size: int = field(default=32, metadata={"help": "Most requests decoded together, per base model."})
     max_waiting: int = field(default=256, metadata={
         "help": "Most requests queued per base model beyond the batch; more get 429 with Retry-After."})
@@ -221,11 +226,15 @@ def _transformers_engine(config: ServeConfig, spec: dict) -> Engine:
                     tokenizer_path=spec.get("tokenizer_path"), device=config.device, dtype=config.dtype,
                     max_batch_size=config.max_batch_size, max_waiting=config.max_waiting,
                     max_loras=config.max_loras, max_context=config.max_context or None,
-                    max_prefill_tokens=config.max_prefill_tokens)
+                    max_prefill_tokens=config.max_prefill_tokens, quantize=config.quantize)
 
 
 def _vllm_engine(config: ServeConfig, spec: dict) -> Engine:
     from transformers import AutoTokenizer
+
+    if config.quantize != "none":
+        raise EngineError(f"--quantize {config.quantize} is for the transformers engine on a CPU; vLLM quantizes "
+                          "with its own model formats (AWQ, GPTQ, FP8)", status=500, code="model_unavailable")
 
     from modelmill.serve.vllm_engine import VLLMEngine
 
