@@ -20,6 +20,10 @@ N tokens, ``stream_options.include_usage``), at most C in flight. Default N = 64
   loaded (``load_adapter``), then per request ``set_adapter`` and ``model.generate(max_new_tokens=N,
   min_new_tokens=N, do_sample=False)``, one request at a time; only the first ``--peft-requests``
   requests (it is slow), its tokens/s is over those;
+- (s) static batch, in this process, no HTTP: plain transformers ``model.generate`` of the same
+  requests (the base model, no adapter), ``--concurrency`` prompts at a time, left-padded,
+  ``max_new_tokens=min_new_tokens=N``, greedy, float32 (or bfloat16 where the server's ``auto``
+  picks it): what a user gets without a server. Goal: (a) >= 1.2x (s);
 - (d) llama.cpp, only when llama-cpp-python is installed: the base model's GGUF (the one the
   built-in model is converted from, a Q4_1 file) decoding N tokens single-stream for a few prompts.
 
@@ -71,7 +75,7 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 ATTN_ONLY = ["q_proj", "k_proj", "v_proj", "o_proj"]
 SHORT = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
          "down": "down_proj"}
-GOALS = {"mixed/a": 0.9, "mixed/b": 8.0, "c/mixed": 0.7}
+GOALS = {"mixed/a": 0.9, "mixed/b": 8.0, "c/mixed": 0.7, "a/s": 1.2}
 QUICK = {"requests": 8, "tokens": 8, "concurrency": 4, "adapters": 4, "registered": 16, "cache": 4, "peft_requests": 2,
              "max_batch_size": 4, "llama_prompts": 2, "repeats": 1}
 
@@ -90,8 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=16, help="LoRA rank of the generated adapters (alpha = 2 * rank).")
     p.add_argument("--targets", default="all-linear",
                    help="Modules with LoRA: all-linear, or comma-separated (q,k,v,o or q_proj,v_proj ...).")
-    p.add_argument("--scenarios", default="mixed,a,c,b,d",
-                   help="Which scenarios to run, in this order (mixed, a, b, c, d).")
+    p.add_argument("--scenarios", default="mixed,a,c,s,b,d",
+                   help="Which scenarios to run, in this order (mixed, a, b, c, s, d).")
+    p.add_argument("--quantize", default="none", choices=["none", "int8"],
+                   help="--quantize of the server (int8: CPU, float32 base with int8 projections).")
     p.add_argument("--engine", default="auto", choices=["auto", "transformers", "vllm"],
                    help="--engine of the server (auto: vLLM when it and a GPU are present).")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -128,9 +134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tokens must be >= 2 (per-token latency needs two tokens)")
     a.registered = max(a.registered, a.adapters)
     a.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
-    bad = [s for s in a.scenarios if s not in ("mixed", "a", "b", "c", "d")]
+    bad = [s for s in a.scenarios if s not in ("mixed", "a", "b", "c", "s", "d")]
     if bad:
-        p.error(f"--scenarios: unknown {', '.join(bad)} (choose from mixed, a, b, c, d)")
+        p.error(f"--scenarios: unknown {', '.join(bad)} (choose from mixed, a, b, c, s, d)")
     try:
         a.target_list = parse_targets(a.targets)
     except ValueError as e:
@@ -467,7 +473,7 @@ async def drive(url: str, jobs: list[tuple[str, str]], tokens: int, concurrency:
 
 def http_scenario(name: str, a, home: Path, logs: Path, jobs: list[tuple[str, str]], max_loras: int) -> dict:
     flags = ["--max-batch-size", a.max_batch_size, "--max-loras", max_loras, "--preload", BASE,
-             "--engine", a.engine, "--device", a.device, "--dtype", a.dtype]
+             "--engine", a.engine, "--device", a.device, "--dtype", a.dtype, "--quantize", a.quantize]
     print(f"\n[{name}] {len(jobs)} requests over {len({m for m, _ in jobs})} adapter(s), "
           f"{a.concurrency} in flight, {a.tokens} tokens each; server: serve {' '.join(map(str, flags))}", flush=True)
     server = Server(home, logs / f"serve-{name}.log", *flags)
@@ -587,6 +593,51 @@ def peft_scenario(a, model_path: str, adapters: list[dict], jobs: list[tuple[str
     return s
 
 
+# ---- (s) static batch: plain transformers generate, in this process ---------------------------
+
+def static_scenario(a, model_path: str, prompts: list[str]) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from modelmill.serve.hf_engine import native_dtype
+
+    hf_logging.set_verbosity_error()
+    device, _ = resolve_device(a.device)
+    dtype = native_dtype(device) if a.dtype == "auto" else getattr(torch, a.dtype)
+    batch = a.concurrency
+    print(f"\n[s] static batch: transformers generate of the {len(prompts)} prompts, {batch} at a time, base model, "
+          f"{a.tokens} tokens each, {device} {str(dtype).replace('torch.', '')}", flush=True)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    tok.padding_side = "left"
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    with torch.inference_mode():  # a short warm-up, as the servers get one
+        w = tok(texts[:2], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        model.generate(**w, max_new_tokens=4, do_sample=False, pad_token_id=pad)
+    results = []
+    t_all = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        enc = tok(texts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=a.tokens, min_new_tokens=a.tokens, do_sample=False,
+                                 pad_token_id=pad)
+        end = time.perf_counter()
+        for row in out[:, enc["input_ids"].shape[1]:]:
+            results.append({"model": BASE, "t0": t0, "end": end, "ttft": None, "per_token": None,
+                            "tokens": int(row.shape[0]), "text": tok.decode(row, skip_special_tokens=True),
+                            "error": None})
+    wall = time.perf_counter() - t_all
+    s = summarize("s", results, wall, {"batch": batch, "dtype": str(dtype).replace("torch.", ""),
+                                       "note": f"batches of {batch}, no HTTP, base model"})
+    print(f"  {s['tokens']} tokens in {wall:.1f} s = {s['tokens_per_s']:.1f} tokens/s", flush=True)
+    del model
+    return s
+
+
 # ---- (d) llama.cpp ----------------------------------------------------------------------------
 
 def find_gguf() -> Path | None:
@@ -645,7 +696,8 @@ def _f(x, fmt: str, scale: float = 1.0) -> str:
     return "-" if x is None else format(x * scale, fmt)
 
 
-LABELS = {"mixed": "mixed", "a": "(a) one adapter", "b": "(b) PEFT", "c": "(c) many adapters", "d": "(d) llama.cpp"}
+LABELS = {"mixed": "mixed", "a": "(a) one adapter", "b": "(b) PEFT", "c": "(c) many adapters", "s": "(s) static batch",
+          "d": "(d) llama.cpp"}
 
 
 def print_table(results: dict[str, dict]) -> None:
@@ -654,13 +706,13 @@ def print_table(results: dict[str, dict]) -> None:
           f"{'TTFT p95':>9s} {'tok p50':>8s} {'tok p95':>8s} {'batch':>6s} {'loads':>5s} {'evict':>5s} {'err':>4s}")
     print(f"{'':18s} {'':>4s} {'':>6s} {'':>7s} {'':>7s} {'ms':>9s} {'ms':>9s} {'ms':>8s} {'ms':>8s} "
           f"{'mean':>6s}")
-    for key in ("mixed", "a", "c", "b", "d"):
+    for key in ("mixed", "a", "c", "s", "b", "d"):
         s = results.get(key)
         if s is None:
             continue
         print(f"{LABELS[key]:18s} {s['requests']:4d} {s['tokens']:6d} {s['wall_s']:7.1f} {s['tokens_per_s']:7.1f} "
-              f"{_f(s['ttft_p50'], '9.0f', 1e3)} {_f(s['ttft_p95'], '9.0f', 1e3)} "
-              f"{_f(s['per_token_p50'], '8.1f', 1e3)} {_f(s['per_token_p95'], '8.1f', 1e3)} "
+              f"{_f(s['ttft_p50'], '9.0f', 1e3):>9s} {_f(s['ttft_p95'], '9.0f', 1e3):>9s} "
+              f"{_f(s['per_token_p50'], '8.1f', 1e3):>8s} {_f(s['per_token_p95'], '8.1f', 1e3):>8s} "
               f"{_f(s.get('mean_batch'), '6.1f'):>6s} {_f(s.get('adapter_loads'), '5.0f'):>5s} "
               f"{_f(s.get('adapter_evictions'), '5.0f'):>5s} {s['errors']:4d}")
     if "b" in results:
@@ -678,7 +730,8 @@ def ratios(results: dict[str, dict]) -> dict:
         return a["tokens_per_s"] / b["tokens_per_s"]
 
     out = {}
-    for key, (x, y) in {"mixed/a": ("mixed", "a"), "mixed/b": ("mixed", "b"), "c/mixed": ("c", "mixed")}.items():
+    for key, (x, y) in {"mixed/a": ("mixed", "a"), "mixed/b": ("mixed", "b"), "c/mixed": ("c", "mixed"),
+                        "a/s": ("a", "s")}.items():
         v = r(x, y)
         out[key] = {"ratio": v, "goal": GOALS[key], "met": None if v is None else v >= GOALS[key]}
     return out
@@ -725,7 +778,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, os.cpu_count() "
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, os.cpu_count() "
           f"{os.cpu_count()}, torch threads {torch.get_num_threads()}, "
           f"cuda {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
     try:
@@ -828,6 +882,8 @@ def run(a, home: Path) -> int:
                 print(f"  PEFT tokens/s: float32 {runs[0]['tokens_per_s']:.1f}, bfloat16 "
                       f"{runs[1]['tokens_per_s']:.1f}; the faster is the baseline", flush=True)
                 results["b"] = best
+        elif sc == "s":
+            results["s"] = static_scenario(a, model_path, prompts)
         elif sc == "d":
             d = llama_scenario(a, model_path, prompts)
             if d is not None:
@@ -840,7 +896,8 @@ def run(a, home: Path) -> int:
     rat = ratios(results)
     print()
     for key, label in (("mixed/a", "mixed / (a) one adapter"), ("mixed/b", "mixed / (b) PEFT"),
-                       ("c/mixed", f"(c) {a.registered} adapters, cache {a.cache} / mixed")):
+                       ("c/mixed", f"(c) {a.registered} adapters, cache {a.cache} / mixed"),
+                       ("a/s", "(a) one adapter / (s) static batch")):
         r = rat[key]
         verdict = "n/a" if r["met"] is None else ("PASS" if r["met"] else "MISS")
         print(f"{label:40s} {_f(r['ratio'], '6.3f')}x   goal >= {r['goal']:g}x   {verdict}")

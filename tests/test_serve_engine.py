@@ -228,3 +228,21 @@ def test_int8_is_refused_where_it_does_not_apply(tiny_model):
 
     with pytest.raises(EngineError, match="--quantize int8 runs on a CPU in float32"):
         run(start(dtype="bfloat16"))
+
+
+def test_an_int8_row_does_not_depend_on_the_rest_of_its_batch():
+    """One quantization range for a whole batch would make a request's tokens depend on who
+    else is served with it; each row is scaled to its own range."""
+    from modelmill.models.int8 import Int8Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    q = Int8Linear(lin)
+    x = torch.randn(3, 64)
+    loud = torch.randn(5, 64) * 50
+    with torch.inference_mode():
+        alone = q(x)
+        batched = q(torch.cat([loud, x, loud]))[5:8]
+        near = lin(x)
+    assert torch.allclose(alone, batched, rtol=0, atol=1e-6)
+    assert (alone - near).abs().max() < 0.05 * near.abs().max()

@@ -78,22 +78,38 @@ def supported(model) -> bool:
 
 
 class Int8Linear(torch.nn.Module):
-    """A float32 ``nn.Linear`` as int8: weights per output channel, activations per call."""
+    """A float32 ``nn.Linear`` as int8: weights per output channel, activations per row and call.
+
+    PyTorch's dynamic int8 linear quantizes its whole input with one range, so a row's result
+    would depend on the other rows of its batch (a served request's tokens on who else is being
+    served). Each row is divided by its own largest magnitude and two constant columns, +1 and
+    -1, are appended (their weights are 0): every row then spans exactly [-1, 1], the range is
+    the same whatever the batch, and each row is quantized as finely as it alone allows.
+    """
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
         w = linear.weight.detach().float()
+        w = torch.cat([w, w.new_zeros(w.shape[0], 2)], dim=1)       # the +1/-1 columns count for nothing
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-8).double()
         with warnings.catch_warnings():  # torch 2.13 marks quantized tensors deprecated (its issue 184982)
             warnings.simplefilter("ignore", UserWarning)
             qw = torch.quantize_per_channel(w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        self._packed = torch.ops.quantized.linear_prepack(qw, bias)
+        self._packed = torch.ops.quantized.linear_prepack(qw, None)
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().float(),
+                                                                         requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        peak = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
+        ends = x.new_tensor([1.0, -1.0]).expand(x.shape[0], 2)
         # reduce_range: 7-bit activations, so AVX2's 16-bit accumulation (vpmaddubsw) cannot saturate
-        return torch.ops.quantized.linear_dynamic(x, self._packed, True)
+        y = torch.ops.quantized.linear_dynamic(torch.cat([x / peak, ends], dim=1), self._packed, True).mul_(peak)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
