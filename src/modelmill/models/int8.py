@@ -25,6 +25,7 @@ SmolLM); others are refused with a clear error.
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -102,17 +103,44 @@ class Int8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        peak = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
-        ends = x.new_tensor([1.0, -1.0]).expand(x.shape[0], 2)
+        scaled, peak = _scaled_rows(x)
         # reduce_range: 7-bit activations, so AVX2's 16-bit accumulation (vpmaddubsw) cannot saturate
-        y = torch.ops.quantized.linear_dynamic(torch.cat([x / peak, ends], dim=1), self._packed, True).mul_(peak)
+        y = torch.ops.quantized.linear_dynamic(scaled, self._packed, True).mul_(peak)
         if self.bias is not None:
             y += self.bias
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+_last = threading.local()
+
+
+def _scaled_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as rows divided by their largest magnitude, with the +1/-1 columns, and those magnitudes.
+    q, k and v (and gate and up) read the same input tensor: it is scaled once for all of them."""
+    try:
+        version = x._version
+    except RuntimeError:  # an inference tensor keeps no version; the supported models change no input in place
+        version = None
+    last = getattr(_last, "value", None)
+    if last is not None and last[0] is x and last[1] == version:
+        return last[2], last[3]
+    rows = x.reshape(-1, x.shape[-1])
+    peak = torch.linalg.vector_norm(rows, float("inf"), dim=1, keepdim=True).clamp_(min=1e-30)
+    ends = _ends(rows.shape[0], rows.dtype)
+    scaled = torch.cat([rows / peak, ends], dim=1)
+    _last.value = (x, version, scaled, peak)
+    return scaled, peak
+
+
+def _ends(n: int, dtype) -> torch.Tensor:
+    cache = getattr(_last, "ends", None)
+    if cache is None or cache.shape[0] < n or cache.dtype != dtype:
+        cache = torch.tensor([1.0, -1.0], dtype=dtype).repeat(max(n, 64), 1)
+        _last.ends = cache
+    return cache[:n]
 
 
 def quantize_int8(model, tokenizer, texts: list[str] | None = None, alpha: float = ALPHA) -> dict[str, torch.Tensor]:
