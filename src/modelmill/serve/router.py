@@ -34,8 +34,9 @@ class ServeConfig:
                 "(AVX512-BF16/AMX), else float32.", "choices": ["auto", "float32", "bfloat16", "float16"]})
     quantize: str = field(default="none", metadata={
         "help": "transformers engine on a CPU: 'int8' runs the base model's attention and gate/up projections in "
-                "int8 (SmoothQuant-smoothed, float32 elsewhere; LoRA adapters still apply): 1.5-2x faster decoding "
-                "where the CPU has no native bfloat16, perplexity about +1.4% on SmolLM2-135M. 'none': as loaded.",
+                "int8 (SmoothQuant-smoothed, float32 elsewhere; LoRA adapters still apply), for a CPU without native "
+                "bfloat16: measured on AVX2 with SmolLM2-135M, a 32-row decode step 1.2x faster and perplexity "
+                "+0.9%. 'none': as loaded.",
         "choices": ["none", "int8"]})
     max_batch_size: int = field(default=32, metadata={"help": "Most requests decoded together, per base model."})
     max_waiting: int = field(default=256, metadata={
