@@ -20,7 +20,8 @@ per-row scaling and the float32 down_proj and head, a 32-row decode step with on
 261 ms instead of 318 (AVX2, 2 cores). ``bench/serve_multilora.py --quantize int8`` measures serving.
 
 A LoRA adapter trained on the float32 model still applies: the smoothed layers see their input
-divided by ``s``, so the adapter's ``A`` is multiplied by the same ``s`` (:func:`input_scales`).
+divided by ``s``, so the adapter's ``A`` is multiplied by the same ``s`` (what :func:`quantize_int8`
+returns, which the serving engine hands to ``load_adapter``).
 Supported: Llama-style decoders whose RMSNorm multiplies by its weight (Llama, Mistral, Qwen2/3,
 SmolLM); others are refused with a clear error.
 """
@@ -75,9 +76,13 @@ CALIBRATION = [
 ]
 
 
-def supported(model) -> bool:
+def model_type(model) -> str | None:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(cfg, "model_type", None) in SUPPORTED
+    return getattr(cfg, "model_type", None)
+
+
+def supported(model) -> bool:
+    return model_type(model) in SUPPORTED
 
 
 class Int8Linear(torch.nn.Module):
@@ -150,8 +155,8 @@ def quantize_int8(model, tokenizer, texts: list[str] | None = None, alpha: float
     scale of every smoothed linear by module name (``model.layers.3.self_attn.q_proj``): a LoRA
     adapter's ``A`` of that module is multiplied by it."""
     if not supported(model):
-        kind = getattr(model.config, "model_type", "?")
-        raise InputError(f"int8 serving supports Llama-style models ({', '.join(SUPPORTED)}), not '{kind}'",
+        raise InputError(f"int8 serving supports Llama-style models ({', '.join(SUPPORTED)}), not "
+                         f"'{model_type(model)}'",
                          field="--quantize", fix="serve it with --quantize none")
     if next(model.parameters()).device.type != "cpu" or next(model.parameters()).dtype != torch.float32:
         raise InputError("int8 is for float32 models on a CPU", field="--quantize",
@@ -193,7 +198,7 @@ def quantize_int8(model, tokenizer, texts: list[str] | None = None, alpha: float
                 for m in group:
                     m.weight.mul_(s[None, :])
                     scales[names[id(m)]] = s.clone()
-            for parent, child in ((at, "q_proj"), (at, "k_proj"), (at, "v_proj"), (at, "o_proj"),
-                                  (mlp, "gate_proj"), (mlp, "up_proj")):
+            for child in QUANTIZED:
+                parent = at if hasattr(at, child) else mlp
                 setattr(parent, child, Int8Linear(getattr(parent, child)))
     return scales
