@@ -371,3 +371,21 @@ def test_varlen_attention_keeps_the_sliding_window():
         b = vl(input_ids=ids, position_ids=torch.arange(12)[None], cu_seq_lens_q=cu, cu_seq_lens_k=cu,
                max_length_q=12, max_length_k=12, use_cache=False).logits
     assert (a - b).abs().max().item() < 1e-5
+
+
+def test_cpu_dropout_mask_is_bernoulli_p_and_follows_torchs_seed():
+    from modelmill.train.fused_lora import dropout_mask, keep_probability
+
+    x = torch.empty(400, 500)
+    torch.manual_seed(7)
+    a = dropout_mask(x, 0.05)
+    b = dropout_mask(x, 0.05)
+    torch.manual_seed(7)
+    again = dropout_mask(x, 0.05)
+    assert a.dtype == torch.bool and a.shape == x.shape
+    assert torch.equal(a, again) and not torch.equal(a, b)  # torch's generator decides; each call draws anew
+    # 200,000 draws: the rate is within 5 standard deviations (0.0024) of p, and so is every column's mean
+    assert abs(a.float().mean().item() - 0.05) < 0.0024
+    assert abs(a.float().mean(0).std().item() - (0.05 * 0.95 / 400) ** 0.5) < 0.004  # no stuck lanes
+    assert abs(keep_probability(x, 0.05) - 0.95) < 1 / 65536
+    assert dropout_mask(x, 1e-6) is None  # rounds to no dropout: nothing to mask
