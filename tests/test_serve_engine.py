@@ -107,17 +107,22 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.mark.parametrize("concat_max", [12, 0], ids=["concatenated", "per-row-slots"])
+@pytest.mark.parametrize("concat_max,group_min", [(12, 2), (12, 99), (0, 2)],
+                         ids=["grouped", "concatenated", "per-row-slots"])
 def test_many_adapters_with_a_small_cache_all_finish_and_match_alone(tiny_model, adapters, tmp_path, monkeypatch,
-                                                                     concat_max):
+                                                                     concat_max, group_min):
     """More distinct adapters waiting than resident slots: every request finishes, in any order,
-    with what it returns alone; at most max_loras adapters are ever resident. Both ways of
-    applying the adapters (concatenated for few, per-row slots for many) give the same tokens."""
+    with what it returns alone; at most max_loras adapters are ever resident. The three ways of
+    applying the adapters (rows grouped by adapter, concatenated, per-row slots) give the same tokens."""
     import shutil
 
     from modelmill.serve import multilora
 
     monkeypatch.setattr(multilora, "CONCAT_MAX_ADAPTERS", concat_max)
+    monkeypatch.setattr(multilora, "GROUP_MIN_ADAPTERS", group_min)
+    taken = []
+    monkeypatch.setattr(multilora.MultiLoraLinear, "_grouped",
+                        lambda self, *a, _f=multilora.MultiLoraLinear._grouped: taken.append(1) or _f(self, *a))
 
     paths = []
     for i in range(6):  # six adapters: copies with their own names (the engine keys by name and path)
@@ -150,6 +155,7 @@ def test_many_adapters_with_a_small_cache_all_finish_and_match_alone(tiny_model,
     assert together == alone
     assert alone == reference_tokens(tiny_model, paths)
     assert peak <= 2 and stats.adapter_evictions >= 4
+    assert bool(taken) == (group_min == 2 and concat_max == 12)  # the grouped path ran where it was chosen
     assert len({tuple(t) for t in alone}) > 1
 
 

@@ -10,6 +10,7 @@ Tiny models built from a config; no network, no download.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -389,3 +390,70 @@ def test_cpu_dropout_mask_is_bernoulli_p_and_follows_torchs_seed():
     assert abs(a.float().mean(0).std().item() - (0.05 * 0.95 / 400) ** 0.5) < 0.004  # no stuck lanes
     assert abs(keep_probability(x, 0.05) - 0.95) < 1 / 65536
     assert dropout_mask(x, 1e-6) is None  # rounds to no dropout: nothing to mask
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _budget_run(tmp_path, monkeypatch, seconds_per_step: float, budget_s: float, steps: int = 100,
+                resume_at: int | None = None):
+    """Drive TimeBudget as the Trainer does (optimizer step, scheduler step, on_step_end) with a
+    clock where each step takes ``seconds_per_step``; return (callback, lrs of each step, state, control)."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments, get_scheduler
+
+    from modelmill.train import callbacks
+
+    clock = _Clock()
+    monkeypatch.setattr(callbacks.time, "monotonic", clock)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=1e-3, lr_scheduler_type="linear",
+                             warmup_steps=0.1, max_steps=steps, report_to=[], use_cpu=True)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([param], lr=args.learning_rate)
+    sched = get_scheduler("linear", opt, num_warmup_steps=args.get_warmup_steps(steps), num_training_steps=steps)
+    state, control = TrainerState(), TrainerControl()
+    state.max_steps = steps
+    if resume_at:
+        for _ in range(resume_at):
+            opt.step()
+            sched.step()
+        state.global_step = resume_at
+    cb = callbacks.TimeBudget(budget_s, tmp_path / "time_budget.json")
+    cb.on_train_begin(args, state, control, lr_scheduler=sched, optimizer=opt)
+    lrs = []
+    while state.global_step < state.max_steps and not control.should_training_stop:
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        state.global_step += 1
+        clock.now += seconds_per_step
+        cb.on_step_end(args, state, control, lr_scheduler=sched, optimizer=opt)
+    return cb, lrs, state, control
+
+
+def test_time_budget_cuts_the_steps_and_fits_the_schedule(tmp_path, monkeypatch):
+    # 10 s a step, 300 s: 4 steps timed by 40 s, 26 more fit -> 30 of 100 steps
+    cb, lrs, state, control = _budget_run(tmp_path, monkeypatch, seconds_per_step=10, budget_s=300)
+    assert cb.planned == 30 and state.global_step == 30 and state.max_steps == 30 and control.should_training_stop
+    plan = json.loads((tmp_path / "time_budget.json").read_text())
+    assert plan["max_steps"] == 30 and plan["asked_steps"] == 100 and plan["seconds_per_step"] == 10
+    # the schedule now decays over 30 steps: the last step runs at 1/27 of the peak (warm-up 3 of 30
+    # steps, linear to zero), not at the 0.7 of the peak that 30 of 100 steps would have
+    assert lrs[-1] == pytest.approx(1e-3 / 27, rel=1e-6)
+    assert lrs[4] == pytest.approx(1e-3 * 26 / 27, rel=1e-6)  # the first step after the plan: the fitted rate
+
+
+def test_time_budget_leaves_a_run_that_fits_alone_and_a_resume_keeps_the_plan(tmp_path, monkeypatch):
+    cb, lrs, state, control = _budget_run(tmp_path, monkeypatch, seconds_per_step=1, budget_s=300)
+    assert cb.planned == 100 and state.global_step == 100 and len(lrs) == 100
+
+    # a resumed run (step 12 of a run cut to 30) keeps the plan and its schedule at once
+    (tmp_path / "time_budget.json").write_text(json.dumps({"max_steps": 30}))
+    cb, lrs, state, control = _budget_run(tmp_path, monkeypatch, seconds_per_step=100, budget_s=1,
+                                          resume_at=12)
+    assert state.global_step == 30 and len(lrs) == 18
+    assert lrs[0] == pytest.approx(1e-3 * (30 - 12) / 27, rel=1e-6)

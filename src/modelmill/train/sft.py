@@ -38,6 +38,8 @@ class SFTConfig:
     epochs: float = _f(0.0, "Passes over the training data (0: 1, or 2 for LoRA on classification data).",
                        basic=True)
     max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use --epochs).")
+    time_budget: float = _f(0.0, "Minutes to fit the training into (0: no limit): a few steps are timed, then "
+                                 "the step count is cut to what fits and the learning-rate schedule fitted to it.")
     eval_data: str = _f("", "Held-out dataset NAME[@VERSION] whose loss is logged as eval_loss during training.")
     eval_steps: int = _f(0, "Compute the --eval-data loss every N steps, and at the end (0: every --save-steps).")
     learning_rate: float = _f(0.0, "Peak learning rate (0: 2e-4 for lora, 5e-4 for lora on classification data, 2e-5 for full).", basic=True)
@@ -68,6 +70,7 @@ class SFTConfig:
             (self.epochs >= 0, "--epochs", f"must be >= 0 (0: auto), got {self.epochs}", "e.g. --epochs 1"),
             (self.eval_steps >= 0, "--eval-steps", f"must be >= 0, got {self.eval_steps}", "e.g. --eval-steps 50"),
             (self.max_steps == -1 or self.max_steps > 0, "--max-steps", f"must be -1 or > 0, got {self.max_steps}", "e.g. --max-steps 100"),
+            (0 <= self.time_budget <= 10**6, "--time-budget", f"must be minutes >= 0, got {self.time_budget}", "e.g. --time-budget 10"),
             (0 <= self.learning_rate < 1, "--learning-rate", f"must be in [0, 1), got {self.learning_rate}", "e.g. --learning-rate 2e-4"),
             (self.batch_size >= 1, "--batch-size", f"must be >= 1, got {self.batch_size}", "e.g. --batch-size 8"),
             (self.grad_accum >= 1, "--grad-accum", f"must be >= 1, got {self.grad_accum}", "e.g. --grad-accum 1"),
@@ -187,7 +190,7 @@ def build_trainer(job: SFTJob) -> TrainerSetup:
     from trl import SFTTrainer
 
     from modelmill.train.answer_head import score_answers_only
-    from modelmill.train.callbacks import GracefulStop, MetricsLogCallback, ProgressCallback
+    from modelmill.train.callbacks import GracefulStop, MetricsLogCallback, ProgressCallback, TimeBudget
     from modelmill.train.varlen_attention import register as register_varlen
 
     cfg = job.config
@@ -273,7 +276,9 @@ def build_trainer(job: SFTJob) -> TrainerSetup:
 
     trainer.remove_callback(HFProgress)
     trainer.remove_callback(PrinterCallback)
-    for cb in (ProgressCallback(), MetricsLogCallback(run_dir / "metrics.jsonl"), stop):
+    # the time budget first: the bar and the metrics log then see the step count it sets
+    budget = [TimeBudget(cfg.time_budget * 60, run_dir / "time_budget.json")] if cfg.time_budget else []
+    for cb in (*budget, ProgressCallback(), MetricsLogCallback(run_dir / "metrics.jsonl"), stop):
         trainer.add_callback(cb)
     return TrainerSetup(trainer=trainer, tokenizer=tokenizer, stop=stop, examples=len(examples), dropped=dropped,
                         tokens=n_tokens)
