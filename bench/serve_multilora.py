@@ -526,11 +526,7 @@ def http_scenario(name: str, a, home: Path, logs: Path, jobs: list[tuple[str, st
     print(f"  {s['tokens']} tokens in {wall:.1f} s = {s['tokens_per_s']:.1f} tokens/s; "
           f"mean batch {_f(s['mean_batch'], '.1f')}, adapter loads {s['adapter_loads']:.0f}, evictions "
           f"{s['adapter_evictions']:.0f}; server start {server.start_s:.1f} s, warm-up {warm:.2f} s", flush=True)
-    for r in [r for r in results if r["error"]][:5]:
-        print(f"  ERROR {r['model']}: {r['error']}")
-    if wrong:
-        print(f"  WARNING: {len(wrong)} request(s) made another number of tokens than {a.tokens}: "
-              f"{sorted({r['tokens'] for r in wrong})}")
+    print_failures(results, wrong, a.tokens)
     if s["server_generation_tokens"] != s["tokens"]:
         print(f"  WARNING: /metrics counts {s['server_generation_tokens']:.0f} generated tokens, the clients "
               f"{s['tokens']}")
@@ -742,12 +738,17 @@ def llama_server_scenario(a, home: Path, logs: Path, jobs: list[tuple[str, str]]
                                        "wrong_token_counts": len(wrong), "log": str(server.log)})
     print(f"  {s['tokens']} tokens in {wall:.1f} s = {s['tokens_per_s']:.1f} tokens/s; server start "
           f"{server.start_s:.1f} s, warm-up {warm:.2f} s", flush=True)
-    for r in [r for r in results if r["error"]][:5]:
-        print(f"  ERROR: {r['error']}")
-    if wrong:
-        print(f"  WARNING: {len(wrong)} request(s) made another number of tokens than {a.tokens}: "
-              f"{sorted({r['tokens'] for r in wrong})}")
+    print_failures(results, wrong, a.tokens)
     return s
+
+
+def print_failures(results: list[dict], wrong: list[dict], tokens: int) -> None:
+    """The first failed requests, and how many made another number of tokens than asked."""
+    for r in [r for r in results if r["error"]][:5]:
+        print(f"  ERROR {r['model']}: {r['error']}")
+    if wrong:
+        print(f"  WARNING: {len(wrong)} request(s) made another number of tokens than {tokens}: "
+              f"{sorted({r['tokens'] for r in wrong})}")
 
 
 # ---- report -----------------------------------------------------------------------------------
