@@ -2,7 +2,7 @@
 
 The base model's linear layers are wrapped once by :func:`wrap_linears`. The engine tells
 :class:`LoraRows` which adapter each batch row serves and which rows a forward covers; every
-wrapped layer then adds its LoRA product in one of two ways:
+wrapped layer then adds its LoRA product in one of three ways:
 
 * **one adapter** (beside rows of the base model): its matrices, with a 0/1 mask that zeroes
   the rows without an adapter::

@@ -133,15 +133,13 @@ class TimeBudget(TrainerCallback):
             return
         from transformers import get_scheduler
 
-        saved = [g["lr"] for g in optimizer.param_groups]
         fitted = get_scheduler(args.lr_scheduler_type, optimizer,
                                num_warmup_steps=args.get_warmup_steps(self.planned),
                                num_training_steps=self.planned,
                                scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
-        for g, lr in zip(optimizer.param_groups, saved):
-            g["lr"] = lr
         lr_scheduler.lr_lambdas = fitted.lr_lambdas
-        # the rate of the next step, from the fitted schedule
+        # the rate of the next step, from the fitted schedule (this also overwrites what building
+        # ``fitted`` set the optimizer's rates to)
         step = lr_scheduler.last_epoch
         for g, base, factor in zip(optimizer.param_groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas):
             g["lr"] = base * factor(step)

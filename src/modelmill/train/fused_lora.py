@@ -21,7 +21,8 @@ rounded keep-probability, so the layer stays unbiased.
 Only plain LoRA in training takes this path: one active adapter, an ``nn.Linear`` base whose
 weights are frozen, no DoRA or other variant, no LoRA bias, no autocast. Anything else
 (evaluation, generation, merged or disabled adapters, mixed-adapter batches) runs peft's own
-forward unchanged. Dropout has the same probability, drawn with ``torch.rand``.
+forward unchanged. Dropout has the same probability (on the CPU rounded as above; elsewhere drawn
+with ``torch.rand``).
 """
 
 from __future__ import annotations
