@@ -457,3 +457,12 @@ def test_time_budget_leaves_a_run_that_fits_alone_and_a_resume_keeps_the_plan(tm
                                           resume_at=12)
     assert state.global_step == 30 and len(lrs) == 18
     assert lrs[0] == pytest.approx(1e-3 * (30 - 12) / 27, rel=1e-6)
+
+
+def test_time_budget_names_an_unreadable_plan_on_resume(tmp_path, monkeypatch):
+    from modelmill.errors import InputError
+
+    (tmp_path / "time_budget.json").write_text('{"max_st')  # cut off mid-write by hand
+    with pytest.raises(InputError) as info:
+        _budget_run(tmp_path, monkeypatch, seconds_per_step=1, budget_s=300, resume_at=5)
+    assert "time_budget.json" in str(info.value) and "delete the file" in str(info.value)

@@ -97,7 +97,14 @@ class TimeBudget(TrainerCallback):
     def on_train_begin(self, args, state, control, lr_scheduler=None, optimizer=None, **kw):
         self.start, self.first = time.monotonic(), state.global_step
         if self.plan_file.is_file():  # resumed: the plan made before the interruption
-            self.planned = int(json.loads(self.plan_file.read_text(encoding="utf-8"))["max_steps"])
+            try:
+                self.planned = int(json.loads(self.plan_file.read_text(encoding="utf-8"))["max_steps"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                from modelmill.errors import InputError
+
+                raise InputError(f"the run's time-budget plan cannot be read ({type(e).__name__}: {e})",
+                                 file=str(self.plan_file),
+                                 fix="delete the file: the resumed run then plans its remaining steps again") from None
             self._apply(args, state, lr_scheduler, optimizer)
 
     def on_step_end(self, args, state, control, lr_scheduler=None, optimizer=None, **kw):
@@ -111,11 +118,12 @@ class TimeBudget(TrainerCallback):
                 left = self.seconds - (now - self.start)
                 fits = _all_min(state.global_step + max(0, int(left // per_step)))
                 self.planned = min(state.max_steps, fits)
-                if state.is_world_process_zero:
-                    self.plan_file.parent.mkdir(parents=True, exist_ok=True)
-                    self.plan_file.write_text(json.dumps({
+                if state.is_world_process_zero:  # whole or not at all: a kill mid-write leaves no half a plan
+                    from modelmill.models._files import atomic_write_text
+
+                    atomic_write_text(self.plan_file, json.dumps({
                         "max_steps": self.planned, "asked_steps": state.max_steps, "budget_s": self.seconds,
-                        "seconds_per_step": round(per_step, 3)}), encoding="utf-8")
+                        "seconds_per_step": round(per_step, 3)}))
                 if self.planned < state.max_steps:
                     print(f"time budget {self.seconds / 60:g} min: {per_step:.1f} s a step here, so "
                           f"{self.planned} of {state.max_steps} steps", file=sys.stderr, flush=True)
