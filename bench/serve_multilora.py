@@ -911,14 +911,17 @@ def run(a, home: Path) -> int:
     logs = home / "bench-logs"
     logs.mkdir(exist_ok=True)
     results: dict[str, dict] = {}
-    # The HTTP scenarios run in rounds (mixed, a, c, mixed, a, c, ...) so that a slow spell of the
-    # machine hits all of them; each reports the round with its median tokens/s.
+    # The HTTP scenarios and the static batch run in rounds (mixed, a, c, s, mixed, a, c, s, ...) so
+    # that a slow spell of the machine hits all of them; each reports the round with its median tokens/s.
     http = {"mixed": (jobs_mixed, a.adapters), "a": (jobs_a, a.adapters), "c": (jobs_c, a.cache)}
     rounds: dict[str, list[dict]] = {}
     for r in range(a.repeats):
-        for sc in [x for x in a.scenarios if x in http]:
+        for sc in [x for x in a.scenarios if x in http or x == "s"]:
             if a.repeats > 1:
                 print(f"\n(round {r + 1} of {a.repeats})", end="")
+            if sc == "s":
+                rounds.setdefault(sc, []).append(static_scenario(a, model_path, prompts))
+                continue
             jobs, max_loras = http[sc]
             rounds.setdefault(sc, []).append(http_scenario(sc, a, home, logs, jobs, max_loras=max_loras))
     for sc, runs in rounds.items():
@@ -930,7 +933,7 @@ def run(a, home: Path) -> int:
         if sc == "c":
             results["c"]["registered"] = a.registered
     for sc in a.scenarios:
-        if sc in http:
+        if sc in http or sc == "s":
             continue
         elif sc == "b":
             if importlib.util.find_spec("peft") is None:
@@ -946,8 +949,6 @@ def run(a, home: Path) -> int:
                 print(f"  PEFT tokens/s: float32 {runs[0]['tokens_per_s']:.1f}, bfloat16 "
                       f"{runs[1]['tokens_per_s']:.1f}; the faster is the baseline", flush=True)
                 results["b"] = best
-        elif sc == "s":
-            results["s"] = static_scenario(a, model_path, prompts)
         elif sc == "d":
             d = llama_scenario(a, model_path, prompts)
             if d is not None:
@@ -961,6 +962,9 @@ def run(a, home: Path) -> int:
     if a.repeats > 1:
         for sc, runs in rounds.items():
             print(f"{sc}: tokens/s by round {results[sc]['tokens_per_s_rounds']}; the median round is shown")
+        if "a" in rounds and "s" in rounds:
+            pairs = [x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(rounds["a"], rounds["s"])]
+            print(f"a/s by round (each pair measured back to back): {', '.join(f'{p:.3f}' for p in pairs)}")
     rat = ratios(results)
     print()
     for key, label in (("mixed/a", "mixed / (a) one adapter"), ("mixed/b", "mixed / (b) PEFT"),

@@ -159,6 +159,80 @@ def test_many_adapters_with_a_small_cache_all_finish_and_match_alone(tiny_model,
     assert len({tuple(t) for t in alone}) > 1
 
 
+def test_length_groups_minimise_padded_tokens_plus_a_cost_per_group():
+    """The dynamic programme against every way of cutting the sorted lengths into groups."""
+    import itertools
+    import random
+
+    from modelmill.serve.hf_engine import length_groups
+
+    def cost(lengths, ends, c):
+        total, start = 0, 0
+        for end in ends:
+            total += (end - start) * lengths[end - 1] + c
+            start = end
+        return total
+
+    rng = random.Random(0)
+    for _ in range(60):
+        n = rng.randint(1, 8)
+        lengths = sorted(rng.randint(1, 120) for _ in range(n))
+        c = rng.choice([0, 5, 64, 1000])
+        ends = length_groups(lengths, c)
+        assert ends[-1] == n and ends == sorted(set(ends))
+        best = min(cost(lengths, [*cut, n], c) for k in range(n)
+                   for cut in itertools.combinations(range(1, n), k))
+        assert cost(lengths, ends, c) == best
+    assert length_groups([3, 3, 7, 9], 0) == [2, 3, 4]          # free forwards: no padding at all
+    assert length_groups([3, 3, 7, 9], 10 ** 6) == [4]          # costly forwards: one group
+    assert length_groups([], 64) == []
+
+
+@pytest.mark.parametrize("group_cost,head_block", [(0, 16), (10 ** 6, 10 ** 6)],
+                         ids=["a-group-per-length,head-in-blocks", "one-group,whole-head"])
+def test_prompts_of_different_lengths_prefilled_together_match_each_alone(tiny_model, adapters, monkeypatch,
+                                                                          group_cost, head_block):
+    """Newcomers are prefilled in groups of similar length and the output layer runs in blocks of
+    the vocabulary on a CPU: neither may change a request's tokens, whatever shares its batch."""
+    from modelmill.serve import hf_engine
+
+    monkeypatch.setattr(hf_engine, "PREFILL_GROUP_COST", group_cost)
+    monkeypatch.setattr(hf_engine, "HEAD_BLOCK", head_block)
+    texts = ["hi", "hello there", "hello there, how are you today",
+             "the cat sat on the mat and looked at the dog for a long while", "hello"]
+    refs = [None, AdapterRef("plain", str(adapters["plain"])), AdapterRef("rslora", str(adapters["rslora"])),
+            AdapterRef("plain", str(adapters["plain"])), None]
+
+    async def main():
+        eng = HFEngine("tiny", str(tiny_model), max_batch_size=8, dtype="float32")
+        await eng.start()
+        forwards = []
+        real_forward = eng._forward
+        eng._forward = lambda ids, pos, st: forwards.append((st.mode, tuple(ids.shape))) or real_forward(ids, pos, st)
+
+        async def one(i, tag):
+            ids = eng.tokenizer(texts[i])["input_ids"]
+            toks = []
+            async for o in eng.generate(GenerationRequest(f"{tag}{i}", ids, SamplingParams(
+                    max_tokens=6, temperature=0, ignore_eos=True), refs[i])):
+                toks += o.token_ids
+            return toks
+
+        alone = [await one(i, "a") for i in range(len(texts))]
+        forwards.clear()
+        together = await asyncio.gather(*(one(i, "t") for i in range(len(texts))))
+        lengths = [len(eng.tokenizer(t)["input_ids"]) for t in texts]
+        await eng.shutdown()
+        return alone, together, [f for f in forwards if f[0] == "prefill"], lengths
+
+    alone, together, prefills, lengths = run(main())
+    assert together == alone
+    assert len({tuple(t) for t in alone}) > 1
+    assert sum(rows for _, (rows, _) in prefills) == len(texts)  # each newcomer prefilled once
+    if group_cost == 0:  # forwards cost nothing: every group is of one length, so nothing is padded
+        assert sum(rows * length for _, (rows, length) in prefills) == sum(lengths)
+
+
 def test_a_queue_over_its_limit_is_refused_at_once(tiny_model):
     async def main():
         eng = HFEngine("tiny", str(tiny_model), max_batch_size=1, max_waiting=1, dtype="float32")
