@@ -30,6 +30,18 @@ def test_import_versions_by_content(cli: CLI, home, reviews_file):
     assert "23 records" in shown and "versions:" in shown and '"label"' in shown
 
 
+def test_import_warns_about_the_fields_it_does_not_train_on(cli: CLI, tmp_path):
+    """A record with text and entities is read as plain text: the import says so, naming the field."""
+    rows = [{"text": f"张伟在北京工作了{i}年。", "entities": {"person": ["张伟"], "city": ["北京"]}} for i in range(3)]
+    rows.append({"text": "没有实体。"})
+    p = cli("data", "import", write_jsonl(tmp_path / "ner.jsonl", rows), "--name", "ner")
+    assert "4 text records" in p.stdout
+    assert "warning: the text format reads 'text'" in p.stderr and "'entities' (3 of 4 records)" in p.stderr
+    assert "alpaca" in p.stderr  # and how to import it so that it is trained on
+    clean = cli("data", "import", write_jsonl(tmp_path / "plain.jsonl", [{"text": "just text"}]), "--name", "plain")
+    assert "warning" not in clean.stderr
+
+
 @pytest.mark.parametrize("fmt,row,kind", [
     ("alpaca", {"instruction": "Say hi", "input": "", "output": "hi"}, "chat"),
     ("sharegpt", {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}, "chat"),
@@ -127,6 +139,10 @@ def test_stats_with_model_tokenizer(cli_tiny: CLI, reviews_file):
     assert "records: 24 (classification)" in out
     assert "positive" in out and "37.5%" in out and "25.0%" in out
     assert "tokens" in out
+    # every ready base: its tokens per character on this data (the tiny model's tokenizer is trained on English)
+    assert "tokens per character, by base model" in out
+    tpc = float(out.split("tokens per character, by base model")[1].split("tiny")[1].split()[0])
+    assert 0.1 < tpc < 1.0
 
 
 def test_mix_by_ratio(cli: CLI, tmp_path, reviews_file):

@@ -86,7 +86,7 @@ def _rows(out: str, header: str = "CANDIDATE") -> list[list[str]]:
 
 
 def test_every_kind_scores_stores_and_ranks(cli_tiny: CLI, task_files, home):
-    expect = {"cls": "ACCURACY", "mc": "ACCURACY", "ex": "FIELD-F1", "gen": "ROUGE-L", "dlg": "DIALOGUE-SUCCESS",
+    expect = {"cls": "ACCURACY", "mc": "ACCURACY", "ex": "ENTITY-F1", "gen": "ROUGE-L", "dlg": "DIALOGUE-SUCCESS",
               "judge": "SCORE"}
     for name, metric in expect.items():
         out = cli_tiny("eval", "--task", task_files / f"{name}.yaml", "--models", "tiny").stdout

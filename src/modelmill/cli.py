@@ -275,6 +275,11 @@ def data_import(file, name, fmt, fields_, skip_invalid):
         click.echo(f"skipped: {err}", err=True)
     if len(skipped) > 20:
         click.echo(f"skipped: ... and {len(skipped) - 20} more", err=True)
+    from modelmill.data.load import ignored_note
+
+    note = ignored_note(row.format, row.kind, (row.origin or {}).get("ignored_fields") or {}, row.num_records)
+    if note:
+        click.echo(f"warning: {note}", err=True)
     what = "imported" if created else "unchanged, already stored as"
     labels = f", labels: {', '.join(row.labels)}" if row.labels else ""
     click.echo(f"{what} {row.ref}: {row.num_records} {row.kind} records ({row.format}){labels}")
@@ -315,15 +320,20 @@ def data_show(ref, head):
 @click.option("--model", default="smollm2-135m-instruct", show_default=True,
               help="Model whose tokenizer counts the tokens.")
 def data_stats(ref, model):
-    """Counts, label balance and a token-length histogram."""
+    """Counts, label balance, a token-length histogram, and tokens per character for every
+    registered base model (how each tokenizer treats this data's language)."""
     from modelmill.data.catalog import DatasetCatalog
-    from modelmill.data.stats import format_stats, stats
+    from modelmill.data.stats import format_stats, stats, tokens_per_char
+    from modelmill.models.registry import ModelRegistry
 
     store = _store()
     row = DatasetCatalog(store).resolve(ref, "REF")
     tok = _tokenizer(store, model)
+    records = DatasetCatalog(store).records(row)
     click.echo(f"{row.ref} (tokens counted with {model})")
-    click.echo(format_stats(stats(DatasetCatalog(store).records(row), row.kind, tokenizer=tok)))
+    d = stats(records, row.kind, tokenizer=tok)
+    d["tokens_per_char"] = tokens_per_char(records, row.kind, ModelRegistry(store).tokenizers())
+    click.echo(format_stats(d))
 
 
 def _tokenizer(store, model: str):

@@ -33,8 +33,9 @@ def _names(text: str) -> list[str]:
 
 
 def _print_results(rows, metric_names: list[str]) -> None:
-    """A ranked table of results (EvalResult rows of one task)."""
+    """A ranked table of results (EvalResult rows of one task); a metric no row has is left out."""
     rows = sorted(rows, key=lambda r: -(r.score if r.score is not None else float("-inf")))
+    metric_names = [m for m in metric_names if any(m in (r.metrics or {}) for r in rows)] or metric_names
     _table([[str(k + 1), r.candidate, r.candidate_kind] + [_fmt(r.metrics.get(m)) for m in metric_names]
             + [str(r.n_done), f"{1000 * r.seconds / r.n_done:.0f}" if r.n_done else "-"] for k, r in enumerate(rows)],
            ["#", "CANDIDATE", "KIND"] + [m.upper().replace("_", "-") for m in metric_names] + ["N", "MS/ITEM"])
@@ -95,13 +96,14 @@ def _eval_options(f):
 
 @main.command("eval")
 @_eval_options
-@click.option("--models", required=True, help="Comma-separated: BASE, ADAPTER, BASE:ADAPTER, few-shot:REF, tfidf, remote models.")
-@click.option("--baselines", default="", help="Add for each base: zero-shot, few-shot, tfidf (comma-separated).")
+@click.option("--models", required=True, help="Comma-separated: BASE, ADAPTER, BASE:ADAPTER, few-shot:REF, tfidf, gazetteer, crf, remote models.")
+@click.option("--baselines", default="", help="Add for each base: zero-shot, few-shot; and classical (tfidf for "
+              "classification, gazetteer and crf for extraction), comma-separated.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16"]),
               help="auto: bfloat16 where the CPU/GPU computes it natively.")
 @click.option("--rerun", is_flag=True, help="Score again even where a stored result exists.")
-@click.option("--details", is_flag=True, help="Per-class scores and confusion matrices too.")
+@click.option("--details", is_flag=True, help="Per-class scores and confusion matrices too (extraction: per field, worst items).")
 @click.option("--report", "report_path", type=click.Path(), default=None, help="Also write an HTML report here.")
 def eval_cmd(task_file, kind, data_ref, train_ref, name, limit, scoring, few_shot, nearest, batch_size, max_new_tokens,
              models, baselines, device, dtype, rerun, details, report_path):
@@ -109,6 +111,7 @@ def eval_cmd(task_file, kind, data_ref, train_ref, name, limit, scoring, few_sho
 
     \b
     modelmill eval --data drugs-test --models drugs-lora --train drugs-train --baselines zero-shot,few-shot,tfidf
+    modelmill eval --task people.yaml --models people-lora --baselines zero-shot,classical --details
     modelmill eval --task mmlu.yaml --models smollm2-135m-instruct,drugs-lora --limit 500
     """
     from modelmill.evaluate.candidates import baselines as add_baselines, parse_candidates
@@ -122,12 +125,17 @@ def eval_cmd(task_file, kind, data_ref, train_ref, name, limit, scoring, few_sho
     cands = parse_candidates(store, models, **kw)
     names = _names(baselines)
     if names:
-        cands = add_baselines(store, cands, names, **kw)
+        cands = add_baselines(store, cands, names, kind=spec.kind, **kw)
     rows = evaluate(store, spec, cands, rerun=rerun)
     metric_names = spec.metrics or [m for m in spec.task_kind.metric_names]
     if details:
         for r in rows:
-            if "per_class" in r.metrics:
+            if spec.kind == "extraction":
+                from modelmill.evaluate.extraction import format_metrics as format_extraction
+                from modelmill.evaluate.runner import read_items
+
+                click.echo(format_extraction(r.candidate, r.metrics, read_items(r.path)) + "\n")
+            elif "per_class" in r.metrics:
                 click.echo(format_metrics(r.candidate, r.metrics) + "\n")
     click.echo(f"task {spec.name} ({spec.kind}), {rows[0].dataset}, {rows[0].n} items")
     _print_results(rows, metric_names)
@@ -220,7 +228,7 @@ def _forgetting(adapter, task_file, limit=None):
 @click.option("--methods", default="lora", show_default=True, help="Comma-separated: lora, lora-rN, full.")
 @click.option("--task", "task_file", required=True, type=click.Path(), help="The task every cell is scored on.")
 @click.option("--prefix", default="", help="A word in front of every cell's adapter name.")
-@click.option("--baselines", default="zero-shot", show_default=True, help="Also rank: zero-shot, few-shot, tfidf.")
+@click.option("--baselines", default="zero-shot", show_default=True, help="Also rank: zero-shot, few-shot, classical (or tfidf, gazetteer, crf).")
 @click.option("--forgetting-task", type=click.Path(), default=None, help="Also score each cell on this general task.")
 @click.option("--config", "config_file", type=click.Path(), default=None, help="Training settings YAML for every cell.")
 @dataclass_options(SFTConfig, exclude=("base", "data", "name", "method", "lora_r", "lora_alpha"))
@@ -242,7 +250,7 @@ def grid_cmd(bases, datasets, methods, task_file, prefix, baselines, forgetting_
     kw = {"few_shot": spec.few_shot, "few_shot_select": spec.few_shot_select}
     cands = parse_candidates(store, names, **kw)
     if baselines:
-        cands = add_baselines(store, cands, _names(baselines), **kw)
+        cands = add_baselines(store, cands, _names(baselines), kind=spec.kind, **kw)
     rows = evaluate(store, spec, cands)
     click.echo(f"\ngrid on task {spec.name} ({spec.kind}), {rows[0].dataset}, {rows[0].n} items")
     _print_results(rows, list(spec.task_kind.metric_names))

@@ -156,7 +156,8 @@ def _metric_names(kind: str, rows) -> list[str]:
     from modelmill.evaluate.tasks import get_kind
 
     try:
-        return list(get_kind(kind).metric_names)
+        names = list(get_kind(kind).metric_names)
+        return [m for m in names if any(m in (r.metrics or {}) for r in rows)] or names
     except InputError:  # a kind from a plugin that is not installed here: the numbers stored
         names: list[str] = []
         for r in rows:

@@ -138,7 +138,10 @@ def import_dataset(request: Request, file: UploadFile = File(...), name: str = F
             report = validate_file(path, format, file.filename)
             e.file = file.filename if e.file == str(path) else e.file
             raise _with_details(e, report["errors"]) from None
-        return dataset_json(row, created=created, skipped=len(skipped))
+        from modelmill.data.load import ignored_note
+
+        note = ignored_note(row.format, row.kind, (row.origin or {}).get("ignored_fields") or {}, row.num_records)
+        return dataset_json(row, created=created, skipped=len(skipped), warnings=[note] if note else [])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -175,14 +178,21 @@ def get_dataset(request: Request, ref: str, n: int = Query(5, ge=0, le=100)):
 
 
 @router.get("/datasets/{ref}/stats", tags=["datasets"])
-def dataset_stats(request: Request, ref: str):
-    """Counts and length distributions, as `modelmill data stats` (lengths in characters, no tokenizer)."""
+def dataset_stats(request: Request, ref: str, bases: bool = False):
+    """Counts and length distributions, as `modelmill data stats` (lengths in characters, no tokenizer);
+    with ``bases=true`` also tokens per character for every registered base model that is ready."""
     from modelmill.data.catalog import DatasetCatalog
-    from modelmill.data.stats import stats
+    from modelmill.data.stats import stats, tokens_per_char
+    from modelmill.models.registry import ModelRegistry
 
-    cat = DatasetCatalog(_store(request))
+    store = _store(request)
+    cat = DatasetCatalog(store)
     row = cat.resolve(ref, flag="ref")
-    return {"ref": row.ref, **stats(cat.records(row), row.kind)}
+    records = cat.records(row)
+    out = {"ref": row.ref, **stats(records, row.kind)}
+    if bases:
+        out["tokens_per_char"] = tokens_per_char(records, row.kind, ModelRegistry(store).tokenizers())
+    return out
 
 
 class MixSource(BaseModel):

@@ -41,6 +41,8 @@ class DatasetCatalog:
         origin = {"op": "import", "file": source_name or str(Path(path).resolve()), "format": loaded.format}
         if skipped := loaded.skipped:
             origin["skipped"] = len(skipped)
+        if loaded.ignored:
+            origin["ignored_fields"] = loaded.ignored
         row, created = self.save(name, loaded.records, loaded.kind, loaded.format, loaded.labels, origin)
         return row, created, loaded.skipped
 

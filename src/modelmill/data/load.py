@@ -33,6 +33,8 @@ class LoadedData:
     """The file the records came from."""
     skipped: list[tuple[int, str]] = field(default_factory=list)
     """(position, error) of records left out with ``skip_invalid=True``."""
+    ignored: dict[str, int] = field(default_factory=dict)
+    """Fields the format does not read (kept under each record's ``meta``): name -> records holding it."""
 
 
 def load_file(path: str | Path, format: str = "auto", field_map: dict[str, str] | None = None,
@@ -76,7 +78,26 @@ def load_file(path: str | Path, format: str = "auto", field_map: dict[str, str] 
         raise InputError(f"no valid records ({len(skipped)} skipped, the first: {skipped[0][1]})",
                          file=str(path), fix="check that the file is in the format you named")
     labels = labels_of(records) if fmt.kind == "classification" else None
-    return LoadedData(fmt.name, fmt.kind, records, labels, str(path), skipped)
+    ignored: dict[str, int] = {}
+    for r in records:
+        for k in r.get("meta") or {}:
+            ignored[k] = ignored.get(k, 0) + 1
+    return LoadedData(fmt.name, fmt.kind, records, labels, str(path), skipped, ignored)
+
+
+def ignored_note(format: str, kind: str, ignored: dict[str, int], total: int) -> str | None:
+    """What an import says about fields its format does not train on (None when there are none)."""
+    if not ignored:
+        return None
+    fields = ", ".join(f"'{k}' ({n} of {total} records)" for k, n in sorted(ignored.items(), key=lambda x: -x[1]))
+    reads = {"text": "'text'", "classification": "'text' and 'label'", "preference": "the prompt and the two answers",
+             "chat": "the conversation"}.get(kind, "its own fields")
+    note = (f"the {format} format reads {reads}; these fields are kept as metadata and not trained on: {fields}")
+    if kind == "text":
+        note += (". To teach a model to answer with them (extraction, say), import instruction records instead: "
+                 '{"instruction": "...", "input": TEXT, "output": "{\\"field\\": ...}"} (alpaca), '
+                 "or name the columns with --field COLUMN=FIELD")
+    return note
 
 
 def _rename(record: dict, field_map: dict[str, str]) -> dict:

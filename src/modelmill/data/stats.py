@@ -38,6 +38,17 @@ def stats(records: list[dict], kind: str, tokenizer=None, bins: int = 10) -> dic
     return out
 
 
+def tokens_per_char(records: list[dict], kind: str, tokenizers: dict, limit: int = 500) -> dict[str, float]:
+    """Per tokenizer: tokens per character over the first ``limit`` records' text (fewer: more of the
+    language fits a context window, and training and serving it costs less)."""
+    texts = [record_text(r, kind) for r in records[:limit]]
+    chars = sum(len(t) for t in texts)
+    if not chars:
+        return {}
+    return {name: sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts) / chars
+            for name, tok in tokenizers.items()}
+
+
 def _percentile(sorted_values: list[int], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""
     pos = (len(sorted_values) - 1) * q / 100
@@ -85,4 +96,9 @@ def format_stats(d: dict) -> str:
         width = max(len(r) for r in ranges)
         for r, c in zip(ranges, counts):
             lines.append(f"  {r:>{width}}  {c:>7}  {_bar(c / top)}")
+    if d.get("tokens_per_char"):
+        lines.append("tokens per character, by base model (fewer is better for this data):")
+        width = max(len(k) for k in d["tokens_per_char"])
+        for k, v in sorted(d["tokens_per_char"].items(), key=lambda x: x[1]):
+            lines.append(f"  {k:<{width}}  {v:5.2f}")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ Names in ``--models``:
 - ``few-shot:REF``: REF prompted with ``few_shot`` training examples before each item
   (the task's ``train`` set; the same ones for every item, or the nearest by embedding)
 - ``tfidf``: TF-IDF + logistic regression trained on the task's ``train`` set (classification)
+- ``gazetteer``, ``crf``: a dictionary and a CRF tagger trained on the ``train`` set (extraction; see extractors.py)
 - a remote model registered with ``modelmill models add NAME --endpoint URL``
 
 A candidate answers in one or both of two ways: ``choice_scores`` (the log-likelihood of each
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 
 from modelmill.errors import InputError
 
-BASELINES = ("zero-shot", "few-shot", "tfidf")
+BASELINES = ("zero-shot", "few-shot", "tfidf", "gazetteer", "crf", "classical")
+CLASSICAL = {"classification": ("tfidf",), "extraction": ("gazetteer", "crf")}  # what `classical` adds per task kind
 
 
 @dataclass
@@ -323,6 +325,10 @@ def candidate(store, ref: str, *, few_shot: int = 5, few_shot_select: str = "fix
 
     if ref in ("tfidf", "tfidf-lr"):
         return TfidfLR()
+    if ref in ("gazetteer", "crf"):
+        from modelmill.evaluate.extractors import CRFTagger, Gazetteer
+
+        return Gazetteer() if ref == "gazetteer" else CRFTagger()
     if ref.startswith("few-shot:"):
         inner = candidate(store, ref.split(":", 1)[1], device=device, dtype=dtype)
         return FewShot(inner, few_shot, few_shot_select)
@@ -337,20 +343,27 @@ def candidate(store, ref: str, *, few_shot: int = 5, few_shot_select: str = "fix
     return LocalModel(store, ref, device=device, dtype=dtype)
 
 
-def baselines(store, cands: list[Candidate], names: list[str], **kw) -> list[Candidate]:
+def baselines(store, cands: list[Candidate], names: list[str], kind: str | None = None, **kw) -> list[Candidate]:
     """The baselines named, for every distinct base among ``cands``: the base itself (zero-shot),
-    few-shot prompting of it, and TF-IDF + LR."""
+    few-shot prompting of it, and the classical ones (TF-IDF + LR for classification, gazetteer and
+    CRF for extraction; ``classical`` names those of the task ``kind``)."""
     for n in names:
         if n not in BASELINES:
             raise InputError(f"unknown baseline '{n}'", field="--baselines", fix="use some of: " + ", ".join(BASELINES))
+    if "classical" in names:
+        if kind not in CLASSICAL:
+            raise InputError(f"there is no classical baseline for {kind or 'this'} tasks", field="--baselines",
+                             fix="classical baselines exist for " + " and ".join(CLASSICAL) + " tasks; leave it out")
+        i = names.index("classical")
+        names = names[:i] + [n for n in CLASSICAL[kind] if n not in names] + names[i + 1:]
     bases = []
     for c in cands:
         if c.base and c.kind in ("model", "adapter") and c.base not in bases:
             bases.append(c.base)
     extra: list[Candidate] = []
     for n in names:
-        if n == "tfidf":
-            extra.append(TfidfLR())
+        if n in ("tfidf", "gazetteer", "crf"):
+            extra.append(candidate(store, n))
             continue
         for b in bases:
             ref = b if n == "zero-shot" else f"few-shot:{b}"

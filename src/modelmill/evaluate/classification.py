@@ -569,6 +569,9 @@ class ClassificationTask(TaskKind):
     def check_candidate(self, candidate, spec, data):
         from modelmill.evaluate.candidates import FewShot, TfidfLR
 
+        if candidate.kind == "classical" and not isinstance(candidate, TfidfLR):
+            raise InputError(f"{candidate.name} is an extraction baseline", field="--baselines",
+                             fix="for classification tasks use tfidf (or `classical`)")
         if isinstance(candidate, TfidfLR):
             if not data.train:
                 raise InputError("the TF-IDF baseline learns from the task's training set, and there is none",

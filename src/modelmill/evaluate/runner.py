@@ -38,8 +38,11 @@ def result_key(spec: TaskSpec, data: TaskData, cand: Candidate) -> str:
     for candidates that read it (few-shot, classical); for the others, the labels it adds do."""
     uses_train = cand.kind in ("few-shot", "classical")
     data_hash = data.dataset_hash if uses_train else data.test_hash
-    return digest({"task": spec.scoring_key(uses_train), "data": data_hash, "labels": data.labels,
-                   "n": len(data.items), "candidate": cand.key()})[:32]
+    key = {"task": spec.scoring_key(uses_train), "data": data_hash, "labels": data.labels,
+           "n": len(data.items), "candidate": cand.key()}
+    if spec.task_kind.version != 1:  # the kind scores differently now: results of its older scoring are not reused
+        key["kind_version"] = spec.task_kind.version
+    return digest(key)[:32]
 
 
 def evaluate(store: Store, spec: TaskSpec, candidates: list[Candidate], *, rerun: bool = False,

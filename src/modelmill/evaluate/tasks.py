@@ -234,6 +234,7 @@ class TaskKind:
     name = ""
     metric_names: tuple[str, ...] = ()
     max_new_tokens = 64
+    version = 1  # raised when the kind's scoring changes, so that stored results are scored again
     needs_labels = False
 
     @property
@@ -248,7 +249,7 @@ class TaskKind:
 
         if not candidate.can_generate:
             raise InputError(f"{candidate.name} does not generate text, which {self.name} tasks need",
-                             field="--models", fix="use it on classification tasks only")
+                             field="--models", fix="use tfidf on classification tasks, gazetteer and crf on extraction tasks")
         if isinstance(candidate, FewShot) and not data.train:
             raise InputError(f"{candidate.name} needs training examples to show", field="train",
                              fix="add `train: DATASET` to the task (or --train)")

@@ -168,9 +168,9 @@ class EvalJobConfig:
                                                  "basic": True})
     data: str = field(default="", metadata={"help": "The test set (dataset NAME[@VERSION]).", "basic": True})
     kind: str = field(default="", metadata={"help": "Task kind (default: from the dataset)."})
-    train: str = field(default="", metadata={"help": "Training set for few-shot and TF-IDF baselines."})
+    train: str = field(default="", metadata={"help": "Training set for few-shot and classical baselines."})
     name: str = field(default="", metadata={"help": "The task's name (default: the dataset's)."})
-    baselines: str = field(default="", metadata={"help": "zero-shot, few-shot, tfidf (comma-separated).",
+    baselines: str = field(default="", metadata={"help": "zero-shot, few-shot, classical (tfidf, gazetteer, crf), comma-separated.",
                                                  "basic": True})
     limit: int = field(default=0, metadata={"help": "Score only the first N items (0: all)."})
     scoring: str = field(default="auto", metadata={"help": "auto, loglik or generate.",
@@ -247,7 +247,7 @@ class GridJobConfig:
     task: str = field(default="", metadata={"help": "Task YAML file every cell is scored on (a path on the server).",
                                             "basic": True})
     prefix: str = field(default="", metadata={"help": "A word in front of every cell's adapter name."})
-    baselines: str = field(default="zero-shot", metadata={"help": "Also rank: zero-shot, few-shot, tfidf."})
+    baselines: str = field(default="zero-shot", metadata={"help": "Also rank: zero-shot, few-shot, classical."})
     max_steps: int = field(default=-1, metadata={"help": "Training steps per cell (-1: by epochs)."})
     epochs: float = field(default=0.0, metadata={
         "help": "Passes over the training data per cell (0: 1, or 2 for LoRA on classification data)."})

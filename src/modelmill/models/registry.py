@@ -80,6 +80,19 @@ class ModelRegistry:
         raise NotFoundError(f"the files of model '{name}' are gone", file=row.path or row.source,
                             fix=f"`modelmill models remove {name}` and add it again")
 
+    def tokenizers(self) -> dict:
+        """The tokenizer of every local model whose folder is ready (remote ones and built-ins not
+        converted yet are left out): what ``data stats`` compares tokens per character with."""
+        from transformers import AutoTokenizer
+
+        out = {}
+        for row in self.list():
+            if row.path and Path(row.path).is_dir():
+                tok = AutoTokenizer.from_pretrained(row.path)
+                tok.model_max_length = 10**9  # we count, we do not truncate
+                out[row.name] = tok
+        return out
+
     def base_hash(self, row: BaseModel) -> str:
         """SHA-256 of the model's weights (its GGUF for converted models), cached by size and mtime."""
         from modelmill.models.hashing import file_sha256
