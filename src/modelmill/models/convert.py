@@ -86,9 +86,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, progress: bool |
         raise InputError(f"transformers cannot load this GGUF ({type(e).__name__}: {e})", file=str(path),
                          fix=fix) from None
 
-    _finish_config(model, tokenizer)
     if template is not None:
         tokenizer.chat_template = template
+    _finish_config(model, tokenizer)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(out_dir)
@@ -105,6 +105,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, progress: bool |
     return out_dir
 
 
+END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
+
+
 def _finish_config(model, tokenizer) -> None:
     """Fill what GGUF metadata leaves out: architectures, end-of-turn ids, max length."""
     config = model.config
@@ -118,6 +121,13 @@ def _finish_config(model, tokenizer) -> None:
         eos_ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
         if tokenizer.eos_token_id not in eos_ids:
             eos_ids = [tokenizer.eos_token_id, *eos_ids]
+        # A template that ends each turn with its own token (Gemma's <end_of_turn>, Llama 3's <|eot_id|>)
+        # ends generation there too, or a fine-tune never stops.
+        template = tokenizer.chat_template or ""
+        vocab = tokenizer.get_vocab()
+        for marker in END_OF_TURN:
+            if marker in template and marker in vocab and vocab[marker] not in eos_ids:
+                eos_ids.append(vocab[marker])
         gen.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
     if gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -283,7 +283,7 @@ def validate_hf_folder(folder: str | Path, chat_template: str | None = None) -> 
         info.has_chat_template = True
     elif not info.has_chat_template:
         raise InputError("the model has no chat template", file=str(folder),
-                         fix="pass --chat-template chatml|llama3|alpaca|<file.jinja>")
+                         fix="pass --chat-template chatml|llama3|gemma|alpaca|<file.jinja>")
     return info
 
 
@@ -359,17 +359,27 @@ def _read_gguf_info(path: Path) -> ModelInfo:
         # One token, not all 50k+: field.data indexes the parts holding each string.
         eos_token = bytes(tokens.parts[tokens.data[eos_id]]).decode("utf-8", errors="replace")
     num_parameters = sum(int(t.n_elements) for t in reader.tensors)
-    # The most common weight encoding, e.g. "Q4_1" or "F16".
+    # The file's own quantization type (general.file_type, e.g. Q4_K_M), else the most common
+    # weight encoding: a small model's embedding is often kept at Q8_0 and outweighs the rest.
     by_type = Counter()
     for t in reader.tensors:
         by_type[t.tensor_type.name] += int(t.n_elements)
+    dtype = by_type.most_common(1)[0][0] if by_type else None
+    ftype = get("general.file_type")
+    if isinstance(ftype, int):
+        from gguf import LlamaFileType
+
+        try:
+            dtype = LlamaFileType(ftype).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            pass
     return ModelInfo(
         architecture=arch,
         model_type=arch,
         num_parameters=num_parameters,
         context_length=get(f"{arch}.context_length"),
         vocab_size=vocab,
-        dtype=by_type.most_common(1)[0][0] if by_type else None,
+        dtype=dtype,
         chat_template=get("tokenizer.chat_template"),
         eos_token=eos_token,
         hidden_size=get(f"{arch}.embedding_length"),

@@ -179,7 +179,7 @@ class ModelRegistry:
         info = {k: meta.get(k) for k in ("architecture", "num_parameters", "context_length", "description", "license")}
         info["status"] = "not converted yet (converted on first use)"
         try:
-            source = str(meta["find_source"]())
+            source = str(meta.get("locate", meta["find_source"])())
         except NotFoundError as e:
             source, info["status"] = "", str(e)
         return BaseModel(name=name, source_type="builtin", source=source, path=None, info=info)
@@ -187,7 +187,7 @@ class ModelRegistry:
     def _install_builtin(self, name: str, progress: bool) -> BaseModel:
         """Convert a built-in once. A file lock makes a second process wait for the first one's
         conversion instead of converting again (or deleting the folder the first one made)."""
-        from modelmill.models.builtin import builtin_source
+        from modelmill.models.builtin import BUILTIN_MODELS, builtin_source
 
         gguf = builtin_source(name)
         with self.store.lock(f"model-{name}"):
@@ -197,7 +197,7 @@ class ModelRegistry:
             if row is not None:  # registered, but its folder was deleted: convert again, keep the row
                 with self.store.session() as s:
                     s.delete(s.get(BaseModel, row.id))
-            return self._convert_and_register(name, "builtin", gguf, None, progress)
+            return self._convert_and_register(name, "builtin", gguf, BUILTIN_MODELS[name].get("template"), progress)
 
     def _add_gguf(self, name, gguf: Path, chat_template, progress) -> BaseModel:
         from modelmill.models.inspect import inspect_gguf
@@ -208,7 +208,7 @@ class ModelRegistry:
                   f"context {info.context_length}", file=sys.stderr)
         if not info.has_chat_template and not chat_template:
             raise InputError("the GGUF file has no chat template", file=str(gguf), field="--chat-template",
-                             fix="pass --chat-template chatml|llama3|alpaca|FILE.jinja")
+                             fix="pass --chat-template chatml|llama3|gemma|alpaca|FILE.jinja")
         return self._convert_and_register(name, "gguf", gguf, chat_template, progress)
 
     def _convert_and_register(self, name, source_type, gguf: Path, chat_template, progress) -> BaseModel:
@@ -242,7 +242,7 @@ class ModelRegistry:
         d.pop("chat_template", None)
         if not template and not read_chat_template(folder):
             raise InputError("the folder has no chat template", file=str(folder), field="--chat-template",
-                             fix="pass --chat-template chatml|llama3|alpaca|FILE.jinja")
+                             fix="pass --chat-template chatml|llama3|gemma|alpaca|FILE.jinja")
         row = BaseModel(name=name, source_type="hf", source=str(folder), path=str(folder),
                         chat_template=template, info=d)
         with self.store.session() as s:
