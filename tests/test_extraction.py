@@ -162,7 +162,7 @@ def test_eval_puts_the_classical_baselines_beside_the_model(cli_tiny: CLI, tmp_p
                                           for r in people(8, FIRST[5:15], CITIES, seed=2)])
     out = cli_tiny("eval", "--kind", "extraction", "--data", tmp_path / "test.jsonl", "--train",
                    tmp_path / "train.jsonl", "--models", "tiny", "--baselines", "classical", "--max-new-tokens", "8",
-                   "--details").stdout
+                   "--details", "--report", tmp_path / "r.html").stdout
     header = next(line for line in out.splitlines() if line.startswith("#"))
     assert header.split()[3:6] == ["ENTITY-F1", "ENTITY-PRECISION", "ENTITY-RECALL"], out
     assert "SPAN-F1" not in header
@@ -170,6 +170,8 @@ def test_eval_puts_the_classical_baselines_beside_the_model(cli_tiny: CLI, tmp_p
     assert set(rows) == {"tiny", "gazetteer", "crf"} and rows["crf"][2] == "classical"
     assert float(rows["gazetteer"][3]) > float(rows["tiny"][3])
     assert "person" in out and "entities" in out and "worst items" in out
+    html = (tmp_path / "r.html").read_text()
+    assert "F1 per field (entities)" in html and "gazetteer" in html
     # a classical baseline of the wrong kind is refused before anything is scored
     bad = cli_tiny("eval", "--kind", "extraction", "--data", tmp_path / "test.jsonl", "--train",
                    tmp_path / "train.jsonl", "--models", "tfidf", ok=False)

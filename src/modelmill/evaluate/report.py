@@ -232,7 +232,8 @@ def _task_section(t: int, name: str, rows: list[dict], max_dis: int) -> str:
              "<h3>Headline metric</h3>", _figure(_svg(_bar_primary(rows, colors), f"t{t}-bar"))]
     with_pc = [r for r in rows if isinstance(r["metrics"].get("per_class"), dict) and r["metrics"]["per_class"]]
     if with_pc:
-        parts += ["<h3>F1 per class</h3>", _figure(_svg(_bar_per_class(with_pc, colors), f"t{t}-pc"))]
+        per = "field (entities)" if rows[0]["kind"] == "extraction" else "class"
+        parts += [f"<h3>F1 per {per}</h3>", _figure(_svg(_bar_per_class(with_pc, colors), f"t{t}-pc"))]
     mats = [(r, fig) for r in rows if (fig := _confusion(r)) is not None]
     if mats:
         figs = "".join(_figure(_svg(fig, f"t{t}-cm{i}"), f"{r['candidate']} · {_fmt(_primary(r))}")
