@@ -34,6 +34,12 @@ def test_list_fields_are_scored_per_entity_and_whole_fields_beside_them():
     assert m["labels"] == ["person", "city"]              # most entities first
     assert m["exact_match"] == 0.0 and "span_f1" not in m
     assert [r["f1"] for r in res] == pytest.approx([2 * 0.6 * 0.75 / 1.35, 0.0])
+    # fields counted by name, whatever their values' types (a scalar here, a list there, or absent)
+    items = [{"text": "a", "expected": {"city": "Oslo"}}, {"text": "b", "expected": {"city": ["Rome", "Oslo"], "n": 3}},
+             {"text": "c", "expected": {"n": 4}}]
+    m = TASK.metrics(TASK.score(_Fixed([{"city": "Oslo"}, {"city": ["Oslo"]}, {}]), items, None, _Data([])), None, None)
+    assert m["labels"] == ["city", "n"] and m["per_class"]["city"]["recall"] == pytest.approx(2 / 3)
+    assert m["per_class"]["n"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
 
 
 def test_spans_score_where_the_entities_are():

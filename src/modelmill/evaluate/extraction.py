@@ -252,7 +252,7 @@ class ExtractionTask(TaskKind):
                 acc = per.setdefault(k, [0, 0, 0])
                 for i in range(3):
                     acc[i] += c[i]
-            gold_fields.update(r["gold"])
+            gold_fields.update(r["gold"].keys())
         tp, np_, ng = (sum(c[i] for c in per.values()) for i in range(3))
         ep, er, ef = prf(tp, np_, ng)
         # per field: the fields the gold data has, most entities first (fields only answers invent
