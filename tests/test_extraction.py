@@ -22,6 +22,10 @@ def test_list_fields_are_scored_per_entity_and_whole_fields_beside_them():
     assert element_counts(pred, gold) == {"person": [2, 3, 3], "city": [1, 1, 1], "mood": [0, 1, 0]}
     assert field_counts(pred, gold) == (1, 3, 2)          # person as a whole is wrong, city right
     assert field_counts({"person": ["Grace", "Alan", "Ada"]}, gold)[0] == 1  # the order of a list does not count
+    # an empty field is a field left out: a baseline answering every known field, most of them [], is not
+    # charged for them, and an item whose gold fields are all empty is right when nothing is found
+    assert field_counts({"person": ["Ada", "Alan", "Grace"], "city": "London", "pet": [], "x": None}, gold) == (2, 2, 2)
+    assert field_counts({}, {"person": []}) == (0, 0, 0)
 
     items = [{"text": "t", "expected": gold}, {"text": "u", "expected": {"person": [], "city": "Paris"}}]
     res = TASK.score(_Fixed([pred, {"person": [], "city": "Rome"}]), items, None, _Data([]))

@@ -75,8 +75,10 @@ def field_right(pred_value, gold_value) -> bool:
 
 
 def field_counts(pred: dict | None, gold: dict) -> tuple[int, int, int]:
-    """(fields right, fields predicted, fields expected): whole fields."""
-    pred = pred or {}
+    """(fields right, fields predicted, fields expected): whole fields. A field with no value
+    (None, "", []) is the same as one left out, on either side."""
+    pred = {k: v for k, v in (pred or {}).items() if elements(v)}
+    gold = {k: v for k, v in gold.items() if elements(v)}
     right = sum(1 for k, v in pred.items() if k in gold and field_right(v, gold[k]))
     return right, len(pred), len(gold)
 
@@ -152,7 +154,7 @@ class ExtractionTask(TaskKind):
     metric_names = ("entity_f1", "entity_precision", "entity_recall", "field_f1", "exact_match", "valid_json",
                     "span_f1")
     max_new_tokens = 256
-    version = 2  # 2: entity-level scores of list fields (1 compared a list as one value)
+    version = 3  # 2: entity-level scores of list fields (1 compared a list as one value); 3: empty fields = absent
 
     def from_raw(self, record, where, spec):
         text = record.get("text", record.get("input"))
