@@ -277,7 +277,7 @@ def data_import(file, name, fmt, fields_, skip_invalid):
         click.echo(f"skipped: ... and {len(skipped) - 20} more", err=True)
     from modelmill.data.load import ignored_note
 
-    note = ignored_note(row.format, row.kind, (row.origin or {}).get("ignored_fields") or {}, row.num_records)
+    note = ignored_note(row)
     if note:
         click.echo(f"warning: {note}", err=True)
     what = "imported" if created else "unchanged, already stored as"
@@ -337,16 +337,9 @@ def data_stats(ref, model):
 
 
 def _tokenizer(store, model: str):
-    from transformers import AutoTokenizer
-
     from modelmill.models.registry import ModelRegistry
 
-    base = ModelRegistry(store).ready(model)
-    tok = AutoTokenizer.from_pretrained(base.path)
-    if base.chat_template:
-        tok.chat_template = base.chat_template
-    tok.model_max_length = 10**9  # we count, we do not truncate
-    return tok
+    return ModelRegistry(store).tokenizer(model)
 
 
 @data.command("split")

@@ -140,7 +140,7 @@ def import_dataset(request: Request, file: UploadFile = File(...), name: str = F
             raise _with_details(e, report["errors"]) from None
         from modelmill.data.load import ignored_note
 
-        note = ignored_note(row.format, row.kind, (row.origin or {}).get("ignored_fields") or {}, row.num_records)
+        note = ignored_note(row)
         return dataset_json(row, created=created, skipped=len(skipped), warnings=[note] if note else [])
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -85,11 +85,14 @@ def load_file(path: str | Path, format: str = "auto", field_map: dict[str, str] 
     return LoadedData(fmt.name, fmt.kind, records, labels, str(path), skipped, ignored)
 
 
-def ignored_note(format: str, kind: str, ignored: dict[str, int], total: int) -> str | None:
-    """What an import says about fields its format does not train on (None when there are none)."""
+def ignored_note(row) -> str | None:
+    """What an import of the dataset version ``row`` says about fields its format does not train on
+    (None when there are none)."""
+    ignored = (row.origin or {}).get("ignored_fields") or {}
     if not ignored:
         return None
-    fields = ", ".join(f"'{k}' ({n} of {total} records)" for k, n in sorted(ignored.items(), key=lambda x: -x[1]))
+    format, kind = row.format, row.kind
+    fields = ", ".join(f"'{k}' ({n} of {row.num_records} records)" for k, n in sorted(ignored.items(), key=lambda x: -x[1]))
     reads = {"text": "'text'", "classification": "'text' and 'label'", "preference": "the prompt and the two answers",
              "chat": "the conversation"}.get(kind, "its own fields")
     note = (f"the {format} format reads {reads}; these fields are kept as metadata and not trained on: {fields}")

@@ -80,18 +80,15 @@ class ModelRegistry:
         raise NotFoundError(f"the files of model '{name}' are gone", file=row.path or row.source,
                             fix=f"`modelmill models remove {name}` and add it again")
 
+    def tokenizer(self, name: str):
+        """The tokenizer of model ``name`` (converted first if it is a built-in), with its registered
+        chat template, for counting: no length limit."""
+        return _counting_tokenizer(self.ready(name))
+
     def tokenizers(self) -> dict:
         """The tokenizer of every local model whose folder is ready (remote ones and built-ins not
         converted yet are left out): what ``data stats`` compares tokens per character with."""
-        from transformers import AutoTokenizer
-
-        out = {}
-        for row in self.list():
-            if row.path and Path(row.path).is_dir():
-                tok = AutoTokenizer.from_pretrained(row.path)
-                tok.model_max_length = 10**9  # we count, we do not truncate
-                out[row.name] = tok
-        return out
+        return {row.name: _counting_tokenizer(row) for row in self.list() if row.path and Path(row.path).is_dir()}
 
     def base_hash(self, row: BaseModel) -> str:
         """SHA-256 of the model's weights (its GGUF for converted models), cached by size and mtime."""
@@ -248,6 +245,16 @@ class ModelRegistry:
         with self.store.session() as s:
             s.add(row)
         return row
+
+
+def _counting_tokenizer(row: BaseModel):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(row.path)
+    if row.chat_template:
+        tok.chat_template = row.chat_template
+    tok.model_max_length = 10**9  # we count, we do not truncate
+    return tok
 
 
 def _no_weights(row: BaseModel) -> InputError:
