@@ -47,6 +47,11 @@ def test_folder_without_chat_template_needs_one(cli: CLI, tiny_model, tmp_path):
     assert p.returncode == 2
     assert "chat template" in p.stderr and "--chat-template" in p.stderr
     assert "bare" not in cli("models", "list").stdout  # nothing half-registered
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}\n{{ m.content }\n{% endfor %}")
+    p = cli("models", "add", "bare", bare, "--chat-template", broken, ok=False)
+    assert p.returncode == 2 and f"{broken}:2: the chat template does not parse" in p.stderr
+    assert "bare" not in cli("models", "list").stdout
     cli("models", "add", "bare", bare, "--chat-template", "chatml")
     assert "(set at registration)" in cli("models", "show", "bare").stdout
 

@@ -250,7 +250,7 @@ def test_resolve_chat_template_names_and_files(tmp_path):
     custom.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     assert resolve_chat_template(str(custom)) == custom.read_text()
     assert resolve_chat_template(custom) == custom.read_text()
-    inline = "{{ messages[0]['content'] }}"
+    inline = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
     assert resolve_chat_template(inline) == inline
 
 
@@ -260,6 +260,31 @@ def test_resolve_chat_template_errors(tmp_path):
     assert "chatml" in str(err.value) and "llama3" in str(err.value) and "alpaca" in str(err.value)
     with pytest.raises(InputError, match="not found"):
         resolve_chat_template(str(tmp_path / "missing.jinja"))
+
+
+@pytest.mark.parametrize("text, where, says", [
+    ("{% for m in messages %}\n{{ m['content'] }\n{% endfor %}", ":2:", "does not parse"),
+    ("{% for m in messages %}{{ m.content }}{% endfor", ":1:", "does not parse"),
+    ("{{ raise_exception('Conversation roles must alternate') }}", "", "Conversation roles must alternate"),
+    ("{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}{% endfor %}", "",
+     "leaves the system message out"),
+    ("{{ messages[0]['content'] }}", "", "leaves the user message out"),
+    ("{% for m in messages %}{{ m.content | nosuchfilter }}{% endfor %}", "", "nosuchfilter"),
+])
+def test_a_chat_template_that_does_not_render_is_refused_with_its_line(tmp_path, text, where, says):
+    f = tmp_path / "mine.jinja"
+    f.write_text(text)
+    with pytest.raises(InputError) as err:
+        resolve_chat_template(str(f))
+    assert f"{f}{where}" in str(err.value) and says in str(err.value) and "Fix:" in str(err.value)
+    with pytest.raises(InputError, match="--chat-template"):
+        resolve_chat_template(text)  # inline (REST): the flag is named instead of a file
+
+
+def test_a_template_that_refuses_system_messages_is_accepted(tmp_path):
+    text = ("{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}")
+    assert resolve_chat_template(text) == text
 
 
 def test_chat_templates_work_with_tokenizer(tiny):
