@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -251,6 +252,11 @@ def test_forgetting_after_training_and_grid(cli_tiny: CLI, task_files, home):
     assert "[1/2] rev-tiny-lora-r4: training" in out and "[2/2] rev-tiny-lora-r8: training" in out
     names = [r[1] for r in _rows(out.split("grid on task")[1])]
     assert sorted(names) == ["tfidf-lr", "tiny", "tiny:rev-tiny-lora-r4", "tiny:rev-tiny-lora-r8"]
+    summary = out.split("grid on task")[1]
+    assert re.search(r"^winner: rev-tiny-lora-r[48] \(base tiny\), accuracy \d\.\d{3}$", summary, re.M), summary
+    assert re.search(r"^  base tiny: best \d\.\d{3} \(rev-tiny-lora-r[48]\), zero-shot \d\.\d{3}$", summary, re.M)
+    assert re.search(r"^  best baseline tfidf-lr \d\.\d{3}: the winner is \d+\.\d points (above|below) it$",
+                     summary, re.M)
     assert json.loads(cli_tiny("adapters", "show", "rev-tiny-lora-r8", "--json").stdout)["config"]["lora_r"] == 8
     again = cli_tiny(*args)
     assert again.stdout.count("trained already, skipped") == 2 and "reusing the result" in again.stderr
@@ -259,6 +265,14 @@ def test_forgetting_after_training_and_grid(cli_tiny: CLI, task_files, home):
     p = cli_tiny("grid", "--bases", "tiny", "--data", "rev", "--methods", "lora-rx", "--task", task_files / "cls.yaml",
                  ok=False)
     assert "unknown method 'lora-rx'" in p.stderr
+    # an unknown base or dataset is named before any cell trains
+    p = cli_tiny("grid", "--bases", "tiny,ghost", "--data", "rev", "--methods", "lora-r2", "--task",
+                 task_files / "cls.yaml", "--max-steps", "1", ok=False)
+    assert p.returncode == 3 and "--bases: unknown model 'ghost'" in p.stderr and "training" not in p.stdout
+    p = cli_tiny("grid", "--bases", "tiny", "--data", "rev,nodata", "--methods", "lora-r2", "--task",
+                 task_files / "cls.yaml", "--max-steps", "1", ok=False)
+    assert "--data: unknown dataset 'nodata'" in p.stderr and "training" not in p.stdout
+    assert "rev-tiny-lora-r2" not in cli_tiny("adapters", "list").stdout
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "mmlu" / "test.jsonl").is_file(), reason="needs ../shared/data/mmlu")

@@ -326,6 +326,22 @@ def test_eval_jobs_and_deployments_over_rest(cli_tiny, home, tmp_path, reviews_f
                         120, "the failing eval job")
             assert job["status"] == "failed" and "ghost" in job["error"]["message"], job
 
+            # a grid job: the same library call as `modelmill grid`, its result names the winner
+            (tmp_path / "rev.yaml").write_text("kind: classification\ndata: reviews\ntrain: reviews\n")
+            r = h.post("/api/jobs", json={"kind": "grid", "config": {
+                "bases": "tiny", "data": "reviews", "task": str(tmp_path / "rev.yaml"), "baselines": "tfidf",
+                "max_steps": 1}})
+            assert r.status_code == 201, r.text
+            jid = r.json()["id"]
+            job = _wait(lambda: (j := h.get(f"/api/jobs/{jid}").json())["status"] in ("succeeded", "failed") and j,
+                        300, "the grid job")
+            assert job["status"] == "succeeded", h.get(f"/api/jobs/{jid}/events").text
+            summary = job["result"]["summary"]
+            assert summary["winner"] == "reviews-tiny-lora" and summary["baseline"] == "tfidf-lr", summary
+            assert summary["per_base"]["tiny"]["best"] == "reviews-tiny-lora"
+            assert any(e["message"].startswith("winner: reviews-tiny-lora")
+                       for e in h.get(f"/api/jobs/{jid}/events").json()["data"])
+
             r = h.post("/api/deployments", json={"name": "support", "model": "tiny",
                                                  "system_prompt": "You answer in one word."})
             assert r.status_code == 201, r.text

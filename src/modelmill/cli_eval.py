@@ -237,23 +237,19 @@ def grid_cmd(bases, datasets, methods, task_file, prefix, baselines, forgetting_
 
     Running it again skips finished cells and reuses stored scores.
     """
-    from modelmill.evaluate.candidates import baselines as add_baselines, parse_candidates
-    from modelmill.evaluate.grid import plan, run_grid
-    from modelmill.evaluate.runner import evaluate
+    from modelmill.evaluate.grid import plan, run, summary_lines
     from modelmill.evaluate.tasks import load_task
 
     spec = load_task(task_file)
     template = build_config(SFTConfig, flags, config_file)
     cells = plan(_names(bases), _names(datasets), _names(methods), template, prefix)
-    store = _store()
-    names = run_grid(store, cells, log=click.echo)
-    kw = {"few_shot": spec.few_shot, "few_shot_select": spec.few_shot_select}
-    cands = parse_candidates(store, names, **kw)
-    if baselines:
-        cands = add_baselines(store, cands, _names(baselines), kind=spec.kind, **kw)
-    rows = evaluate(store, spec, cands)
+    out = run(_store(), spec, cells, baselines=_names(baselines) if baselines else [], log=click.echo)
+    rows = out.rows
     click.echo(f"\ngrid on task {spec.name} ({spec.kind}), {rows[0].dataset}, {rows[0].n} items")
     _print_results(rows, list(spec.task_kind.metric_names))
+    click.echo("")
+    for line in summary_lines(out.summary):
+        click.echo(line)
     if forgetting_task:
-        for n in names:
+        for n in out.adapters:
             _forgetting(n, forgetting_task)

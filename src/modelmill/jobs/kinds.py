@@ -277,13 +277,25 @@ def _validate_grid(store, cfg, job):
 
 
 def _run_grid(ctx) -> dict:
+    """The same library call as `modelmill grid`; the result carries the board and the winner."""
+    from modelmill.evaluate.grid import plan, run, summary_lines
+    from modelmill.evaluate.tasks import load_task
+    from modelmill.train.sft import SFTConfig
+
     cfg = ctx.config
-    argv = ["grid", "--bases", cfg.bases, "--data", cfg.data, "--methods", cfg.methods, "--task", cfg.task,
-            "--baselines", cfg.baselines, "--max-steps", str(cfg.max_steps), "--epochs", str(cfg.epochs)]
-    if cfg.prefix:
-        argv += ["--prefix", cfg.prefix]
-    _run_cli(ctx, argv)
-    return {}
+
+    def names(text):
+        return [x.strip() for x in text.split(",") if x.strip()]
+
+    spec = load_task(cfg.task)
+    cells = plan(names(cfg.bases), names(cfg.data), names(cfg.methods),
+                 SFTConfig(max_steps=cfg.max_steps, epochs=cfg.epochs), cfg.prefix)
+    out = run(ctx.store, spec, cells, baselines=names(cfg.baselines), log=ctx.event)
+    for line in summary_lines(out.summary):
+        print(line, flush=True)
+    ctx.event(summary_lines(out.summary)[0], data=out.summary)
+    return {"task": spec.name, "adapters": out.adapters, "summary": out.summary,
+            "results": [{"candidate": r.candidate, "score": r.score, "primary": r.primary} for r in out.rows]}
 
 
 register(JobKind("train", SFTConfig, _validate_train, _run_train, _train_needs))
