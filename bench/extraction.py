@@ -10,9 +10,10 @@ user turn's Inform acts whose value stands word for word in the turn become one 
 the turn, the answer a JSON object {"domain-slot": [values]} (e.g. {"餐馆-推荐菜": ["驴杂汤"],
 "餐馆-人均消费": ["100-150元"]}). Values the user only implies, or that are one character long, are
 left out, since no extractor can copy them; a facility asked for ("酒店设施-租车": 是) becomes
-its name under "酒店-酒店设施" where the turn names it. Everything goes through the library a user's commands
-call (DatasetCatalog, train, evaluate); results land in the home, so `modelmill leaderboard` and
-`modelmill report` show them afterwards.
+its name under "酒店-酒店设施" where the turn names it. Training and scoring are the grid a user runs
+(`modelmill grid --bases ... --baselines zero-shot,classical`, the same library call), which names
+the winner; results land in the home, so `modelmill leaderboard` and `modelmill report` show them
+afterwards.
 
 Goal (issue 16): the best fine-tuned base beats the dictionary (gazetteer) baseline by 10 points
 of entity F1.
@@ -26,6 +27,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,11 +80,8 @@ def main() -> int:
 
     import torch
 
-    from modelmill.adapters import AdapterRegistry
     from modelmill.data.catalog import DatasetCatalog
-    from modelmill.evaluate.candidates import LocalModel
-    from modelmill.evaluate.extractors import CRFTagger, Gazetteer
-    from modelmill.evaluate.runner import evaluate
+    from modelmill.evaluate import grid
     from modelmill.evaluate.tasks import task_from_dict
     from modelmill.store import open_store
     from modelmill.train.runs import train
@@ -120,22 +119,26 @@ def main() -> int:
           f"{len(test_items)} turns scored; {len(keys)} domain-slot keys. CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, torch threads {torch.get_num_threads()}", flush=True)
 
-    cands = [Gazetteer(), CRFTagger()]
+    # the grid a user runs (`modelmill grid --bases a,b --baselines zero-shot,classical`), through the
+    # same library call; each cell keeps the adapter name earlier runs of this bench gave it
+    bases = [b.strip() for b in args.base.split(",") if b.strip()]
+    template = SFTConfig(epochs=1, time_budget=args.train_minutes)
+    cells = [replace(c, config=replace(c.config, name=f"xwoz-{c.base}{suffix}"))
+             for c in grid.plan(bases, [f"xwoz-extract{suffix}"], ["lora"], template)]
     trained = {}
-    for base in [b.strip() for b in args.base.split(",") if b.strip()]:
-        adapter = f"xwoz-{base}{suffix}"
-        if AdapterRegistry(store).find(adapter) is None:
-            print(f"\n== fine-tuning {adapter}: {len(train_items)} turns, 1 epoch, time budget "
-                  f"{args.train_minutes:g} min", flush=True)
-            t = time.perf_counter()
-            row = train(store, SFTConfig(base=base, data=f"xwoz-extract{suffix}", name=adapter, epochs=1,
-                                         time_budget=args.train_minutes))
-            trained[adapter] = {"seconds": time.perf_counter() - t, "steps": (row.metrics or {}).get("global_step")}
-        cands += [LocalModel(store, base), LocalModel(store, adapter)]
+
+    def train_cell(cfg, resume):
+        print(f"\n== fine-tuning {cfg.name}: {len(train_items)} turns, 1 epoch, time budget "
+              f"{args.train_minutes:g} min", flush=True)
+        t = time.perf_counter()
+        row = train(store, cfg, resume=resume)
+        trained[cfg.name] = {"seconds": time.perf_counter() - t, "steps": (row.metrics or {}).get("global_step")}
+
     spec = task_from_dict({"name": f"crosswoz-extract{suffix}", "kind": "extraction", "data": str(test_file),
                            "train": str(train_file), "max_new_tokens": 96})
-    print(f"\n== scoring {len(test_items)} held-out turns", flush=True)
-    rows = evaluate(store, spec, cands, progress=False)
+    print(f"\n== the grid: {len(cells)} cells, then {len(test_items)} held-out turns scored", flush=True)
+    out = grid.run(store, spec, cells, baselines=["zero-shot", "classical"], train_fn=train_cell, progress=False)
+    rows = out.rows
 
     print("\n| candidate | kind | entity F1 | precision | recall | field F1 | exact | valid JSON | ms/item |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -148,18 +151,21 @@ def main() -> int:
         print(f"| {r.candidate} | {r.candidate_kind} | {m['entity_f1']:.3f} | {m['entity_precision']:.3f} | "
               f"{m['entity_recall']:.3f} | {m['field_f1']:.3f} | {m['exact_match']:.3f} | {m['valid_json']:.3f} | "
               f"{res[r.candidate]['ms_per_item']:.0f} |")
+    print()
+    for line in grid.summary_lines(out.summary):
+        print(line)
     best = max((v["entity_f1"], k) for k, v in res.items() if ":" in k)
     gaz = res["gazetteer"]["entity_f1"]
     ok = best[0] - gaz >= 0.10
     print(f"\n{'PASS' if ok else 'MISS'}  best fine-tune ({best[1]}) {best[0]:.3f} vs gazetteer {gaz:.3f}: "
           f"{100 * (best[0] - gaz):+.1f} points (goal +10)")
-    out = ROOT / "bench" / "results" / ("extraction-quick.json" if args.quick else "extraction.json")
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "train_turns": len(train_items), "test_turns": len(test_items),
-                               "keys": keys, "trained": trained, "results": res,
+    path = ROOT / "bench" / "results" / ("extraction-quick.json" if args.quick else "extraction.json")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"args": vars(args), "train_turns": len(train_items), "test_turns": len(test_items),
+                               "keys": keys, "trained": trained, "results": res, "summary": out.summary,
                                "cpu": torch.backends.cpu.get_cpu_capability()}, indent=2, ensure_ascii=False),
                    encoding="utf-8")
-    print(f"wrote {out}")
+    print(f"wrote {path}")
     return 0
 
 
