@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import MODELMILL, CLI, write_jsonl
@@ -185,6 +186,62 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(cli_tiny: CLI, reviews_file, home)
     m = json.loads(cli_tiny("adapters", "show", "long", "--json").stdout)["metrics"]
     assert m["global_step"] == 200
     assert (home / "adapters" / "long" / "adapter_model.safetensors").is_file()
+
+
+def _trainers(run_dir) -> list[int]:
+    """Live processes whose command line names this run's job file (the launcher and the trainer)."""
+    job = str(run_dir / "job.json")
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if job in cmdline.read_bytes().decode(errors="replace").split("\0") and \
+                    (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _wait_for(check, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the trainer's processes in /proc (Linux)")
+def test_sigterm_and_a_killed_command_stop_the_trainer(cli_tiny: CLI, reviews_file, home):
+    """`kill` (SIGTERM) stops training as Ctrl-C does; a command killed outright (SIGKILL) leaves no
+    orphaned trainer behind: its trainer saves a checkpoint and exits."""
+    cli_tiny("data", "import", reviews_file, "--name", "reviews")
+    env = {**os.environ, "MODELMILL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    args = ["train", "--base", "tiny", "--data", "reviews", "--name", "term", "--max-steps", "400",
+            "--batch-size", "2", "--save-steps", "2", "--logging-steps", "1"]
+    run_dir = home / "runs" / "term"
+    ckpts = run_dir / "checkpoints"
+
+    def steps():
+        return sorted(int(c.name.split("-")[1]) for c in ckpts.glob("checkpoint-*")) if ckpts.is_dir() else []
+
+    proc = subprocess.Popen([*MODELMILL, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: steps(), 120, "a first checkpoint")
+    assert _trainers(run_dir), "the trainer is not found by its job file"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "--resume" in err, err
+    assert "Traceback" not in err, err
+    assert not _trainers(run_dir)
+    first = steps()[-1]
+
+    proc = subprocess.Popen([*MODELMILL, "train", "--name", "term", "--resume"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: steps() and steps()[-1] > first, 120, "a checkpoint after the resume")
+    proc.kill()  # SIGKILL: the command says nothing, its trainer is told by the kernel
+    proc.wait(timeout=30)
+    _wait_for(lambda: not _trainers(run_dir), 120, "the orphaned trainer to stop")
+    assert steps()[-1] > first and "term" not in cli_tiny("adapters", "list").stdout
 
 
 def test_resume_from_the_last_steps_checkpoint_trains_no_extra_step(tiny_model, tmp_path):

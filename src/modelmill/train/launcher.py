@@ -5,7 +5,11 @@ CPU, NCCL on GPUs) through torchrun underneath. DeepSpeed or FSDP are an acceler
 file away (``accelerate_config``), with no change to the method's code.
 
 The child runs in its own process group. Ctrl-C here is forwarded to that whole group, and
-we wait until every process has left: the method saves a checkpoint and exits with 130.
+we wait until every process has left: the method saves a checkpoint and exits with 130. SIGTERM
+(``kill``, a service manager's stop) does the same where nobody else handles it, and a parent
+that dies without a word (SIGKILL) takes its trainer with it: the launcher asks the kernel for a
+signal when its parent dies (Linux) and passes it to the group as Ctrl-C, so no orphaned trainer
+keeps the cores and gigabytes of a command that is gone.
 """
 
 from __future__ import annotations
@@ -63,9 +67,11 @@ def launch(module: str, job_path: Path, *, num_processes: int = 1, use_cuda: boo
     if not use_cuda:
         env["ACCELERATE_USE_CPU"] = "true"
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    env[PARENT_ENV] = str(os.getpid())  # the launcher stops the group when this process is gone
     cmd = launch_command(module, job_path, num_processes, use_cuda, accelerate_config)
     out = open(log_file, "ab") if log_file else None
     proc = None
+    restore = _sigterm_as_ctrl_c()
     try:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=out, stderr=out)
         RUNNING.add(proc.pid)
@@ -80,10 +86,54 @@ def launch(module: str, job_path: Path, *, num_processes: int = 1, use_cuda: boo
         _wait_group(proc.pid)
         return INTERRUPTED
     finally:
+        restore()
         if proc is not None:
             RUNNING.discard(proc.pid)
         if out:
             out.close()
+
+
+PARENT_ENV = "MODELMILL_TRAIN_PARENT"
+
+
+def _sigterm_as_ctrl_c():
+    """While a trainer runs, SIGTERM stops it as Ctrl-C does, unless the program already handles
+    SIGTERM itself (a job runner does) or this is not the main thread (only it can set handlers).
+    Returns what puts the old handler back."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return lambda: None
+
+    def term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, term)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def stop_group_with_parent() -> None:
+    """In the launcher (the child ``launch`` starts): when the process that launched us dies, send
+    the whole group Ctrl-C (the trainer saves a checkpoint and exits). Linux's PR_SET_PDEATHSIG;
+    elsewhere a no-op."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    def orphaned(signum=None, frame=None):
+        try:
+            os.killpg(os.getpgrp(), signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+    signal.signal(signal.SIGUSR1, orphaned)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGUSR1), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # it died before the request was made
+        orphaned()
 
 
 def _forward_interrupt(proc: subprocess.Popen) -> None:
