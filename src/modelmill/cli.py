@@ -471,6 +471,8 @@ def train_cmd(config_file, resume, log_file, accelerate_config, forgetting_task,
 
 # ---------------------------------------------------------------- adapters
 
+from modelmill.adapters.merge import MergeConfig  # noqa: E402  (light: no torch at import)
+
 @main.group(cls=Group)
 def adapters():
     """Fine-tuned adapters and their lineage."""
@@ -499,16 +501,49 @@ def adapters_show(name, as_json):
     r = AdapterRegistry(_store()).get(name)
     d = {"name": r.name, "method": r.method, "base_model": r.base_model, "base_model_sha256": r.base_model_hash,
          "dataset": f"{r.dataset}@{r.dataset_version}", "dataset_sha256": r.dataset_hash, "path": r.path,
-         "created_at": r.created_at.isoformat(), "metrics": r.metrics, "config": r.config, "versions": r.versions}
+         "created_at": r.created_at.isoformat(), "metrics": r.metrics, "config": r.config, "versions": r.versions,
+         "parents": r.parents or []}
     if as_json:
+        d["history"] = AdapterRegistry(_store()).history(name)
         click.echo(json.dumps(d, indent=2, ensure_ascii=False))
         return
     for k in ("name", "method", "base_model", "base_model_sha256", "dataset", "dataset_sha256", "path", "created_at"):
         click.echo(f"{k + ':':<20}{d[k]}")
+    if d["parents"]:
+        how = (r.config or {}).get("merge", {}).get("how")
+        click.echo(f"{'merged from:':<20}" + ", ".join(f"{p['name']} x{p['weight']:g}" for p in d["parents"])
+                   + (f" ({how})" if how else ""))
     for section in ("metrics", "config", "versions"):
         click.echo(f"{section}:")
         for k, v in d[section].items():
             click.echo(f"  {k:<24}{v}")
+
+
+@adapters.command("merge")
+@click.argument("name")
+@click.option("--from", "sources", required=True, help="Adapters and weights, e.g. drugs-lora:0.6,zh-lora:0.4.")
+@dataclass_options(MergeConfig, exclude=("name", "sources"))
+def adapters_merge(name, sources, **flags):
+    """Merge LoRA adapters of one base into a new adapter NAME (peft's add_weighted_adapter)."""
+    from modelmill.adapters.merge import merge
+
+    cfg = build_config(MergeConfig, {**flags, "name": name, "sources": sources}, None)
+    row = merge(_store(), cfg, progress=True, log=lambda m: click.echo(m, err=True))
+    click.echo(f"merged {row.name} ({cfg.how}, rank {row.config.get('lora_r')}) on {row.base_model}: "
+               f"chat with it, serve it or score it as {row.base_model}:{row.name}")
+
+
+@adapters.command("export")
+@click.argument("name")
+@click.argument("out", type=click.Path())
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+              help="Weights' type (auto: the base's).")
+def adapters_export(name, out, dtype):
+    """Write adapter NAME merged into its base as a Hugging Face model folder OUT (for vLLM, transformers)."""
+    from modelmill.adapters.export import export
+
+    path = export(_store(), name, out, dtype=dtype, log=lambda m: click.echo(m, err=True))
+    click.echo(f"exported {name} to {path}")
 
 
 @adapters.command("remove")

@@ -261,15 +261,16 @@ def get_adapter(request: Request, name: str):
 
 
 def _schemas() -> dict:
+    from modelmill.adapters.merge import MergeConfig
     from modelmill.jobs.kinds import EvalJobConfig, GridJobConfig
     from modelmill.train.sft import SFTConfig
 
-    return {"train": SFTConfig, "eval": EvalJobConfig, "grid": GridJobConfig}
+    return {"train": SFTConfig, "eval": EvalJobConfig, "grid": GridJobConfig, "merge": MergeConfig}
 
 
 @router.get("/schema/{command}", tags=["jobs"])
 def config_schema(command: str):
-    """The fields of a job kind's config (train, eval, grid): what the web UI's forms are drawn from."""
+    """The fields of a job kind's config (train, eval, grid, merge): what the web UI's forms are drawn from."""
     from modelmill.schema import describe
 
     schemas = _schemas()
@@ -295,14 +296,14 @@ def event_json(e) -> dict:
 
 
 class JobRequest(BaseModel):
-    kind: Literal["train", "eval", "grid"] = "train"
+    kind: Literal["train", "eval", "grid", "merge"] = "train"
     config: dict = Field(default_factory=dict)
     resources: dict | None = None
 
 
 @router.post("/jobs", status_code=201, tags=["jobs"])
 def create_job(request: Request, body: JobRequest):
-    """Queue a training, evaluation or grid job; a worker runs it (`modelmill worker` or `modelmill up`)."""
+    """Queue a training, evaluation, grid or merge job; a worker runs it (`modelmill worker` or `modelmill up`)."""
     from modelmill.api.auth import require_model
     from modelmill.jobs.queue import JobQueue
 
@@ -313,6 +314,9 @@ def create_job(request: Request, body: JobRequest):
         if isinstance(names, str):
             for name in (n.strip() for n in names.split(",") if n.strip()):
                 require_model(request, name)
+    if body.kind == "merge" and isinstance(body.config.get("sources"), str):  # "a:0.6,b:0.4": the adapters
+        for part in (p.strip() for p in body.config["sources"].split(",") if p.strip()):
+            require_model(request, part.rpartition(":")[0] or part if ":" in part else part)
     key = getattr(request.state, "api_key", None)
     job = JobQueue(_store(request)).submit(body.kind, body.config, resources=body.resources,
                                            created_by=key.id if key else None)

@@ -1,4 +1,4 @@
-"""What a job can be: train, eval, grid (and any kind a plugin adds under ``modelmill.job_kinds``).
+"""What a job can be: train, eval, grid, merge (and any kind a plugin adds under ``modelmill.job_kinds``).
 
 A kind is its config dataclass (the same one the CLI's flags come from) plus three calls:
 ``validate`` (at submit time, in the API process: names resolve, files are imported),
@@ -15,6 +15,7 @@ from typing import Callable
 
 from modelmill.errors import ConflictError, InputError
 from modelmill.schema import from_mapping
+from modelmill.adapters.merge import MergeConfig  # light: no torch at import
 from modelmill.train.sft import SFTConfig  # light: no torch at import
 
 KINDS: dict[str, "JobKind"] = {}
@@ -298,6 +299,26 @@ def _run_grid(ctx) -> dict:
             "results": [{"candidate": r.candidate, "score": r.score, "primary": r.primary} for r in out.rows]}
 
 
+# ----------------------------------------------------------------------------- merge
+
+
+def _validate_merge(store, cfg, job):
+    from modelmill.adapters.merge import check
+
+    rows = check(store, cfg)
+    return cfg, {"model": rows[0][0].base_model}
+
+
+def _run_merge(ctx) -> dict:
+    """The same library call as `modelmill adapters merge`."""
+    from modelmill.adapters.merge import merge
+
+    row = merge(ctx.store, ctx.config, log=ctx.event)
+    return {"adapter": row.name, "base_model": row.base_model, "model_id": f"{row.base_model}:{row.name}",
+            "parents": row.parents, "rank": (row.config or {}).get("lora_r")}
+
+
 register(JobKind("train", SFTConfig, _validate_train, _run_train, _train_needs))
 register(JobKind("eval", EvalJobConfig, _validate_eval, _run_eval))
 register(JobKind("grid", GridJobConfig, _validate_grid, _run_grid))
+register(JobKind("merge", MergeConfig, _validate_merge, _run_merge))

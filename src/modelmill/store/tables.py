@@ -73,6 +73,8 @@ class Adapter(Base):
     config: Mapped[dict] = mapped_column(JSON, default=dict)
     versions: Mapped[dict] = mapped_column(JSON, default=dict)
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    # what it was made from: [{"name": ..., "weight": ...}] for a merge; [] for a fine-tune of the base
+    parents: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -1,8 +1,12 @@
 """The adapter registry: every fine-tune with its lineage (base + hash, dataset version, config,
-library versions, metrics, time).
+library versions, metrics, time, and the adapters it was made from).
 
     reg = AdapterRegistry(open_store())
     base, adapter = reg.resolve_ref("smollm2-135m-instruct:reviews-lora")
+    reg.history("both")       # the adapter and, nested, every parent it was merged from
+
+``merge.py`` merges adapters into a new one (peft's add_weighted_adapter); ``export.py`` writes
+the base with an adapter merged in as a whole Hugging Face model folder.
 """
 
 from __future__ import annotations
@@ -53,6 +57,23 @@ class AdapterRegistry:
             s.delete(s.get(Adapter, row.id))
         self.store.remove_tree(Path(row.path))
         return row
+
+    def history(self, name: str) -> dict:
+        """The adapter's lineage with its parents' nested in it, all the way up: a merge lists its
+        sources and weights; a parent removed since (or whose name another adapter has taken
+        since) is kept by name with ``removed: true``."""
+        row = self.get(name)
+        parents = []
+        for p in row.parents or []:
+            now = self.find(p["name"])
+            if now is None or now.id != p.get("id"):
+                parents.append({"name": p["name"], "weight": p.get("weight"), "removed": True})
+            else:
+                parents.append({"weight": p.get("weight"), **self.history(p["name"])})
+        return {"name": row.name, "method": row.method, "base_model": row.base_model,
+                "base_model_sha256": row.base_model_hash, "dataset": f"{row.dataset}@{row.dataset_version}",
+                "dataset_sha256": row.dataset_hash, "created_at": row.created_at.isoformat(),
+                "merge": (row.config or {}).get("merge"), "parents": parents}
 
     def resolve_ref(self, ref: str) -> tuple[BaseModel, Adapter | None]:
         """``BASE``, ``ADAPTER`` or ``BASE:ADAPTER`` -> (base model row, adapter row or None)."""

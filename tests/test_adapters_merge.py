@@ -1,0 +1,135 @@
+"""Merging LoRA adapters (peft's add_weighted_adapter) into an ordinary adapter with its parents in
+its lineage, and exporting an adapter merged into its base as a Hugging Face model folder."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+import torch
+from conftest import CLI, Server, register_random_adapter
+from safetensors.torch import load_file
+
+TARGETS = ["q_proj", "v_proj"]
+KEY = "base_model.model.model.layers.0.self_attn.q_proj"
+
+
+@pytest.fixture()
+def cli3(cli_tiny: CLI, home, tiny_model) -> CLI:
+    """Three random (non-zero) LoRA adapters of the tiny base: a and b of rank 4, c8 of rank 8."""
+    register_random_adapter(home, tiny_model, "a", 1, TARGETS, rank=4)
+    register_random_adapter(home, tiny_model, "b", 2, TARGETS, rank=4)
+    register_random_adapter(home, tiny_model, "c8", 3, TARGETS, rank=8)
+    return cli_tiny
+
+
+def _delta(folder) -> torch.Tensor:
+    """The weight update of layer 0's q_proj: scaling * B @ A."""
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    w = load_file(folder / "adapter_model.safetensors")
+    return cfg["lora_alpha"] / cfg["r"] * (w[f"{KEY}.lora_B.weight"] @ w[f"{KEY}.lora_A.weight"])
+
+
+def _q_weight(folder) -> torch.Tensor:
+    weights = {}
+    for f in folder.glob("*.safetensors"):
+        weights.update(load_file(f))
+    return weights["model.layers.0.self_attn.q_proj.weight"].float()
+
+
+def test_cat_merge_is_the_weighted_sum_and_export_writes_it_into_the_base(cli3: CLI, home, tiny_model, tmp_path):
+    out = cli3("adapters", "merge", "ab", "--from", "a:1,b:0.5", "--how", "cat").stdout
+    assert "merged ab (cat, rank 8) on tiny" in out and "tiny:ab" in out
+    merged = _delta(home / "adapters" / "ab")
+    want = _delta(home / "adapters" / "a") + 0.5 * _delta(home / "adapters" / "b")
+    assert torch.allclose(merged, want, atol=1e-6), (merged - want).abs().max()
+
+    cli3("adapters", "export", "ab", tmp_path / "ab-model", "--dtype", "float32")
+    exported = _q_weight(tmp_path / "ab-model")
+    assert torch.allclose(exported - _q_weight(tiny_model), want, atol=1e-5)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ab-model")  # what vLLM and transformers load
+    tok = AutoTokenizer.from_pretrained(tmp_path / "ab-model")
+    assert tok.chat_template and model.config.architectures
+    lineage = json.loads((tmp_path / "ab-model" / "modelmill_lineage.json").read_text())
+    assert lineage["exported_from"] == "tiny:ab" and [p["name"] for p in lineage["parents"]] == ["a", "b"]
+
+    p = cli3("adapters", "export", "ab", tmp_path / "ab-model", ok=False)  # not over a folder with files
+    assert p.returncode == 2 and "not empty" in p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir() if x.name.startswith(".")) == []  # no partial folder left
+
+
+def test_lineage_lists_parents_all_the_way_up(cli3: CLI):
+    cli3("adapters", "merge", "ab", "--from", "a:0.6,b:0.4", "--how", "ties", "--density", "0.5")
+    shown = cli3("adapters", "show", "ab").stdout
+    assert "merged from:        a x0.6, b x0.4 (ties)" in shown
+    cli3("adapters", "merge", "abc", "--from", "ab,c8:0.5", "--how", "svd")
+    d = json.loads(cli3("adapters", "show", "abc", "--json").stdout)
+    assert d["config"]["lora_r"] == 8 and d["config"]["merge"]["how"] == "svd"
+    h = d["history"]
+    assert [(p["name"], p["weight"]) for p in h["parents"]] == [("ab", 1.0), ("c8", 0.5)]
+    assert [(p["name"], p["weight"], p["dataset"]) for p in h["parents"][0]["parents"]] == \
+        [("a", 0.6, "random@1"), ("b", 0.4, "random@1")]
+    cli3("adapters", "remove", "a")
+    h = json.loads(cli3("adapters", "show", "abc", "--json").stdout)["history"]
+    assert h["parents"][0]["parents"][0] == {"name": "a", "weight": 0.6, "removed": True}
+    assert cli3("chat", "tiny:abc", "--prompt", "hi", "--max-tokens", "2").returncode == 0  # a merge of a merge
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["--from", "a,c8", "--how", "linear"], 2, "--how: 'linear' needs adapters of one rank, these differ (a r4, c8 r8)"),
+    (["--from", "a,ghost"], 3, "unknown adapter 'ghost'"),
+    (["--from", "a:x,b"], 2, "--from: weight 'x' of 'a' is not a number"),
+    (["--from", "a:0,b"], 2, "other than 0"),
+    (["--from", "a"], 2, "a merge needs two adapters or more"),
+    (["--from", "a,a"], 2, "'a' is named twice"),
+    (["--from", "a,b", "--density", "0"], 2, "--density: must be in (0, 1]"),
+    (["--from", "a,b", "--how", "mean"], 2, "Invalid value for '--how'"),
+])
+def test_bad_merges_name_the_flag_and_leave_nothing(cli3: CLI, home, args, code, says):
+    before = sorted(p.name for p in (home / "adapters").iterdir())
+    p = cli3("adapters", "merge", "new", *args, ok=False)
+    assert p.returncode == code and says in p.stderr, p.stderr
+    assert sorted(p.name for p in (home / "adapters").iterdir()) == before
+    assert "new" not in cli3("adapters", "list").stdout
+
+
+def test_merging_adapters_of_two_bases_or_onto_a_taken_name_is_refused(cli3: CLI, home, tiny_model):
+    cli3("models", "add", "tiny2", tiny_model)
+    register_random_adapter(home, tiny_model, "other", 4, TARGETS, rank=4, base_name="tiny2")
+    p = cli3("adapters", "merge", "new", "--from", "a,other", ok=False)
+    assert p.returncode == 4 and "different bases (a on tiny, other on tiny2)" in p.stderr
+    p = cli3("adapters", "merge", "b", "--from", "a,c8", "--how", "cat", ok=False)
+    assert p.returncode == 4 and "an adapter named 'b' already exists" in p.stderr
+    assert not list((home / "tmp").glob("new.*")) if (home / "tmp").is_dir() else True
+
+
+def test_a_merge_job_over_rest_and_the_merged_adapter_served_beside_its_parents(cli3: CLI, home):
+    server = Server(home, "--workers", "1", "--poll", "0.3", command="up")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as h:
+            fields = {f["name"] for f in h.get("/api/schema/merge").json()["fields"]}
+            assert {"name", "sources", "how", "density"} <= fields
+            bad = h.post("/api/jobs", json={"kind": "merge", "config": {"name": "x", "sources": "a,c8"}})
+            assert bad.status_code == 400 and "one rank" in bad.json()["error"]["message"]
+            r = h.post("/api/jobs", json={"kind": "merge", "config": {"name": "ab-rest", "sources": "a:0.5,b:0.5",
+                                                                      "how": "dare_ties", "density": 0.7}})
+            assert r.status_code == 201, r.text
+            jid = r.json()["id"]
+            deadline = time.monotonic() + 180
+            while (job := h.get(f"/api/jobs/{jid}").json())["status"] not in ("succeeded", "failed"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.5)
+            assert job["status"] == "succeeded", h.get(f"/api/jobs/{jid}/events").text
+            assert job["result"]["model_id"] == "tiny:ab-rest" and job["result"]["rank"] == 4
+            assert [p["name"] for p in job["result"]["parents"]] == ["a", "b"]
+            assert h.get("/api/adapters/ab-rest").json()["lineage"]["merge"]["how"] == "dare_ties"
+            for model in ("tiny:ab-rest", "tiny:a"):  # the merged adapter is an ordinary one to the server
+                r = h.post("/v1/chat/completions", json={"model": model, "max_tokens": 3, "temperature": 0,
+                                                         "messages": [{"role": "user", "content": "hi"}]})
+                assert r.status_code == 200 and r.json()["model"] == model, r.text
+    finally:
+        server.stop()
