@@ -272,6 +272,9 @@ def test_forgetting_after_training_and_grid(cli_tiny: CLI, task_files, home):
     p = cli_tiny("grid", "--bases", "tiny", "--data", "rev,nodata", "--methods", "lora-r2", "--task",
                  task_files / "cls.yaml", "--max-steps", "1", ok=False)
     assert "--data: unknown dataset 'nodata'" in p.stderr and "training" not in p.stdout
+    p = cli_tiny("grid", "--bases", "tiny", "--data", "rev", "--methods", "lora-r2", "--task", task_files / "mc.yaml",
+                 "--baselines", "classical", "--max-steps", "1", ok=False)
+    assert "--baselines: there is no classical baseline for multiple_choice" in p.stderr and "training" not in p.stdout
     assert "rev-tiny-lora-r2" not in cli_tiny("adapters", "list").stdout
 
 

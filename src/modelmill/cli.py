@@ -328,11 +328,11 @@ def data_stats(ref, model):
 
     store = _store()
     row = DatasetCatalog(store).resolve(ref, "REF")
-    tok = _tokenizer(store, model)
+    tok = _tokenizer(store, model)  # converts a built-in on first use, so it is among the ready ones below
     records = DatasetCatalog(store).records(row)
     click.echo(f"{row.ref} (tokens counted with {model})")
     d = stats(records, row.kind, tokenizer=tok)
-    d["tokens_per_char"] = tokens_per_char(records, row.kind, ModelRegistry(store).tokenizers())
+    d["tokens_per_char"] = tokens_per_char(records, row.kind, ModelRegistry(store).tokenizers(have={model: tok}))
     click.echo(format_stats(d))
 
 

@@ -11,6 +11,8 @@ the base with an adapter merged in as a whole Hugging Face model folder.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from sqlalchemy import select
 
 from modelmill.errors import ConflictError, NotFoundError
@@ -92,3 +94,35 @@ class AdapterRegistry:
         if adapter is not None:
             return models.get(adapter.base_model), adapter
         return models.get(ref), None
+
+
+def check_name_free(store: Store, name: str, field: str = "--name", *, checkpoints: bool = True) -> None:
+    """Refuse a new adapter's name already taken by an adapter or (``checkpoints``) by an
+    interrupted training run."""
+    if AdapterRegistry(store).find(name) is not None:
+        raise ConflictError(f"an adapter named '{name}' already exists", field=field,
+                            fix=f"choose another {field}, or `modelmill adapters remove {name}`")
+    ckpts = store.runs_dir / name / "checkpoints"
+    if checkpoints and ckpts.is_dir() and any(ckpts.glob("checkpoint-*")):
+        raise ConflictError(f"an interrupted run named '{name}' has checkpoints", field=field,
+                            fix=f"continue it with `modelmill train --name {name} --resume`, or choose another "
+                                f"{field}")
+
+
+@contextmanager
+def name_lock(store: Store, name: str, wait: float = 0.0, field: str = "--name"):
+    """Held while the adapter ``name`` is made (a training run, a merge). A second one fails at
+    once, or after ``wait`` seconds (a queued job's next attempt waits while an earlier copy winds
+    down)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        with store.lock(f"run-{name}", wait=False) as held:
+            if held:
+                yield
+                return
+        if time.monotonic() >= deadline:
+            raise ConflictError(f"'{name}' is being trained or merged right now", field=field,
+                                fix=f"wait for it, or choose another {field}")
+        time.sleep(0.5)

@@ -42,16 +42,17 @@ def export(store, name: str, out: str | Path, *, dtype: str = "auto", log=None) 
 
     hf_logging.disable_progress_bar()
     src = row.path if row.method == "full" else base.path
+    if dtype == "auto":  # the type the base's config.json names (loading below sets it to float32)
+        from transformers import AutoConfig
+
+        want = str(getattr(AutoConfig.from_pretrained(src), "dtype", None) or "float32").replace("torch.", "")
+        dtype = want if want in DTYPES else "float32"
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     if row.method != "full":
         from peft import PeftModel
 
         say(f"merging {name} into {base.name}")
         model = PeftModel.from_pretrained(model, row.path).merge_and_unload()
-    if dtype == "auto":
-        want = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
-        dtype = str(want).replace("torch.", "") if want else "float32"
-        dtype = dtype if dtype in DTYPES else "float32"
     model = model.to(getattr(torch, dtype))
     tok = AutoTokenizer.from_pretrained(row.path if (Path(row.path) / "tokenizer_config.json").is_file() else base.path)
     if base.chat_template:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from modelmill.errors import ConflictError, InputError
+from modelmill.errors import ConflictError, InputError, NotFoundError
 
 HOW = ("linear", "cat", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd", "dare_linear_svd",
        "magnitude_prune", "magnitude_prune_svd")
@@ -50,6 +50,7 @@ class MergeConfig:
     density: float = field(default=0.5, metadata={
         "help": "Share of each update kept by ties, dare_* and magnitude_prune (0-1]."})
     svd_rank: int = field(default=0, metadata={"help": "Rank of an *_svd merge (0: the largest source rank)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the dare_* methods' random drops."})
 
     def __post_init__(self):
         if self.how not in HOW:
@@ -59,15 +60,27 @@ class MergeConfig:
                              fix="the share of each update to keep, e.g. 0.5")
         if self.svd_rank < 0:
             raise InputError(f"must be >= 0, got {self.svd_rank}", field="--svd-rank", fix="0 takes the largest rank")
+        if self.svd_rank and not self.how.endswith("svd"):
+            raise InputError(f"only svd and the *_svd methods take a rank, not {self.how}", field="--svd-rank",
+                             fix="leave it out, or choose --how svd")
 
 
 def parse_sources(text: str) -> list[tuple[str, float]]:
-    """``a:0.6,b:0.4`` -> [("a", 0.6), ("b", 0.4)]; ``a,b`` weighs each 1."""
+    """``a:0.6,b:0.4`` -> [("a", 0.6), ("b", 0.4)]; ``a,b`` weighs each 1; an adapter may be named
+    as ``BASE:ADAPTER`` (``tiny:a:0.6``), as everywhere else."""
     out = []
     for part in (p.strip() for p in str(text).split(",")):
         if not part:
             continue
-        name, sep, w = part.rpartition(":") if ":" in part else (part, "", "1")
+        name, w = part, "1"
+        head, _, tail = part.rpartition(":")
+        if head:
+            try:
+                float(tail)
+                name, w = head, tail
+            except ValueError:
+                if head.count(":"):  # BASE:ADAPTER:WEIGHT with a weight that is not a number
+                    name, w = head, tail
         try:
             weight = float(w)
         except ValueError:
@@ -91,17 +104,25 @@ def check(store, cfg: MergeConfig) -> list[tuple]:
     """The source rows with their weights; InputError/ConflictError/NotFoundError naming the flag
     when the name is taken, a source is missing, not a LoRA adapter, of another base, or of
     another rank where ``how`` needs one rank."""
-    from modelmill.adapters import AdapterRegistry
+    from modelmill.adapters import AdapterRegistry, check_name_free
     from modelmill.names import check_name
 
     check_name(cfg.name, "NAME")
+    check_name_free(store, cfg.name, "NAME")
     reg = AdapterRegistry(store)
-    if reg.find(cfg.name) is not None:
-        raise ConflictError(f"an adapter named '{cfg.name}' already exists", field="NAME",
-                            fix="choose another name, or `modelmill adapters remove` the old one")
     rows = []
     for name, weight in parse_sources(cfg.sources):
-        row = reg.get(name)
+        try:
+            row = reg.resolve_ref(name)[1] if ":" in name else reg.get(name)
+        except NotFoundError as e:
+            head, _, tail = name.rpartition(":")
+            if head and reg.find(head) is not None:  # ADAPTER:WEIGHT with a weight that is not a number
+                raise InputError(f"weight '{tail}' of '{head}' is not a number", field="--from",
+                                 fix="give NAME:WEIGHT pairs, e.g. drugs-lora:0.6,zh-lora:0.4") from None
+            raise NotFoundError(e.message, field="--from", fix=e.fix) from None
+        if row is None:
+            raise InputError(f"'{name}' is a base model, not an adapter", field="--from",
+                             fix="name LoRA adapters (`modelmill adapters list`)")
         if row.method != "lora":
             raise InputError(f"'{name}' is a {row.method} fine-tune, not a LoRA adapter", field="--from",
                              fix="merge LoRA adapters only (a full fine-tune has no low-rank update to add)")
@@ -111,6 +132,10 @@ def check(store, cfg: MergeConfig) -> list[tuple]:
         which = ", ".join(f"{r.name} on {r.base_model}" for r, _ in rows)
         raise ConflictError(f"the adapters were trained on different bases ({which})", field="--from",
                             fix="merge adapters of one base model")
+    hashes = {r.base_model_hash for r, _ in rows if r.base_model_hash}
+    if len(hashes) > 1:
+        raise ConflictError(f"the adapters were trained on different weights of '{bases.pop()}' (its files changed "
+                            "between their trainings)", field="--from", fix="merge adapters trained on the same weights")
     ranks = {r.name: _rank(r) for r, _ in rows}
     if cfg.how in SAME_RANK and len(set(ranks.values())) > 1:
         which = ", ".join(f"{n} r{k}" for n, k in ranks.items())
@@ -132,19 +157,24 @@ def _rank(row) -> int:
 def merge(store, cfg: MergeConfig, *, progress: bool = False, log=None):
     """Merge ``cfg.sources`` into the new adapter ``cfg.name``; returns its registry row. The
     adapter's folder appears whole or not at all."""
+    from modelmill.adapters import name_lock
+
+    with name_lock(store, cfg.name, field="NAME"):
+        return _merge(store, cfg, progress, log or (lambda msg: None))
+
+
+def _merge(store, cfg: MergeConfig, progress, say):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
     from transformers.utils import logging as hf_logging
 
     from modelmill.adapters import AdapterRegistry
     from modelmill.models.registry import ModelRegistry
     from modelmill.store.tables import Adapter
-    from modelmill.train.runs import library_versions
+    from modelmill.versions import library_versions
 
     rows = check(store, cfg)
-    say = log or (lambda msg: None)
     models = ModelRegistry(store)
     base = models.ready(rows[0][0].base_model, progress=progress)
     say(f"merging {', '.join(f'{r.name} x{w:g}' for r, w in rows)} by {cfg.how} on {base.name}")
@@ -155,10 +185,19 @@ def merge(store, cfg: MergeConfig, *, progress: bool = False, log=None):
     for n, (row, _) in zip(names[1:], rows[1:]):
         model.load_adapter(row.path, adapter_name=n)
     kw = {"density": cfg.density} if cfg.how in USES_DENSITY else {}
-    if cfg.how.endswith("svd") and cfg.svd_rank:
-        kw["svd_rank"] = cfg.svd_rank
+    if cfg.how.endswith("svd"):
+        kw["svd_full_matrices"] = False  # only the first rank columns are kept: the same result, far less work
+        if cfg.svd_rank:
+            most = min(min(m.weight.shape) for n, m in model.named_modules()
+                       if n.endswith(tuple(f".{t}" for t in _targets(model))) and hasattr(m, "weight"))
+            if cfg.svd_rank > most:
+                raise InputError(f"{cfg.svd_rank} is more than the smallest merged matrix allows ({most})",
+                                 field="--svd-rank", fix=f"use a rank from 1 to {most}")
+            kw["svd_rank"] = cfg.svd_rank
     try:
-        model.add_weighted_adapter(names, [w for _, w in rows], "merged", combination_type=cfg.how, **kw)
+        with torch.random.fork_rng():  # the dare_* methods drop entries at random: seeded, and recorded
+            torch.manual_seed(cfg.seed)
+            model.add_weighted_adapter(names, [w for _, w in rows], "merged", combination_type=cfg.how, **kw)
     except (ValueError, RuntimeError) as e:
         raise InputError(f"peft could not merge these adapters: {e}", field="--from",
                          fix="check that they target the same modules of one base") from None
@@ -195,3 +234,12 @@ def _hash(parts: list[str]) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _targets(model) -> set[str]:
+    """The module names the loaded adapters target (e.g. q_proj, v_proj)."""
+    out = set()
+    for c in model.peft_config.values():
+        t = c.target_modules
+        out |= {t} if isinstance(t, str) else set(t)
+    return out

@@ -184,12 +184,17 @@ class GridRun:
 
 def run(store, spec, cells: list[Cell], *, baselines: list[str] = (), train_fn=None, log=print,
         progress: bool = True) -> GridRun:
-    """Train what is missing, score every cell (and the baselines) on ``spec``, and rank them."""
+    """Train what is missing, score every cell (and the baselines) on ``spec``, and rank them.
+    The task's data, the baselines and what each can do are checked before anything trains."""
     from modelmill.evaluate.candidates import baselines as add_baselines, parse_candidates
     from modelmill.evaluate.runner import evaluate
+    from modelmill.evaluate.tasks import load_items
 
-    names = run_grid(store, cells, train_fn=train_fn, log=log)
     kw = {"few_shot": spec.few_shot, "few_shot_select": spec.few_shot_select}
+    data = load_items(store, spec)
+    for c in add_baselines(store, [], list(baselines), kind=spec.kind, **kw):  # the classical ones
+        spec.task_kind.check_candidate(c, spec, data)
+    names = run_grid(store, cells, train_fn=train_fn, log=log)
     cands = parse_candidates(store, names, **kw)
     if baselines:
         cands = add_baselines(store, cands, list(baselines), kind=spec.kind, **kw)

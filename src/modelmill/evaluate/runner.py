@@ -86,7 +86,7 @@ def _row(store: Store, key: str) -> EvalResult | None:
 
 
 def _fresh_row(store, key, spec, data, cand, folder: Path, replace: EvalResult | None) -> EvalResult:
-    from modelmill.train.runs import library_versions
+    from modelmill.versions import library_versions
 
     if folder.exists():
         store.remove_tree(folder)

@@ -264,37 +264,36 @@ def _validate_grid(store, cfg, job):
     if not (cfg.bases and cfg.data and cfg.task):
         missing = next(f for f in ("bases", "data", "task") if not getattr(cfg, f))
         raise InputError("missing", field=missing)
-    from modelmill.data.catalog import DatasetCatalog
-    from modelmill.models.registry import ModelRegistry
+    from modelmill.evaluate.grid import check
 
     if Path(cfg.task).suffix.lower() not in (".yaml", ".yml") or not Path(cfg.task).is_file():
         raise InputError(f"no task file (.yaml) at {cfg.task}", field="task",
                          fix="give the path of a task YAML file on the server")
-    for base in (b.strip() for b in cfg.bases.split(",") if b.strip()):
-        ModelRegistry(store).get(base)
-    for ref in (d.strip() for d in cfg.data.split(",") if d.strip()):
-        DatasetCatalog(store).resolve(ref, flag="data")
+    check(store, _grid_cells(cfg))
     return cfg, {"model": cfg.bases.split(",")[0].strip()[:200]}
 
 
-def _run_grid(ctx) -> dict:
-    """The same library call as `modelmill grid`; the result carries the board and the winner."""
-    from modelmill.evaluate.grid import plan, run, summary_lines
-    from modelmill.evaluate.tasks import load_task
-    from modelmill.train.sft import SFTConfig
-
-    cfg = ctx.config
+def _grid_cells(cfg):
+    from modelmill.evaluate.grid import plan
 
     def names(text):
         return [x.strip() for x in text.split(",") if x.strip()]
 
+    return plan(names(cfg.bases), names(cfg.data), names(cfg.methods),
+                SFTConfig(max_steps=cfg.max_steps, epochs=cfg.epochs), cfg.prefix)
+
+
+def _run_grid(ctx) -> dict:
+    """The same library call as `modelmill grid`; the result carries the board and the winner."""
+    from modelmill.evaluate.grid import run, summary_lines
+    from modelmill.evaluate.tasks import load_task
+
+    cfg = ctx.config
     spec = load_task(cfg.task)
-    cells = plan(names(cfg.bases), names(cfg.data), names(cfg.methods),
-                 SFTConfig(max_steps=cfg.max_steps, epochs=cfg.epochs), cfg.prefix)
-    out = run(ctx.store, spec, cells, baselines=names(cfg.baselines), log=ctx.event)
-    for line in summary_lines(out.summary):
-        print(line, flush=True)
-    ctx.event(summary_lines(out.summary)[0], data=out.summary)
+    out = run(ctx.store, spec, _grid_cells(cfg), log=ctx.event,
+              baselines=[x.strip() for x in cfg.baselines.split(",") if x.strip()])
+    lines = summary_lines(out.summary)
+    ctx.event("\n".join(lines), data=out.summary)
     return {"task": spec.name, "adapters": out.adapters, "summary": out.summary,
             "results": [{"candidate": r.candidate, "score": r.score, "primary": r.primary} for r in out.rows]}
 

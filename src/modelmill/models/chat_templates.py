@@ -91,9 +91,12 @@ def check_chat_template(text: str, file: str | None = None) -> str:
         except TemplateSyntaxError as e:
             raise InputError(f"the chat template does not parse: {e.message}", line=e.lineno, fix=fix,
                              **where) from None
-        except (TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        except TemplateError as e:  # raise_exception(...): e.g. "System role not supported"; try without one
             last = e
             continue
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+            last = e
+            break
         text_out = rendered[0] if isinstance(rendered, list) else rendered
         missing = [m["role"] for m in messages if m["content"] not in text_out]
         if missing:

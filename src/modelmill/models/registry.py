@@ -85,10 +85,13 @@ class ModelRegistry:
         chat template, for counting: no length limit."""
         return _counting_tokenizer(self.ready(name))
 
-    def tokenizers(self) -> dict:
+    def tokenizers(self, have: dict | None = None) -> dict:
         """The tokenizer of every local model whose folder is ready (remote ones and built-ins not
-        converted yet are left out): what ``data stats`` compares tokens per character with."""
-        return {row.name: _counting_tokenizer(row) for row in self.list() if row.path and Path(row.path).is_dir()}
+        converted yet are left out): what ``data stats`` compares tokens per character with.
+        ``have``: tokenizers already loaded, by model name (not loaded again)."""
+        have = have or {}
+        return {row.name: have[row.name] if row.name in have else _counting_tokenizer(row)
+                for row in self.list() if row.path and Path(row.path).is_dir()}
 
     def base_hash(self, row: BaseModel) -> str:
         """SHA-256 of the model's weights (its GGUF for converted models), cached by size and mtime."""

@@ -64,6 +64,9 @@ def launch(module: str, job_path: Path, *, num_processes: int = 1, use_cuda: boo
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # torchrun (num_processes > 1) would catch the group's Ctrl-C and signal its workers a second
+    # time, which stops them before they save; it leaves SIGINT alone with this
+    env.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGHUP,SIGQUIT")
     if not use_cuda:
         env["ACCELERATE_USE_CPU"] = "true"
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
@@ -108,7 +111,11 @@ def _sigterm_as_ctrl_c():
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, term)
-    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def restore():
+        if signal.getsignal(signal.SIGTERM) is term:  # not one set since
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return restore
 
 
 def stop_group_with_parent() -> None:
@@ -127,9 +134,10 @@ def stop_group_with_parent() -> None:
             pass
 
     signal.signal(signal.SIGUSR1, orphaned)
-    try:
+    try:  # the signal comes when the *thread* that started us ends: launch() waits in it until we exit
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGUSR1), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if libc.prctl(1, int(signal.SIGUSR1), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            return
     except (OSError, AttributeError):
         return
     if os.getppid() != int(parent):  # it died before the request was made

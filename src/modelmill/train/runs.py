@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from modelmill.errors import ConflictError, InputError, ModelmillError, NotFoundError
+from modelmill.adapters import check_name_free, name_lock as run_lock  # noqa: F401  (jobs use both)
+from modelmill.errors import InputError, ModelmillError, NotFoundError
 from modelmill.names import check_name
 from modelmill.store import Store
 from modelmill.store.tables import Adapter
+from modelmill.versions import library_versions
 from modelmill.train.sft import SFTConfig, SFTJob
 
 TRAINABLE_KINDS = ("chat", "classification")
@@ -41,37 +41,10 @@ class TrainingKilled(TrainingFailed):
     kill -9): its checkpoints stand, and a queued job tries again from them."""
 
 
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("modelmill", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    out["python"] = sys.version.split()[0]
-    return out
-
-
 def run_name(cfg: SFTConfig) -> str:
     if not cfg.data and not cfg.name:
         raise InputError("no training data named", field="--data", fix="pass --data NAME (see `modelmill data list`)")
     return check_name(cfg.name or (cfg.data.split("@")[0] + "-" + cfg.method), "--name")
-
-
-def check_name_free(store: Store, name: str, field: str = "--name", *, checkpoints: bool = True) -> None:
-    """Refuse a run name already taken by an adapter or (``checkpoints``) by an interrupted run."""
-    from modelmill.adapters import AdapterRegistry
-
-    if AdapterRegistry(store).find(name) is not None:
-        raise ConflictError(f"an adapter named '{name}' already exists", field=field,
-                            fix=f"choose another {field}, or `modelmill adapters remove {name}`")
-    ckpts = store.runs_dir / name / "checkpoints"
-    if checkpoints and ckpts.is_dir() and any(ckpts.glob("checkpoint-*")):
-        raise ConflictError(f"an interrupted run named '{name}' has checkpoints", field=field,
-                            fix=f"continue it with `modelmill train --name {name} --resume`, or choose another "
-                                f"{field}")
 
 
 def trainable_dataset(store: Store, ref: str, field: str = "--data"):
@@ -99,24 +72,6 @@ def held_out_dataset(store: Store, ref: str, train_ds, field: str = "--eval-data
                          f"{', '.join(unknown[:10])}", field=field,
                          fix="hold out records whose labels the training data has (e.g. `modelmill data split`)")
     return ds
-
-
-@contextmanager
-def run_lock(store: Store, name: str, wait: float = 0.0):
-    """Held while a run named ``name`` is prepared and trains. A second one fails at once, or
-    after ``wait`` seconds (a queued job's next attempt waits while an earlier copy winds down)."""
-    import time
-
-    deadline = time.monotonic() + wait
-    while True:
-        with store.lock(f"run-{name}", wait=False) as held:
-            if held:
-                yield
-                return
-        if time.monotonic() >= deadline:
-            raise ConflictError(f"a run named '{name}' is training right now", field="--name",
-                                fix="wait for it, or choose another --name")
-        time.sleep(0.5)
 
 
 def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
