@@ -3,6 +3,7 @@ the zero-shot and few-shot prompt baselines and TF-IDF + logistic regression, pl
 
     .venv/bin/python bench/quality.py --home /tmp/mm-quality            # about 60 min on 2 CPU cores
     .venv/bin/python bench/quality.py --home /tmp/mm-quality --quick    # small subsets, a few minutes
+    .venv/bin/python bench/quality.py --home /tmp/mm-quality --base gemma3-270m --no-speed   # the second base
 
 Needs ../shared/data (reviews-en-drugs, reviews-zh, mmlu). Everything goes through the library a
 user's commands call (DatasetCatalog, train, evaluate), and results land in the home's registry, so
@@ -51,6 +52,11 @@ def main() -> int:
     ap.add_argument("--zh-test", type=int, default=500, help="First N of reviews-zh test (all: 1000).")
     ap.add_argument("--mmlu", type=int, default=300, help="First N MMLU questions for the forgetting check.")
     ap.add_argument("--speed-items", type=int, default=60, help="Items for the scoring-vs-generation timing.")
+    ap.add_argument("--base", default="smollm2-135m-instruct", help="The registered base model to fine-tune and prompt.")
+    ap.add_argument("--no-speed", action="store_true", help="Leave out the scoring-vs-generation timing.")
+    ap.add_argument("--no-few-shot", action="store_true",
+                    help="Leave out the few-shot prompt (5 examples in every prompt: slow for a larger base).")
+    ap.add_argument("--no-forgetting", action="store_true", help="Leave out the MMLU forgetting check.")
     args = ap.parse_args()
     if not SHARED.is_dir():
         print(f"needs the shared datasets at {SHARED}", file=sys.stderr)
@@ -72,7 +78,11 @@ def main() -> int:
 
     store = open_store()
     cat = DatasetCatalog(store)
-    base = "smollm2-135m-instruct"
+    from modelmill.data.stats import tokens_per_char
+    from modelmill.models.registry import ModelRegistry
+
+    base = args.base
+    tag = "" if base == "smollm2-135m-instruct" else f"-{base}"  # adapters per base; data shared
     data = Path(args.home) / "bench-data"
     drugs_train = read(SHARED / "reviews-en-drugs" / "train.jsonl", 120 if args.quick else None)
     drugs_test = read(SHARED / "reviews-en-drugs" / "test.jsonl", 60 if args.quick else None)
@@ -80,28 +90,33 @@ def main() -> int:
         "drugs": (drugs_train, drugs_test),
         "zh": (read(SHARED / "reviews-zh" / "train.jsonl", args.zh_train), read(SHARED / "reviews-zh" / "test.jsonl", args.zh_test)),
     }
-    report: dict = {"args": vars(args), "sets": {}}
+    import torch
+
+    report: dict = {"args": vars(args), "sets": {}, "cpu": torch.backends.cpu.get_cpu_capability()}
+    models = ModelRegistry(store)
+    models.get(base)  # NotFoundError naming the base before anything is trained
     adapters = {}
     for name, (tr, te) in sets.items():
         suffix = "-quick" if args.quick else ""
         cat.import_file(write(data / f"{name}-train{suffix}.jsonl", tr), f"q-{name}-train{suffix}")
         cat.import_file(write(data / f"{name}-test{suffix}.jsonl", te), f"q-{name}-test{suffix}")
-        adapter = f"q-{name}-lora{suffix}"
+        adapter = f"q-{name}-lora{tag}{suffix}"
         if AdapterRegistry(store).find(adapter) is None:
             print(f"\n== training {adapter} on {len(tr)} reviews with modelmill's defaults", flush=True)
             row = train(store, SFTConfig(base=base, data=f"q-{name}-train{suffix}", name=adapter))
         else:
             row = AdapterRegistry(store).get(adapter)
         adapters[name] = adapter
+        tpc = tokens_per_char(tr, "classification", models.tokenizers())
         spec = task_from_dict({"name": f"q-{name}{suffix}", "kind": "classification",
                                "data": f"q-{name}-test{suffix}", "train": f"q-{name}-train{suffix}"})
-        cands = [LocalModel(store, base), FewShot(LocalModel(store, base), 5, "fixed"), TfidfLR(),
-                 LocalModel(store, adapter)]
+        cands = [LocalModel(store, base), *([] if args.no_few_shot else [FewShot(LocalModel(store, base), 5, "fixed")]),
+                 TfidfLR(), LocalModel(store, adapter)]
         print(f"\n== scoring {len(te)} held-out {name} reviews", flush=True)
         rows = evaluate(store, spec, cands, progress=False)
         res = {r.candidate: {"accuracy": r.metrics["accuracy"], "macro_f1": r.metrics["macro_f1"],
                              "ms_per_item": 1000 * r.seconds / max(1, r.n_done)} for r in rows}
-        report["sets"][name] = {"train": len(tr), "test": len(te), "results": res,
+        report["sets"][name] = {"train": len(tr), "test": len(te), "results": res, "tokens_per_char": tpc,
                                 "train_seconds": (row.metrics or {}).get("train_runtime"),
                                 "train_lr": (row.config or {}).get("learning_rate")}
 
@@ -110,15 +125,18 @@ def main() -> int:
 
     items = drugs_test[:args.speed_items]
     # the drugs adapter (answers a label and stops) and the base model prompted zero-shot (talks on)
-    report["speed"] = {"items": len(items), "adapter": timed(store, adapters["drugs"], items, LABELS),
-                       "zero-shot": timed(store, base, items, LABELS)}
+    if not args.no_speed:
+        report["speed"] = {"items": len(items), "adapter": timed(store, adapters["drugs"], items, LABELS),
+                           "zero-shot": timed(store, base, items, LABELS)}
 
     # ---- forgetting on MMLU ---------------------------------------------------------------------
     mmlu = task_from_dict({"name": f"q-mmlu{'-quick' if args.quick else ''}", "kind": "multiple_choice",
                            "data": str(SHARED / "mmlu" / "test.jsonl"), "limit": args.mmlu})
-    report["forgetting"] = {n: forgetting(store, a, mmlu, progress=False) for n, a in adapters.items()}
+    report["forgetting"] = {} if args.no_forgetting else {
+        n: forgetting(store, a, mmlu, progress=False) for n, a in adapters.items()}
 
     # ---- the table ----------------------------------------------------------------------------
+    print(f"\nbase {base}, CPU capability {report['cpu']}")
     print("\n| set | candidate | accuracy | macro-F1 | ms/item |\n|---|---|---|---|---|")
     goals = []
     for name, s in report["sets"].items():
@@ -133,18 +151,23 @@ def main() -> int:
                       ad["accuracy"] > tf["accuracy"] and ad["macro_f1"] > tf["macro_f1"]))
         goals.append((f"{name}: adapter - zero-shot = {100 * (ad['accuracy'] - zs['accuracy']):+.1f} points (goal +25)",
                       ad["accuracy"] - zs["accuracy"] >= 0.25))
-    print("\nforgetting on MMLU (first %d questions, accuracy):" % args.mmlu)
+    for name, s in report["sets"].items():
+        print(f"tokens per character of the {name} training text: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in sorted(s["tokens_per_char"].items())))
+    if report["forgetting"]:
+        print("\nforgetting on MMLU (first %d questions, accuracy):" % args.mmlu)
     for name, f in report["forgetting"].items():
         print(f"  {adapters[name]}: base {f['base']:.3f} -> adapter {f['adapter']:.3f} ({f['delta']:+.3f})")
-    sp = report["speed"]
-    print(f"\nscoring speed, {sp['items']} drug reviews (generation: greedy, at most 8 new tokens):")
-    for who in ("adapter", "zero-shot"):
-        best = speed_lines(who, sp[who], sp["items"])
-        goals.append((f"{who}: scoring >= 5x faster than generate+parse, same dtype: {best:.2f}x", best >= 5))
+    sp = report.get("speed")
+    if sp:
+        print(f"\nscoring speed, {sp['items']} drug reviews (generation: greedy, at most 8 new tokens):")
+        for who in ("adapter", "zero-shot"):
+            best = speed_lines(who, sp[who], sp["items"])
+            goals.append((f"{who}: scoring >= 5x faster than generate+parse, same dtype: {best:.2f}x", best >= 5))
     print()
     for text, ok in goals:
         print(f"{'PASS' if ok else 'MISS'}  {text}")
-    out = ROOT / "bench" / "results" / ("quality-quick.json" if args.quick else "quality.json")
+    out = ROOT / "bench" / "results" / f"quality{tag}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"\nwrote {out}")

@@ -76,7 +76,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "reviews-en-drugs"
-BASE = "smollm2-135m-instruct"
+BASE = "smollm2-135m-instruct"  # --base replaces it (main sets it before anything runs)
+DEFAULT_BASE = BASE
+
+
+def adapter_prefix() -> str:
+    """Generated adapters' names start with this; another base's adapters get names of their own."""
+    return "bench-" if BASE == DEFAULT_BASE else f"bench-{BASE}-"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ATTN_ONLY = ["q_proj", "k_proj", "v_proj", "o_proj"]
 SHORT = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
@@ -89,6 +95,8 @@ QUICK = {"requests": 8, "tokens": 8, "concurrency": 4, "adapters": 4, "registere
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", default=DEFAULT_BASE, help="The registered base model the server preloads "
+                   "(adapters of its shapes are generated for it).")
     p.add_argument("--requests", type=int, default=64, help="Requests per HTTP scenario.")
     p.add_argument("--tokens", type=int, default=64, help="New tokens per request (exactly: ignore_eos).")
     p.add_argument("--concurrency", type=int, default=32, help="Requests in flight at most (concurrent clients).")
@@ -297,7 +305,7 @@ def make_adapters(home: Path, model_path: str, count: int, rank: int, targets: l
     reg = AdapterRegistry(open_store())
     out, written, t0 = [], 0, time.perf_counter()
     for i in range(count):
-        name = f"bench-r{rank}-{targets_tag(targets)}-{i:03d}"
+        name = f"{adapter_prefix()}r{rank}-{targets_tag(targets)}-{i:03d}"
         folder = home / "adapters" / name
         written += write_adapter(folder, rank, targets, layers, shapes, model_path, seed * 100_003 + i)
         row = reg.find(name)
@@ -865,6 +873,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(a, home: Path) -> int:
+    global BASE
+    BASE = a.base
     from modelmill.models.registry import ModelRegistry
     from modelmill.store import open_store
 
@@ -877,7 +887,7 @@ def run(a, home: Path) -> int:
     layers, shapes = module_shapes(model_path, targets)
     need = adapter_bytes(layers, shapes, a.rank) * a.registered
     free = shutil.disk_usage(home).free
-    existing = sum(f.stat().st_size for f in (home / "adapters").glob(f"bench-r{a.rank}-{targets_tag(targets)}-*/*"))
+    existing = sum(f.stat().st_size for f in (home / "adapters").glob(f"{adapter_prefix()}r{a.rank}-{targets_tag(targets)}-*/*"))
     if need - existing > free - 2e9 and targets != ATTN_ONLY:
         targets = [t for t in ATTN_ONLY if t in targets] or list(ATTN_ONLY)
         layers, shapes = module_shapes(model_path, targets)

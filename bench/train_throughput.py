@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Torch threads of each training process (default: as `modelmill train` on one process, "
                         "every core). On a machine shared with other busy processes, 1 gives steadier numbers.")
     p.add_argument("--data", type=Path, default=DATA, help="Folder with train.jsonl (text, label).")
+    p.add_argument("--base", default="smollm2-135m-instruct", help="The registered base model both trainers train.")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="Folder for the JSON results.")
     a = p.parse_args(argv)
     for flag in ("examples", "batch_size", "repeats", "threads"):
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from modelmill.models.registry import ModelRegistry
     from modelmill.store import open_store
 
-    model_path = ModelRegistry(open_store()).ready("smollm2-135m-instruct").path
+    model_path = ModelRegistry(open_store()).ready(a.base).path
     runs: dict[str, list[dict]] = {"baseline": [], "ours": []}
     with tempfile.TemporaryDirectory(prefix="mm-bench-") as tmp:
         data_path = Path(tmp) / "train.jsonl"
