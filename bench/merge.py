@@ -1,15 +1,16 @@
-"""Merging two task adapters into one: how much of each specialist's accuracy each merge keeps.
+"""Merging two task adapters into one: how much of each specialist's score each merge keeps.
 
-    .venv/bin/python bench/merge.py --home /tmp/mm-quality                       # SmolLM2's adapters
-    .venv/bin/python bench/merge.py --home /tmp/mm-quality --base gemma3-270m    # Gemma's
+    .venv/bin/python bench/merge.py --home /tmp/mm-quality                         # SmolLM2: drugs + zh
+    .venv/bin/python bench/merge.py --home /tmp/mm-extract --base gemma3-270m --tasks drugs,xwoz --limit 120
 
-Needs the adapters and datasets `bench/quality.py` leaves in the same home (the drug-review and
-Chinese-review adapters and their test sets; run it first with the same --base). Each merge goes
-through the library call `modelmill adapters merge` makes (peft's add_weighted_adapter) and is
-scored with `modelmill eval`'s scoring (label likelihood) on both held-out sets; the specialists'
-own scores are reused from the store when quality.py left them.
+Needs the adapters and test sets the other benches leave in the same home: `bench/quality.py`
+(tasks `drugs` and `zh`: the drug-review and Chinese-review classifiers) and
+`bench/extraction.py` (task `xwoz`: CrossWOZ slot extraction); run them first with the same
+--base. Each merge goes through the library call `modelmill adapters merge` makes (peft's
+add_weighted_adapter) and is scored with `modelmill eval`'s scoring on both tasks (each by its
+headline metric: accuracy, entity F1); scores already in the store are reused.
 
-Goal (issue 15): the best merge keeps at least 95% of each specialist's accuracy on its own task.
+Goal (issue 15): the best merge keeps at least 95% of each specialist's score on its own task.
 """
 
 from __future__ import annotations
@@ -24,15 +25,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def task_table(home: Path, tag: str, suffix: str) -> dict:
+    """task -> (specialist adapter, task settings), as quality.py and extraction.py name them."""
+    data = home / "bench-data"
+    return {
+        "drugs": (f"q-drugs-lora{tag}{suffix}", {"name": f"q-drugs{suffix}", "kind": "classification",
+                                                 "data": f"q-drugs-test{suffix}", "train": f"q-drugs-train{suffix}"}),
+        "zh": (f"q-zh-lora{tag}{suffix}", {"name": f"q-zh{suffix}", "kind": "classification",
+                                           "data": f"q-zh-test{suffix}", "train": f"q-zh-train{suffix}"}),
+        "xwoz": (f"xwoz-{tag.lstrip('-') or 'smollm2-135m-instruct'}{suffix}",
+                 {"name": f"crosswoz-extract{suffix}", "kind": "extraction", "max_new_tokens": 96,
+                  "data": str(data / f"crosswoz-extract-test{suffix}.jsonl"),
+                  "train": str(data / f"crosswoz-extract-train{suffix}.jsonl")}),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--home", default="/tmp/mm-quality")
-    ap.add_argument("--base", default="smollm2-135m-instruct", help="The base quality.py trained on.")
+    ap.add_argument("--base", default="smollm2-135m-instruct", help="The base the adapters were trained on.")
+    ap.add_argument("--tasks", default="drugs,zh", help="Two of: drugs, zh (quality.py), xwoz (extraction.py).")
     ap.add_argument("--how", default="linear,cat,svd,ties,dare_ties,magnitude_prune",
                     help="Comma-separated merge methods.")
-    ap.add_argument("--weights", default="1,1", help="Weights of the drugs and the zh adapter.")
+    ap.add_argument("--weights", default="1,1", help="Weights of the two adapters, in --tasks order.")
     ap.add_argument("--density", type=float, default=0.5, help="--density of the pruning methods.")
-    ap.add_argument("--quick", action="store_true", help="The adapters quality.py --quick left.")
+    ap.add_argument("--limit", type=int, default=0, help="Score only the first N items of each test set (0: all).")
+    ap.add_argument("--quick", action="store_true", help="The adapters the benches' --quick runs left.")
     args = ap.parse_args()
     os.environ["MODELMILL_HOME"] = args.home
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,59 +67,62 @@ def main() -> int:
     store = open_store()
     reg = AdapterRegistry(store)
     tag = "" if args.base == "smollm2-135m-instruct" else f"-{args.base}"
-    suffix = "-quick" if args.quick else ""
-    specialists = {"drugs": f"q-drugs-lora{tag}{suffix}", "zh": f"q-zh-lora{tag}{suffix}"}
+    table = task_table(Path(args.home), tag, "-quick" if args.quick else "")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if len(tasks) != 2 or any(t not in table for t in tasks):
+        print(f"--tasks: name two of {', '.join(table)}", file=sys.stderr)
+        return 2
+    specialists = {t: table[t][0] for t in tasks}
     missing = [a for a in specialists.values() if reg.find(a) is None]
     if missing:
-        print(f"needs {', '.join(missing)} in {args.home}: run bench/quality.py --home {args.home} "
-              f"--base {args.base} first", file=sys.stderr)
+        print(f"needs {', '.join(missing)} in {args.home}: run bench/quality.py or bench/extraction.py there "
+              f"with --base {args.base} first", file=sys.stderr)
         return 2
-    specs = {n: task_from_dict({"name": f"q-{n}{suffix}", "kind": "classification", "data": f"q-{n}-test{suffix}",
-                                "train": f"q-{n}-train{suffix}"}) for n in specialists}
+    specs = {t: task_from_dict({**table[t][1], **({"limit": args.limit} if args.limit else {})}) for t in tasks}
     w = [float(x) for x in args.weights.split(",")]
     print(f"base {args.base}, CPU capability {torch.backends.cpu.get_cpu_capability()}; merging "
-          f"{specialists['drugs']} x{w[0]:g} and {specialists['zh']} x{w[1]:g}", flush=True)
+          + " and ".join(f"{specialists[t]} x{x:g}" for t, x in zip(tasks, w)), flush=True)
 
-    scores: dict[str, dict] = {}
-    for n, spec in specs.items():
-        for name in specialists.values():
-            r = evaluate(store, spec, [LocalModel(store, name)], progress=False)[0]
-            scores.setdefault(name, {})[n] = r.metrics
+    def score(adapter: str) -> dict:
+        out = {}
+        for t, spec in specs.items():
+            r = evaluate(store, spec, [LocalModel(store, adapter)], progress=False)[0]
+            out[t] = {"score": r.score, "metric": r.primary, "ms_per_item": 1000 * r.seconds / max(1, r.n_done)}
+        return out
+
+    scores = {a: score(a) for a in specialists.values()}
     merges = {}
     for how in [h.strip() for h in args.how.split(",") if h.strip()]:
-        name = f"mrg-{how}-{args.weights.replace(',', '-')}{tag}{suffix}"
-        t = time.perf_counter()
+        name = f"mrg-{'-'.join(tasks)}-{how}-{args.weights.replace(',', '-')}{tag}"
+        t0 = time.perf_counter()
         if reg.find(name) is None:
-            merge(store, MergeConfig(name=name, sources=f"{specialists['drugs']}:{w[0]},{specialists['zh']}:{w[1]}",
-                                     how=how, density=args.density))
-        merges[how] = {"adapter": name, "merge_seconds": time.perf_counter() - t}
-        for n, spec in specs.items():
-            r = evaluate(store, spec, [LocalModel(store, name)], progress=False)[0]
-            scores.setdefault(name, {})[n] = r.metrics
-        print(f"  {how}: drugs {scores[name]['drugs']['accuracy']:.3f}, zh {scores[name]['zh']['accuracy']:.3f}",
-              flush=True)
+            merge(store, MergeConfig(name=name, how=how, density=args.density,
+                                     sources=",".join(f"{specialists[t]}:{x}" for t, x in zip(tasks, w))))
+        merges[how] = {"adapter": name, "merge_seconds": time.perf_counter() - t0}
+        scores[name] = score(name)
+        print(f"  {how}: " + ", ".join(f"{t} {scores[name][t]['score']:.3f}" for t in tasks), flush=True)
 
-    print("\n| adapter | drugs accuracy / macro-F1 | zh accuracy / macro-F1 | kept of drugs | kept of zh |")
-    print("|---|---|---|---|---|")
-    sd, sz = scores[specialists["drugs"]]["drugs"]["accuracy"], scores[specialists["zh"]]["zh"]["accuracy"]
-    rows = [(k, scores[v]) for k, v in (("specialist: drugs", specialists["drugs"]),
-                                         ("specialist: zh", specialists["zh"]))]
+    own = {t: scores[specialists[t]][t]["score"] for t in tasks}
+    metric = {t: scores[specialists[t]][t]["metric"] for t in tasks}
+    print("\n| adapter | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " | "
+          + " | ".join(f"kept of {t}" for t in tasks) + " |")
+    print("|---" * (1 + 2 * len(tasks)) + "|")
+    rows = [(f"specialist: {t}", scores[specialists[t]]) for t in tasks]
     rows += [(f"merge: {how}", scores[m["adapter"]]) for how, m in merges.items()]
     best = None
     for label, s in rows:
-        kd, kz = s["drugs"]["accuracy"] / sd, s["zh"]["accuracy"] / sz
-        print(f"| {label} | {s['drugs']['accuracy']:.3f} / {s['drugs']['macro_f1']:.3f} | "
-              f"{s['zh']['accuracy']:.3f} / {s['zh']['macro_f1']:.3f} | {100 * kd:.1f}% | {100 * kz:.1f}% |")
-        if label.startswith("merge") and (best is None or min(kd, kz) > best[1]):
-            best = (label, min(kd, kz))
+        kept = [s[t]["score"] / own[t] if own[t] else 0.0 for t in tasks]
+        print(f"| {label} | " + " | ".join(f"{s[t]['score']:.3f}" for t in tasks) + " | "
+              + " | ".join(f"{100 * k:.1f}%" for k in kept) + " |")
+        if label.startswith("merge") and (best is None or min(kept) > best[1]):
+            best = (label, min(kept))
     if best:
-        print(f"\n{'PASS' if best[1] >= 0.95 else 'MISS'}  best merge ({best[0]}) keeps {100 * best[1]:.1f}% of "
-              f"each specialist's accuracy at least (goal 95%)")
-    out = ROOT / "bench" / "results" / f"merge{tag}{suffix}.json"
+        print(f"\n{'PASS' if best[1] >= 0.95 else 'MISS'}  best merge ({best[0]}) keeps at least {100 * best[1]:.1f}% "
+              f"of each specialist's score (goal 95%)")
+    out = ROOT / "bench" / "results" / f"merge-{'-'.join(tasks)}{tag}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "specialists": specialists, "merges": merges,
-                               "scores": scores, "cpu": torch.backends.cpu.get_cpu_capability()}, indent=2),
-                   encoding="utf-8")
+    out.write_text(json.dumps({"args": vars(args), "specialists": specialists, "merges": merges, "scores": scores,
+                               "cpu": torch.backends.cpu.get_cpu_capability()}, indent=2), encoding="utf-8")
     print(f"wrote {out}")
     return 0
 
