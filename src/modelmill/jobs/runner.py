@@ -240,11 +240,24 @@ def run(job_id: str, worker_id: str | None = None, attempt: int | None = None) -
     ctx.event(f"Started on worker {worker_id or '?'} (attempt {job.attempts})")
     from modelmill.train.runs import TrainingInterrupted, TrainingKilled
 
-    status, result, error = "failed", None, None
+    status, result, error, e = "failed", None, None, None
     try:
         result = kind.run(ctx) or {}
         status = "succeeded"
-    except (KeyboardInterrupt, ModelmillError) as e:
+    except BaseException as caught:  # noqa: BLE001 - sorted below: a stop, a user's error, or a bug
+        from modelmill.train.launcher import STOP
+
+        e = caught
+        if not isinstance(caught, (KeyboardInterrupt, ModelmillError)):
+            if STOP.is_set():
+                # the stop landed inside an import and surfaced as that library's error (numpy: "cannot
+                # load module more than once per process"): it is the stop, not a bug
+                e = KeyboardInterrupt()
+            else:
+                traceback.print_exc()  # a bug: record it, and its traceback, on the job
+                error = {"code": "internal_error", "message": f"{type(caught).__name__}: {caught}", "param": None}
+                e = None
+    if e is not None:
         now = q.get(job_id)
         if now.status != "running" or not held_by(now, worker_id, attempt):
             # no longer ours: whoever holds the job now (or its cancel) decides its state and its files
@@ -266,11 +279,7 @@ def run(job_id: str, worker_id: str | None = None, attempt: int | None = None) -
             return KILLED
         else:
             error = {"code": type(e).__name__, "message": str(e), "param": e.field}
-    except BaseException as e:  # noqa: BLE001 - a bug: record it, and its traceback, on the job
-        traceback.print_exc()
-        error = {"code": "internal_error", "message": f"{type(e).__name__}: {e}", "param": None}
-    finally:
-        ctx.stop()
+    ctx.stop()
     columns = (result or {}).pop("columns", {}) if result else {}
     if status == "succeeded":
         ctx.event("The job has successfully completed")
