@@ -270,16 +270,18 @@ def _validate_grid(store, cfg, job):
         raise InputError(f"no task file (.yaml) at {cfg.task}", field="task",
                          fix="give the path of a task YAML file on the server")
     check(store, _grid_cells(cfg))
-    return cfg, {"model": cfg.bases.split(",")[0].strip()[:200]}
+    return cfg, {"model": _names(cfg.bases)[0][:200]}
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated config field as a list, blanks dropped."""
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _grid_cells(cfg):
     from modelmill.evaluate.grid import plan
 
-    def names(text):
-        return [x.strip() for x in text.split(",") if x.strip()]
-
-    return plan(names(cfg.bases), names(cfg.data), names(cfg.methods),
+    return plan(_names(cfg.bases), _names(cfg.data), _names(cfg.methods),
                 SFTConfig(max_steps=cfg.max_steps, epochs=cfg.epochs), cfg.prefix)
 
 
@@ -290,8 +292,7 @@ def _run_grid(ctx) -> dict:
 
     cfg = ctx.config
     spec = load_task(cfg.task)
-    out = run(ctx.store, spec, _grid_cells(cfg), log=ctx.event,
-              baselines=[x.strip() for x in cfg.baselines.split(",") if x.strip()])
+    out = run(ctx.store, spec, _grid_cells(cfg), baselines=_names(cfg.baselines), log=ctx.event)
     lines = summary_lines(out.summary)
     ctx.event("\n".join(lines), data=out.summary)
     return {"task": spec.name, "adapters": out.adapters, "summary": out.summary,
