@@ -76,7 +76,7 @@ def test_lineage_lists_parents_all_the_way_up(cli3: CLI):
         [("a", 0.6, "random@1"), ("b", 0.4, "random@1")]
     cli3("adapters", "remove", "a")
     h = json.loads(cli3("adapters", "show", "abc", "--json").stdout)["history"]
-    assert h["parents"][0]["parents"][0] == {"name": "a", "weight": 0.6, "removed": True}
+    assert h["parents"][0]["parents"][0] == {"name": "a", "weight": 0.6, "relation": "merge", "removed": True}
     assert cli3("chat", "tiny:abc", "--prompt", "hi", "--max-tokens", "2").returncode == 0  # a merge of a merge
 
 

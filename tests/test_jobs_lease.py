@@ -233,7 +233,7 @@ def test_a_runner_killed_from_outside_is_retried_a_bounded_number_of_times(store
 def test_a_checkpoint_its_trainer_was_killed_writing_is_not_resumed_from(tmp_path):
     """Found by bench/reliability.py's chaos: SIGKILL while checkpoint-5 was written left it without
     trainer_state.json, and the resumed attempt failed on it. The half-written one goes."""
-    from modelmill.train.sft import _last_checkpoint
+    from modelmill.train.common import _last_checkpoint
 
     ckpts = tmp_path / "checkpoints"
     (ckpts / "checkpoint-2").mkdir(parents=True)

@@ -140,7 +140,11 @@ def test_fine_tuning_bad_input_is_refused_with_what_and_where(up, tmp_path):
                                                  "hyperparameters": {"n_epochs": 0}})
         assert r.status_code == 400 and r.json()["error"]["param"] == "hyperparameters.n_epochs"
         r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": good.id, "method": {"type": "dpo"}})
-        assert r.status_code == 400 and "dpo" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "preference pairs" in r.json()["error"]["message"]  # a chat file for DPO
+        assert r.json()["error"]["param"] == "training_file"
+        r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": good.id,
+                                                 "method": {"type": "reinforcement"}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "method.type"
         r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": good.id, "suffix": "../x"})
         assert r.status_code == 400 and r.json()["error"]["param"] == "suffix"
         # nothing half-made: no job was queued by any of these
@@ -163,7 +167,7 @@ def test_native_jobs_cancel_and_upload_limit(cli_tiny, home, tmp_path):
 
             schema = {f["name"]: f for f in h.get("/api/schema/train").json()["fields"]}
             assert schema["epochs"]["advanced"] is False and schema["lora_r"]["advanced"] is True
-            assert schema["method"]["choices"] == ["lora", "full"]
+            assert schema["method"]["choices"] == ["lora", "full", "dpo", "orpo", "kto", "cpt"]
             r = h.post("/api/jobs", json={"kind": "train", "config": {"base": "tiny", "data": "sums",
                                                                       "batch_size": "eight"}})
             assert r.status_code == 400 and r.json()["error"]["param"] == "batch_size"

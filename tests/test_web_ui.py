@@ -214,6 +214,33 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, cli_tiny, tmp_pa
     assert {prefs[0]["chosen_model"], prefs[0]["rejected_model"]} == {"tiny", "tiny:faq-lora"}
     assert prefs[0]["chosen_model"] == chosen_model
 
+    # ---- the judgement trains the adapter further: DPO from the form, whose fields follow the method
+    req = urllib.request.Request(url + "/api/preferences/export", data=json.dumps({"name": "votes"}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(req, timeout=30).close()
+    page.goto(url + "/ui/#/train")
+    expect(by("train-form")).to_have_attribute("data-method", "lora")
+    expect(by("field-beta")).to_have_count(0)
+    by("field-method").select_option("dpo")
+    expect(by("train-form")).to_have_attribute("data-method", "dpo")
+    expect(by("field-beta")).to_be_visible()  # DPO's own setting, basic
+    expect(by("field-padding_free")).to_have_count(0)  # SFT's, gone
+    assert by("field-data").locator("option:not([disabled])").all_inner_texts() == ["votes (preference, 1 records)"]
+    by("field-base").select_option("tiny")
+    by("field-data").select_option("votes")
+    by("field-from_adapter").select_option("faq-lora")
+    by("field-name").fill("faq-dpo")
+    by("field-beta").fill("0.2")
+    by("advanced-toggle").click()
+    by("field-max_steps").fill("1")
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/api/jobs")) as sent:
+        by("train-submit").click()
+    assert json.loads(sent.value.post_data) == {"kind": "train", "config": {
+        "base": "tiny", "method": "dpo", "data": "votes", "name": "faq-dpo", "from_adapter": "faq-lora", "beta": 0.2,
+        "max_steps": 1}}
+    expect(by("job-status")).to_have_attribute("data-status", "succeeded", timeout=120_000)
+    expect(by("job-model")).to_have_text("tiny:faq-dpo")
+
     # ---- compare: the leaderboard, per-class bars, the disagreements, the report link
     by("nav-compare").click()
     expect(by("leaderboard-row")).to_have_count(2)

@@ -64,12 +64,13 @@ def _store():
 
 
 def dataclass_options(cls, exclude: tuple[str, ...] = ()):
-    """Click options built from a config dataclass: names, defaults, help and choices live there."""
+    """Click options built from a config dataclass (or a list of dataclass fields): names, defaults,
+    help and choices live there; a field may name its flag (``metadata["flag"]``, e.g. --from)."""
     def decorate(f):
-        for fld in reversed(dataclasses.fields(cls)):
+        for fld in reversed(cls if isinstance(cls, list) else dataclasses.fields(cls)):
             if fld.name in exclude:
                 continue
-            flag = "--" + fld.name.replace("_", "-")
+            flag = fld.metadata.get("flag") or "--" + fld.name.replace("_", "-")
             meta = fld.metadata
             typ: Any = field_type(fld)
             if "choices" in meta:
@@ -424,6 +425,20 @@ def data_mix(name, sources, size, seed):
     click.echo(f"{out.ref}: {out.num_records} records (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
 
 
+@data.command("mistakes")
+@click.option("--task", required=True, help="The task the model was scored on (`modelmill eval`).")
+@click.option("--model", required=True, help="The scored model, e.g. BASE:ADAPTER (see `modelmill leaderboard`).")
+@click.option("--name", required=True, help="Name of the preference dataset to make.")
+def data_mistakes(task, model, name):
+    """Turn a model's wrong answers in a stored evaluation into preference pairs (gold answer chosen,
+    its own answer rejected), ready for `modelmill train --method dpo --from ADAPTER`."""
+    from modelmill.evaluate.mistakes import mistakes
+
+    r = mistakes(_store(), task=task, model=model, name=name)
+    click.echo(f"{r.dataset.ref}: {r.pairs} preference pairs from {r.wrong} mistakes of {r.items} items"
+               + ("" if r.created else " (the same pairs were already stored)"))
+
+
 @data.command("remove")
 @click.argument("ref")
 def data_remove(ref):
@@ -436,11 +451,31 @@ def data_remove(ref):
 
 # ---------------------------------------------------------------- train
 
-from modelmill.train.sft import SFTConfig  # noqa: E402  (light: no torch at import)
+from modelmill.train.methods import REGISTRY as TRAIN_METHODS, all_fields as train_fields  # noqa: E402  (light)
 
 
-@main.command("train")
-@dataclass_options(SFTConfig)
+def train_config(flags: dict, config_file: str | None):
+    """Defaults < YAML file < flags, for the method ``--method`` (or the file's ``method``) names; a
+    setting of another method only (``--beta`` with lora) is refused by name."""
+    from modelmill.train.methods import build, from_mapping
+
+    values: dict = {}
+    if config_file:
+        from modelmill.config import read_yaml_mapping
+
+        raw = read_yaml_mapping(config_file, "--config")
+        if flags.get("method"):
+            raw = {**raw, "method": flags["method"]}
+        cfg = from_mapping(raw, file=config_file)
+        values = {k: getattr(cfg, k) for k in {str(k).replace("-", "_") for k in raw}}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return build(values, flag=lambda k: "--from" if k == "from_adapter" else "--" + k.replace("_", "-"),
+                 file=config_file if config_file else None)
+
+
+@main.command("train", epilog="Methods:\n\n" + "\n\n".join(f"  {m.name}: {m.summary} (data: {', '.join(m.kinds)})"
+                                                            for m in TRAIN_METHODS.values()))
+@dataclass_options(train_fields())
 @click.option("--config", "config_file", type=click.Path(), default=None,
               help="YAML file of settings (same names as the flags); flags override it.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run named --name from its last checkpoint.")
@@ -450,12 +485,13 @@ from modelmill.train.sft import SFTConfig  # noqa: E402  (light: no torch at imp
 @click.option("--forgetting-task", type=click.Path(), default=None,
               help="After training, score the adapter and its base on this general task (e.g. MMLU) and report the delta.")
 def train_cmd(config_file, resume, log_file, accelerate_config, forgetting_task, **flags):
-    """Fine-tune a base model on a dataset (LoRA by default) and register the adapter."""
+    """Train a base model on a dataset and register the adapter: supervised (LoRA by default, or
+    full), preference (dpo, orpo, kto) or continued pre-training (cpt); --from starts from an adapter."""
     from modelmill.train.runs import train
 
     if resume and not flags.get("name"):
         raise InputError("--resume needs the run's name", field="--name", fix="add --name NAME")
-    cfg = build_config(SFTConfig, flags, config_file)
+    cfg = train_config(flags, config_file)
     store = _store()
     row = train(store, cfg, resume=resume, log_file=Path(log_file) if log_file else None,
                 accelerate_config=accelerate_config)
@@ -509,10 +545,14 @@ def adapters_show(name, as_json):
         return
     for k in ("name", "method", "base_model", "base_model_sha256", "dataset", "dataset_sha256", "path", "created_at"):
         click.echo(f"{k + ':':<20}{d[k]}")
-    if d["parents"]:
+    merged = [p for p in d["parents"] if p.get("relation", "merge") == "merge"]
+    if merged:
         how = (r.config or {}).get("merge", {}).get("how")
-        click.echo(f"{'merged from:':<20}" + ", ".join(f"{p['name']} x{p['weight']:g}" for p in d["parents"])
+        click.echo(f"{'merged from:':<20}" + ", ".join(f"{p['name']} x{p['weight']:g}" for p in merged)
                    + (f" ({how})" if how else ""))
+    for p in d["parents"]:
+        if p.get("relation") == "from":
+            click.echo(f"{'trained from:':<20}{p['name']}")
     for section in ("metrics", "config", "versions"):
         click.echo(f"{section}:")
         for k, v in d[section].items():

@@ -14,6 +14,7 @@ import click
 
 from modelmill.cli import _store, _table, build_config, dataclass_options, main
 from modelmill.errors import InputError
+from modelmill.evaluate.run import names as _names
 from modelmill.train.sft import SFTConfig
 
 
@@ -27,11 +28,6 @@ def _fmt(v) -> str:
     return "-"
 
 
-def _names(text: str) -> list[str]:
-    """A comma-separated option as a list, blanks dropped."""
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def _print_results(rows, metric_names: list[str]) -> None:
     """A ranked table of results (EvalResult rows of one task); a metric no row has is left out."""
     rows = sorted(rows, key=lambda r: -(r.score if r.score is not None else float("-inf")))
@@ -39,40 +35,6 @@ def _print_results(rows, metric_names: list[str]) -> None:
     _table([[str(k + 1), r.candidate, r.candidate_kind] + [_fmt(r.metrics.get(m)) for m in metric_names]
             + [str(r.n_done), f"{1000 * r.seconds / r.n_done:.0f}" if r.n_done else "-"] for k, r in enumerate(rows)],
            ["#", "CANDIDATE", "KIND"] + [m.upper().replace("_", "-") for m in metric_names] + ["N", "MS/ITEM"])
-
-
-def _task_from_options(task_file, kind, data_ref, train_ref, name, limit, scoring, few_shot, nearest, batch_size,
-                       max_new_tokens):
-    from modelmill.evaluate.tasks import load_task, task_from_dict
-
-    if task_file and (kind or data_ref):
-        raise InputError("give a task file or --kind/--data, not both", field="--task",
-                         fix="put kind and data in the task file")
-    # Paths on the command line are the user's, relative to where they stand (a task file's own
-    # paths are relative to the file).
-    abspath = lambda ref: str(Path(ref).resolve()) if ref and Path(ref).is_file() else ref  # noqa: E731
-    data_ref, train_ref = abspath(data_ref), abspath(train_ref)
-    if task_file:
-        spec = load_task(task_file)
-    else:
-        if not data_ref:
-            raise InputError("no task given", field="--task", fix="pass --task FILE.yaml, or --data DATASET [--kind KIND]")
-        if not kind and Path(data_ref).is_file():
-            raise InputError("a file's task kind cannot be guessed", field="--kind",
-                             fix="add --kind classification (or extraction, generation, multiple_choice, judge, dialogue)")
-        if not kind:  # the dataset's kind decides: classification data -> classification, chat -> generation
-            from modelmill.data.catalog import DatasetCatalog
-
-            ds = DatasetCatalog(_store()).resolve(data_ref)
-            kind = "classification" if ds.kind == "classification" else "generation"
-        spec = task_from_dict({"kind": kind, "data": data_ref, **({"train": train_ref} if train_ref else {}),
-                               "name": name or Path(data_ref.split("@")[0]).stem})
-    overrides = {"limit": limit, "scoring": scoring, "few_shot": few_shot, "batch_size": batch_size,
-                 "max_new_tokens": max_new_tokens, "train": train_ref if task_file else None,
-                 "few_shot_select": "nearest" if nearest else None}
-    from dataclasses import replace
-
-    return replace(spec, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _eval_options(f):
@@ -114,19 +76,16 @@ def eval_cmd(task_file, kind, data_ref, train_ref, name, limit, scoring, few_sho
     modelmill eval --task people.yaml --models people-lora --baselines zero-shot,classical --details
     modelmill eval --task mmlu.yaml --models smollm2-135m-instruct,drugs-lora --limit 500
     """
-    from modelmill.evaluate.candidates import baselines as add_baselines, parse_candidates
     from modelmill.evaluate.classification import format_metrics
-    from modelmill.evaluate.runner import evaluate
+    from modelmill.evaluate.run import EvalConfig, run
 
     store = _store()
-    spec = _task_from_options(task_file, kind, data_ref, train_ref, name, limit, scoring, few_shot, nearest,
-                              batch_size, max_new_tokens)
-    kw = {"few_shot": spec.few_shot, "few_shot_select": spec.few_shot_select, "device": device, "dtype": dtype}
-    cands = parse_candidates(store, models, **kw)
-    names = _names(baselines)
-    if names:
-        cands = add_baselines(store, cands, names, kind=spec.kind, **kw)
-    rows = evaluate(store, spec, cands, rerun=rerun)
+    out = run(store, EvalConfig(
+        models=models, data=data_ref or "", task_file=task_file or "", kind=kind or "", train=train_ref or "",
+        name=name or "", baselines=baselines, limit=limit or 0, scoring=scoring or "", few_shot=few_shot or 0,
+        nearest=bool(nearest), batch_size=batch_size or 0, max_new_tokens=max_new_tokens or 0, device=device,
+        dtype=dtype, rerun=rerun))
+    spec, rows = out.spec, out.rows
     metric_names = spec.metrics or [m for m in spec.task_kind.metric_names]
     if details:
         for r in rows:

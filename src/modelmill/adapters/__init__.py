@@ -62,16 +62,19 @@ class AdapterRegistry:
 
     def history(self, name: str) -> dict:
         """The adapter's lineage with its parents' nested in it, all the way up: a merge lists its
-        sources and weights; a parent removed since (or whose name another adapter has taken
+        sources and weights (relation "merge"), an adapter trained ``--from`` another lists that one
+        (relation "from"); a parent removed since (or whose name another adapter has taken
         since) is kept by name with ``removed: true``."""
         row = self.get(name)
         parents = []
         for p in row.parents or []:
             now = self.find(p["name"])
             if now is None or now.id != p.get("id"):
-                parents.append({"name": p["name"], "weight": p.get("weight"), "removed": True})
+                parents.append({"name": p["name"], "weight": p.get("weight"), "relation": p.get("relation", "merge"),
+                                "removed": True})
             else:
-                parents.append({"weight": p.get("weight"), **self.history(p["name"])})
+                parents.append({"weight": p.get("weight"), "relation": p.get("relation", "merge"),
+                                **self.history(p["name"])})
         return {"name": row.name, "method": row.method, "base_model": row.base_model,
                 "base_model_sha256": row.base_model_hash, "dataset": f"{row.dataset}@{row.dataset_version}",
                 "dataset_sha256": row.dataset_hash, "created_at": row.created_at.isoformat(),

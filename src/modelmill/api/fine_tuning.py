@@ -57,7 +57,8 @@ def _file(store, file_id: str):
 
 @router.post("/files")
 def upload_file(request: Request, file: UploadFile = File(...), purpose: str = Form(...)):
-    """Upload a JSONL file of training examples (chat ``messages``, or Alpaca); every line is checked now."""
+    """Upload a JSONL file of training examples (chat ``messages``, Alpaca, or preference pairs for DPO in
+    OpenAI's shape or ours); every line is checked now."""
     from modelmill.api.native import _staging, _with_details, save_upload, validate_file
     from modelmill.store.tables import UploadedFile
 
@@ -75,9 +76,12 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
                              f"{first['message']}", field="file",
                              fix="fix the lines listed in error.details and upload again")
             raise _with_details(err, report["errors"])
-        if report["kind"] not in ("chat", "classification"):
-            raise InputError(f"the file holds {report['kind']} records, which fine-tuning cannot use", field="file",
-                             fix="give chat examples: one {\"messages\": [...]} object per line")
+        from modelmill.train.methods import REGISTRY
+
+        if not any(report["kind"] in m.kinds for m in REGISTRY.values()):
+            raise InputError(f"the file holds {report['kind']} records, which no training method uses", field="file",
+                             fix="give chat examples (one {\"messages\": [...]} object per line) or, for DPO, "
+                                 "preference pairs")
         fid = "file-" + uuid.uuid4().hex[:24]
         final = store.home / "files" / fid
         size = path.stat().st_size
@@ -157,10 +161,18 @@ class Supervised(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DPOHyperparameters(Hyperparameters):
+    beta: float | Literal["auto"] = "auto"
+
+
+class DPO(BaseModel):
+    hyperparameters: DPOHyperparameters | None = None
+
+
 class Method(BaseModel):
     type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     supervised: Supervised | None = None
-    dpo: dict | None = None
+    dpo: DPO | None = None
     reinforcement: dict | None = None
 
 
@@ -176,11 +188,16 @@ class FineTuningJobRequest(BaseModel):
     metadata: dict[str, str] | None = None
 
 
-def _hyper(job) -> dict:
-    from modelmill.train.sft import SFTConfig
+def _base_lr(method: str) -> float:
+    """The learning rate a multiplier of 1 means: the method's default on chat data."""
+    from modelmill.train.methods import config_class
 
+    return config_class(method)(method=method).lr_for("chat")
+
+
+def _hyper(job) -> dict:
     spec = job.spec or {}
-    base_lr = SFTConfig(method=spec.get("method", "lora")).lr_for("chat")
+    base_lr = _base_lr(spec.get("method", "lora"))
     lr = spec.get("learning_rate") or base_lr
     epochs = spec.get("epochs") or "auto"  # auto: 1, or 2 on classification data (SFTConfig.epochs_for)
     if epochs != "auto" and float(epochs).is_integer():
@@ -195,14 +212,17 @@ def ft_job_json(job) -> dict:
         error = {"code": str(error.get("code") or "error"), "message": str(error.get("message", "")),
                  "param": error.get("param")}
     hyper = _hyper(job)
+    spec = job.spec or {}
+    method = {"type": "supervised", "supervised": {"hyperparameters": hyper}}
+    if spec.get("method") == "dpo":
+        method = {"type": "dpo", "dpo": {"hyperparameters": {**hyper, "beta": spec.get("beta", "auto")}}}
     return {"object": "fine_tuning.job", "id": job.id, "model": job.model, "created_at": _ts(job.created_at),
             "finished_at": _ts(job.finished_at), "fine_tuned_model": job.fine_tuned_model,
             "organization_id": "modelmill", "result_files": [], "status": job.status,
             "validation_file": job.validation_file, "training_file": job.training_file or "",
             "hyperparameters": hyper, "trained_tokens": job.trained_tokens, "error": error,
-            "user_provided_suffix": job.suffix, "seed": (job.spec or {}).get("seed", 42), "estimated_finish": None,
-            "integrations": [], "metadata": None,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}}}
+            "user_provided_suffix": job.suffix, "seed": spec.get("seed", 42), "estimated_finish": None,
+            "integrations": [], "metadata": None, "method": method}
 
 
 def _train_job(store, job_id: str):
@@ -217,25 +237,40 @@ def _train_job(store, job_id: str):
 
 @router.post("/fine_tuning/jobs")
 def create_fine_tuning_job(request: Request, body: FineTuningJobRequest):
-    """Queue supervised LoRA fine-tuning of ``model`` on an uploaded file; a worker runs it."""
+    """Queue LoRA fine-tuning of ``model`` on an uploaded file, supervised or DPO (OpenAI's ``method``);
+    ``model`` may be a fine-tuned model, which is then trained further from its adapter. A worker runs it."""
     from modelmill.api.auth import require_model
     from modelmill.jobs.queue import JobQueue
     from modelmill.names import check_name
-    from modelmill.train.sft import SFTConfig
 
     store = _store(request)
     require_model(request, body.model)
     method = body.method or Method()
-    if method.type != "supervised":
-        raise InputError(f"method '{method.type}' is not supported by this server yet", field="method",
-                         fix="use method {\"type\": \"supervised\"}")
-    h = body.hyperparameters or (method.supervised.hyperparameters if method.supervised else None) or Hyperparameters()
+    if method.type == "reinforcement":
+        raise InputError("method 'reinforcement' is not supported by this server yet", field="method.type",
+                         fix='use "supervised" or "dpo"')
+    if method.type == "dpo":
+        h = (method.dpo.hyperparameters if method.dpo else None) or body.hyperparameters or DPOHyperparameters()
+    else:
+        h = body.hyperparameters or (method.supervised.hyperparameters if method.supervised else None) or Hyperparameters()
     if body.suffix is not None:
         check_name(body.suffix, "suffix")
     _file(store, body.training_file)  # 404 before anything is queued
     if body.validation_file:
         _file(store, body.validation_file)
-    spec: dict = {"base": body.model}
+    # A fine-tuned model (BASE:ADAPTER or ADAPTER) is trained further from its adapter: DPO after SFT
+    from modelmill.adapters import AdapterRegistry
+
+    base, adapter = AdapterRegistry(store).resolve_ref(body.model)
+    spec: dict = {"base": base.name, **({"from_adapter": adapter.name} if adapter else {})}
+    if method.type == "dpo":
+        spec["method"] = "dpo"
+        beta = getattr(h, "beta", "auto")
+        if beta != "auto":
+            if not 0 < beta <= 10:
+                raise InputError(f"must be in (0, 10], got {beta}", field="method.dpo.hyperparameters.beta",
+                                 fix="e.g. 0.1")
+            spec["beta"] = float(beta)
     if h.n_epochs != "auto":
         if not 1 <= h.n_epochs <= 50:
             raise InputError(f"must be from 1 to 50, got {h.n_epochs}", field="hyperparameters.n_epochs")
@@ -248,7 +283,7 @@ def create_fine_tuning_job(request: Request, body: FineTuningJobRequest):
         m = h.learning_rate_multiplier
         if not 0 < m <= 10:
             raise InputError(f"must be in (0, 10], got {m}", field="hyperparameters.learning_rate_multiplier")
-        spec["learning_rate"] = SFTConfig().lr_for("chat") * m
+        spec["learning_rate"] = _base_lr(spec.get("method", "lora")) * m
     if body.seed is not None:
         spec["seed"] = body.seed
     key = getattr(request.state, "api_key", None)

@@ -219,6 +219,24 @@ def mix_datasets(request: Request, body: MixRequest):
     return dataset_json(row, created=created, warnings=warnings, counts=counts)
 
 
+class MistakesRequest(BaseModel):
+    task: str = Field(min_length=1, max_length=200)
+    model: str = Field(min_length=1, max_length=300)
+    name: str = Field(min_length=1, max_length=200)
+
+
+@router.post("/datasets/mistakes", status_code=201, tags=["datasets"])
+def dataset_from_mistakes(request: Request, body: MistakesRequest):
+    """A model's wrong answers in its stored evaluation on ``task`` as preference pairs (same as
+    `modelmill data mistakes`): the gold answer chosen, its own rejected, ready for DPO."""
+    from modelmill.api.auth import require_model
+    from modelmill.evaluate.mistakes import mistakes
+
+    require_model(request, body.model)
+    r = mistakes(_store(request), task=body.task, model=body.model, name=body.name)
+    return dataset_json(r.dataset, created=r.created, items=r.items, wrong=r.wrong, pairs=r.pairs)
+
+
 @router.delete("/datasets/{ref}", tags=["datasets"])
 def delete_dataset(request: Request, ref: str):
     from modelmill.data.catalog import DatasetCatalog
@@ -269,14 +287,25 @@ def _schemas() -> dict:
 
 
 @router.get("/schema/{command}", tags=["jobs"])
-def config_schema(command: str):
-    """The fields of a job kind's config (train, eval, grid, merge): what the web UI's forms are drawn from."""
+def config_schema(command: str, method: str | None = Query(None, description="train only: the method whose "
+                                                                           "settings to describe (default lora)")):
+    """The fields of a job kind's config (train, eval, grid, merge): what the web UI's forms are drawn
+    from. For train, each method has its own fields (``?method=dpo``) and ``methods`` lists them all."""
     from modelmill.schema import describe
+    from modelmill.train.methods import config_class, describe_methods
 
     schemas = _schemas()
     if command not in schemas:
         raise NotFoundError(f"no schema '{command}'", field="command", fix="use one of " + ", ".join(schemas))
-    return {"command": command, "fields": describe(schemas[command])}
+    if command != "train":
+        if method:
+            raise InputError("only the train schema has methods", field="method", fix="drop ?method")
+        return {"command": command, "fields": describe(schemas[command])}
+    fields = describe(config_class(method or "lora", field="method"))
+    for f in fields:  # any method may be chosen from any method's form
+        if f["name"] == "method":
+            f["choices"] = [m["name"] for m in describe_methods()]
+    return {"command": command, "method": method or "lora", "methods": describe_methods(), "fields": fields}
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -309,6 +338,8 @@ def create_job(request: Request, body: JobRequest):
 
     if body.kind == "train":
         require_model(request, body.config.get("base") or "smollm2-135m-instruct")
+        if isinstance(body.config.get("from_adapter"), str) and body.config["from_adapter"]:
+            require_model(request, body.config["from_adapter"])
     for field in ("models", "bases"):  # eval and grid jobs name their models in a comma-separated list
         names = body.config.get(field)
         if isinstance(names, str):

@@ -29,6 +29,8 @@ def record_text(record: dict, kind: str) -> str:
         return "\n".join(m["content"] for m in record["messages"])
     if kind == "preference":
         return "\n".join([m["content"] for m in record["prompt"]] + [record["chosen"], record["rejected"]])
+    if kind == "feedback":
+        return "\n".join([m["content"] for m in record["prompt"]] + [record["completion"]])
     return record["text"]
 
 
@@ -41,6 +43,8 @@ def _is_empty(record: dict, kind: str) -> bool:
     if kind == "preference":
         return not (record["chosen"].strip() and record["rejected"].strip()
                     and any(m["content"].strip() for m in record["prompt"]))
+    if kind == "feedback":
+        return not (record["completion"].strip() and any(m["content"].strip() for m in record["prompt"]))
     return not record["text"].strip() or (kind == "classification" and not record["label"].strip())
 
 
@@ -52,6 +56,8 @@ def token_length(record: dict, kind: str, tokenizer) -> int:
     if kind == "preference":
         return max(_chat_tokens(record["prompt"] + [{"role": "assistant", "content": a}], tokenizer)
                    for a in (record["chosen"], record["rejected"]))
+    if kind == "feedback":
+        return _chat_tokens(record["prompt"] + [{"role": "assistant", "content": record["completion"]}], tokenizer)
     return len(tokenizer(record["text"])["input_ids"])
 
 

@@ -24,7 +24,7 @@ class LoadedData:
     format: str
     """Name of the format the records were read as (e.g. "alpaca")."""
     kind: str
-    """"chat", "preference", "text" or "classification": the shape of ``records``."""
+    """"chat", "preference", "feedback", "text" or "classification": the shape of ``records``."""
     records: list[dict]
     """Canonical records, in file order."""
     labels: list[str] | None
@@ -94,6 +94,7 @@ def ignored_note(row) -> str | None:
     format, kind = row.format, row.kind
     fields = ", ".join(f"'{k}' ({n} of {row.num_records} records)" for k, n in sorted(ignored.items(), key=lambda x: -x[1]))
     reads = {"text": "'text'", "classification": "'text' and 'label'", "preference": "the prompt and the two answers",
+             "feedback": "the prompt, the answer and its label",
              "chat": "the conversation"}.get(kind, "its own fields")
     note = (f"the {format} format reads {reads}; these fields are kept as metadata and not trained on: {fields}")
     if kind == "text":

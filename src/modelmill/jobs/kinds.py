@@ -8,15 +8,16 @@ A kind is its config dataclass (the same one the CLI's flags come from) plus thr
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from modelmill.errors import ConflictError, InputError
+from modelmill.evaluate.run import names as _names  # light
 from modelmill.schema import from_mapping
 from modelmill.adapters.merge import MergeConfig  # light: no torch at import
 from modelmill.train.sft import SFTConfig  # light: no torch at import
+from modelmill.train import methods as train_methods  # light: no torch at import
 
 KINDS: dict[str, "JobKind"] = {}
 
@@ -37,6 +38,14 @@ class JobKind:
 
     def resources(self, cfg) -> dict:
         return self.needs(cfg)
+
+
+@dataclass
+class TrainKind(JobKind):
+    """Training: the config class is the one its ``method`` names (train.methods)."""
+
+    def config(self, spec: dict):
+        return train_methods.from_mapping(spec or {})
 
 
 def register(kind: JobKind) -> JobKind:
@@ -88,10 +97,11 @@ def _import_upload(store, file_id: str, name: str, field_name: str):
 def _validate_train(store, cfg, job):
     from modelmill.jobs.queue import JobQueue
     from modelmill.models.registry import ModelRegistry
-    from modelmill.train.runs import check_name_free, held_out_dataset, run_name, trainable_dataset
+    from modelmill.train.runs import (check_name_free, general_dataset, held_out_dataset, run_name, starting_adapter,
+                                      trainable_dataset)
 
     q = JobQueue(store)
-    ModelRegistry(store).get(cfg.base)  # NotFoundError names the model
+    base = ModelRegistry(store).get(cfg.base)  # NotFoundError names the model
     if job.training_file:  # an OpenAI fine-tuning job: the uploaded file becomes a dataset
         q.event(job.id, f"Validating training file: {job.training_file}")
         ds = _import_upload(store, job.training_file, f"ft-{job.training_file.removeprefix('file-')[:12]}",
@@ -106,10 +116,18 @@ def _validate_train(store, cfg, job):
                             "its loss is reported as valid_loss")
     if not cfg.data:
         raise InputError("no training data named", field="data", fix="name a dataset from GET /api/datasets")
-    ds = trainable_dataset(store, cfg.data, field="data")
+    if cfg.data.startswith("kb:"):
+        from modelmill.train.runs import knowledge_dataset
+
+        cfg = dataclasses.replace(cfg, data=knowledge_dataset(store, cfg))
+    ds = trainable_dataset(store, cfg.data, field="training_file" if job.training_file else "data",
+                           method=cfg.method)
     if cfg.eval_data:
         field = "validation_file" if job.validation_file else "eval_data"
-        cfg = dataclasses.replace(cfg, eval_data=held_out_dataset(store, cfg.eval_data, ds, field=field).ref)
+        cfg = dataclasses.replace(cfg, eval_data=held_out_dataset(store, cfg.eval_data, ds, field=field,
+                                                                  method=cfg.method).ref)
+    _field_named(starting_adapter, store, cfg, base, field="from_adapter")
+    _field_named(general_dataset, store, cfg, field="general_data")
     if not cfg.name and job.suffix:
         cfg = dataclasses.replace(cfg, name=f"{job.suffix}-{job.id.removeprefix('ftjob-')[:8]}")
     cfg = dataclasses.replace(cfg, data=ds.ref, name=run_name(cfg))
@@ -120,9 +138,22 @@ def _validate_train(store, cfg, job):
     return cfg, {"model": cfg.base}
 
 
+def _field_named(check, *args, field: str):
+    """``check(*args)`` with its error naming the REST field instead of the CLI flag."""
+    from modelmill.errors import ModelmillError
+
+    try:
+        return check(*args)
+    except ModelmillError as e:
+        if getattr(e, "field", None) and e.field.startswith("--"):
+            e.field = field
+            e.args = (str(e),)
+        raise
+
+
 def _run_train(ctx) -> dict:
     from modelmill.train.runs import published_by, run_lock, train
-    from modelmill.train.sft import drop_partial_checkpoints
+    from modelmill.train.common import drop_partial_checkpoints
 
     cfg = ctx.config
     # an earlier copy of this job that is being stopped may still hold the run: wait until it has
@@ -182,15 +213,6 @@ class EvalJobConfig:
         if self.limit < 0 or self.max_new_tokens < 0:
             raise InputError("must be >= 0", field="limit" if self.limit < 0 else "max_new_tokens")
 
-    def argv(self) -> list[str]:
-        out = ["eval", "--models", self.models, "--data", self.data, "--scoring", self.scoring]
-        for flag, value in (("--kind", self.kind), ("--train", self.train), ("--name", self.name),
-                            ("--baselines", self.baselines), ("--limit", self.limit),
-                            ("--max-new-tokens", self.max_new_tokens)):
-            if value:
-                out += [flag, str(value)]
-        return out
-
 
 def _validate_eval(store, cfg, job):
     from modelmill.data.catalog import DatasetCatalog
@@ -205,34 +227,17 @@ def _validate_eval(store, cfg, job):
     return cfg, {"model": cfg.models.split(",")[0].split(":")[0].strip()[:200] or None}
 
 
-def _run_cli(ctx, argv: list[str]) -> None:
-    """Run a CLI command in this process: the job gets exactly what the command does."""
-    from modelmill.cli import main
-
-    import click
-
-    from modelmill.errors import ModelmillError
-
-    ctx.event("Running: modelmill " + " ".join(argv))
-    try:
-        rc = main.main(argv, standalone_mode=False, prog_name="modelmill")
-    except click.exceptions.Abort:  # click's form of Ctrl-C: the job's cancel
-        raise KeyboardInterrupt from None
-    if rc not in (None, 0):  # the command printed "error: ..." (in the job's log) and chose its exit code
-        sys.stderr.flush()
-        lines = ctx.log_file.read_text(encoding="utf-8", errors="replace").splitlines() if ctx.log_file.is_file() else []
-        said = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), "see the job's events")
-        raise ModelmillError(f"`modelmill {argv[0]}` failed (exit code {rc}): {said}")
-
-
 def _run_eval(ctx) -> dict:
-    from modelmill.evaluate.results import latest
+    from modelmill.evaluate.run import EvalConfig, run
 
     cfg = ctx.config
-    _run_cli(ctx, cfg.argv())
-    task = cfg.name or Path(cfg.data.split("@")[0]).stem
-    rows = [{"candidate": r.candidate, "score": r.score, "primary": r.primary} for r in latest(ctx.store, task)]
-    return {"task": task, "results": rows}
+    ctx.event(f"Scoring {cfg.models}" + (f" and the baselines {cfg.baselines}" if cfg.baselines else "")
+              + f" on {cfg.data}")
+    out = run(ctx.store, EvalConfig(models=cfg.models, data=cfg.data, kind=cfg.kind, train=cfg.train, name=cfg.name,
+                                    baselines=cfg.baselines, limit=cfg.limit, scoring=cfg.scoring,
+                                    max_new_tokens=cfg.max_new_tokens), progress=False)
+    rows = [{"candidate": r.candidate, "score": r.score, "primary": r.primary} for r in out.rows]
+    return {"task": out.spec.name, "results": rows}
 
 
 # ----------------------------------------------------------------------------- grid
@@ -271,11 +276,6 @@ def _validate_grid(store, cfg, job):
                          fix="give the path of a task YAML file on the server")
     check(store, _grid_cells(cfg))
     return cfg, {"model": _names(cfg.bases)[0][:200]}
-
-
-def _names(text: str) -> list[str]:
-    """A comma-separated config field as a list, blanks dropped."""
-    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _grid_cells(cfg):
@@ -318,7 +318,7 @@ def _run_merge(ctx) -> dict:
             "parents": row.parents, "rank": (row.config or {}).get("lora_r")}
 
 
-register(JobKind("train", SFTConfig, _validate_train, _run_train, _train_needs))
+register(TrainKind("train", SFTConfig, _validate_train, _run_train, _train_needs))
 register(JobKind("eval", EvalJobConfig, _validate_eval, _run_eval))
 register(JobKind("grid", GridJobConfig, _validate_grid, _run_grid))
 register(JobKind("merge", MergeConfig, _validate_merge, _run_merge))

@@ -2,6 +2,10 @@
 
     from modelmill.train.runs import train
     adapter = train(open_store(), SFTConfig(data="reviews-train", name="reviews-lora"))
+    adapter = train(open_store(), PreferenceConfig(data="prefs", from_adapter="reviews-lora"))
+
+Generic over the methods in ``train.methods``: each names its config, the data kinds it takes and
+the module the launcher runs.
 
 A run lives in ``runs/<name>/`` while it trains (job.json, checkpoints/, metrics.jsonl, tb/).
 When it finishes, the weights and logs move to ``adapters/<name>/`` in one rename and the
@@ -23,9 +27,11 @@ from modelmill.names import check_name
 from modelmill.store import Store
 from modelmill.store.tables import Adapter
 from modelmill.versions import library_versions
-from modelmill.train.sft import SFTConfig, SFTJob
+from modelmill.train.config import TrainConfig, TrainJob
+from modelmill.train.methods import get_method
+from modelmill.train.sft import SFTConfig, SFTJob  # noqa: F401  (older callers import them from here)
 
-TRAINABLE_KINDS = ("chat", "classification")
+TRAINABLE_KINDS = ("chat", "classification")  # supervised fine-tuning's; other methods: methods.REGISTRY
 
 
 class TrainingInterrupted(ModelmillError):
@@ -41,27 +47,37 @@ class TrainingKilled(TrainingFailed):
     kill -9): its checkpoints stand, and a queued job tries again from them."""
 
 
-def run_name(cfg: SFTConfig) -> str:
+def run_name(cfg: TrainConfig) -> str:
     if not cfg.data and not cfg.name:
         raise InputError("no training data named", field="--data", fix="pass --data NAME (see `modelmill data list`)")
     return check_name(cfg.name or (cfg.data.split("@")[0] + "-" + cfg.method), "--name")
 
 
-def trainable_dataset(store: Store, ref: str, field: str = "--data"):
-    """The dataset ``ref`` names, refused when supervised fine-tuning cannot use its records."""
+def trainable_dataset(store: Store, ref: str, field: str = "--data", method: str = "lora"):
+    """The dataset ``ref`` names, refused when ``method`` cannot train on its records."""
     from modelmill.data.catalog import DatasetCatalog
 
+    m = get_method(method)
     ds = DatasetCatalog(store).resolve(ref, flag=field)
-    if ds.kind not in TRAINABLE_KINDS:
-        raise InputError(f"dataset '{ds.ref}' holds {ds.kind} records, which supervised fine-tuning cannot use",
-                         field=field, fix="give chat (alpaca, sharegpt, messages) or classification data")
+    if ds.kind not in m.kinds:
+        users = [n for n, other in _registry().items() if ds.kind in other.kinds]
+        raise InputError(f"dataset '{ds.ref}' holds {ds.kind} records; --method {method} trains on "
+                         f"{m.config.DATA}", field=field,
+                         fix=(f"use --method {users[0]} for {ds.kind} data, or " if users else "") +
+                             f"give {m.config.DATA}")
     return ds
 
 
-def held_out_dataset(store: Store, ref: str, train_ds, field: str = "--eval-data"):
+def _registry():
+    from modelmill.train.methods import REGISTRY
+
+    return REGISTRY
+
+
+def held_out_dataset(store: Store, ref: str, train_ds, field: str = "--eval-data", method: str = "lora"):
     """The dataset ``ref`` names, checked as held-out data for training on ``train_ds``: the same
     kind of records, and for classification no label the training data lacks."""
-    ds = trainable_dataset(store, ref, field=field)
+    ds = trainable_dataset(store, ref, field=field, method=method)
     if ds.kind != train_ds.kind:
         raise InputError(f"dataset '{ds.ref}' holds {ds.kind} records but the training data '{train_ds.ref}' "
                          f"holds {train_ds.kind} records", field=field,
@@ -74,7 +90,7 @@ def held_out_dataset(store: Store, ref: str, train_ds, field: str = "--eval-data
     return ds
 
 
-def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
+def prepare(store: Store, cfg: TrainConfig, resume: bool = False) -> TrainJob:
     """Check everything a run needs before any process starts; return the job to launch."""
     from modelmill.models.registry import ModelRegistry
 
@@ -88,29 +104,116 @@ def prepare(store: Store, cfg: SFTConfig, resume: bool = False) -> SFTJob:
         if not job_file.is_file():
             raise NotFoundError(f"no interrupted run named '{name}' to resume", field="--resume",
                                 fix="start it without --resume, or name the run with --name")
-        job = SFTJob.load(job_file)
+        job = TrainJob.load(job_file)
         job.resume = True
         return job
     check_name_free(store, name)
     shutil.rmtree(run_dir, ignore_errors=True)  # a run that never saved a checkpoint
 
     base = ModelRegistry(store).ready(cfg.base)
-    ds = trainable_dataset(store, cfg.data)
+    check_quantize(cfg)
+    start = starting_adapter(store, cfg, base)
+    general = general_dataset(store, cfg)
     ctx = (base.info or {}).get("context_length")
     if cfg.max_length == 0:
         cfg = replace(cfg, max_length=min(1024, ctx or 1024))
     elif ctx and cfg.max_length > ctx:
         raise InputError(f"{cfg.max_length} is longer than the context of '{base.name}' ({ctx} tokens)",
                          field="--max-length", fix=f"use --max-length {ctx} or less")
-    held_out = held_out_dataset(store, cfg.eval_data, ds) if cfg.eval_data else None
+    block = getattr(cfg, "block_size", 0)
+    if ctx and block > ctx:
+        raise InputError(f"{block} is longer than the context of '{base.name}' ({ctx} tokens)",
+                         field="--block-size", fix=f"use --block-size {ctx} or less")
+    if cfg.data.startswith("kb:"):  # saved as a dataset once everything else has been checked
+        cfg = replace(cfg, data=knowledge_dataset(store, cfg))
+    ds = trainable_dataset(store, cfg.data, method=cfg.method)
+    held_out = held_out_dataset(store, cfg.eval_data, ds, method=cfg.method) if cfg.eval_data else None
     run_dir.mkdir(parents=True)
     cfg = replace(cfg, name=name, data=ds.ref, learning_rate=cfg.lr_for(ds.kind), epochs=cfg.epochs_for(ds.kind),
-                  eval_data=held_out.ref if held_out else "")
-    return SFTJob(config=cfg, base_path=base.path, data_path=ds.path, kind=ds.kind, run_dir=str(run_dir),
-                  labels=ds.labels, chat_template=base.chat_template, eval_path=held_out.path if held_out else None)
+                  eval_data=held_out.ref if held_out else "", **({"general_data": general.ref} if general else {}))
+    return TrainJob(config=cfg, base_path=base.path, data_path=ds.path, kind=ds.kind, run_dir=str(run_dir),
+                    labels=ds.labels, chat_template=base.chat_template, eval_path=held_out.path if held_out else None,
+                    from_path=start.path if start else None, general_path=general.path if general else None)
 
 
-def train(store: Store, cfg: SFTConfig, *, resume: bool = False, log_file: Path | None = None,
+def check_quantize(cfg: TrainConfig) -> None:
+    """QLoRA needs CUDA and bitsandbytes; say so before anything starts."""
+    if cfg.quantize == "none":
+        return
+    import importlib.util
+
+    import torch
+
+    missing = [what for what, ok in (("an NVIDIA GPU (CUDA)", cfg.device != "cpu" and torch.cuda.is_available()),
+                                     ("the bitsandbytes package", importlib.util.find_spec("bitsandbytes")))
+               if not ok]
+    if missing:
+        raise InputError(f"--quantize {cfg.quantize} (QLoRA) needs {' and '.join(missing)}, which this machine lacks",
+                         field="--quantize", fix="drop --quantize to train LoRA on the full-precision base"
+                         + ("" if len(missing) == 2 or "bitsandbytes" not in missing[0] else
+                            ", or `pip install bitsandbytes`"))
+
+
+def starting_adapter(store: Store, cfg: TrainConfig, base):
+    """The adapter ``--from`` names, checked: of the same base (and the same base weights), and an
+    adapter rather than a full fine-tune."""
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.models.registry import ModelRegistry
+
+    if not cfg.from_adapter:
+        return None
+    row = AdapterRegistry(store).find(cfg.from_adapter)
+    if row is None:
+        raise NotFoundError(f"no adapter named '{cfg.from_adapter}'", field="--from",
+                            fix="see `modelmill adapters list`")
+    if row.base_model != base.name:
+        raise InputError(f"adapter '{row.name}' was trained on '{row.base_model}', not on '{base.name}'",
+                         field="--from", fix=f"use --base {row.base_model}, or an adapter of {base.name}")
+    if row.base_model_hash and row.base_model_hash != ModelRegistry(store).base_hash(base):
+        raise InputError(f"adapter '{row.name}' was trained on other weights of '{base.name}' (the base was "
+                         "replaced since)", field="--from", fix="retrain that adapter on this base, or start without --from")
+    if row.method == "full" or not (Path(row.path) / "adapter_config.json").is_file():
+        raise InputError(f"'{row.name}' holds full weights, not a LoRA adapter", field="--from",
+                         fix="register it as a base model (`modelmill models add`) and train on that instead")
+    return row
+
+
+def general_dataset(store: Store, cfg: TrainConfig):
+    """CPT's general text (``--general-data``): text records, or chat records whose answers are used."""
+    from modelmill.data.catalog import DatasetCatalog
+
+    ref = getattr(cfg, "general_data", "")
+    if not ref:
+        return None
+    ds = DatasetCatalog(store).resolve(ref, flag="--general-data")
+    if ds.kind not in ("text", "chat"):
+        raise InputError(f"dataset '{ds.ref}' holds {ds.kind} records", field="--general-data",
+                         fix="give general text: a text dataset, or a chat dataset (its answers are used)")
+    return ds
+
+
+def knowledge_dataset(store: Store, cfg: TrainConfig) -> str:
+    """``--data kb:NAME``: the knowledge base's passages saved as a text dataset ``kb-NAME`` (a new
+    version when its documents changed), so the adapter's lineage names what it read."""
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.kb.base import KnowledgeBases
+
+    kb_name = cfg.data[3:]
+    if cfg.method != "cpt":
+        raise InputError(f"a knowledge base holds raw text; --method {cfg.method} cannot train on it", field="--data",
+                         fix="use --method cpt, or make QA pairs first (`modelmill data synthesize --kb NAME`)")
+    kb = KnowledgeBases(store).get(kb_name)
+    rows = sorted(kb.vectors.rows(), key=lambda r: (r["doc"], r["ordinal"]))
+    records = [{"text": r["text"]} for r in rows if r["text"].strip()]
+    if not records:
+        raise InputError(f"knowledge base '{kb_name}' has no documents", field="--data",
+                         fix=f"add some with `modelmill kb add {kb_name} FILES`")
+    row, _ = DatasetCatalog(store).save(f"kb-{kb_name}", records, "text", "text", None,
+                                        {"op": "kb", "kb": kb_name, "kb_revision": kb.revision()})
+    return row.ref
+
+
+def train(store: Store, cfg: TrainConfig, *, resume: bool = False, log_file: Path | None = None,
           accelerate_config: str | None = None, lock_wait: float = 0.0, before_publish=None,
           job_id: str | None = None) -> Adapter:
     """Train and register an adapter; raise TrainingInterrupted (resumable) or TrainingFailed.
@@ -121,7 +224,7 @@ def train(store: Store, cfg: SFTConfig, *, resume: bool = False, log_file: Path 
         return _train_locked(store, cfg, resume, log_file, accelerate_config, before_publish, job_id)
 
 
-def _train_locked(store: Store, cfg: SFTConfig, resume: bool, log_file: Path | None,
+def _train_locked(store: Store, cfg: TrainConfig, resume: bool, log_file: Path | None,
                   accelerate_config: str | None, before_publish=None, job_id: str | None = None) -> Adapter:
     import torch
 
@@ -133,7 +236,7 @@ def _train_locked(store: Store, cfg: SFTConfig, resume: bool, log_file: Path | N
     job_path = run_dir / "job.json"
     job.save(job_path)
     use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
-    rc = launch("modelmill.train.sft", job_path, num_processes=cfg.num_processes, use_cuda=use_cuda,
+    rc = launch(get_method(cfg.method).module, job_path, num_processes=cfg.num_processes, use_cuda=use_cuda,
                 log_file=log_file, accelerate_config=accelerate_config)
     result_file = run_dir / "result.json"
     if rc == INTERRUPTED or (rc == 0 and not (run_dir / "final").is_dir()):
@@ -172,7 +275,7 @@ def published_by(store: Store, name: str, job_id: str) -> Adapter | None:
     return row if lineage.get("job") == job_id else None
 
 
-def publish(store: Store, job: SFTJob, metrics: dict, job_id: str | None = None) -> Adapter:
+def publish(store: Store, job: TrainJob, metrics: dict, job_id: str | None = None) -> Adapter:
     """Move the finished run into adapters/<name>/ and register it with its lineage."""
     from modelmill.adapters import AdapterRegistry
     from modelmill.data.catalog import DatasetCatalog
@@ -192,6 +295,11 @@ def publish(store: Store, job: SFTJob, metrics: dict, job_id: str | None = None)
     }
     if job_id:
         lineage["job"] = job_id
+    parents = []
+    if cfg.from_adapter:
+        start = AdapterRegistry(store).find(cfg.from_adapter)
+        parents = [{"name": cfg.from_adapter, "weight": 1.0, "id": start.id if start else None, "relation": "from"}]
+        lineage["parents"] = parents
     with store.staging(final) as tmp:
         # Copies, not moves: if anything below fails, the run folder is still whole.
         shutil.copytree(run_dir / "final", tmp, dirs_exist_ok=True)
@@ -204,7 +312,8 @@ def publish(store: Store, job: SFTJob, metrics: dict, job_id: str | None = None)
         (tmp / "lineage.json").write_text(json.dumps(lineage, indent=2, ensure_ascii=False), encoding="utf-8")
     row = Adapter(name=cfg.name, base_model=base.name, base_model_hash=lineage["base_model_hash"],
                   method=cfg.method, dataset=ds.name, dataset_version=ds.version, dataset_hash=ds.content_hash,
-                  path=str(final), config=lineage["config"], versions=lineage["versions"], metrics=metrics)
+                  path=str(final), config=lineage["config"], versions=lineage["versions"], metrics=metrics,
+                  parents=parents)
     try:
         AdapterRegistry(store).add(row)
     except BaseException:

@@ -8,7 +8,7 @@ from .base import (FORMATS, KINDS, Format, Where, detect_format, get_format, kin
                    load_plugins, register_format, to_messages)
 
 # Built-ins, in detection order: each module registers itself on import.
-from . import preference, messages, sharegpt, alpaca, classification, text  # noqa: E402,F401
+from . import preference, feedback, messages, sharegpt, alpaca, classification, text  # noqa: E402,F401
 from .classification import classification_prompt, labels_of  # noqa: E402
 
 __all__ = ["FORMATS", "KINDS", "Format", "Where", "classification_prompt", "detect_format",

@@ -12,7 +12,7 @@ from typing import Any
 
 from modelmill.errors import InputError
 
-KINDS = ("chat", "preference", "text", "classification")
+KINDS = ("chat", "preference", "feedback", "text", "classification")
 ROLES = ("system", "user", "assistant")
 
 

@@ -1,4 +1,5 @@
-"""Preference pairs (DPO): ``{"prompt", "chosen", "rejected"}``.
+"""Preference pairs (DPO): ``{"prompt", "chosen", "rejected"}``, and OpenAI's DPO JSONL
+(``{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}``).
 
 ``prompt`` is a string (one user message) or a list of messages; ``chosen``/``rejected``
 are strings or message lists whose last assistant content is the answer. Without a
@@ -36,8 +37,43 @@ class Preference(Format):
         if not any(m["role"] == "user" for m in prompt):
             raise where.error("prompt", "missing" if not prompt else "has no user turn",
                               fix="give each record a 'prompt': a text, or messages with the user's turn")
-        out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-        return with_meta(out, extras(record, KNOWN))
+        return _pair(prompt, chosen, rejected, where, extras(record, KNOWN))
+
+
+def _pair(prompt: list[dict], chosen: str, rejected: str, where: Where, meta: dict, names=("chosen", "rejected")):
+    if chosen.strip() == rejected.strip():
+        raise where.error(names[1], f"is the same answer as '{names[0]}': the pair teaches nothing",
+                          fix=f"give a worse answer as '{names[1]}', or drop this record")
+    return with_meta({"prompt": prompt, "chosen": chosen, "rejected": rejected}, meta)
+
+
+class OpenAIPreference(Format):
+    """OpenAI's fine-tuning DPO file: the prompt under ``input.messages``, each answer a list with
+    one assistant message."""
+
+    name = "openai-dpo"
+    kind = "preference"
+    fields = "input, preferred_output, non_preferred_output"
+    NAMES = ("preferred_output", "non_preferred_output")
+
+    def detect(self, record: dict) -> bool:
+        return "preferred_output" in record and "non_preferred_output" in record
+
+    def normalize(self, record: dict, where: Where) -> dict:
+        inp = record.get("input")
+        if not isinstance(inp, dict) or "messages" not in inp:
+            raise where.error("input", "missing" if inp is None else "has no 'messages'",
+                              fix='give {"input": {"messages": [{"role": "user", "content": "..."}]}}')
+        prompt = _messages(inp["messages"], "input.messages", where)
+        if not any(m["role"] == "user" for m in prompt):
+            raise where.error("input.messages", "has no user turn", fix="include the user's message")
+        chosen, _ = _answer(record, self.NAMES[0], where)
+        rejected, _ = _answer(record, self.NAMES[1], where)
+        meta = extras(record, {"input", *self.NAMES})
+        extra_in = extras(inp, {"messages"})  # tools, parallel_tool_calls: kept, not trained on
+        if extra_in:
+            meta["input"] = extra_in
+        return _pair(prompt, chosen, rejected, where, meta, self.NAMES)
 
 
 def _messages(value, field: str, where: Where) -> list[dict]:
@@ -75,3 +111,4 @@ def _answer(record: dict, field: str, where: Where) -> tuple[str, list[dict]]:
 
 
 register_format(Preference())
+register_format(OpenAIPreference())

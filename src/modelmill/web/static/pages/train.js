@@ -1,4 +1,5 @@
-// Train: a form built from the server's training schema (GET /api/schema/train), so every field,
+// Train: a form built from the server's training schema (GET /api/schema/train?method=M; the
+// method select redraws it with that method's fields and datasets), so every field,
 // default and help text is the one the CLI has; nothing here repeats a default. Only the values
 // the user changed are sent, which keeps the job's spec short and lets server-side defaults that
 // depend on other fields (learning rate per method, say) still apply.
@@ -6,7 +7,8 @@
 import { api, withQuery } from "../api.js";
 import { errorBox, h, loading, notice, replace } from "../dom.js";
 
-const PINNED = ["base", "data", "name"]; // always shown first, always sent
+const PINNED = ["base", "method", "data", "name", "from_adapter"]; // always shown first
+const SENT = ["base", "data", "name", "from_adapter"]; // sent whenever set (the method: when not the default)
 
 function inputKind(f) {
   const t = String(f.type || "").toLowerCase();
@@ -29,17 +31,31 @@ export async function trainPage(ctx) {
       h("p", { class: "lead" }, "Pick a base model and a dataset; the defaults are sensible for a first run. The job runs in the background and you can watch it on the next page.")),
     box));
 
-  const [schema, models, datasets] = await Promise.allSettled([
-    api("/api/schema/train"), api("/api/models"), api("/api/datasets")]);
+  const [models, datasets, adapters] = await Promise.allSettled([
+    api("/api/models"), api("/api/datasets"), api("/api/adapters")]);
   if (!ctx.alive) return;
-  if (schema.status === "rejected") {
-    replace(box, errorBox(schema.reason, "train-schema-error"));
+  // what the user picked survives a change of method, which redraws the form with that method's fields
+  const picked = { base: ctx.query.get("base"), data: (ctx.query.get("data") || "").split("@")[0],
+    name: "", from_adapter: ctx.query.get("from") || "" };
+  await drawForm(ctx, box, ctx.query.get("method") || "lora", picked, models, datasets, adapters);
+}
+
+async function drawForm(ctx, box, method, picked, models, datasets, adapters) {
+  let schema;
+  try {
+    schema = await api(withQuery("/api/schema/train", { method }));
+  } catch (err) {
+    if (ctx.alive) replace(box, errorBox(err, "train-schema-error"));
     return;
   }
-  const fields = schema.value.fields || [];
+  if (!ctx.alive) return;
+  const fields = schema.fields || [];
+  const methods = schema.methods || [{ name: "lora", summary: "", data_kinds: ["chat", "classification"] }];
+  const kinds = (methods.find((m) => m.name === method) || methods[0]).data_kinds;
   const modelNames = models.status === "fulfilled" ? models.value.data.map((m) => m.name) : [];
   const trainable = datasets.status === "fulfilled"
-    ? datasets.value.data.filter((d) => d.kind === "chat" || d.kind === "classification") : [];
+    ? datasets.value.data.filter((d) => kinds.includes(d.kind)) : [];
+  const allAdapters = adapters.status === "fulfilled" ? adapters.value.data : [];
 
   const byName = Object.fromEntries(fields.map((f) => [f.name, f]));
   const inputs = {}; // field name -> {field, el, read()}
@@ -48,34 +64,53 @@ export async function trainPage(ctx) {
   else if (!modelNames.length) problems.push(notice("No base models are registered. Add one with `modelmill models add NAME PATH`.", "warn"));
   if (datasets.status === "rejected") problems.push(errorBox(datasets.reason));
   else if (!trainable.length) {
-    problems.push(h("div", { class: "alert alert-warn" }, "No chat or classification dataset yet. ",
+    problems.push(h("div", { class: "alert alert-warn", testid: "train-no-data" },
+      `No ${kinds.join(" or ")} dataset yet for ${method}. `,
       h("a", { href: "#/datasets" }, "Upload one first"), "."));
   }
 
   // ---- the pinned fields: selects fed by the registry instead of free text
-  const wantBase = ctx.query.get("base") || (byName.base && byName.base.default);
+  const wantBase = picked.base || (byName.base && byName.base.default);
   const baseSelect = h("select", { id: "field-base", testid: "field-base", required: true },
     modelNames.map((n) => h("option", { value: n, selected: n === wantBase }, n)));
-  const wantData = (ctx.query.get("data") || "").split("@")[0];
+  const methodSelect = h("select", { id: "field-method", testid: "field-method" },
+    methods.map((m) => h("option", { value: m.name, selected: m.name === method }, `${m.name}: ${m.summary}`)));
   const dataSelect = h("select", { id: "field-data", testid: "field-data", required: true },
-    h("option", { value: "", disabled: true, selected: !wantData }, "Choose a dataset…"),
-    datasetOptions(trainable, wantData));
+    h("option", { value: "", disabled: true, selected: !trainable.some((d) => d.name === picked.data) }, "Choose a dataset…"),
+    datasetOptions(trainable, picked.data));
   const nameInput = h("input", { id: "field-name", testid: "field-name", type: "text", autocomplete: "off",
-    pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", placeholder: "automatic: dataset-method" });
+    pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", placeholder: "automatic: dataset-method", value: picked.name });
+  // start from an adapter of the chosen base (DPO after SFT, SFT after CPT), or from fresh weights
+  const fromSelect = h("select", { id: "field-from_adapter", testid: "field-from_adapter" });
+  const fillFrom = () => replace(fromSelect, h("option", { value: "" }, "fresh weights"),
+    allAdapters.filter((a) => a.base_model === baseSelect.value).map((a) => h("option", {
+      value: a.name, selected: a.name === picked.from_adapter }, `${a.name} (${a.method}, ${a.dataset})`)));
+  fillFrom();
+  baseSelect.addEventListener("change", fillFrom);
   inputs.base = { field: byName.base || { name: "base" }, el: baseSelect, read: () => baseSelect.value };
+  inputs.method = { field: byName.method || { name: "method", default: "lora" }, el: methodSelect, read: () => methodSelect.value };
   inputs.data = { field: byName.data || { name: "data" }, el: dataSelect, read: () => dataSelect.value };
   inputs.name = { field: byName.name || { name: "name" }, el: nameInput, read: () => nameInput.value.trim() };
+  if (byName.from_adapter) inputs.from_adapter = { field: byName.from_adapter, el: fromSelect, read: () => fromSelect.value };
+  methodSelect.addEventListener("change", () => {
+    Object.assign(picked, { base: baseSelect.value, data: dataSelect.value, name: nameInput.value,
+      from_adapter: fromSelect.value });
+    drawForm(ctx, box, methodSelect.value, picked, models, datasets, adapters);
+  });
 
   const basics = [];
   const advanced = [];
   for (const name of PINNED) {
+    if (!inputs[name]) continue;
     const f = byName[name] || { name, help: "" };
     basics.push(fieldRow(f, inputs[name].el));
   }
   for (const f of fields) {
     if (PINNED.includes(f.name)) continue;
-    // held-out data: a choice among the datasets, like the training data (sent only when chosen)
-    const made = f.name === "eval_data" ? heldOutSelect(f, trainable) : makeInput(f);
+    // held-out and general data: a choice among the datasets, like the training data (sent only when chosen)
+    const made = f.name === "eval_data" ? heldOutSelect(f, trainable)
+      : f.name === "general_data" ? heldOutSelect(f, (datasets.value?.data || []).filter((d) => d.kind === "text" || d.kind === "chat"))
+        : makeInput(f);
     inputs[f.name] = made;
     (f.advanced ? advanced : basics).push(fieldRow(f, made.el, made.kind === "bool"));
   }
@@ -91,7 +126,11 @@ export async function trainPage(ctx) {
     const config = {};
     for (const [name, inp] of Object.entries(inputs)) {
       const value = inp.read();
-      if (PINNED.includes(name)) {
+      if (name === "method") { // each method's schema has itself as the default: compare with SFT's
+        if (value !== "lora") config.method = value;
+        continue;
+      }
+      if (SENT.includes(name)) {
         if (value !== "") config[name] = value;
         continue;
       }
@@ -115,7 +154,7 @@ export async function trainPage(ctx) {
   }
 
   replace(box, problems,
-    h("form", { class: "card train-form", testid: "train-form", onsubmit: onSubmit },
+    h("form", { class: "card train-form", testid: "train-form", "data-method": method, onsubmit: onSubmit },
       h("div", { class: "form-grid" }, basics),
       advanced.length ? h("details", { class: "advanced", testid: "advanced-settings" },
         h("summary", { testid: "advanced-toggle" }, `Advanced settings (${advanced.length})`),

@@ -1,0 +1,95 @@
+"""A model's mistakes as preference pairs: evaluate -> correct -> retrain is one loop.
+
+    modelmill eval --task reviews-train.yaml --models tiny:reviews-lora     # score it (on its training set)
+    modelmill data mistakes --task reviews-train --model tiny:reviews-lora --name reviews-fixes
+    modelmill train --method dpo --data reviews-fixes --from reviews-lora
+
+Each item the model got wrong in its stored evaluation becomes ``{"prompt", "chosen", "rejected"}``:
+the conversation it was scored on, the gold answer chosen and its own answer rejected. The pairs
+are saved as a preference dataset whose origin names the evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelmill.errors import InputError, NotFoundError
+
+
+@dataclass
+class MistakesReport:
+    dataset: object  # the DatasetVersion saved
+    created: bool
+    items: int  # items in the evaluation
+    wrong: int  # items it got wrong
+    pairs: int  # pairs saved (a wrong item without an answer of its own to reject is left out)
+
+
+def find_result(store, task: str, model: str):
+    """The newest finished evaluation of ``model`` (a candidate name, e.g. tiny:reviews-lora) on ``task``."""
+    from modelmill.evaluate.results import latest
+
+    rows = [r for r in latest(store, task) if model in (r.candidate, r.adapter, f"{r.base_model}:{r.adapter}")]
+    if not rows:
+        names = ", ".join(sorted(r.candidate for r in latest(store, task)))
+        raise NotFoundError(f"no finished evaluation of '{model}' on task '{task}'", field="--model",
+                            fix=f"scored on it: {names}; or score it first with `modelmill eval`")
+    return rows[0]
+
+
+def mistakes(store, *, task: str, model: str, name: str) -> MistakesReport:
+    """Save the items ``model`` got wrong in its evaluation on ``task`` as preference pairs named ``name``."""
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.data.formats import Where, get_format
+    from modelmill.evaluate.tasks import TaskSpec, load_items
+    from modelmill.names import check_name
+
+    check_name(name, "--name")
+    row = find_result(store, task, model)
+    known = {f.name for f in dataclasses.fields(TaskSpec)}
+    spec = TaskSpec(**{k: v for k, v in row.lineage["task"].items() if k in known})
+    data = load_items(store, spec)
+    if data.dataset_hash != row.dataset_hash:
+        raise InputError(f"the data of task '{task}' changed since '{model}' was scored on it", field="--task",
+                         fix="score the model again (`modelmill eval`), then make the pairs")
+    kind = spec.task_kind
+    results = [json.loads(line) for line in Path(row.path, "items.jsonl").read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    fmt = get_format("preference")
+    records, wrong = [], 0
+    for r in results:
+        if r.get("correct", True):
+            continue
+        wrong += 1
+        item = data.items[r["i"]]
+        chosen = kind.answer(item, spec, data)
+        rejected = _own_answer(r)
+        if not rejected or rejected.strip() == str(chosen).strip():
+            continue
+        raw = {"prompt": kind.conversation(item, spec, data), "chosen": str(chosen), "rejected": rejected,
+               "task": task, "model": row.candidate, "item": r["i"]}
+        records.append(fmt.normalize(raw, Where(f"evaluation {row.id}", r["i"] + 1, "record")))
+    if not records:
+        raise InputError(f"'{model}' made no mistake on task '{task}' that can be turned into a pair "
+                         f"({wrong} wrong of {len(results)})", field="--model",
+                         fix="score it on harder or more data (its training set, say)")
+    origin = {"op": "mistakes", "task": task, "model": row.candidate, "evaluation": row.id,
+              "items": len(results), "wrong": wrong}
+    saved, created = DatasetCatalog(store).save(name, records, "preference", "preference", None, origin)
+    return MistakesReport(saved, created, len(results), wrong, len(records))
+
+
+def _own_answer(result: dict) -> str | None:
+    """What the model answered: its generated text, else (likelihood scoring) the label it chose."""
+    out = result.get("output")
+    if isinstance(out, str) and out.strip():
+        return out
+    pred = result.get("pred")
+    if isinstance(pred, str):
+        return pred
+    if pred is not None:
+        return json.dumps(pred, ensure_ascii=False)
+    return None
