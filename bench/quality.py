@@ -102,8 +102,11 @@ def main() -> int:
         cat.import_file(write(data / f"{name}-test{suffix}.jsonl", te), f"q-{name}-test{suffix}")
         adapter = f"q-{name}-lora{tag}{suffix}"
         if AdapterRegistry(store).find(adapter) is None:
-            print(f"\n== training {adapter} on {len(tr)} reviews with modelmill's defaults", flush=True)
-            row = train(store, SFTConfig(base=base, data=f"q-{name}-train{suffix}", name=adapter))
+            # an interrupted run (Ctrl-C, a session's end) continues from its last checkpoint
+            resume = (store.runs_dir / adapter / "job.json").is_file()
+            print(f"\n== training {adapter} on {len(tr)} reviews with modelmill's defaults"
+                  + (" (resuming)" if resume else ""), flush=True)
+            row = train(store, SFTConfig(base=base, data=f"q-{name}-train{suffix}", name=adapter), resume=resume)
         else:
             row = AdapterRegistry(store).get(adapter)
         adapters[name] = adapter
