@@ -78,8 +78,9 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
             raise _with_details(err, report["errors"])
         from modelmill.train.methods import REGISTRY
 
-        if not any(report["kind"] in m.kinds for m in REGISTRY.values()):
-            raise InputError(f"the file holds {report['kind']} records, which no training method uses", field="file",
+        # the methods OpenAI's fine-tuning API names: supervised (lora) and dpo
+        if not any(report["kind"] in REGISTRY[m].kinds for m in ("lora", "dpo")):
+            raise InputError(f"the file holds {report['kind']} records, which fine-tuning cannot use", field="file",
                              fix="give chat examples (one {\"messages\": [...]} object per line) or, for DPO, "
                                  "preference pairs")
         fid = "file-" + uuid.uuid4().hex[:24]
