@@ -469,8 +469,7 @@ def train_config(flags: dict, config_file: str | None):
         cfg = from_mapping(raw, file=config_file)
         values = {k: getattr(cfg, k) for k in {str(k).replace("-", "_") for k in raw}}
     values.update({k: v for k, v in flags.items() if v is not None})
-    return build(values, flag=lambda k: "--from" if k == "from_adapter" else "--" + k.replace("_", "-"),
-                 file=config_file if config_file else None)
+    return build(values, file=config_file or None)
 
 
 @main.command("train", epilog="Methods:\n\n" + "\n\n".join(f"  {m.name}: {m.summary} (data: {', '.join(m.kinds)})"

@@ -41,8 +41,7 @@ def use_cuda(cfg) -> bool:
 def load_tokenizer(job: TrainJob):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(job.from_path or job.base_path) if job.from_path and (
-        Path(job.from_path) / "tokenizer_config.json").is_file() else AutoTokenizer.from_pretrained(job.base_path)
+    tokenizer = AutoTokenizer.from_pretrained(job.base_path)  # a --from adapter saved this same one
     if job.chat_template:
         tokenizer.chat_template = job.chat_template
     if tokenizer.pad_token is None:

@@ -69,7 +69,13 @@ def methods_of_field(name: str) -> list[str]:
     return [m.name for m in REGISTRY.values() if name in {f.name for f in dataclasses.fields(m.config)}]
 
 
-def build(values: dict, *, flag=lambda k: "--" + k.replace("_", "-"), file: str | None = None) -> TrainConfig:
+def cli_flag(name: str) -> str:
+    """The command-line flag of setting ``name``: its field's own (``--from``) or ``--name-with-dashes``."""
+    f = next((f for f in all_fields() if f.name == name), None)
+    return (f.metadata.get("flag") if f is not None else None) or "--" + name.replace("_", "-")
+
+
+def build(values: dict, *, flag=cli_flag, file: str | None = None) -> TrainConfig:
     """The config of ``values['method']`` (default lora) from a mapping of already type-checked values;
     a setting that belongs to other methods only (``--beta`` with ``--method lora``) is refused by name."""
     method = values.get("method") or "lora"

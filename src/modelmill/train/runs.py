@@ -29,9 +29,6 @@ from modelmill.store.tables import Adapter
 from modelmill.versions import library_versions
 from modelmill.train.config import TrainConfig, TrainJob
 from modelmill.train.methods import get_method
-from modelmill.train.sft import SFTConfig, SFTJob  # noqa: F401  (older callers import them from here)
-
-TRAINABLE_KINDS = ("chat", "classification")  # supervised fine-tuning's; other methods: methods.REGISTRY
 
 
 class TrainingInterrupted(ModelmillError):
