@@ -8,6 +8,7 @@ A kind is its config dataclass (the same one the CLI's flags come from) plus thr
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -62,6 +63,7 @@ def get_kind(name: str) -> JobKind:
     return KINDS[name]
 
 
+@functools.lru_cache(maxsize=1)
 def _gpu_count() -> int:
     try:
         import torch

@@ -72,7 +72,9 @@ class JobQueue:
 
         k = get_kind(kind)
         cfg = k.config(spec)  # raises InputError naming the field
-        res = k.resources(cfg) if resources is None else check_resources(resources)
+        # what the caller asked for is checked now; what the kind needs is worked out once the spec is
+        # valid (counting GPUs imports torch: seconds on a busy host, not to be spent on a refusal)
+        res = check_resources(resources) if resources is not None else {}
         job = Job(id=new_job_id(), kind=kind, status="validating_files", spec=k.to_spec(cfg), resources=res,
                   attempts=0, cancel_requested=False, result={}, created_by=created_by, **columns)
         with self.store.session() as s:
@@ -83,6 +85,8 @@ class JobQueue:
             with self.store.session() as s:
                 row = s.get(Job, job.id)
                 row.spec = k.to_spec(cfg)
+                if resources is None:
+                    row.resources = k.resources(cfg)
                 for key, value in extra.items():
                     setattr(row, key, value)
                 if row.status == "validating_files":  # not cancelled meanwhile
