@@ -247,6 +247,64 @@ def test_bad_preferences_name_the_field(fresh, change, param):
     assert c.get("/api/preferences").json()["data"] == []
 
 
+# ---- feedback: thumbs up/down, KTO data ---------------------------------------------------------
+
+THUMB = {"messages": [{"role": "user", "content": "Is it safe?"}], "completion": "Yes, at the usual dose.",
+         "label": True, "model": "tiny:drugs-lora"}
+
+
+def test_feedback_create_list_export_reads_back_as_feedback_data(fresh, tmp_path):
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.train.runs import trainable_dataset
+
+    store, c = fresh
+    err = _error(c.post("/api/feedback/export", json={"name": "thumbs"}), 409, "name")
+    assert "thumb" in err["message"]
+    up = c.post("/api/feedback", json=THUMB)
+    assert up.status_code == 201, up.text
+    assert {k: up.json()[k] for k in THUMB} == THUMB and up.json()["created_at"].endswith("Z")
+    down = c.post("/api/feedback", json={**THUMB, "completion": "I cannot say.", "label": False, "model": "tiny"}).json()
+    listed = c.get("/api/feedback").json()
+    assert [f["id"] for f in listed["data"]] == [down["id"], up.json()["id"]]
+    assert listed["total"] == 2 and listed["up"] == 1 and listed["has_more"] is False
+
+    r = c.post("/api/feedback/export", json={"name": "thumbs"})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["kind"] == "feedback" and ds["format"] == "feedback" and ds["num_records"] == 2
+    assert ds["origin"]["op"] == "feedback" and ds["origin"]["feedback"] == 2
+    cat = DatasetCatalog(store)
+    records = cat.records(cat.resolve("thumbs"))
+    assert [(x["completion"], x["label"], x["meta"]["model"]) for x in records] == [
+        ("Yes, at the usual dose.", True, "tiny:drugs-lora"), ("I cannot say.", False, "tiny")]
+    assert records[0]["prompt"] == THUMB["messages"]
+    # what KTO trains on, and the same records as a feedback file imported by hand
+    assert trainable_dataset(store, "thumbs", method="kto").kind == "feedback"
+    again, _, _ = cat.import_file(write_jsonl(tmp_path / "thumbs.jsonl", records), "reimported")
+    assert again.kind == "feedback" and again.num_records == 2
+    assert c.post("/api/feedback/export", json={"name": "thumbs"}).json()["created"] is False
+    # preferences and thumbs are kept apart
+    assert c.get("/api/preferences").json()["total"] == 0
+
+
+@pytest.mark.parametrize("change,param", [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),  # no user turn
+    ({"messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content"),
+    ({"completion": "  "}, "completion"),
+    ({"completion": "a \x00"}, "completion"),
+    ({"label": "maybe"}, "label"),
+    ({"label": None}, "label"),
+    ({"model": ""}, "model"),
+])
+def test_bad_feedback_names_the_field(fresh, change, param):
+    _, c = fresh
+    body = json.dumps({**THUMB, **change})
+    _error(c.post("/api/feedback", content=body, headers={"content-type": "application/json"}), 400, param)
+    _error(c.post("/api/feedback", json={k: v for k, v in THUMB.items() if k != "label"}), 400, "label")
+    assert c.get("/api/feedback").json()["data"] == []
+
+
 def test_bad_bodies_and_names(fresh):
     _, c = fresh
     err = _error(c.post("/api/preferences", content=b"{not json", headers={"content-type": "application/json"}), 400)

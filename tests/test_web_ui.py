@@ -214,10 +214,32 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, cli_tiny, tmp_pa
     assert {prefs[0]["chosen_model"], prefs[0]["rejected_model"]} == {"tiny", "tiny:faq-lora"}
     assert prefs[0]["chosen_model"] == chosen_model
 
+    # ---- thumbs on single answers (KTO data); a pick survives the redraw a thumb makes
+    up = page.locator(f'[data-testid="pg-thumb-up"][data-model="{chosen_model}"]')
+    up.click()
+    expect(by("pg-confirm")).to_contain_text(f"thumbs up for {chosen_model}")
+    expect(up).to_have_attribute("aria-pressed", "true")
+    expect(page.locator(f'[data-testid="pg-thumb-down"][data-model="{chosen_model}"]')).to_be_disabled()
+    expect(page.locator(f'[data-testid="pg-prefer"][data-model="{chosen_model}"]')).to_have_text("✓ Your pick")
+    expect(page.locator('[data-testid="pg-prefer"]:enabled')).to_have_count(0)
+    other = "tiny" if chosen_model == "tiny:faq-lora" else "tiny:faq-lora"
+    page.locator(f'[data-testid="pg-thumb-down"][data-model="{other}"]').click()
+    expect(by("pg-saved-counts")).to_have_text("1 pick (one answer better than another) · 2 thumbs (1 up, 1 down)")
+    thumbs = _get(url + "/api/feedback")["data"]
+    assert [(t["model"], t["label"]) for t in thumbs] == [(other, False), (chosen_model, True)]
+    assert thumbs[0]["messages"] == [{"role": "user", "content": "Do you ship abroad?"}]
+
+    # ---- both saved as datasets from the panel, each with a link to train on it
+    by("pg-export-name").fill("thumbs")
+    by("pg-export-feedback").click()
+    expect(by("pg-export-ok")).to_contain_text("Saved as dataset thumbs@")
+    assert by("pg-export-train").get_attribute("href") == "#/train?method=kto&data=thumbs"
+    by("pg-export-name").fill("votes")
+    by("pg-export-preference").click()
+    expect(by("pg-export-ok")).to_contain_text("(1 records)")
+    assert by("pg-export-train").get_attribute("href") == "#/train?method=dpo&data=votes"
+
     # ---- the judgement trains the adapter further: DPO from the form, whose fields follow the method
-    req = urllib.request.Request(url + "/api/preferences/export", data=json.dumps({"name": "votes"}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    urllib.request.urlopen(req, timeout=30).close()
     page.goto(url + "/ui/#/train")
     expect(by("train-form")).to_have_attribute("data-method", "lora")
     expect(by("field-beta")).to_have_count(0)

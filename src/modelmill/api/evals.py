@@ -1,4 +1,4 @@
-"""Evaluations over HTTP: results, leaderboards, comparisons, reports; playground preferences.
+"""Evaluations over HTTP: results, leaderboards, comparisons, reports; playground judgements.
 
     GET  /api/evaluations?task=drugs           the stored results (every status)
     GET  /api/leaderboard?task=drugs           what `modelmill leaderboard` prints, as JSON
@@ -7,9 +7,13 @@
     POST /api/preferences                      one judgement from the playground: this answer beat that one
     GET  /api/preferences
     POST /api/preferences/export {"name"}      every judgement as a preference dataset (DPO data)
+    POST /api/feedback                         a thumb up or down on one answer
+    GET  /api/feedback
+    POST /api/feedback/export {"name"}         every thumb as a feedback dataset (KTO data)
 
 Scores, per-class metrics and reports come from the library (``evaluate.results``,
-``evaluate.report``, ``evaluate.classification``), exactly as the CLI gets them; nothing here
+``evaluate.report``, ``evaluate.classification``) and judgements from ``data.judgements``,
+exactly as the CLI gets them; nothing here
 scores anything. Handlers are plain ``def``: the library calls block, so FastAPI runs them in
 its thread pool.
 """
@@ -27,7 +31,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
 from modelmill.api.native import _iso, dataset_json
-from modelmill.errors import ConflictError, InputError, NotFoundError
+from modelmill.errors import InputError, NotFoundError
 from modelmill.names import _NAME as NAME
 
 
@@ -339,52 +343,30 @@ class ExportIn(BaseModel):
                       "starting with a letter or digit; a new version of it when it exists.")
 
 
-def _check_preference(body: PreferenceIn) -> None:
+def _check_texts(body, fields) -> None:
     for i, m in enumerate(body.messages):
         _text(m.content, f"messages.{i}.content")
-    for field in ("chosen", "rejected", "chosen_model", "rejected_model"):
+    for field in fields:
         _text(getattr(body, field), field)
-    if not any(m.role == "user" for m in body.messages):
-        raise InputError("has no user turn", field="messages",
-                         fix='include the user\'s message, e.g. {"role": "user", "content": "..."}')
-
-
-def _record(p) -> dict:
-    """A stored preference as the canonical record of the preference format (what importing a
-    preference file gives), through that format's own checks."""
-    from modelmill.data.formats import Where, get_format
-
-    raw = {"prompt": p.messages, "chosen": p.chosen, "rejected": p.rejected, "chosen_model": p.chosen_model,
-           "rejected_model": p.rejected_model, "preference_id": p.id}
-    return get_format("preference").normalize(raw, Where("preferences", p.id, "record"))
 
 
 @router.post("/preferences", status_code=201, summary="Store a preference from the playground")
 def create_preference(request: Request, body: PreferenceIn):
     """Keep one judgement; 400 names the field that is wrong."""
-    from modelmill.store.tables import Preference
+    from modelmill.data.judgements import add_preference
 
-    _check_preference(body)
-    row = Preference(messages=[m.model_dump() for m in body.messages], chosen=body.chosen, rejected=body.rejected,
-                     chosen_model=body.chosen_model.strip(), rejected_model=body.rejected_model.strip())
-    _record(row)  # what export will do with it must work now, not fail later
-    with request.app.state.store.session() as s:
-        s.add(row)
-        s.flush()
-        s.refresh(row)
-        s.expunge(row)
+    _check_texts(body, ("chosen", "rejected", "chosen_model", "rejected_model"))
+    row = add_preference(request.app.state.store, messages=[m.model_dump() for m in body.messages],
+                         chosen=body.chosen, rejected=body.rejected, chosen_model=body.chosen_model,
+                         rejected_model=body.rejected_model)
     return preference_json(row)
 
 
 @router.get("/preferences", summary="Stored preferences")
 def list_preferences(request: Request, limit: int = Query(100, ge=1, le=10000, description="At most this many, newest first.")):
-    from sqlalchemy import func, select
+    from modelmill.data.judgements import listing
 
-    from modelmill.store.tables import Preference
-
-    with request.app.state.store.session() as s:
-        rows = list(s.scalars(select(Preference).order_by(Preference.id.desc()).limit(limit)))
-        total = s.scalar(select(func.count()).select_from(Preference))
+    rows, total = listing(request.app.state.store, "preference", limit)
     return {"data": [preference_json(p) for p in rows], "total": total, "has_more": total > len(rows)}
 
 
@@ -392,20 +374,57 @@ def list_preferences(request: Request, limit: int = Query(100, ge=1, le=10000, d
 def export_preferences(request: Request, body: ExportIn):
     """All stored preferences as a preference dataset (``{"prompt", "chosen", "rejected"}`` records,
     the models under ``meta``), ready for preference training; the same content twice is one version."""
-    from sqlalchemy import select
+    from modelmill.data.judgements import export
 
-    from modelmill.data.catalog import DatasetCatalog
-    from modelmill.names import check_name
-    from modelmill.store.tables import Preference
+    row, created = export(request.app.state.store, "preference", _text(body.name, "name"))
+    return {**dataset_json(row), "created": created}
+
+
+# ---- feedback: thumbs up/down on one answer -----------------------------------------------------
+
+class FeedbackIn(BaseModel):
+    """One thumb: ``completion`` (by ``model``), the answer to ``messages``, was good or bad."""
+
+    messages: list[Message] = Field(min_length=1, description="The conversation before the answer, "
+                                    "with at least one user turn.",
+                                    json_schema_extra={"contains": {"type": "object", "required": ["role"],
+                                                                    "properties": {"role": {"const": "user"}}}})
+    completion: str = Field(pattern=TEXT, description="The answer judged.")
+    label: bool = Field(description="true: thumbs up (a good answer); false: thumbs down.")
+    model: str = Field(max_length=300, pattern=TEXT, description="The model that gave the answer.")
+
+
+def feedback_json(f) -> dict:
+    return {"id": f.id, "messages": f.messages, "completion": f.completion, "label": f.label, "model": f.model,
+            "created_at": _iso(f.created_at)}
+
+
+@router.post("/feedback", status_code=201, summary="Store a thumb up or down from the playground")
+def create_feedback(request: Request, body: FeedbackIn):
+    """Keep one thumb; 400 names the field that is wrong."""
+    from modelmill.data.judgements import add_feedback
+
+    _check_texts(body, ("completion", "model"))
+    row = add_feedback(request.app.state.store, messages=[m.model_dump() for m in body.messages],
+                       completion=body.completion, label=body.label, model=body.model)
+    return feedback_json(row)
+
+
+@router.get("/feedback", summary="Stored thumbs")
+def list_feedback(request: Request, limit: int = Query(100, ge=1, le=10000, description="At most this many, newest first.")):
+    from modelmill.data.judgements import counts, listing
 
     store = request.app.state.store
-    check_name(_text(body.name, "name"), "name")
-    with store.session() as s:
-        prefs = list(s.scalars(select(Preference).order_by(Preference.id)))
-    if not prefs:
-        raise ConflictError("there are no preferences to export", field="name",
-                            fix="judge some answers in the playground first (POST /api/preferences)")
-    records = [_record(p) for p in prefs]
-    origin = {"op": "preferences", "preferences": len(prefs), "ids": [prefs[0].id, prefs[-1].id]}
-    row, created = DatasetCatalog(store).save(body.name, records, "preference", "preference", None, origin)
+    rows, total = listing(store, "feedback", limit)
+    return {"data": [feedback_json(f) for f in rows], "total": total, "up": counts(store)["feedback_up"],
+            "has_more": total > len(rows)}
+
+
+@router.post("/feedback/export", status_code=201, summary="Save every thumb as a feedback dataset (KTO data)")
+def export_feedback(request: Request, body: ExportIn):
+    """All stored thumbs as a feedback dataset (``{"prompt", "completion", "label"}`` records, the
+    model under ``meta``), ready for ``--method kto``; the same content twice is one version."""
+    from modelmill.data.judgements import export
+
+    row, created = export(request.app.state.store, "feedback", _text(body.name, "name"))
     return {**dataset_json(row), "created": created}

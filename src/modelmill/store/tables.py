@@ -261,6 +261,19 @@ class Preference(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Feedback(Base):
+    """A thumb from the playground: this one answer, to these messages, was good or bad (KTO data)."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    messages: Mapped[list] = mapped_column(JSON)  # the conversation up to the answer
+    completion: Mapped[str] = mapped_column(Text)
+    label: Mapped[bool] = mapped_column(Boolean)  # true: thumbs up
+    model: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Deployment(Base):
     """A published model: a stable name clients call, pointing at a model or adapter (and knowledge)."""
 

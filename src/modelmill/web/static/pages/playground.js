@@ -1,6 +1,8 @@
 // Playground: ask several models the same thing, read the answers side by side, and say which is
-// better. Each judgement is stored as a preference pair (POST /api/preferences), which later
-// becomes a preference dataset for DPO: the business user's taste turned into training data.
+// better or give one answer a thumb up or down. A pick is stored as a preference pair (POST
+// /api/preferences, DPO data), a thumb as feedback (POST /api/feedback, KTO data); the panel
+// below the form saves either as a dataset and links to training on it: the business user's
+// taste turned into training data.
 
 import { api, chatModelId, withQuery } from "../api.js";
 import { errorBox, h, loading, notice, replace } from "../dom.js";
@@ -18,7 +20,7 @@ export async function playgroundPage(ctx) {
   const box = h("div", {}, loading("Loading models…"));
   ctx.main.append(h("section", { class: "page" },
     h("header", { class: "page-head" }, h("h1", {}, "Playground"),
-      h("p", { class: "lead" }, "Ask two or more models the same question and pick the better answer. Your picks are saved and can become training data.")),
+      h("p", { class: "lead" }, "Ask two or more models the same question, pick the better answer or give an answer a thumb up or down. Your judgements are saved and can become training data.")),
     box));
 
   let cards;
@@ -125,13 +127,37 @@ export async function playgroundPage(ctx) {
     }
     const others = round ? round.filter((o) => o !== r && !o.error && printable(o.text || "").trim()) : [];
     const prefer = h("button", { type: "button", class: "btn btn-small", testid: "pg-prefer", "data-model": r.model,
-      disabled: !round || !printable(r.text).trim() || !others.length,
+      disabled: !round || !printable(r.text).trim() || !others.length || round.picked,
       title: !printable(r.text).trim() ? "An empty answer cannot be chosen" : !others.length && round ? "No other answer to compare with" : null,
-      onclick: () => choose(r, others, round, messages, confirm) }, "This one is better");
+      onclick: () => choose(r, others, round, messages, confirm) }, r.won ? "✓ Your pick" : "This one is better");
+    const thumbs = round ? [true, false].map((good) => h("button", { type: "button", class: "btn btn-small btn-thumb",
+      testid: good ? "pg-thumb-up" : "pg-thumb-down", "data-model": r.model, "aria-pressed": r.thumb === good ? "true" : "false",
+      "aria-label": good ? "Good answer" : "Bad answer", title: good ? "Good answer" : "Bad answer",
+      disabled: !printable(r.text).trim() || r.thumb !== undefined,
+      onclick: () => thumb(r, good, messages, round, confirm) }, good ? "👍" : "👎")) : [];
     replace(body,
       h("div", { class: "answer-text", testid: "pg-answer-text" }, r.text.trim() ? r.text : h("span", { class: "muted" }, "(empty answer)")),
       h("footer", {}, h("span", { class: "muted small" }, `${(r.ms / 1000).toFixed(1)} s`,
-        r.usage && r.usage.completion_tokens !== undefined ? ` · ${r.usage.completion_tokens} tokens` : ""), prefer));
+        r.usage && r.usage.completion_tokens !== undefined ? ` · ${r.usage.completion_tokens} tokens` : ""),
+        h("span", { class: "answer-actions" }, ...thumbs, prefer)));
+  }
+
+  async function thumb(r, good, messages, round, confirm) {
+    r.thumb = good; // one thumb per answer: both buttons stop while it is saved
+    drawAnswer(r, round, messages, confirm);
+    try {
+      await api("/api/feedback", { method: "POST", json: { messages, completion: printable(r.text), label: good, model: r.model } });
+    } catch (err) {
+      r.thumb = undefined;
+      if (!ctx.alive) return;
+      drawAnswer(r, round, messages, confirm);
+      replace(confirm, errorBox({ message: `Not saved for ${r.model}: ${err.message}`, details: err.details }, "pg-thumb-error"));
+      return;
+    }
+    if (!ctx.alive) return;
+    replace(confirm, h("div", { class: "alert alert-ok", role: "status", testid: "pg-confirm" },
+      `Saved: thumbs ${good ? "up" : "down"} for ${r.model}.`));
+    refreshSaved();
   }
 
   async function choose(winner, losers, round, messages, confirm) {
@@ -150,6 +176,10 @@ export async function playgroundPage(ctx) {
     }
     if (!ctx.alive) return;
     winner.col.classList.add("chosen");
+    if (saved.length) { // a thumb given later redraws the answers: they keep the pick
+      round.picked = true;
+      winner.won = true;
+    }
     const mine = winner.col.querySelector("[data-testid=pg-prefer]");
     if (mine && saved.length) mine.textContent = "✓ Your pick";
     replace(confirm,
@@ -160,7 +190,58 @@ export async function playgroundPage(ctx) {
     if (!saved.length) {
       for (const r of round) drawAnswer(r, round, messages, confirm); // let the user try again
     }
+    refreshSaved();
   }
+
+  // ---- what has been judged so far, saved as a dataset to train on
+  const savedCounts = h("p", { testid: "pg-saved-counts" }, loading("Counting…"));
+  const exportName = h("input", { id: "pg-export-name", testid: "pg-export-name", type: "text", value: "playground",
+    pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]{0,127}", required: true });
+  const exportBox = h("div", { testid: "pg-export-result", "aria-live": "polite" });
+  const exportButtons = [["preference", "Save picks as a dataset", "dpo", "/api/preferences/export"],
+    ["feedback", "Save thumbs as a dataset", "kto", "/api/feedback/export"]].map(([kind, label, method, path]) =>
+    h("button", { type: "button", class: "btn", testid: `pg-export-${kind}`, "data-kind": kind,
+      onclick: () => saveAs(kind, method, path) }, label));
+
+  async function refreshSaved() {
+    let prefs, thumbs;
+    try {
+      [prefs, thumbs] = await Promise.all([api("/api/preferences?limit=1"), api("/api/feedback?limit=1")]);
+    } catch (err) {
+      if (ctx.alive) replace(savedCounts, errorBox(err, "pg-saved-error"));
+      return;
+    }
+    if (!ctx.alive) return;
+    savedCounts.dataset.preferences = prefs.total;
+    savedCounts.dataset.feedback = thumbs.total;
+    replace(savedCounts, `${prefs.total} pick${prefs.total === 1 ? "" : "s"} (one answer better than another) · `,
+      `${thumbs.total} thumb${thumbs.total === 1 ? "" : "s"} (${thumbs.up} up, ${thumbs.total - thumbs.up} down)`);
+    exportButtons[0].disabled = !prefs.total;
+    exportButtons[1].disabled = !thumbs.total;
+  }
+
+  async function saveAs(kind, method, path) {
+    if (!exportName.reportValidity()) return;
+    for (const b of exportButtons) b.disabled = true;
+    replace(exportBox, loading("Saving…"));
+    try {
+      const ds = await api(path, { method: "POST", json: { name: exportName.value.trim() } });
+      if (!ctx.alive) return;
+      replace(exportBox, h("div", { class: "alert alert-ok", role: "status", testid: "pg-export-ok" },
+        `${ds.created ? "Saved" : "Already saved"} as dataset ${ds.ref} (${ds.num_records} records). `,
+        h("a", { href: withQuery("#/train", { method, data: ds.name }), testid: "pg-export-train" },
+          `Train with it (${method.toUpperCase()})`)));
+    } catch (err) {
+      if (ctx.alive) replace(exportBox, errorBox(err, "pg-export-error"));
+    }
+    refreshSaved();
+  }
+
+  const savedPanel = h("section", { class: "card", testid: "pg-saved" },
+    h("h2", {}, "Your judgements"), savedCounts,
+    h("div", { class: "field" }, h("label", { for: "pg-export-name" }, "Dataset name"), exportName,
+      h("p", { class: "help" }, "Picks train with DPO (or ORPO), thumbs with KTO. Saving again adds a new version when there is more.")),
+    h("div", { class: "actions" }, ...exportButtons), exportBox);
 
   const form = h("form", { class: "card", testid: "pg-form", onsubmit: onSend },
     h("fieldset", { class: "chips" }, h("legend", {}, "Models"), checks),
@@ -173,5 +254,6 @@ export async function playgroundPage(ctx) {
         h("div", { class: "field" }, h("label", { for: "pg-max-tokens" }, "Longest answer (tokens)"), maxTokens),
         h("div", { class: "field" }, h("label", { for: "pg-system" }, "System prompt"), system))),
     h("div", { class: "actions" }, send), hint);
-  replace(box, form, answers);
+  replace(box, form, answers, savedPanel);
+  refreshSaved();
 }
