@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import click
 
@@ -184,24 +183,28 @@ def _forgetting(adapter, task_file, limit=None):
 @main.command("grid")
 @click.option("--bases", required=True, help="Comma-separated base models.")
 @click.option("--data", "datasets", required=True, help="Comma-separated training datasets.")
-@click.option("--methods", default="lora", show_default=True, help="Comma-separated: lora, lora-rN, full.")
+@click.option("--methods", default="lora", show_default=True,
+              help="Comma-separated: lora, lora-rN, full, dpo, orpo, kto, cpt, or steps joined by -then- "
+                   "(cpt-then-lora, lora-then-dpo).")
+@click.option("--step-data", default="", help="METHOD=DATASET,...: the data of the steps of that method "
+              "(cpt=docs); a dpo/orpo step after another without it learns from that step's mistakes.")
 @click.option("--task", "task_file", required=True, type=click.Path(), help="The task every cell is scored on.")
 @click.option("--prefix", default="", help="A word in front of every cell's adapter name.")
 @click.option("--baselines", default="zero-shot", show_default=True, help="Also rank: zero-shot, few-shot, classical (or tfidf, gazetteer, crf).")
 @click.option("--forgetting-task", type=click.Path(), default=None, help="Also score each cell on this general task.")
 @click.option("--config", "config_file", type=click.Path(), default=None, help="Training settings YAML for every cell.")
 @dataclass_options(SFTConfig, exclude=("base", "data", "name", "method", "lora_r", "lora_alpha"))
-def grid_cmd(bases, datasets, methods, task_file, prefix, baselines, forgetting_task, config_file, **flags):
+def grid_cmd(bases, datasets, methods, step_data, task_file, prefix, baselines, forgetting_task, config_file, **flags):
     """Train every base x dataset x method, score each on one task, print the ranked board.
 
     Running it again skips finished cells and reuses stored scores.
     """
-    from modelmill.evaluate.grid import plan, run, summary_lines
+    from modelmill.evaluate.grid import parse_step_data, plan, run, summary_lines
     from modelmill.evaluate.tasks import load_task
 
     spec = load_task(task_file)
     template = build_config(SFTConfig, flags, config_file)
-    cells = plan(_names(bases), _names(datasets), _names(methods), template, prefix)
+    cells = plan(_names(bases), _names(datasets), _names(methods), template, prefix, parse_step_data(step_data))
     out = run(_store(), spec, cells, baselines=_names(baselines) if baselines else [], log=click.echo)
     rows = out.rows
     click.echo(f"\ngrid on task {spec.name} ({spec.kind}), {rows[0].dataset}, {rows[0].n} items")

@@ -2,25 +2,55 @@
 
     modelmill grid --bases smollm2-135m-instruct,qwen3-0.6b --data tickets-a,tickets-b \\
         --methods lora-r8,lora-r32,full --task tickets.yaml
+    modelmill grid --bases smollm2-135m-instruct --data tickets --task tickets.yaml \\
+        --methods lora,lora-then-dpo,cpt-then-lora --step-data cpt=support-docs
 
-Each cell trains an adapter named ``<data>-<base>-<method>`` (``--prefix`` puts a word in front).
-Running the same grid again skips cells whose adapter exists with the same settings, continues
-a cell whose run was interrupted, and reuses stored scores, so only what is missing is done.
-Every base and dataset is checked before the first cell trains. ``run`` is what the command and
-the ``grid`` job call: it trains, scores and returns the board with ``summary`` naming the winner
-(the best cell, the best per base beside that base's zero-shot score, and the best baseline).
+A method is one training method (``lora``/``sft``, ``lora-rN``, ``full``, ``dpo``, ``orpo``,
+``kto``, ``cpt``) or a chain of them joined by ``-then-``, each step trained ``--from`` the one
+before. A step trains on the cell's dataset, or on the dataset ``--step-data METHOD=DATASET``
+names for its method (``cpt=docs``: raw text; ``dpo=votes``: preference pairs). A ``dpo`` or
+``orpo`` step after another step without its own data learns from that step's **mistakes**: the
+adapter is scored on the cell's training data with the grid's task, and each item it got wrong
+becomes a pair (the gold answer chosen, its own rejected), so ``lora-then-dpo`` is the whole
+evaluate -> correct -> retrain loop in one cell.
+
+Each step trains an adapter named ``<data>-<base>-<method so far>`` (``--prefix`` puts a word in
+front), so ``lora`` and ``lora-then-dpo`` share their first step. Running the same grid again
+skips steps whose adapter exists with the same settings, continues a step whose run was
+interrupted, and reuses stored scores, so only what is missing is done. Every base and dataset
+is checked before the first cell trains. ``run`` is what the command and the ``grid`` job call:
+it trains, scores and returns the board with ``summary`` naming the winner (the best cell, the
+best per base beside that base's zero-shot score, and the best baseline).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, replace
 
 from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.names import check_name
-from modelmill.train.sft import SFTConfig
+from modelmill.train.config import TrainConfig
 
-_METHOD = re.compile(r"^(lora|full)(?:-r(\d+))?$")
+_SFT = re.compile(r"^(lora|sft|full)(?:-r(\d+))?$")
+THEN = "-then-"
+_FIX = "use lora, lora-rN (e.g. lora-r8), full, dpo, orpo, kto or cpt, or steps joined by -then- (cpt-then-lora)"
+
+
+@dataclass
+class Step:
+    """One training run of a cell: its method token, its config and where its data comes from
+    (``cell``: the cell's dataset; ``step-data``: the dataset --step-data names; ``mistakes``:
+    pairs made from the previous step's mistakes, named in ``config.data``)."""
+
+    method: str
+    config: TrainConfig
+    source: str
+
+    @property
+    def name(self) -> str:
+        return self.config.name
 
 
 @dataclass
@@ -28,56 +58,115 @@ class Cell:
     base: str
     data: str
     method: str
-    config: SFTConfig
+    config: TrainConfig  # the last step's
+    steps: list[Step] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.config.name
 
 
-def parse_method(method: str) -> dict:
-    """``lora`` (rank 16), ``lora-rN`` (rank N, alpha 2N) or ``full`` -> SFTConfig settings."""
-    m = _METHOD.match(method.strip())
-    if not m or (m.group(1) == "full" and m.group(2)):
-        raise InputError(f"unknown method '{method}'", field="--methods", fix="use lora, lora-rN (e.g. lora-r8) or full")
-    if m.group(1) == "full":
-        return {"method": "full"}
-    if m.group(2):
-        r = int(m.group(2))
-        if not 1 <= r <= 1024:
-            raise InputError(f"rank {r} out of range", field="--methods", fix="use a rank from 1 to 1024")
-        return {"method": "lora", "lora_r": r, "lora_alpha": 2 * r}
-    return {"method": "lora"}
+def parse_method(method: str) -> list[dict]:
+    """A method token -> the settings of each of its steps: ``lora`` (rank 16), ``lora-rN`` (rank
+    N, alpha 2N), ``full``, any other registered method by name, or steps joined by ``-then-``."""
+    from modelmill.train.methods import REGISTRY
+
+    steps = []
+    for part in method.strip().split(THEN):
+        m = _SFT.match(part)
+        if m and not (m.group(1) == "full" and m.group(2)):
+            if m.group(1) == "full":
+                steps.append({"method": "full"})
+            elif m.group(2):
+                r = int(m.group(2))
+                if not 1 <= r <= 1024:
+                    raise InputError(f"rank {r} out of range", field="--methods", fix="use a rank from 1 to 1024")
+                steps.append({"method": "lora", "lora_r": r, "lora_alpha": 2 * r})
+            else:
+                steps.append({"method": "lora"})
+        elif part in REGISTRY and part not in ("lora", "full"):
+            steps.append({"method": part})
+        else:
+            raise InputError(f"unknown method '{method}'" + (f" (step '{part}')" if THEN in method else ""),
+                             field="--methods", fix=_FIX)
+    return steps
 
 
-def plan(bases: list[str], datasets: list[str], methods: list[str], template: SFTConfig, prefix: str = "") -> list[Cell]:
+def parse_step_data(text: str | dict | None) -> dict[str, str]:
+    """``cpt=docs,dpo=votes`` (or a mapping) -> {method: dataset}: the data of the steps of that method."""
+    from modelmill.train.methods import REGISTRY
+
+    if not text:
+        return {}
+    pairs = text.items() if isinstance(text, dict) else (
+        (p.partition("=")[0], p.partition("=")[2]) for p in str(text).split(",") if p.strip())
+    out = {}
+    for method, ds in pairs:
+        method, ds = str(method).strip(), str(ds).strip()
+        if method not in REGISTRY or not ds:
+            raise InputError(f"'{method}={ds}' is not METHOD=DATASET", field="--step-data",
+                             fix="e.g. --step-data cpt=support-docs,dpo=votes (methods: " + ", ".join(REGISTRY) + ")")
+        out[method] = ds
+    return out
+
+
+def _step_config(template: TrainConfig, settings: dict, **values) -> TrainConfig:
+    """The config of a step's method, with every setting of ``template`` that method also has."""
+    from modelmill.train.methods import config_class
+
+    cls = config_class(settings["method"], field="--methods")
+    own = {f.name for f in dataclasses.fields(cls)}
+    shared = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
+              if f.name in own and f.name not in ("method", "base", "data", "name", "from_adapter")}
+    return cls(**{**shared, **settings, **values})
+
+
+def plan(bases: list[str], datasets: list[str], methods: list[str], template: TrainConfig, prefix: str = "",
+         step_data: dict[str, str] | None = None) -> list[Cell]:
     for flag, xs in (("--bases", bases), ("--data", datasets), ("--methods", methods)):
         if not xs:
             raise InputError("nothing given", field=flag, fix=f"e.g. {flag} a,b")
+    step_data = step_data or {}
     cells = []
     for d in datasets:
         for b in bases:
             for m in methods:
-                settings = parse_method(m)
-                name = check_name(f"{prefix + '-' if prefix else ''}{d.split('@')[0]}-{b}-{m}"[:128], "--prefix")
-                cells.append(Cell(base=b, data=d, method=m,
-                                  config=replace(template, base=b, data=d, name=name, **settings)))
+                parts = m.strip().split(THEN)
+                steps: list[Step] = []
+                for i, settings in enumerate(parse_method(m)):
+                    token = THEN.join(parts[:i + 1])
+                    name = check_name(f"{prefix + '-' if prefix else ''}{d.split('@')[0]}-{b}-{token}"[:128], "--prefix")
+                    method = settings["method"]
+                    if method in step_data:
+                        source, data = "step-data", step_data[method]
+                    elif method in ("dpo", "orpo") and steps:
+                        source, data = "mistakes", f"{steps[-1].name}-mistakes"
+                    else:
+                        source, data = "cell", d
+                    extra = {"from_adapter": steps[-1].name} if steps else {}
+                    cfg = _step_config(template, settings, base=b, data=data, name=name, **extra)
+                    steps.append(Step(method=token, config=cfg, source=source))
+                cells.append(Cell(base=b, data=d, method=m, config=steps[-1].config, steps=steps))
     return cells
 
 
-def _same(existing, cfg: SFTConfig, data_hash: str, data_kind: str) -> bool:
+def _same(existing, cfg: TrainConfig, data_hash: str, data_kind: str) -> bool:
     """Whether a registered adapter was trained with these settings on this data."""
     keep = ("base", "method", "epochs", "max_steps", "learning_rate", "batch_size", "grad_accum", "lora_r",
-            "lora_alpha", "target_modules", "seed", "max_length")
+            "lora_alpha", "target_modules", "seed", "max_length", "from_adapter", "beta", "loss_type",
+            "block_size", "general_data", "general_ratio", "desirable_weight", "undesirable_weight")
     old = existing.config or {}
     want = {**cfg.__dict__, "learning_rate": cfg.lr_for(data_kind), "epochs": cfg.epochs_for(data_kind)}
     return existing.dataset_hash == data_hash and all(
-        k not in old or old[k] == want[k] or (k == "max_length" and cfg.max_length == 0) for k in keep)
+        k not in old or k not in want or old[k] == want[k] or (k == "max_length" and cfg.max_length == 0)
+        for k in keep)
 
 
-def check(store, cells: list[Cell]) -> None:
-    """Every base and dataset the cells name exists and can be fine-tuned: InputError/NotFoundError
-    naming the flag (``--bases``, ``--data``) before anything is trained."""
+def check(store, cells: list[Cell], spec=None) -> None:
+    """Every base and dataset the cells name exists and can be trained by the step that uses it:
+    InputError/NotFoundError naming the flag (``--bases``, ``--data``, ``--step-data``, ``--methods``)
+    before anything is trained. A step that learns from mistakes needs the task (``spec``) to
+    score the previous step on the cell's data."""
     from modelmill.models.registry import ModelRegistry, is_remote
     from modelmill.train.runs import trainable_dataset
 
@@ -90,38 +179,103 @@ def check(store, cells: list[Cell]) -> None:
         if is_remote(row):
             raise InputError(f"'{b}' is a remote endpoint ({row.source}): a grid fine-tunes local weights",
                              field="--bases", fix="give local or built-in bases (`modelmill models list`)")
-    for d in dict.fromkeys(c.data for c in cells):
-        trainable_dataset(store, d, field="--data")
+    seen = set()
+    for c in cells:
+        for st in c.steps:
+            method = st.config.method
+            if st.source == "mistakes":
+                if spec is not None and spec.kind not in MISTAKE_KINDS:
+                    raise InputError(f"step '{st.method}' of '{c.method}' learns from the mistakes of the step "
+                                     f"before, which a {spec.kind} task cannot tell", field="--step-data",
+                                     fix=f"give its pairs: --step-data {method}=DATASET (or score with a "
+                                         + "/".join(MISTAKE_KINDS) + " task)")
+                if c.steps[0].config.method == "full":
+                    raise InputError(f"'{c.method}' trains {method} from a full fine-tune", field="--methods",
+                                     fix="chain from a LoRA step (lora-then-" + method + ")")
+                continue
+            key = (st.config.data, method, st.source)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                trainable_dataset(store, st.config.data, field="--data" if st.source == "cell" else "--step-data",
+                                  method=method)
+            except InputError as e:
+                if st.source == "cell" and method in ("cpt", "dpo", "orpo", "kto"):
+                    e.fix = f"give the {method} step its data: --step-data {method}=DATASET ({e.fix})"
+                    e.args = (str(e),)
+                raise
 
 
-def run_grid(store, cells: list[Cell], *, train_fn=None, log=print) -> list[str]:
-    """Train what is missing; returns the adapter names, in cell order."""
+MISTAKE_KINDS = ("classification", "extraction", "multiple_choice")
+
+
+def _mistake_pairs(store, spec, cell: Cell, step: Step, prev: Step, log, where: str) -> bool:
+    """Score ``prev`` on the cell's training data with the grid's task and save what it got wrong
+    as the preference pairs ``step`` trains on; False when it made no mistake to learn from."""
+    from modelmill.evaluate.candidates import parse_candidates
+    from modelmill.evaluate.mistakes import mistakes
+    from modelmill.evaluate.runner import evaluate
+
+    on_train = replace(spec, name=f"{prev.name}-train"[:128], data=cell.data, limit=None, train=None, source=None)
+    model = f"{cell.base}:{prev.name}"
+    evaluate(store, on_train, parse_candidates(store, [model]), progress=False)
+    try:
+        report = mistakes(store, task=on_train.name, model=model, name=step.config.data)
+    except InputError as e:
+        if "made no mistake" not in str(e):
+            raise
+        log(f"{where}: {prev.name} made no mistake on {cell.data} to learn from; the cell is left out")
+        return False
+    log(f"{where}: {report.pairs} pairs from {report.wrong} mistakes of {prev.name} on "
+        f"{report.items} training items ({report.dataset.ref})")
+    return True
+
+
+def run_grid(store, cells: list[Cell], *, train_fn=None, log=print, spec=None) -> list[str]:
+    """Train what is missing, step by step; returns the names of the cells' adapters, in cell order
+    (a cell whose mistakes step found nothing to learn from is left out)."""
     from modelmill.adapters import AdapterRegistry
     from modelmill.data.catalog import DatasetCatalog
     from modelmill.train.runs import train
 
-    check(store, cells)
+    check(store, cells, spec)
     train_fn = train_fn or (lambda cfg, resume: train(store, cfg, resume=resume))
     adapters = AdapterRegistry(store)
     catalog = DatasetCatalog(store)
     names = []
+    done: set[str] = set()  # steps trained or checked in this run (cells share their first steps)
     for k, cell in enumerate(cells, 1):
-        cfg = cell.config
-        existing = adapters.find(cell.name)
-        where = f"[{k}/{len(cells)}] {cell.name}"
-        if existing is not None:
-            ds = catalog.resolve(cfg.data)
-            if not _same(existing, cfg, ds.content_hash, ds.kind):
-                raise ConflictError(f"adapter '{cell.name}' exists but was trained with other settings or data",
-                                    field="--prefix", fix=f"remove it (`modelmill adapters remove {cell.name}`) "
-                                    "or give the grid another --prefix")
-            log(f"{where}: trained already, skipped")
-        else:
-            resume = (store.runs_dir / cell.name / "checkpoints").is_dir() and any(
-                (store.runs_dir / cell.name / "checkpoints").iterdir())
-            log(f"{where}: {'continuing' if resume else 'training'} ({cell.method} on {cell.data}, base {cell.base})")
-            train_fn(cfg, resume)
-        names.append(cell.name)
+        ok = True
+        for i, step in enumerate(cell.steps):
+            cfg = step.config
+            where = f"[{k}/{len(cells)}] {step.name}"
+            if step.name in done:
+                continue
+            existing = adapters.find(step.name)
+            if step.source == "mistakes" and existing is None:
+                if spec is None:
+                    raise InputError(f"step '{step.method}' learns from mistakes, which needs the grid's task",
+                                     field="--task")
+                if not _mistake_pairs(store, spec, cell, step, cell.steps[i - 1], log, where):
+                    ok = False
+                    break
+            if existing is not None:
+                ds = catalog.resolve(cfg.data)
+                if not _same(existing, cfg, ds.content_hash, ds.kind):
+                    raise ConflictError(f"adapter '{step.name}' exists but was trained with other settings or data",
+                                        field="--prefix", fix=f"remove it (`modelmill adapters remove {step.name}`) "
+                                        "or give the grid another --prefix")
+                log(f"{where}: trained already, skipped")
+            else:
+                run_dir = store.runs_dir / step.name / "checkpoints"
+                resume = run_dir.is_dir() and any(run_dir.iterdir())
+                what = f"{cfg.method} on {cfg.data}" + (f" from {cfg.from_adapter}" if cfg.from_adapter else "")
+                log(f"{where}: {'continuing' if resume else 'training'} ({what}, base {cell.base})")
+                train_fn(cfg, resume)
+            done.add(step.name)
+        if ok:
+            names.append(cell.name)
     return names
 
 
@@ -194,7 +348,7 @@ def run(store, spec, cells: list[Cell], *, baselines: list[str] = (), train_fn=N
     data = load_items(store, spec)
     for c in add_baselines(store, [], list(baselines), kind=spec.kind, **kw):  # the classical ones
         spec.task_kind.check_candidate(c, spec, data)
-    names = run_grid(store, cells, train_fn=train_fn, log=log)
+    names = run_grid(store, cells, train_fn=train_fn, log=log, spec=spec)
     cands = parse_candidates(store, names, **kw)
     if baselines:
         cands = add_baselines(store, cands, list(baselines), kind=spec.kind, **kw)

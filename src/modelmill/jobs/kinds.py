@@ -251,7 +251,12 @@ class GridJobConfig:
 
     bases: str = field(default="", metadata={"help": "Comma-separated base models.", "basic": True})
     data: str = field(default="", metadata={"help": "Comma-separated training datasets.", "basic": True})
-    methods: str = field(default="lora", metadata={"help": "Comma-separated: lora, lora-rN, full.", "basic": True})
+    methods: str = field(default="lora", metadata={
+        "help": "Comma-separated: lora, lora-rN, full, dpo, orpo, kto, cpt, or steps joined by -then- "
+                "(cpt-then-lora, lora-then-dpo).", "basic": True})
+    step_data: str = field(default="", metadata={
+        "help": "METHOD=DATASET,...: the data of the steps of that method (cpt=docs); a dpo/orpo step after "
+                "another without it learns from that step's mistakes."})
     task: str = field(default="", metadata={"help": "Task YAML file every cell is scored on (a path on the server).",
                                             "basic": True})
     prefix: str = field(default="", metadata={"help": "A word in front of every cell's adapter name."})
@@ -276,15 +281,18 @@ def _validate_grid(store, cfg, job):
     if Path(cfg.task).suffix.lower() not in (".yaml", ".yml") or not Path(cfg.task).is_file():
         raise InputError(f"no task file (.yaml) at {cfg.task}", field="task",
                          fix="give the path of a task YAML file on the server")
-    check(store, _grid_cells(cfg))
+    from modelmill.evaluate.tasks import load_task
+
+    check(store, _grid_cells(cfg), load_task(cfg.task))
     return cfg, {"model": _names(cfg.bases)[0][:200]}
 
 
 def _grid_cells(cfg):
-    from modelmill.evaluate.grid import plan
+    from modelmill.evaluate.grid import parse_step_data, plan
 
     return plan(_names(cfg.bases), _names(cfg.data), _names(cfg.methods),
-                SFTConfig(max_steps=cfg.max_steps, epochs=cfg.epochs), cfg.prefix)
+                SFTConfig(max_steps=cfg.max_steps, epochs=cfg.epochs), cfg.prefix,
+                _field_named(parse_step_data, cfg.step_data, field="step_data"))
 
 
 def _run_grid(ctx) -> dict:
