@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--no-few-shot", action="store_true",
                     help="Leave out the few-shot prompt (5 examples in every prompt: slow for a larger base).")
     ap.add_argument("--no-forgetting", action="store_true", help="Leave out the MMLU forgetting check.")
+    ap.add_argument("--sets", default="drugs,zh", help="Which review sets to train and score (drugs, zh).")
     args = ap.parse_args()
     if not SHARED.is_dir():
         print(f"needs the shared datasets at {SHARED}", file=sys.stderr)
@@ -90,6 +91,14 @@ def main() -> int:
         "drugs": (drugs_train, drugs_test),
         "zh": (read(SHARED / "reviews-zh" / "train.jsonl", args.zh_train), read(SHARED / "reviews-zh" / "test.jsonl", args.zh_test)),
     }
+    wanted = [x.strip() for x in args.sets.split(",") if x.strip()]
+    if not wanted or set(wanted) - set(sets):
+        print(f"--sets takes a comma list of {', '.join(sets)}, got '{args.sets}'", file=sys.stderr)
+        return 2
+    sets = {k: v for k, v in sets.items() if k in wanted}
+    if "drugs" not in sets and not args.no_speed:
+        print("the scoring-speed part uses the drugs adapter: add drugs to --sets, or pass --no-speed", file=sys.stderr)
+        return 2
     import torch
 
     report: dict = {"args": vars(args), "sets": {}, "cpu": torch.backends.cpu.get_cpu_capability()}

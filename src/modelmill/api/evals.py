@@ -324,14 +324,18 @@ class Message(BaseModel):
     content: str = Field(pattern=NO_NUL, description="What was said.")
 
 
+def _conversation(before: str):
+    """The ``messages`` of a judgement, by the rules of its data format (data/formats/preference.py):
+    at least one message, a user turn somewhere."""
+    return Field(min_length=1, description=f"The conversation before {before}, with at least one user turn.",
+                 json_schema_extra={"contains": {"type": "object", "required": ["role"],
+                                                 "properties": {"role": {"const": "user"}}}})
+
+
 class PreferenceIn(BaseModel):
     """One judgement: for this conversation, ``chosen`` (by ``chosen_model``) beat ``rejected``."""
 
-    # the rules of the preference data format (data/formats/preference.py): a user turn somewhere
-    messages: list[Message] = Field(min_length=1, description="The conversation before the two answers, "
-                                    "with at least one user turn.",
-                                    json_schema_extra={"contains": {"type": "object", "required": ["role"],
-                                                                    "properties": {"role": {"const": "user"}}}})
+    messages: list[Message] = _conversation("the two answers")
     chosen: str = Field(pattern=TEXT, description="The better answer.")
     rejected: str = Field(pattern=TEXT, description="The worse answer.")
     chosen_model: str = Field(max_length=300, pattern=TEXT, description="The model that gave `chosen`.")
@@ -385,10 +389,7 @@ def export_preferences(request: Request, body: ExportIn):
 class FeedbackIn(BaseModel):
     """One thumb: ``completion`` (by ``model``), the answer to ``messages``, was good or bad."""
 
-    messages: list[Message] = Field(min_length=1, description="The conversation before the answer, "
-                                    "with at least one user turn.",
-                                    json_schema_extra={"contains": {"type": "object", "required": ["role"],
-                                                                    "properties": {"role": {"const": "user"}}}})
+    messages: list[Message] = _conversation("the answer")
     completion: str = Field(pattern=TEXT, description="The answer judged.")
     label: bool = Field(description="true: thumbs up (a good answer); false: thumbs down.")
     model: str = Field(max_length=300, pattern=TEXT, description="The model that gave the answer.")
