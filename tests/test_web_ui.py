@@ -263,6 +263,32 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, cli_tiny, tmp_pa
     expect(by("job-status")).to_have_attribute("data-status", "succeeded", timeout=120_000)
     expect(by("job-model")).to_have_text("tiny:faq-dpo")
 
+    # ---- its lineage names the adapter it was trained from; then both merged into one from the form
+    page.goto(url + "/ui/#/models/faq-dpo")
+    expect(by("lineage-parents")).to_have_text("faq-lora")
+    by("merge").locator("summary").click()
+    expect(by("merge-how").locator("option")).to_contain_text(["linear", "cat", "ties"])
+    by("merge-submit").click()
+    expect(by("merge-error")).to_contain_text("Pick two or more adapters")
+    for name, weight in (("faq-lora", "0.7"), ("faq-dpo", "0.3")):
+        page.locator(f'[data-testid="merge-pick"][data-name="{name}"]').check()
+        page.locator(f'[data-testid="merge-weight"][data-name="{name}"]').fill(weight)
+    by("merge-how").select_option("cat")
+    by("merge-name").fill("faq-lora")  # taken: the server says so, nothing is queued
+    by("merge-submit").click()
+    expect(by("merge-error")).to_contain_text("faq-lora")
+    by("merge-name").fill("faq-merged")
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/api/jobs")) as sent:
+        by("merge-submit").click()
+    assert json.loads(sent.value.post_data) == {"kind": "merge", "config": {
+        "name": "faq-merged", "how": "cat", "sources": "faq-lora:0.7,faq-dpo:0.3"}}
+    expect(by("job-status")).to_have_attribute("data-status", "succeeded", timeout=120_000)
+    expect(by("job-model")).to_have_text("tiny:faq-merged")
+    page.goto(url + "/ui/#/models/faq-merged")
+    expect(by("lineage-parents")).to_have_text("faq-lora (0.7), faq-dpo (0.3) by cat")
+    by("lineage-parent").last.click()
+    expect(by("adapter-detail")).to_contain_text("faq-dpo")
+
     # ---- compare: the leaderboard, per-class bars, the disagreements, the report link
     by("nav-compare").click()
     expect(by("leaderboard-row")).to_have_count(2)

@@ -123,7 +123,8 @@ def check(store, cfg: MergeConfig) -> list[tuple]:
         if row is None:
             raise InputError(f"'{name}' is a base model, not an adapter", field="--from",
                              fix="name LoRA adapters (`modelmill adapters list`)")
-        if row.method != "lora":
+        # any method that trains a LoRA adapter (lora, dpo, orpo, kto, cpt, a merge) leaves one to add
+        if row.method == "full" or not (Path(row.path) / "adapter_config.json").is_file():
             raise InputError(f"'{name}' is a {row.method} fine-tune, not a LoRA adapter", field="--from",
                              fix="merge LoRA adapters only (a full fine-tune has no low-rank update to add)")
         rows.append((row, weight))

@@ -269,13 +269,16 @@ def list_adapters(request: Request, base: str | None = None):
 
 @router.get("/adapters/{name}", tags=["models"])
 def get_adapter(request: Request, name: str):
-    """An adapter with its lineage: base model and hash, dataset version and hash, config, library versions."""
+    """An adapter with its lineage: base model and hash, dataset version and hash, config, library
+    versions, and ``history``: its parents (merge sources with weights, the adapter it was trained
+    ``--from``) nested all the way up, as `modelmill adapters show --json` prints it."""
     from modelmill.adapters import AdapterRegistry
 
-    a = AdapterRegistry(_store(request)).get(name)
+    reg = AdapterRegistry(_store(request))
+    a = reg.get(name)
     lineage_file = Path(a.path) / "lineage.json"
     lineage = json.loads(lineage_file.read_text(encoding="utf-8")) if lineage_file.is_file() else {}
-    return adapter_json(a, config=a.config, versions=a.versions, lineage=lineage)
+    return adapter_json(a, config=a.config, versions=a.versions, lineage=lineage, history=reg.history(name))
 
 
 def _schemas() -> dict:

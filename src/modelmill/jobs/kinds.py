@@ -324,8 +324,11 @@ def _run_merge(ctx) -> dict:
     from modelmill.adapters.merge import merge
 
     row = merge(ctx.store, ctx.config, log=ctx.event)
-    return {"adapter": row.name, "base_model": row.base_model, "model_id": f"{row.base_model}:{row.name}",
-            "parents": row.parents, "rank": (row.config or {}).get("lora_r")}
+    model_id = f"{row.base_model}:{row.name}"
+    # the job's model column too: the job page and the job list show it as the model the job made
+    return {"adapter": row.name, "base_model": row.base_model, "model_id": model_id,
+            "parents": row.parents, "rank": (row.config or {}).get("lora_r"),
+            "columns": {"fine_tuned_model": model_id}}
 
 
 register(TrainKind("train", SFTConfig, _validate_train, _run_train, _train_needs))
