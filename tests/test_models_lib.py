@@ -433,3 +433,28 @@ def test_convert_builtin_smollm2(tmp_path):
         reply = model.generate(**ids, max_new_tokens=12, do_sample=False)
     answer = tok.decode(reply[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_loaded_models_hand_their_output_layer_contiguous_rows(tiny, tmp_path, monkeypatch):
+    """transformers slices the kept hidden states (``logits_to_keep``) before the output layer; a
+    strided 3-D input takes a CPU linear path up to 300x slower, so loading adds a hook that copies
+    them. Same logits either way; the head sees a contiguous input, through peft too."""
+    import torch
+
+    from modelmill.config import Settings
+    from modelmill.models.loading import load_for_inference
+    from modelmill.models.registry import ModelRegistry
+    from modelmill.store import Store
+
+    monkeypatch.setenv("MODELMILL_HOME", str(tmp_path / "home"))
+    store = Store(Settings(home=tmp_path / "home"))
+    ModelRegistry(store).add("tiny", str(tiny))
+    model, _, _ = load_for_inference(store, "tiny", device="cpu")
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(3, 100, (4, 12))
+    with torch.no_grad():
+        kept = model(input_ids=ids, logits_to_keep=3).logits
+        full = model(input_ids=ids).logits[:, -3:, :]
+    assert seen == [True, True]
+    torch.testing.assert_close(kept, full)

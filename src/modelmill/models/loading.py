@@ -18,6 +18,20 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def contiguous_head(model) -> None:
+    """Hand the output layer a contiguous input. transformers slices the hidden states it keeps for
+    the logits (``hidden[:, -k:, :]`` for ``logits_to_keep``, and generate's prefill), and PyTorch's
+    CPU linear on such a strided 3-D input is far slower than on a copy of it: 40 s against 0.13 s
+    for Gemma 3's 262k-row head in bfloat16 on 16 x 7 rows (1.4 s against 0.2 s in float32; torch
+    2.13, 2 EPYC cores). The copy is of the kept rows only. Once per model; peft wrappers pass
+    through."""
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "_modelmill_contiguous", False):
+        return
+    head.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(), *args[1:]) if args else None)
+    head._modelmill_contiguous = True
+
+
 def load_for_inference(store: Store, ref: str, device: str = "auto"):
     """(model in eval mode, tokenizer with the right chat template, resolved 'base:adapter' label).
     A remote model (no local weights) is refused with an InputError by ``ModelRegistry.ready``."""
@@ -50,5 +64,6 @@ def load_for_inference(store: Store, ref: str, device: str = "auto"):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
+    contiguous_head(model)
     label = f"{base.name}:{adapter.name}" if adapter is not None else base.name
     return model, tokenizer, label
