@@ -322,3 +322,32 @@ def test_openapi_documents_the_bodies(fresh):
     assert {"PreferenceIn", "ExportIn", "Message"} <= set(spec["components"]["schemas"])
     assert "text/html" in spec["paths"]["/api/reports"]["get"]["responses"]["200"]["content"]
     assert json.dumps(spec)  # serialisable as is
+
+
+def test_mistakes_of_a_generation_task_need_a_score_threshold(client, scored):
+    """Generation items have no right or wrong: POST /api/datasets/mistakes asks for `below`, then takes
+    the items whose ROUGE-L is under it as pairs (reference chosen, the model's output rejected)."""
+    import json as _json
+
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.data.load import read_jsonl
+    from modelmill.evaluate.results import latest
+
+    body = {"task": "gen", "model": "tiny", "name": "gen-fixes"}
+    err = _error(client.post("/api/datasets/mistakes", json=body), 400, "below")
+    assert "without a right or wrong" in err["message"] and "--below 0.5" in err["message"]
+    _error(client.post("/api/datasets/mistakes", json={**body, "below": 0}), 400, "below")
+    _error(client.post("/api/datasets/mistakes", json={**body, "below": 1.5}), 400, "below")
+    assert DatasetCatalog(scored).versions("gen-fixes") == []  # nothing stored by the refusals
+    row = next(r for r in latest(scored, "gen"))
+    items = [_json.loads(line) for line in open(f"{row.path}/items.jsonl")]
+    under = [r for r in items if r["rouge_l"] < 1.0]
+    usable = [r for r in under if r["pred"].strip() and r["pred"].strip() != r["gold"]]
+    r = client.post("/api/datasets/mistakes", json={**body, "below": 1.0})
+    if not usable:  # the tiny model answers nothing: every item is a mistake, none has an answer to reject
+        assert f"({len(under)} wrong of {len(items)})" in _error(r, 400, "model")["message"]
+        return
+    assert r.status_code == 201, r.text
+    assert r.json()["pairs"] == len(usable) and r.json()["wrong"] == len(under)
+    recs = list(read_jsonl(DatasetCatalog(scored).resolve("gen-fixes").path))
+    assert [(x["chosen"], x["rejected"]) for x in recs] == [(u["gold"], u["pred"]) for u in usable]

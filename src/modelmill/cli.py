@@ -429,12 +429,15 @@ def data_mix(name, sources, size, seed):
 @click.option("--task", required=True, help="The task the model was scored on (`modelmill eval`).")
 @click.option("--model", required=True, help="The scored model, e.g. BASE:ADAPTER (see `modelmill leaderboard`).")
 @click.option("--name", required=True, help="Name of the preference dataset to make.")
-def data_mistakes(task, model, name):
+@click.option("--below", type=float, default=None,
+              help="Items scoring under this (0-1: ROUGE-L, a judge's grade scaled) count as mistakes; "
+                   "needed for generation and judged tasks.")
+def data_mistakes(task, model, name, below):
     """Turn a model's wrong answers in a stored evaluation into preference pairs (gold answer chosen,
     its own answer rejected), ready for `modelmill train --method dpo --from ADAPTER`."""
     from modelmill.evaluate.mistakes import mistakes
 
-    r = mistakes(_store(), task=task, model=model, name=name)
+    r = mistakes(_store(), task=task, model=model, name=name, below=below)
     click.echo(f"{r.dataset.ref}: {r.pairs} preference pairs from {r.wrong} mistakes of {r.items} items"
                + ("" if r.created else " (the same pairs were already stored)"))
 

@@ -223,6 +223,7 @@ class MistakesRequest(BaseModel):
     task: str = Field(min_length=1, max_length=200)
     model: str = Field(min_length=1, max_length=300)
     name: str = Field(min_length=1, max_length=200)
+    below: float | None = Field(default=None, gt=0, le=1)
 
 
 @router.post("/datasets/mistakes", status_code=201, tags=["datasets"])
@@ -233,7 +234,8 @@ def dataset_from_mistakes(request: Request, body: MistakesRequest):
     from modelmill.evaluate.mistakes import mistakes
 
     require_model(request, body.model)
-    r = mistakes(_store(request), task=body.task, model=body.model, name=body.name)
+    r = mistakes(_store(request), task=body.task, model=body.model, name=body.name,
+                 below=body.below)
     return dataset_json(r.dataset, created=r.created, items=r.items, wrong=r.wrong, pairs=r.pairs)
 
 

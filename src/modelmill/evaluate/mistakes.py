@@ -7,6 +7,9 @@
 Each item the model got wrong in its stored evaluation becomes ``{"prompt", "chosen", "rejected"}``:
 the conversation it was scored on, the gold answer chosen and its own answer rejected. The pairs
 are saved as a preference dataset whose origin names the evaluation.
+
+Generation and judged tasks have no right or wrong per item, only a score (ROUGE-L; the judge's
+grade scaled to 0-1): there ``below`` (``--below 0.5``) says which items count as mistakes.
 """
 
 from __future__ import annotations
@@ -40,14 +43,19 @@ def find_result(store, task: str, model: str):
     return rows[0]
 
 
-def mistakes(store, *, task: str, model: str, name: str) -> MistakesReport:
-    """Save the items ``model`` got wrong in its evaluation on ``task`` as preference pairs named ``name``."""
+def mistakes(store, *, task: str, model: str, name: str, below: float | None = None) -> MistakesReport:
+    """Save the items ``model`` got wrong in its evaluation on ``task`` as preference pairs named ``name``.
+    ``below``: an item whose per-item score (0-1) is under it counts as wrong; needed where the
+    task scores items without a right or wrong (generation, judge), optional elsewhere."""
     from modelmill.data.catalog import DatasetCatalog
     from modelmill.data.formats import Where, get_format
     from modelmill.evaluate.tasks import TaskSpec, load_items
     from modelmill.names import check_name
 
     check_name(name, "--name")
+    if below is not None and not 0.0 < below <= 1.0:
+        raise InputError(f"--below {below} is outside (0, 1]", field="--below",
+                         fix="a per-item score threshold, e.g. --below 0.5")
     row = find_result(store, task, model)
     known = {f.name for f in dataclasses.fields(TaskSpec)}
     spec = TaskSpec(**{k: v for k, v in row.lineage["task"].items() if k in known})
@@ -59,9 +67,24 @@ def mistakes(store, *, task: str, model: str, name: str) -> MistakesReport:
     results = [json.loads(line) for line in Path(row.path, "items.jsonl").read_text(encoding="utf-8").splitlines()
                if line.strip()]
     fmt = get_format("preference")
+    lo, hi = spec.judge.get("scale", [1, 5]) if spec.judge else (0, 1)
+    unscored = [r for r in results if "error" not in r and _item_score(r, lo, hi) is None and r.get("correct") is None]
+    if unscored:
+        raise InputError(f"task '{task}' ({spec.kind}) records no per-item score to tell a mistake by",
+                         field="--task", fix="use a classification, extraction or generation task")
+    if below is None and any(r.get("correct") is None and "error" not in r for r in results):
+        raise InputError(f"task '{task}' ({spec.kind}) scores items without a right or wrong answer",
+                         field="--below", fix="say which scores count as mistakes, e.g. --below 0.5 "
+                         "(ROUGE-L, or the judge's grade scaled to 0-1)")
     records, wrong = [], 0
     for r in results:
-        if r.get("correct", True):
+        if "error" in r:
+            continue
+        if below is not None:
+            score = _item_score(r, lo, hi)
+            if score is not None and score >= below:
+                continue
+        elif r.get("correct", True):
             continue
         wrong += 1
         item = data.items[r["i"]]
@@ -80,6 +103,18 @@ def mistakes(store, *, task: str, model: str, name: str) -> MistakesReport:
               "items": len(results), "wrong": wrong}
     saved, created = DatasetCatalog(store).save(name, records, "preference", "preference", None, origin)
     return MistakesReport(saved, created, len(results), wrong, len(records))
+
+
+def _item_score(result: dict, lo: float, hi: float) -> float | None:
+    """One item's score in 0-1: right/wrong as 1/0, else its ROUGE-L, else the judge's grade scaled."""
+    if isinstance(result.get("correct"), bool):
+        return float(result["correct"])
+    if isinstance(result.get("rouge_l"), (int, float)):
+        return float(result["rouge_l"])
+    g = result.get("grade")
+    if isinstance(g, (int, float)) and hi > lo:
+        return (g - lo) / (hi - lo)
+    return None
 
 
 def _own_answer(result: dict) -> str | None:
