@@ -326,3 +326,41 @@ def test_an_int8_row_does_not_depend_on_the_rest_of_its_batch():
         near = lin(x)
     assert torch.allclose(alone, batched, rtol=0, atol=1e-6)
     assert (alone - near).abs().max() < 0.05 * near.abs().max()
+
+
+def test_logprobs_of_a_model_that_caps_its_logits_are_the_models_own(tmp_path):
+    """Gemma 2 caps its logits (tanh(x / c) * c) in its forward: the engine samples from its own
+    output layer, so it must cap too, or its probabilities (and any sampling) differ from the model's."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from modelmill.models.tiny import make_tokenizer
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
+                       final_logit_softcapping=5.0, max_position_embeddings=256,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    model = Gemma2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 1.0)  # logits far beyond the cap, so capping changes them
+    model.save_pretrained(tmp_path / "g2")
+    tok.save_pretrained(tmp_path / "g2")
+    ids = tok("the cat sat on the mat")["input_ids"]
+    with torch.no_grad():
+        want = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    assert float(want.max() - want.min()) < 10.0 + 1e-4  # capped at +-5
+
+    async def main():
+        eng = HFEngine("g2", str(tmp_path / "g2"), max_batch_size=4, dtype="float32")
+        await eng.start()
+        outs = [o async for o in eng.generate(GenerationRequest("r", ids, SamplingParams(
+            max_tokens=1, temperature=0, ignore_eos=True, logprobs=3)))]
+        await eng.shutdown()
+        return outs
+
+    outs = run(main())
+    tid, _, lp, top = next(o for o in outs if o.logprobs).logprobs[0]
+    assert tid == int(want.argmax())
+    assert lp == pytest.approx(float(want[tid]), abs=1e-4)
+    assert [t.logprob for t in top] == pytest.approx(want.topk(3).values.tolist(), abs=1e-4)

@@ -358,6 +358,8 @@ class HFEngine(Engine):
         ctx = getattr(cfg, "max_position_embeddings", None) or 2048
         self.max_context = min(self._max_context_setting or ctx, ctx)
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        # the model's own forward caps its logits with this (Gemma 2: 30); sampling must see the same
+        self.logit_softcap = getattr(cfg, "final_logit_softcapping", None)
         wrap_linears(model, self._lora, self.max_batch_size, self.device)
         self.module_shapes = {n: (m.base.out_features, m.base.in_features) for n, m in self._lora.rows.layers.items()}
         self.num_layers = cfg.num_hidden_layers
@@ -608,13 +610,15 @@ class HFEngine(Engine):
         w = getattr(head, "weight", None)
         if (self.device.type != "cpu" or type(head) is not torch.nn.Linear or w is None
                 or w.shape[0] < 4 * HEAD_BLOCK or hidden.shape[0] < 2):
-            return head(hidden).float()
-        blocks = range(0, w.shape[0], HEAD_BLOCK)
-        out = torch.empty(hidden.shape[0], w.shape[0], dtype=torch.float32, device=hidden.device)
-        bias = head.bias
-        for i in blocks:
-            j = i + HEAD_BLOCK
-            out[:, i:j] = torch.nn.functional.linear(hidden, w[i:j], None if bias is None else bias[i:j])
+            out = head(hidden).float()
+        else:
+            out = torch.empty(hidden.shape[0], w.shape[0], dtype=torch.float32, device=hidden.device)
+            bias = head.bias
+            for i in range(0, w.shape[0], HEAD_BLOCK):
+                j = i + HEAD_BLOCK
+                out[:, i:j] = torch.nn.functional.linear(hidden, w[i:j], None if bias is None else bias[i:j])
+        if self.logit_softcap:
+            out = torch.tanh(out / self.logit_softcap) * self.logit_softcap
         return out
 
     # -- sampling
