@@ -96,12 +96,16 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
     dpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name, name=f"m-drugs-dpo{q}",
                                epochs=args.dpo_epochs, beta=args.beta, batch_size=8)
     dpo = trained(dpo_cfg.name, dpo_cfg)
-    bal = trained(f"m-drugs-balanced-sft{q}", SFTConfig(base=base, data=f"m-drugs-balanced{q}",
+    # one pass over the balanced set (3 x the largest class) costs what SFT's two passes over the
+    # original cost: the two fixes are compared at equal compute
+    bal = trained(f"m-drugs-balanced-sft{q}", SFTConfig(base=base, data=f"m-drugs-balanced{q}", epochs=1.0,
                                                         name=f"m-drugs-balanced-sft{q}"))
     report["mistakes"]["settings"] = {"dpo": {"epochs": args.dpo_epochs, "beta": args.beta,
                                               "learning_rate": dpo.config.get("learning_rate"),
                                               "steps": dpo.metrics.get("global_step")},
-                                      "balanced_sft_records": len(balanced)}
+                                      "balanced_sft": {"records": len(balanced), "epochs": 1.0,
+                                                       "steps": bal.metrics.get("global_step")},
+                                      "sft_steps": sft.metrics.get("global_step")}
     # 3. all three on the held-out reviews
     held = task_from_dict({"name": f"m-drugs-test{q}", "kind": "classification", "data": f"q-drugs-test{q}"})
     print(f"\n== scoring on {len(te)} held-out reviews", flush=True)
