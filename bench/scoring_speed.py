@@ -34,8 +34,8 @@ def timed(store, model_ref: str, items: list[dict], labels: list[str], *, device
 
     from modelmill.evaluate.candidates import LocalModel
     from modelmill.evaluate.classification import generate_labels, score_labels
-    from modelmill.models.loading import load_for_inference
-    from modelmill.serve.hf_engine import native_dtype
+    from modelmill.adapters.loading import load_for_inference
+    from modelmill.models.loading import native_dtype
 
     device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     if dtypes is None:  # float32, and the device's native half type beside it where it has one

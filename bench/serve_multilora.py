@@ -628,7 +628,7 @@ def static_scenario(a, model_path: str, prompts: list[str]) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from modelmill.serve.hf_engine import native_dtype
+    from modelmill.models.loading import native_dtype
 
     hf_logging.set_verbosity_error()
     device, _ = resolve_device(a.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A suite started as a background job (`make test &` in a script) inherits SIGINT ignored, and so
+# would every command a test starts: the tests that press Ctrl-C need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODELMILL = [sys.executable, "-m", "modelmill.cli"]

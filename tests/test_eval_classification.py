@@ -112,7 +112,7 @@ def test_peft_model(tiny):
 
 
 def test_long_text_is_shortened_like_training(tiny):
-    from modelmill.train.chat_tokens import tokenize_record
+    from modelmill.data.chat_tokens import tokenize_record
 
     model, tok = tiny
     rec = {"text": "The dog sleeps in the sun. " * 40, "label": "positive-ish", "meta": {}}

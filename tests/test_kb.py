@@ -240,7 +240,7 @@ def _tiny_cross_encoder(folder: Path) -> Path:
     but it loads and runs as a real reranker does."""
     import transformers
 
-    from modelmill.serve.embeddings import bundled_model_path
+    from modelmill.models.embedder import bundled_model_path
 
     cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=64, num_labels=1)

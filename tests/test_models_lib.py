@@ -442,7 +442,7 @@ def test_loaded_models_hand_their_output_layer_contiguous_rows(tiny, tmp_path, m
     import torch
 
     from modelmill.config import Settings
-    from modelmill.models.loading import load_for_inference
+    from modelmill.adapters.loading import load_for_inference
     from modelmill.models.registry import ModelRegistry
     from modelmill.store import Store
 

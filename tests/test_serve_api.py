@@ -474,7 +474,7 @@ def test_logprob_bytes_rebuild_text_split_inside_a_character(server, tiny_model)
     r = server.client().completions.create(model="tiny", prompt=ids, max_tokens=1, temperature=0, echo=False,
                                            logprobs=1)
     assert r.choices[0].logprobs.tokens
-    from modelmill.serve.app import token_bytes
+    from modelmill.api.openai import token_bytes
 
     assert b"".join(bytes(token_bytes(tok, i)) for i in ids).decode("utf-8") == "今天天气很好，我们去公园散步吧。🙂"
     chat_r = chat(server.client(), "tiny", "今天天气很好", max_tokens=6, logprobs=True, extra_body={"ignore_eos": True})

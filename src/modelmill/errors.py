@@ -86,3 +86,18 @@ def storage_error(e: BaseException) -> StorageError | None:
     what, fix = fixes[code]
     return StorageError(f"{what}; what was being written is not kept, everything stored before is unchanged",
                         file=getattr(e, "filename", None), fix=fix)
+
+
+class EngineError(Exception):
+    """A request to a served model (an engine, the embedder, an app) failed; ``status``, ``code`` and
+    ``param`` become the OpenAI-shaped HTTP error. It lives here, below serve/ and models/, so that
+    every layer that answers such requests raises the same thing."""
+
+    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after

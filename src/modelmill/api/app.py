@@ -1,4 +1,5 @@
-"""The platform app: serving (``/v1`` chat, completions, embeddings), fine-tuning, native REST, web UI.
+"""The platform app: serving (``/v1`` chat, completions, embeddings: ``openai.py``), fine-tuning, native
+REST, web UI.
 
     modelmill up                # this app with its workers
     modelmill serve             # the same app (no workers): jobs queue up until a worker runs
@@ -15,29 +16,46 @@ WEB = Path(__file__).resolve().parents[1] / "web" / "static"
 
 
 def create_app(store=None, config=None):
+    """The platform app over ``store`` (default: the configured one) with the serve settings ``config``."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
     from fastapi.responses import RedirectResponse
     from fastapi.staticfiles import StaticFiles
 
-    from modelmill.api import errors
+    from modelmill.api import errors, openai
+    from modelmill.api.apps import router as apps_router
     from modelmill.api.auth import install as install_auth
     from modelmill.api.evals import router as evals_router
     from modelmill.api.fine_tuning import router as ft_router
     from modelmill.api.native import router as native_router
-    from modelmill.serve.app import create_app as serving_app
+    from modelmill.serve.router import ServeConfig
 
     if store is None:
         from modelmill.store import open_store
 
         store = open_store()
-    app = serving_app(store, config)
+    serving = openai.Serving.open(store, config or ServeConfig())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await serving.start()
+        yield
+        await serving.stop()
+
+    # FastAPI's OpenTelemetry hooks stay off: nothing is exported anywhere unless the user wires it
+    no_telemetry = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
+                    "auto_configure": False}
+    app = FastAPI(title="modelmill", version="0.1.0", lifespan=lifespan, telemetry=no_telemetry,
+                  description="A self-hosted model factory: OpenAI-compatible serving and fine-tuning, datasets, "
+                              "jobs, evaluations and deployments. See docs/platform.md.")
     app.state.store = store
-    app.title = "modelmill"
-    app.description = ("A self-hosted model factory: OpenAI-compatible serving and fine-tuning, datasets, jobs, "
-                       "evaluations and deployments. See docs/platform.md.")
+    app.state.serving = serving
+    openai.install_errors(app)
     errors.install(app)
     _limit_uploads(app, store)
     install_auth(app, store, config)
-    for r in (ft_router, native_router, evals_router):
+    for r in (openai.router, ft_router, native_router, evals_router, apps_router):
         app.include_router(r)
     if (WEB / "index.html").is_file():
         app.mount("/ui", StaticFiles(directory=WEB, html=True), name="ui")
@@ -46,6 +64,15 @@ def create_app(store=None, config=None):
         async def _root():
             return RedirectResponse("/ui/")
     return app
+
+
+def serve(config, store=None) -> None:
+    """Run the platform app in the foreground (``modelmill serve``, ``modelmill up``)."""
+    import uvicorn
+
+    app = create_app(store, config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", timeout_graceful_shutdown=5,
+                timeout_keep_alive=config.keep_alive)
 
 
 UPLOADS = ("/api/datasets", "/api/datasets/validate", "/v1/files")

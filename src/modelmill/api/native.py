@@ -444,7 +444,7 @@ def deployment_json(d) -> dict:
 
 @router.get("/deployments", tags=["deployments"])
 def list_deployments(request: Request):
-    from modelmill.deployments import Deployments
+    from modelmill.apps.deployments import Deployments
 
     return {"data": [deployment_json(d) for d in Deployments(_store(request)).list()]}
 
@@ -453,7 +453,7 @@ def list_deployments(request: Request):
 def create_deployment(request: Request, body: DeploymentRequest):
     """Publish a model or adapter under a stable name clients call in /v1/chat/completions (create or update)."""
     from modelmill.api.auth import require_model
-    from modelmill.deployments import Deployments
+    from modelmill.apps.deployments import Deployments
 
     deps = Deployments(_store(request))
     require_model(request, body.model)
@@ -465,7 +465,7 @@ def create_deployment(request: Request, body: DeploymentRequest):
 @router.delete("/deployments/{name}", tags=["deployments"])
 def delete_deployment(request: Request, name: str):
     from modelmill.api.auth import require_model
-    from modelmill.deployments import Deployments
+    from modelmill.apps.deployments import Deployments
 
     deps = Deployments(_store(request))
     if (old := deps.find(name)) is not None:

@@ -92,8 +92,8 @@ class LocalModel(Candidate):
     def open(self) -> None:
         import torch
 
-        from modelmill.models.loading import load_for_inference
-        from modelmill.serve.hf_engine import native_dtype
+        from modelmill.adapters.loading import load_for_inference
+        from modelmill.models.loading import native_dtype
 
         if self.model is not None:
             return
@@ -225,11 +225,9 @@ def _version(pkg: str) -> str | None:
 
 
 def _is_cjk(texts: list[str]) -> bool:
-    from modelmill.evaluate.generation import is_cjk_char
+    from modelmill.text import cjk_share
 
-    sample = "".join(texts[:200])
-    cjk = sum(1 for ch in sample if is_cjk_char(ch))
-    return cjk > 0.2 * max(1, len(sample))
+    return cjk_share("".join(texts[:200])) > 0.2
 
 
 def _spread(pool: list[dict], k: int, spec) -> list[dict]:
@@ -251,7 +249,7 @@ def _spread(pool: list[dict], k: int, spec) -> list[dict]:
 
 def _embed(rows: list[dict], spec):
     """Unit vectors of the rows' text by the bundled MiniLM (long texts: their start)."""
-    from modelmill.serve.embeddings import Embedder
+    from modelmill.models.embedder import Embedder
 
     model = Embedder.default()._load()  # encode() refuses long inputs; selection only needs their start
     return model.encode([spec.task_kind.show(x)[:2000] for x in rows], normalize_embeddings=True,
@@ -319,6 +317,25 @@ def parse_candidates(store, models: str | list[str], *, few_shot: int = 5, few_s
     return _unique(out)
 
 
+CANDIDATE_SOURCES: list = []
+
+
+def register_candidate_source(source):
+    """Add ``source(store, ref, *, device, dtype) -> Candidate | None``: a candidate for names it knows
+    (an app, say), asked before registered models. Plugins (``modelmill.candidates`` entry points;
+    the built-in apps are one) register theirs on import."""
+    if source not in CANDIDATE_SOURCES:
+        CANDIDATE_SOURCES.append(source)
+    return source
+
+
+def candidate_sources() -> list:
+    from modelmill.plugins import load_plugins
+
+    load_plugins("modelmill.candidates")
+    return CANDIDATE_SOURCES
+
+
 def candidate(store, ref: str, *, few_shot: int = 5, few_shot_select: str = "fixed", device: str = "auto",
               dtype: str = "auto") -> Candidate:
     from modelmill.models.registry import ModelRegistry
@@ -332,6 +349,10 @@ def candidate(store, ref: str, *, few_shot: int = 5, few_shot_select: str = "fix
     if ref.startswith("few-shot:"):
         inner = candidate(store, ref.split(":", 1)[1], device=device, dtype=dtype)
         return FewShot(inner, few_shot, few_shot_select)
+    for source in candidate_sources():
+        found = source(store, ref, device=device, dtype=dtype)
+        if found is not None:
+            return found
     if ":" not in ref:
         from modelmill.adapters import AdapterRegistry
         from modelmill.models.registry import is_remote

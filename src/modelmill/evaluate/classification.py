@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 from modelmill.data.formats import classification_prompt, to_messages
 from modelmill.errors import InputError
-from modelmill.train.chat_tokens import IGNORE, shorten_text, tokenize_chat
+from modelmill.data.chat_tokens import IGNORE, shorten_text, tokenize_chat
 
 NONE_LABEL = "<unparsed>"  # stands for a None prediction inside scikit-learn; never a real label
 

@@ -14,15 +14,7 @@ level). Chinese and Japanese text is segmented with jieba for ROUGE and tokenize
 from __future__ import annotations
 
 from modelmill.evaluate.tasks import TaskKind, register_task_kind
-
-
-def is_cjk_char(ch: str) -> bool:
-    """Kana, CJK ideographs or Hangul: scripts written without spaces between words."""
-    return "\u3040" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af"
-
-
-def has_cjk(text: str) -> bool:
-    return any(is_cjk_char(ch) for ch in text)
+from modelmill.text import has_cjk
 
 
 class _Tokenizer:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 
-from modelmill.evaluate.generation import is_cjk_char
+from modelmill.text import is_cjk_char
 from modelmill.kb.tokens import count_tokens
 from modelmill.kb.types import Chunk, Document, KBError, Unit
 

@@ -29,7 +29,7 @@ class LocalEmbedder:
 
     def __init__(self, embedder):
         self.name = embedder.name
-        self._embedder = embedder  # a serve.embeddings.Embedder: loads the model, holds its lock
+        self._embedder = embedder  # a models.embedder.Embedder: loads the model, holds its lock
 
     @property
     def dimensions(self) -> int:
@@ -74,7 +74,7 @@ _local_embedders: dict[str, LocalEmbedder] = {}
 def _local(name: str, path: Path) -> LocalEmbedder:
     """One instance (one loaded model) per local folder and process, however many knowledge
     bases use it."""
-    from modelmill.serve.embeddings import Embedder
+    from modelmill.models.embedder import Embedder
 
     if name not in _local_embedders:
         _local_embedders[name] = LocalEmbedder(Embedder(name, path))
@@ -83,7 +83,7 @@ def _local(name: str, path: Path) -> LocalEmbedder:
 
 def open_embedder(spec: str, store=None):
     """The embedder named by ``spec`` (see the module docstring)."""
-    from modelmill.serve.embeddings import DEFAULT_NAME, Embedder
+    from modelmill.models.embedder import DEFAULT_NAME, Embedder
 
     spec = (spec or DEFAULT_EMBEDDER).strip()
     if spec == DEFAULT_NAME:  # the process's one MiniLM, which /v1/embeddings also uses

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from itertools import zip_longest
 from pathlib import Path
 
-from modelmill.evaluate.generation import is_cjk_char
+from modelmill.text import is_cjk_char
 from modelmill.kb.types import Document, KBError, Unit
 from modelmill.plugins import load_plugins
 

@@ -183,10 +183,9 @@ def _numbers(text: str) -> set[str]:
 
 
 def _mostly_cjk(text: str) -> bool:
-    from modelmill.evaluate.generation import is_cjk_char
+    from modelmill.text import cjk_share
 
-    letters = [c for c in text if c.isalnum()]
-    return bool(letters) and sum(map(is_cjk_char, letters)) * 2 >= len(letters)
+    return cjk_share(text, letters_only=True) >= 0.5
 
 
 def groundedness(answer: str, items: list[Item], embedder) -> dict:

@@ -18,7 +18,7 @@ import functools
 import re
 from itertools import groupby
 
-from modelmill.evaluate.generation import is_cjk_char
+from modelmill.text import is_cjk_char
 
 _RUN = re.compile(r"\w+|[^\w\s]")  # a run of word characters, or one punctuation mark
 _WORD = re.compile(r"\w+")
@@ -49,7 +49,7 @@ def _wordpiece():
     try:
         from tokenizers import Tokenizer
 
-        from modelmill.serve.embeddings import bundled_model_path
+        from modelmill.models.embedder import bundled_model_path
 
         folder = bundled_model_path()
         if folder is None or not (folder / "tokenizer.json").is_file():

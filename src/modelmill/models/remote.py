@@ -132,7 +132,7 @@ class RemoteModel:
         The key comes from ``os.environ[row.info["api_key_env"]]`` now; ``kw`` go to the constructor."""
         if row.source_type != "remote":
             raise InputError(f"model '{row.name}' is a local model ({row.source_type}), not a remote endpoint",
-                             fix="load it with modelmill.models.loading.load_for_inference")
+                             fix="load it with modelmill.adapters.loading.load_for_inference")
         info = row.info or {}
         env = info.get("api_key_env")
         key = None

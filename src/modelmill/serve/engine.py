@@ -14,20 +14,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from modelmill.errors import EngineError  # noqa: F401 - engines and their callers raise it from here too
+
 FinishReason = Literal["stop", "length", "abort", "error"]
-
-
-class EngineError(Exception):
-    """A request failed inside the engine; ``status`` and ``code`` become the HTTP error."""
-
-    def __init__(self, message: str, status: int = 400, code: str | None = None, param: str | None = None,
-                 retry_after: float | None = None):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-        self.param = param
-        self.retry_after = retry_after
 
 
 class QueueFull(EngineError):

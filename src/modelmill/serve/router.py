@@ -95,8 +95,9 @@ class Target:
     adapter: AdapterRef | None
     base_name: str
     adapter_name: str | None
-    knowledge: list[str] | None = None  # a deployment's knowledge bases
+    knowledge: list[str] | None = None  # knowledge bases it answers from (a deployment's, --knowledge)
     system_prompt: str | None = None    # a deployment's system prompt
+    route: dict | None = None           # an app's choice for this request: {"app", "model", "route", ...}
 
 
 class Router:
@@ -107,19 +108,12 @@ class Router:
         self._starting: dict[str, asyncio.Task] = {}
 
     def resolve(self, model_id: str) -> tuple[Target, dict]:
-        """Resolve an id to an engine key and adapter; raise a 404 EngineError when unknown."""
+        """Resolve a model id (BASE, ADAPTER, BASE:ADAPTER) to an engine key and adapter; raise a 404
+        EngineError when unknown. Apps (deployments, ...) are resolved above this, in apps/resolve.py."""
         from modelmill.adapters import AdapterRegistry
 
         if not isinstance(model_id, str) or not model_id:
             raise EngineError("'model' is required", status=400, param="model")
-        from modelmill.deployments import Deployments
-
-        dep = Deployments(self.store).find(model_id) if ":" not in model_id else None
-        if dep is not None:  # a published name: the model it points at, with its knowledge and prompt
-            target, spec = self.resolve(dep.model)
-            target.model_id, target.knowledge, target.system_prompt = model_id, dep.knowledge_bases or None, \
-                dep.system_prompt
-            return target, spec
         try:
             base, adapter = AdapterRegistry(self.store).resolve_ref(model_id)
         except ModelmillError as e:

@@ -62,7 +62,7 @@ def build_examples(job: TrainJob, tokenizer, path: str | None = None) -> tuple[l
     """Tokenized examples (input_ids, labels) of ``path`` (default: the training data) and how many
     were dropped for having no answer left."""
     from modelmill.data.load import read_jsonl
-    from modelmill.train.chat_tokens import tokenize_record
+    from modelmill.data.chat_tokens import tokenize_record
 
     out, dropped = [], 0
     for rec in read_jsonl(path or job.data_path):

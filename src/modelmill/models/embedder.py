@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelmill.serve.engine import EngineError
+from modelmill.errors import EngineError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,7 +99,7 @@ class Embedder:
             model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
         # bfloat16 where the device multiplies it natively: on a CPU with AVX512-BF16 MiniLM embeds
         # about 2x faster, and the vectors stay within cosine 0.998 of float32's
-        from modelmill.serve.hf_engine import native_dtype
+        from modelmill.models.loading import native_dtype
 
         dtype = native_dtype(model.device.type)
         if dtype != model.dtype:
@@ -162,3 +162,23 @@ def encode_base64(vec: np.ndarray) -> str:
     import numpy as np
 
     return base64.b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode("ascii")
+
+
+_EXECUTOR = None
+
+
+def embedding_executor():
+    """The one thread embeddings run on (``/v1/embeddings``, retrieval, groundedness), with one
+    OpenMP thread: a second multi-threaded OpenMP pool next to an engine's makes libgomp stop
+    spinning and slows every engine step (see HFEngine.start)."""
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one_thread():
+            import torch
+
+            torch.set_num_threads(1)
+
+        _EXECUTOR = ThreadPoolExecutor(1, thread_name_prefix="modelmill-embeddings", initializer=one_thread)
+    return _EXECUTOR

@@ -34,11 +34,14 @@ class Deployments:
         """Create or update ``name``; the model and knowledge bases must exist now."""
         from modelmill.adapters import AdapterRegistry
 
+        from modelmill.apps import Apps
+
         check_name(name, "name")
         reg = AdapterRegistry(self.store)
-        if reg.find(name) is not None or _is_model(self.store, name):
-            raise ConflictError(f"'{name}' is already the name of a model or adapter", field="name",
-                                fix="choose a name that is not in `modelmill models list` or `adapters list`")
+        if reg.find(name) is not None or _is_model(self.store, name) or Apps(self.store).find(name) is not None:
+            raise ConflictError(f"'{name}' is already the name of a model, adapter or app", field="name",
+                                fix="choose a name that is not in `modelmill models list`, `adapters list` or "
+                                    "`apps list`")
         if self.find(model) is not None:
             raise InputError("a deployment cannot point at another deployment", field="model",
                              fix="name the model or adapter itself")

@@ -1,0 +1,82 @@
+"""Apps: what serves a ``model`` id beyond a base model or adapter, and how requests reach it.
+
+    resolve.py      one step from a model id to what serves it: a deployment (a published name
+                    with its knowledge bases and system prompt), a base model, an adapter
+    deployments.py  the stored deployments
+    rag.py          retrieval-augmented answers: the knowledge bases a request is answered from,
+                    the retrieved items, citations and groundedness
+    router.py       a router: one model id over adapters of one base, learned from their data
+    candidates.py   apps as evaluation candidates, scored and ranked like any model
+
+The OpenAI-compatible routes (``api/openai.py``) and the playground reach a model id through
+:class:`resolve.Resolver`, and evaluation through the candidates this package registers, so an
+app is called exactly as a model is.
+"""
+
+from __future__ import annotations
+
+from modelmill.errors import ConflictError, NotFoundError
+
+
+class Apps:
+    """The stored apps (``apps`` table): list, find, get, remove."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def list(self) -> list:
+        from sqlalchemy import select
+
+        from modelmill.store.tables import App
+
+        with self.store.session() as s:
+            return list(s.scalars(select(App).order_by(App.name)))
+
+    def find(self, name: str):
+        from sqlalchemy import select
+
+        from modelmill.store.tables import App
+
+        with self.store.session() as s:
+            return s.scalar(select(App).where(App.name == name))
+
+    def get(self, name: str):
+        row = self.find(name)
+        if row is None:
+            names = ", ".join(a.name for a in self.list()) or "none yet"
+            raise NotFoundError(f"no app named '{name}' (apps: {names})", field="NAME",
+                                fix="list them with `modelmill apps list`")
+        return row
+
+    def remove(self, name: str) -> None:
+        from sqlalchemy import delete
+
+        from modelmill.store.tables import App
+
+        self.get(name)
+        with self.store.session() as s:
+            s.execute(delete(App).where(App.name == name))
+
+
+def check_app_name_free(store, name: str, field: str = "NAME") -> None:
+    """An app's or deployment's name is a model id of its own: not a model, adapter, app or deployment."""
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.apps.deployments import Deployments
+    from modelmill.models.registry import ModelRegistry
+
+    taken = None
+    if AdapterRegistry(store).find(name) is not None:
+        taken = "an adapter"
+    else:
+        try:
+            ModelRegistry(store).get(name)
+            taken = "a model"
+        except NotFoundError:
+            if Apps(store).find(name) is not None:
+                taken = "an app"
+            elif Deployments(store).find(name) is not None:
+                taken = "a deployment"
+    if taken:
+        raise ConflictError(f"'{name}' is already the name of {taken}", field=field,
+                            fix="choose a name that `modelmill models list`, `adapters list`, `apps list` and "
+                                "GET /api/deployments do not show")
