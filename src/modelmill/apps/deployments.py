@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import select
 
-from modelmill.errors import ConflictError, InputError, NotFoundError
+from modelmill.errors import InputError, NotFoundError
 from modelmill.names import check_name
 from modelmill.store.tables import Deployment
 
@@ -33,15 +33,12 @@ class Deployments:
             system_prompt: str | None = None) -> Deployment:
         """Create or update ``name``; the model and knowledge bases must exist now."""
         from modelmill.adapters import AdapterRegistry
-
-        from modelmill.apps import Apps
+        from modelmill.apps import check_app_name_free
 
         check_name(name, "name")
         reg = AdapterRegistry(self.store)
-        if reg.find(name) is not None or _is_model(self.store, name) or Apps(self.store).find(name) is not None:
-            raise ConflictError(f"'{name}' is already the name of a model, adapter or app", field="name",
-                                fix="choose a name that is not in `modelmill models list`, `adapters list` or "
-                                    "`apps list`")
+        if self.find(name) is None:  # a new one: its name is a model id of its own
+            check_app_name_free(self.store, name, "name")
         if self.find(model) is not None:
             raise InputError("a deployment cannot point at another deployment", field="model",
                              fix="name the model or adapter itself")
@@ -68,12 +65,3 @@ class Deployments:
                 raise NotFoundError(f"no deployment '{name}'", field="name", fix="list them with GET /api/deployments")
             s.delete(row)
 
-
-def _is_model(store, name: str) -> bool:
-    from modelmill.models.registry import ModelRegistry
-
-    try:
-        ModelRegistry(store).get(name)
-        return True
-    except NotFoundError:
-        return False
