@@ -138,6 +138,17 @@ def main() -> int:
         router.choose([t])
         ms.append(1000 * (time.perf_counter() - t1))
     p50, p95 = statistics.median(ms), float(np.percentile(ms, 95))
+    # as served: on the one embedding thread (one OpenMP thread, so that it does not slow the engine)
+    from modelmill.models.embedder import embedding_executor
+
+    pool = embedding_executor()
+    pool.submit(router.choose, texts[:5]).result()
+    served = []
+    for t in texts:
+        t1 = time.perf_counter()
+        pool.submit(router.choose, [t]).result()
+        served.append(1000 * (time.perf_counter() - t1))
+    s50, s95 = statistics.median(served), float(np.percentile(served, 95))
 
     print(f"\nCPU capability {cpu}; base {args.base}; routes {routes['drugs']}, {routes['zh']}"
           f" ({'real adapters' if real else 'stand-ins: routing only'}); fallback data {len(general_train)} prompts")
@@ -147,11 +158,13 @@ def main() -> int:
     for src, v in by.items():
         print(f"| {src} | {len(v)} | {sum(v) / len(v):.3f} |")
     print(f"| **all** | {len(mix)} | **{acc:.3f}** |")
-    print(f"\nadded latency per request: p50 {p50:.1f} ms, p95 {p95:.1f} ms ({len(ms)} single requests)")
+    print(f"\nadded latency per request: p50 {p50:.1f} ms, p95 {p95:.1f} ms ({len(ms)} single requests, "
+          f"{torch.get_num_threads()} threads); as served (the embedding thread, 1 OpenMP thread): p50 {s50:.1f} ms, "
+          f"p95 {s95:.1f} ms")
     goals = [(f"routing accuracy {acc:.3f} (goal >= 0.97)", acc >= 0.97),
-             (f"added latency p50 {p50:.1f} ms (goal <= 15)", p50 <= 15)]
+             (f"added latency p50 {p50:.1f} ms, {s50:.1f} ms as served (goal <= 15)", max(p50, s50) <= 15)]
     report = {"cpu": cpu, "routes": routes, "real_adapters": real, "routing_accuracy": acc,
-              "per_source": {k: sum(v) / len(v) for k, v in by.items()}, "latency_ms": {"p50": p50, "p95": p95},
+              "per_source": {k: sum(v) / len(v) for k, v in by.items()}, "latency_ms": {"p50": p50, "p95": p95, "served_p50": s50, "served_p95": s95},
               "learn_seconds": learn_s, "router_metrics": row.metrics}
     if real:
         from modelmill.apps.candidates import RouterCandidate
