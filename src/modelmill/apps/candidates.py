@@ -24,16 +24,15 @@ class RouterCandidate(Candidate):
         super().__init__(name=row.name, kind="router", base=row.base_model,
                          lineage={"app": row.name, "updated": str(row.updated_at), "spec": row.spec,
                                   "members": {m: c.key() for m, c in self.members.items()}})
-        self.chosen: dict[str, int] = {}
 
     def _split(self, texts: list[str]) -> dict[str, list[int]]:
-        from modelmill.apps.router import last_user_message
+        from modelmill.kb.rag import question_of
 
         groups: dict[str, list[int]] = {}
-        for i, choice in enumerate(self.routes.choose([last_user_message(t) for t in texts])):
+        for i, choice in enumerate(self.routes.choose([question_of(t) for t in texts])):
             groups.setdefault(choice.model, []).append(i)
-            self.chosen[choice.model] = self.chosen.get(choice.model, 0) + 1
-        self.info["routed"] = dict(self.chosen)
+            routed = self.info.setdefault("routed", {})
+            routed[choice.model] = routed.get(choice.model, 0) + 1
         return groups
 
     def _each(self, groups: dict[str, list[int]], n: int, run) -> list:

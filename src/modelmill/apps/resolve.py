@@ -74,14 +74,14 @@ class Resolver:
     async def resolve_request(self, model_id: str, messages: list[dict] | None) -> tuple[Target, dict]:
         """As :meth:`resolve`, for one request: a router chooses its route from the last user message
         of ``messages`` (embedded on the one embedding thread), and the target says so in ``route``."""
-        from modelmill.apps.router import last_user_message
+        from modelmill.kb.rag import question_of
         from modelmill.models.embedder import embedding_executor
 
         routes = await asyncio.to_thread(self.router_app, model_id)
         if routes is None:
             return await asyncio.to_thread(self.resolve, model_id)
         t0 = time.perf_counter()
-        text = last_user_message(messages or [])
+        text = question_of(messages or [])
         choice = (await asyncio.get_running_loop().run_in_executor(embedding_executor(), routes.choose, [text]))[0]
         ms = (time.perf_counter() - t0) * 1000
         target, spec = await asyncio.to_thread(self.resolve, choice.model)

@@ -80,6 +80,7 @@ class RouteChoice:
 def user_text(record: dict, kind: str, labels: list[str] | None) -> str | None:
     """The last user message a model trained on ``record`` is sent (None: the record has none)."""
     from modelmill.data.formats import to_messages
+    from modelmill.kb.rag import question_of
 
     if kind in ("text",):
         return record.get("text") or None
@@ -88,15 +89,7 @@ def user_text(record: dict, kind: str, labels: list[str] | None) -> str | None:
         msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt or "")}]
     else:
         msgs = to_messages(record, kind, labels=labels)
-    users = [m.get("content") for m in msgs if m.get("role") == "user" and isinstance(m.get("content"), str)]
-    return users[-1] if users else None
-
-
-def last_user_message(messages: list[dict]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user" and isinstance(m.get("content"), str):
-            return m["content"]
-    return ""
+    return question_of(msgs) or None
 
 
 def _texts(store, ref: str, flag: str, limit: int, seed: int) -> tuple[list[str], str]:
