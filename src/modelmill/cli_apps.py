@@ -1,8 +1,14 @@
-"""The app commands: routers over adapters (workflows and bots come next).
+"""The app commands: routers over adapters, workflows, and the business tables workflows look up.
 
     modelmill apps router create support --route drugs-lora --route zh-lora \
         --fallback smollm2-135m-instruct --fallback-data chat-sample
     modelmill apps route support "Is this drug safe with alcohol?"     # which model would answer
+    modelmill apps flow check support.yaml                             # every problem, with its line
+    modelmill apps flow create support support.yaml [--replace]        # served as model flow:support
+    modelmill apps flow run support --input question="Where is order 1042?"
+    modelmill apps flow runs support | trace RUN_ID
+    modelmill apps table add orders orders.csv | --sql sqlite:////srv/shop.db --sql-table orders
+    modelmill apps table list | show NAME | lookup NAME --where city=Paris | remove NAME
     modelmill apps list | show NAME | remove NAME
 """
 
@@ -19,7 +25,7 @@ from modelmill.cli import Group, _store, _table, main
 
 @main.group(cls=Group)
 def apps():
-    """Apps served under a model id: a router over adapters of one base."""
+    """Apps served under a model id: routers over adapters, workflows (flow:NAME)."""
 
 
 @apps.group(cls=Group)
@@ -91,9 +97,15 @@ def apps_list():
     """The apps, with what they route to."""
     from modelmill.apps import Apps
 
-    rows = [[a.name, a.kind, a.base_model, ", ".join(a.spec.get("routes", [])), a.spec.get("fallback", ""),
-             f"{a.metrics.get('held_out_accuracy', 0):.3f}"] for a in Apps(_store()).list()]
-    _table(rows, ["NAME", "KIND", "BASE", "ROUTES", "FALLBACK", "ROUTING ACC"])
+    rows = []
+    for a in Apps(_store()).list():
+        if a.kind == "workflow":
+            rows.append([f"flow:{a.name}", a.kind, a.base_model or "-", f"{len(a.spec.get('nodes', []))} nodes",
+                         a.spec.get("description", "")[:60]])
+        else:
+            rows.append([a.name, a.kind, a.base_model, ", ".join(a.spec.get("routes", [])) + " (fallback "
+                         f"{a.spec.get('fallback', '')})", f"routing accuracy {a.metrics.get('held_out_accuracy', 0):.3f}"])
+    _table(rows, ["MODEL ID", "KIND", "BASE", "WHAT", "ABOUT"])
 
 
 @apps.command("show")
@@ -107,6 +119,15 @@ def apps_show(name, as_json):
     if as_json:
         click.echo(json.dumps({"name": a.name, "kind": a.kind, "base_model": a.base_model, "spec": a.spec,
                                "metrics": a.metrics, "created_at": str(a.created_at)}, indent=2, ensure_ascii=False))
+        return
+    if a.kind == "workflow":
+        click.echo(f"flow:{a.name} (workflow{', from ' + a.spec['source'] if a.spec.get('source') else ''}): "
+                   f"{a.spec.get('description', '')}")
+        click.echo(f"  inputs: {', '.join(a.spec.get('inputs', {}))}")
+        for n in a.spec.get("nodes", []):
+            after = f" after {', '.join(n['after'])}" if n["after"] else ""
+            click.echo(f"  {n['id']:<16} {n['type']:<9} line {n['line']:<4}{' ' + n['model'] if 'model' in n else ''}"
+                       f"{after}")
         return
     click.echo(f"{a.name} ({a.kind} on {a.base_model})")
     for k, v in a.spec.items():
@@ -124,3 +145,239 @@ def apps_remove(name):
 
     Apps(_store()).remove(name)
     click.echo(f"removed app {name}")
+
+
+# ----------------------------------------------------------------------------- workflows
+
+@apps.group(cls=Group)
+def flow():
+    """Workflows: YAML files of nodes (llm, extract, retrieve, lookup, http, switch, check, answer)."""
+
+
+def _read_flow_file(path: str) -> str:
+    from pathlib import Path
+
+    from modelmill.errors import InputError, NotFoundError
+
+    p = Path(path)
+    if not p.is_file():
+        raise NotFoundError(f"no file {path}", field="FILE")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte {e.start})", file=path, fix="save the file as UTF-8") from None
+
+
+def _problems(e) -> None:
+    for d in getattr(e, "details", [])[1:]:
+        where = f"{d['file']}:{d['line']}" if d.get("file") and d.get("line") else f"line {d.get('line')}"
+        click.echo(f"  also {where}: {d['message']}" + (f" Fix: {d['fix']}" if d.get("fix") else ""), err=True)
+
+
+@flow.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def flow_check(file):
+    """Check a workflow file: syntax, node types and fields, references, cycles, models, knowledge bases, tables."""
+    from modelmill.apps.flow_spec import FlowError, load_workflow
+
+    try:
+        wf = load_workflow(_read_flow_file(file), file, _store())
+    except FlowError as e:
+        _problems(e)
+        raise
+    click.echo(f"{file}: {len(wf.nodes)} nodes, inputs {', '.join(wf.inputs) or 'none'}, answer '{wf.answer}': ok")
+
+
+@flow.command("create")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--replace", is_flag=True, help="Publish FILE as the new version of an existing workflow NAME.")
+def flow_create(name, file, replace):
+    """Check FILE and publish it as model id flow:NAME (chat completions, REST runs)."""
+    from modelmill.apps.flow_spec import FlowError
+    from modelmill.apps.flows import create_flow
+
+    try:
+        row = create_flow(_store(), name, _read_flow_file(file), file, replace=replace)
+    except FlowError as e:
+        _problems(e)
+        raise
+    click.echo(f"workflow flow:{row.name}: {len(row.spec['nodes'])} nodes, inputs "
+               f"{', '.join(row.spec['inputs']) or 'none'}")
+
+
+def _inputs(values: tuple[str, ...]) -> dict:
+    from modelmill.errors import InputError
+
+    out = {}
+    for v in values:
+        k, sep, x = v.partition("=")
+        if not sep or not k.strip():
+            raise InputError(f"'{v}' is not NAME=VALUE", field="--input", fix='e.g. --input question="Where is my order?"')
+        out[k.strip()] = x
+    return out
+
+
+def _print_trace(trace: list[dict], err: bool = False) -> None:
+    echo = (lambda m: click.echo(m, err=True)) if err else click.echo
+    for t in trace:
+        tokens = t.get("tokens") or {}
+        tok = f"  {tokens.get('prompt', 0)}+{tokens.get('completion', 0)} tokens" if tokens else ""
+        echo(f"  {t['node']:<16} {t['type']:<9} {t['status']:<8} {t.get('ms', 0):>9.1f} ms{tok}")
+        if t.get("error"):
+            echo(f"      error: {t['error']}")
+        elif t["status"] == "ok":
+            out = t.get("output") or {}
+            shown = out.get("text") if isinstance(out, dict) and "text" in out else json.dumps(out, ensure_ascii=False)
+            shown = " ".join(str(shown).split())
+            echo(f"      {shown[:160]}{'…' if len(shown) > 160 else ''}")
+
+
+@flow.command("run")
+@click.argument("name")
+@click.option("--input", "inputs", multiple=True, help="NAME=VALUE, one per input (repeat).")
+@click.option("--json", "as_json", is_flag=True, help="The run, trace included, as JSON.")
+@click.option("--trace/--no-trace", default=True, show_default=True, help="Print each node's status and time.")
+def flow_run(name, inputs, as_json, trace):
+    """Run workflow NAME here (models load in this process) and print its answer; the run is stored."""
+    import asyncio
+
+    from modelmill.apps.flows import FlowFailed, FlowServices, load_flow, run_flow
+
+    store = _store()
+    wf = load_flow(store, name)
+
+    async def go():
+        services = FlowServices.local(store)
+        try:
+            return await run_flow(services, wf, _inputs(inputs))
+        finally:
+            await services.close()
+
+    try:
+        run = asyncio.run(go())
+    except FlowFailed as e:
+        if trace and not as_json:
+            _print_trace(e.run.trace, err=True)
+        if as_json:
+            click.echo(json.dumps(e.run.as_json(), indent=2, ensure_ascii=False))
+        raise
+    if as_json:
+        click.echo(json.dumps(run.as_json(), indent=2, ensure_ascii=False))
+        return
+    if trace:  # on stderr: stdout is the answer alone
+        _print_trace(run.trace, err=True)
+        click.echo(f"run {run.id}: {run.status}, {run.ms:.0f} ms, {run.usage()['total_tokens']} tokens", err=True)
+    click.echo(run.output["text"])
+
+
+@flow.command("runs")
+@click.argument("name")
+@click.option("--limit", type=int, default=20, show_default=True)
+def flow_runs(name, limit):
+    """A workflow's newest runs."""
+    from modelmill.apps import Apps
+    from modelmill.apps.flows import FlowRuns
+
+    store = _store()
+    Apps(store).get(name)
+    rows = [[r.id, str(r.created_at)[:19], r.status, f"{r.ms:.0f}", " ".join(str((r.output or {}).get("text")
+            or r.error or "").split())[:60]] for r in FlowRuns(store).list(name, limit)]
+    _table(rows, ["RUN", "WHEN", "STATUS", "MS", "ANSWER OR ERROR"])
+
+
+@flow.command("trace")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Everything stored, as JSON.")
+def flow_trace(run_id, as_json):
+    """One run: its inputs, each node's status, time, tokens and output, and the answer."""
+    from modelmill.apps.flows import FlowRuns, run_json
+
+    r = FlowRuns(_store()).get(run_id)
+    if as_json:
+        click.echo(json.dumps(run_json(r), indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{r.id} of flow:{r.app}: {r.status}, {r.ms:.0f} ms, {str(r.created_at)[:19]}")
+    click.echo(f"  inputs: {json.dumps({k: v for k, v in r.inputs.items() if k != 'messages'}, ensure_ascii=False)}")
+    _print_trace(r.trace)
+    click.echo(f"  answer: {(r.output or {}).get('text', '')}" if r.output else f"  error: {r.error}")
+
+
+# ----------------------------------------------------------------------------- business tables
+
+@apps.group(cls=Group)
+def table():
+    """Business tables that workflow lookup nodes filter: JSON, JSONL or CSV rows, or an SQL table."""
+
+
+@table.command("add")
+@click.argument("name")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--sql", default=None, help="A database URL (SQLAlchemy), read at each lookup, e.g. sqlite:////srv/shop.db")
+@click.option("--sql-table", default=None, help="The table in that database.")
+def table_add(name, file, sql, sql_table):
+    """Register table NAME from FILE (its rows are stored) or from an SQL database's table."""
+    from modelmill.apps.tables import LookupTables
+
+    row = LookupTables(_store()).add(name, file, sql=sql, sql_table=sql_table)
+    click.echo(f"table {row.name}: {row.row_count} rows, columns {', '.join(map(str, row.columns[:20]))}"
+               f"{' …' if len(row.columns) > 20 else ''}")
+
+
+@table.command("list")
+def table_list():
+    """The registered tables."""
+    from modelmill.apps.tables import LookupTables
+
+    rows = [[t.name, t.kind, t.row_count, len(t.columns), t.source if t.kind == "file" else f"{t.sql_table} @ "
+             f"{t.source.split('@')[-1]}"] for t in LookupTables(_store()).list()]
+    _table(rows, ["NAME", "KIND", "ROWS", "COLUMNS", "SOURCE"])
+
+
+@table.command("show")
+@click.argument("name")
+@click.option("--rows", "n", type=int, default=3, show_default=True, help="Rows shown.")
+def table_show(name, n):
+    """A table's columns and first rows."""
+    from modelmill.apps.tables import LookupTables
+
+    tables = LookupTables(_store())
+    t = tables.get(name)
+    click.echo(f"{t.name} ({t.kind}, {t.row_count} rows): {', '.join(map(str, t.columns))}")
+    for r in tables.lookup(name, {}, n)[0]:
+        click.echo("  " + json.dumps(r, ensure_ascii=False)[:300])
+
+
+@table.command("lookup")
+@click.argument("name")
+@click.option("--where", "where", multiple=True, help="COLUMN=VALUE (repeat); COLUMN<=N, >=, <, >, != and ~ "
+                                                      "(contains) too.")
+@click.option("--limit", type=int, default=5, show_default=True)
+def table_lookup(name, where, limit):
+    """The rows a lookup node would get for a filter."""
+    import re
+
+    from modelmill.apps.tables import LookupTables
+    from modelmill.errors import InputError
+
+    cond: dict = {}
+    for w in where:
+        m = re.match(r"^([^<>=!~]+)(<=|>=|!=|<|>|~|=)(.*)$", w)
+        if not m:
+            raise InputError(f"'{w}' is not COLUMN=VALUE", field="--where", fix="e.g. --where city=Paris --where price<=200")
+        op = {"=": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "~": "contains"}[m.group(2)]
+        cond.setdefault(m.group(1).strip(), {})[op] = m.group(3)
+    rows, total = LookupTables(_store()).lookup(name, cond, limit)
+    click.echo(f"{total} rows match", err=True)
+    for r in rows:
+        click.echo(json.dumps(r, ensure_ascii=False))
+
+
+@table.command("remove")
+@click.argument("name")
+def table_remove(name):
+    """Remove a registered table (an SQL database itself is not touched)."""
+    from modelmill.apps.tables import LookupTables
+
+    LookupTables(_store()).remove(name)
+    click.echo(f"removed table {name}")

@@ -1,17 +1,34 @@
-"""REST for apps: routers over adapters (``modelmill apps ...`` calls the same library functions).
+"""REST for apps: routers, workflows and business tables (``modelmill apps ...`` calls the same
+library functions).
 
     GET    /api/apps                 every app
     POST   /api/apps/routers         learn a router from its routes' data and publish it (201)
-    GET    /api/apps/{name}          one app: settings and held-out routing accuracy
+    POST   /api/apps/flows           check a workflow file and publish it as flow:NAME (201; "replace": true
+                                     for a new version)
+    POST   /api/apps/flows/check     check a workflow file: every problem with its line (400), or its outline
+    GET    /api/apps/{name}          one app: settings (a router's held-out accuracy, a workflow's nodes)
     POST   /api/apps/{name}/route    which model the router sends a text to
+    POST   /api/apps/{name}/run      run a workflow: its answer, status and trace (424 when a node fails)
+    GET    /api/apps/{name}/runs     a workflow's newest runs
+    GET    /api/apps/runs/{run_id}   one run with its trace
     DELETE /api/apps/{name}
 
-An app is then a model id in /v1/chat/completions, /v1/models and evaluations.
+    GET    /api/tables               business tables for lookup nodes
+    POST   /api/tables               upload one (multipart: name, file .json/.jsonl/.csv) (201)
+    POST   /api/tables/sql           register an SQL database's table (admin scope) (201)
+    GET    /api/tables/{name}        columns and the first rows
+    POST   /api/tables/{name}/lookup the rows a filter matches
+    DELETE /api/tables/{name}
+
+A router is then a model id in /v1/chat/completions, /v1/models and evaluations; a workflow is
+``flow:NAME`` in /v1/chat/completions and /v1/models.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import asyncio
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 
 from modelmill.api.native import _iso, _store
@@ -33,6 +50,33 @@ class RouterRequest(BaseModel):
 
 class RouteRequest(BaseModel):
     text: str = Field(min_length=1, max_length=100_000)
+
+
+class FlowRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    yaml: str = Field(min_length=1, max_length=1_000_000, description="The workflow file's text.")
+    source: str | None = Field(default=None, max_length=500, description="Its file name, shown in errors.")
+    replace: bool = Field(default=False, description="Publish as the new version of an existing workflow.")
+
+
+class FlowCheckRequest(BaseModel):
+    yaml: str = Field(min_length=1, max_length=1_000_000)
+    source: str | None = Field(default=None, max_length=500)
+
+
+class RunRequest(BaseModel):
+    inputs: dict = Field(default_factory=dict, description="The workflow's inputs by name.")
+
+
+class SqlTableRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    url: str = Field(min_length=1, max_length=2000, description="SQLAlchemy database URL.")
+    table: str = Field(min_length=1, max_length=200)
+
+
+class LookupRequest(BaseModel):
+    where: dict = Field(default_factory=dict)
+    limit: int = Field(default=5, ge=1, le=1000)
 
 
 def app_json(a) -> dict:
@@ -59,6 +103,34 @@ def create_router_app(request: Request, body: RouterRequest):
     return app_json(create_router(_store(request), spec, log=lambda m: None))
 
 
+@router.post("/apps/flows", status_code=201, tags=["apps"])
+def create_flow_app(request: Request, body: FlowRequest):
+    """Check a workflow file against what exists (models, knowledge bases, tables) and publish it."""
+    from modelmill.api.auth import require_model
+    from modelmill.apps.flow_spec import load_workflow
+    from modelmill.apps.flows import create_flow
+
+    for m in load_workflow(body.yaml, body.source, _store(request), body.name).models():
+        require_model(request, m)
+    return app_json(create_flow(_store(request), body.name, body.yaml, body.source, replace=body.replace))
+
+
+@router.post("/apps/flows/check", tags=["apps"])
+def check_flow(request: Request, body: FlowCheckRequest):
+    """Every problem of a workflow file with its line (400, in error.details), or its nodes and edges."""
+    from modelmill.apps.flow_spec import load_workflow
+
+    wf = load_workflow(body.yaml, body.source, _store(request))
+    return {"ok": True, "inputs": wf.inputs, "answer": wf.answer, "nodes": wf.outline()}
+
+
+@router.get("/apps/runs/{run_id}", tags=["apps"])
+def get_run(request: Request, run_id: str):
+    from modelmill.apps.flows import FlowRuns, run_json
+
+    return run_json(FlowRuns(_store(request)).get(run_id))
+
+
 @router.get("/apps/{name}", tags=["apps"])
 def get_app(request: Request, name: str):
     from modelmill.apps import Apps
@@ -77,6 +149,26 @@ def route_text(request: Request, name: str, body: RouteRequest):
     return {"model": c.model, "route": c.route, "confidence": c.confidence}
 
 
+@router.post("/apps/{name}/run", tags=["apps"])
+async def run_flow_app(request: Request, name: str, body: RunRequest):
+    """Run workflow ``name`` on the server's engines; the run is stored with its trace."""
+    from modelmill.apps.flows import run_flow
+
+    services = request.app.state.serving.flows
+    wf = await asyncio.to_thread(services.flow, name)
+    return (await run_flow(services, wf, body.inputs)).as_json()
+
+
+@router.get("/apps/{name}/runs", tags=["apps"])
+def list_runs(request: Request, name: str, limit: int = Query(50, ge=1, le=1000)):
+    from modelmill.apps import Apps
+    from modelmill.apps.flows import FlowRuns, run_json
+
+    Apps(_store(request)).get(name)
+    return {"data": [{k: v for k, v in run_json(r).items() if k != "trace"}
+                     for r in FlowRuns(_store(request)).list(name, limit)]}
+
+
 @router.delete("/apps/{name}", tags=["apps"])
 def delete_app(request: Request, name: str):
     from modelmill.api.auth import require_model
@@ -87,4 +179,74 @@ def delete_app(request: Request, name: str):
     for m in [*row.spec.get("routes", []), row.spec.get("fallback")]:
         require_model(request, m)
     apps.remove(name)
+    return {"deleted": name}
+
+
+# ----------------------------------------------------------------------------- business tables
+
+def table_json(t, rows: list | None = None) -> dict:
+    out = {"name": t.name, "kind": t.kind, "columns": t.columns, "rows": t.row_count,
+           "source": t.source if t.kind == "file" else None, "sql_table": t.sql_table,
+           "created_at": _iso(t.created_at)}
+    if rows is not None:
+        out["first_rows"] = rows
+    return out
+
+
+@router.get("/tables", tags=["apps"])
+def list_tables(request: Request):
+    from modelmill.apps.tables import LookupTables
+
+    return {"data": [table_json(t) for t in LookupTables(_store(request)).list()]}
+
+
+@router.post("/tables", status_code=201, tags=["apps"])
+def upload_table(request: Request, file: UploadFile = File(...), name: str = Form(...)):
+    """A table from an uploaded JSON, JSONL or CSV file; its rows are stored, the upload is not kept."""
+    import shutil
+    import uuid
+
+    from modelmill.api.native import save_upload
+    from modelmill.apps.tables import LookupTables
+
+    store = _store(request)
+    folder = store.home / "tmp" / f"table-{uuid.uuid4().hex[:8]}"
+    try:
+        path = save_upload(store, file, folder, (".json", ".jsonl", ".csv"))
+        return table_json(LookupTables(store).add(name, path))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@router.post("/tables/sql", status_code=201, tags=["apps"])
+def add_sql_table(request: Request, body: SqlTableRequest):
+    """An SQL database's table, read (never written) at each lookup. Needs the admin scope: the URL
+    reaches whatever database this server can."""
+    from modelmill.apps.tables import LookupTables
+
+    return table_json(LookupTables(_store(request)).add(body.name, sql=body.url, sql_table=body.table))
+
+
+@router.get("/tables/{name}", tags=["apps"])
+def get_table(request: Request, name: str, rows: int = Query(5, ge=0, le=100)):
+    from modelmill.apps.tables import LookupTables
+
+    tables = LookupTables(_store(request))
+    t = tables.get(name)
+    return table_json(t, tables.lookup(name, {}, rows)[0] if rows else [])
+
+
+@router.post("/tables/{name}/lookup", tags=["apps"])
+def lookup_rows(request: Request, name: str, body: LookupRequest):
+    from modelmill.apps.tables import LookupTables
+
+    found, total = LookupTables(_store(request)).lookup(name, body.where, body.limit)
+    return {"data": found, "total": total}
+
+
+@router.delete("/tables/{name}", tags=["apps"])
+def delete_table(request: Request, name: str):
+    from modelmill.apps.tables import LookupTables
+
+    LookupTables(_store(request)).remove(name)
     return {"deleted": name}

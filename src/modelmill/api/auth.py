@@ -114,7 +114,7 @@ def scope_for(path: str) -> str | None:
         return "train"
     if path.startswith("/v1/"):
         return "infer"
-    if path.startswith("/api/keys"):
+    if path.startswith(("/api/keys", "/api/tables/sql")):  # an SQL URL reaches any database the server can
         return "admin"
     if path.startswith("/api/"):
         return "train"

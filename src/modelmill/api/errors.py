@@ -26,7 +26,7 @@ class ApiError(ModelmillError):
 
 
 def status_of(e: ModelmillError) -> int:
-    if isinstance(e, ApiError):
+    if isinstance(e, ApiError) or isinstance(getattr(e, "status", None), int):  # ApiError, FlowFailed (424)
         return e.status
     if isinstance(e, NotFoundError):
         return 404

@@ -123,6 +123,8 @@ class ChatRequest(_Sampling):
     # modelmill's own: answer from these knowledge bases (None: the model's --knowledge binding)
     knowledge_bases: list[str] | None = None
     rag: RagOptions | None = None
+    # modelmill's own, for a workflow (model flow:NAME): its inputs beyond `question` and `messages`
+    inputs: dict | None = None
 
     def check_messages(self) -> None:
         """What OpenAI answers 400 to: a message with no content (only an assistant message that
@@ -248,15 +250,19 @@ class Serving:
     resolver: object         # apps.resolve.Resolver: apps first, then models
     metrics: Metrics
     answers: object          # apps.rag.KnowledgeAnswers
+    flows: object = None     # apps.flows.FlowServices: workflows run on these same engines
 
     @classmethod
     def open(cls, store, config: ServeConfig) -> Serving:
+        from modelmill.apps.flows import FlowServices
         from modelmill.apps.rag import KnowledgeAnswers
         from modelmill.apps.resolve import Resolver
 
         router = Router(store, config)
-        return cls(store, config, router, Resolver(store, router, config.knowledge_bindings()), Metrics(router),
-                   KnowledgeAnswers(store))
+        resolver = Resolver(store, router, config.knowledge_bindings())
+        answers = KnowledgeAnswers(store)
+        return cls(store, config, router, resolver, Metrics(router), answers,
+                   FlowServices(store, resolver, router, answers))
 
     async def start(self) -> None:
         """Load the ``--preload`` base models."""
@@ -335,7 +341,8 @@ def _model_cards(store) -> list[dict]:
               for d in Deployments(store).list()]
     from modelmill.apps import Apps
 
-    cards += [_card(a.name, a.created_at, a.base_model, None, type=a.kind) for a in Apps(store).list()]
+    cards += [_card(f"flow:{a.name}" if a.kind == "workflow" else a.name, a.created_at, a.base_model or None, None,
+                    type=a.kind) for a in Apps(store).list()]
     cards.append(_card(DEFAULT_NAME, None, DEFAULT_NAME, None, type="embedding"))
     return cards
 
@@ -618,6 +625,10 @@ async def chat_completions(body: ChatRequest, request: Request):
                           code="unsupported_parameter")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m.content)}
                 for m in body.messages]
+    from modelmill.apps.flows import flow_name
+
+    if flow_name(body.model) is not None:
+        return await _flow_chat(s, request, body, flow_name(body.model), messages, t0)
     target, engine = await _prepare(s, body.model, messages)
     tok = engine.tokenizer
     if target.system_prompt and messages[0]["role"] != "system":
@@ -686,6 +697,11 @@ async def completions(body: CompletionRequest, request: Request):
         raise EngineError("suffix is not supported", param="suffix", code="unsupported_parameter")
     if body.best_of not in (None, body.n):
         raise EngineError("best_of must equal n (beam search is not supported)", param="best_of")
+    from modelmill.apps.flows import flow_name
+
+    if flow_name(body.model) is not None:
+        raise EngineError(f"'{body.model}' is a workflow, which answers chat completions (/v1/chat/completions)",
+                          param="model", code="unsupported_model")
     p = body.prompt
     first = p if isinstance(p, str) else p[0] if isinstance(p, list) and p and isinstance(p[0], str) else None
     target, engine = await _prepare(s, body.model, None if first is None else [{"role": "user", "content": first}])
@@ -749,6 +765,107 @@ async def completions(body: CompletionRequest, request: Request):
             preamble.append({"index": i, "text": prompt_texts[p_i], "logprobs": None, "finish_reason": None})
     return await _respond(s, request, body, "completions", target, rid, ("text_completion", "text_completion"),
                           started, prompt_tokens, t0, first_at, choice, chunk, preamble)
+
+
+# -- workflows
+
+async def _flow_chat(s: Serving, request: Request, body: ChatRequest, name: str, messages: list[dict], t0: float):
+    """A chat completion answered by workflow ``name``: its answer node's text is the message. The
+    response names the run (``flow``: name, run id, status, ms), so its trace can be fetched; a stream
+    sends each node's end as an event with ``"choices": []`` (``flow_event``) before the answer."""
+    from modelmill.apps.flows import FlowFailed, run_flow
+    from modelmill.errors import ModelmillError, NotFoundError
+    from modelmill.kb.rag import question_of
+
+    if body.n != 1:
+        raise EngineError("a workflow gives one answer: n must be 1", param="n")
+    for unsupported in ("logprobs", "tools", "response_format"):
+        if getattr(body, unsupported):
+            raise EngineError(f"'{unsupported}' does not apply to a workflow", param=unsupported,
+                              code="unsupported_parameter")
+    try:
+        wf = await asyncio.to_thread(s.flows.flow, name)
+    except NotFoundError as e:
+        raise EngineError(f"The model '{body.model}' does not exist: {e.message}", status=404,
+                          code="model_not_found", param="model") from None
+    except ModelmillError as e:  # a stored workflow that no longer checks (a model removed since)
+        raise EngineError(f"workflow '{name}' cannot run: {e}", status=409, code="flow_invalid",
+                          param="model") from None
+    inputs = dict(body.inputs or {})
+    if "question" in wf.inputs and "question" not in inputs:
+        inputs["question"] = question_of(messages)
+    inputs["messages"] = messages
+    try:
+        from modelmill.apps.flows import check_inputs
+
+        check_inputs(wf, inputs)
+    except ModelmillError as e:
+        raise EngineError(str(e), param="inputs") from None
+    rid = _new_id("chatcmpl")
+    head = {"id": rid, "created": _now(), "model": body.model, "system_fingerprint": None}
+
+    def summary(run) -> dict:
+        return {"name": name, "run_id": run.id, "status": run.status, "ms": round(run.ms, 2)}
+
+    def failed(e: FlowFailed) -> EngineError:
+        return EngineError(str(e), status=424, code="flow_failed", param="model")
+
+    def record(status: str, run=None):
+        s.metrics.request("chat", body.model, None, status, time.monotonic() - t0,
+                          run.usage()["prompt_tokens"] if run else 0, run.usage()["completion_tokens"] if run else 0)
+
+    if not body.stream:
+        try:
+            run = await _until_disconnect(request, run_flow(s.flows, wf, inputs))
+        except FlowFailed as e:
+            record("424", e.run)
+            raise failed(e) from None
+        record("200", run)
+        extra = {"citations": run.output["citations"]} if "citations" in run.output else {}
+        return {**head, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": run.output["text"]},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": run.usage(), "flow": summary(run), **extra}
+
+    base = {**head, "object": "chat.completion.chunk"}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    extra = {"usage": None} if include_usage else {}
+
+    async def events():
+        q: asyncio.Queue = asyncio.Queue()
+        task = asyncio.ensure_future(run_flow(s.flows, wf, inputs, on_event=q.put))
+        task.add_done_callback(lambda _: q.put_nowait(None))
+        status = "200"
+        try:
+            yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                             "logprobs": None, "finish_reason": None}], **extra})
+            while (event := await q.get()) is not None:
+                yield _sse({**base, "choices": [], **extra, "flow_event": {
+                    k: event.get(k) for k in ("node", "type", "status", "ms", "error") if event.get(k) is not None}})
+            try:
+                run = task.result()
+            except FlowFailed as e:
+                status = "424"
+                record(status, e.run)
+                yield _sse(error_body(str(e), "invalid_request_error", "model", "flow_failed"))
+                yield "data: [DONE]\n\n"
+                return
+            record(status, run)
+            yield _sse({**base, "choices": [{"index": 0, "delta": {"content": run.output["text"]}, "logprobs": None,
+                                             "finish_reason": None}], **extra})
+            top = {"citations": run.output["citations"]} if "citations" in run.output else {}
+            yield _sse({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+                        **extra, "flow": summary(run), **top})
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": run.usage()})
+            yield "data: [DONE]\n\n"
+        finally:
+            if not task.done():  # the client left: stop the run (its generations are aborted)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 # -- embeddings

@@ -6,6 +6,11 @@
     rag.py          retrieval-augmented answers: the knowledge bases a request is answered from,
                     the retrieved items, citations and groundedness
     router.py       a router: one model id over adapters of one base, learned from their data
+    flow_spec.py    a workflow file (YAML nodes): parsed, checked with the line of each problem, sandboxed
+                    templates
+    flows.py        workflows stored, run node by node on the serving engines, runs kept with traces
+    tables.py       business tables (JSON/JSONL/CSV rows, or an SQL table) that lookup nodes filter
+    ssrf.py         outbound HTTP for http nodes behind a guard against server-side request forgery
     candidates.py   apps as evaluation candidates, scored and ranked like any model
 
 The OpenAI-compatible routes (``api/openai.py``) and the playground reach a model id through
@@ -53,9 +58,12 @@ class Apps:
 
         from modelmill.store.tables import App
 
+        from modelmill.store.tables import WorkflowRun
+
         self.get(name)
         with self.store.session() as s:
             s.execute(delete(App).where(App.name == name))
+            s.execute(delete(WorkflowRun).where(WorkflowRun.app == name))  # a workflow's runs go with it
 
 
 def check_app_name_free(store, name: str, field: str = "NAME") -> None:

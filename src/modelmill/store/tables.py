@@ -303,3 +303,36 @@ class App(Base):
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LookupTable(Base):
+    """A business table that workflows look rows up in: rows stored here (a JSON, JSONL or CSV file
+    the user added), or a table of an SQL database read at query time (``source`` = its URL)."""
+
+    __tablename__ = "lookup_tables"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, index=True)
+    kind: Mapped[str] = mapped_column(String(10))  # file | sql
+    source: Mapped[str] = mapped_column(Text)  # the file the user named, or the database URL
+    sql_table: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    columns: Mapped[list] = mapped_column(JSON, default=list)
+    rows: Mapped[list] = mapped_column(JSON, default=list)  # file tables only
+    row_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WorkflowRun(Base):
+    """One run of a workflow: its inputs, output and trace (each node's inputs, output, time, tokens)."""
+
+    __tablename__ = "workflow_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    app: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(20))  # ok | flagged | failed
+    inputs: Mapped[dict] = mapped_column(JSON, default=dict)
+    output: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    trace: Mapped[list] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ms: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
