@@ -4,6 +4,7 @@
 
 import { setKeyPrompt, storeKey, storedKey } from "./api.js";
 import { errorBox, h, replace } from "./dom.js";
+import { appPage, appsPage } from "./pages/apps.js";
 import { comparePage } from "./pages/compare.js";
 import { datasetsPage } from "./pages/datasets.js";
 import { deploymentsPage } from "./pages/deployments.js";
@@ -20,6 +21,7 @@ const ROUTES = [
   { path: "compare", title: "Compare", render: comparePage },
   { path: "playground", title: "Playground", render: playgroundPage },
   { path: "deployments", title: "Deployments", render: deploymentsPage },
+  { path: "apps", title: "Apps", render: appsPage, child: appPage },
 ];
 
 const main = document.getElementById("main");

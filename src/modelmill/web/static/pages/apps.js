@@ -1,0 +1,699 @@
+// Apps: what answers under a model id beyond a model (routers over adapters, workflows as
+// flow:NAME), a workflow drawn as a graph, run from a form with its trace, its recent runs, and
+// the business tables that workflows look rows up in. Everything here calls /api/apps and
+// /api/tables, the same library calls `modelmill apps ...` makes.
+
+import { api, withQuery } from "../api.js";
+import { badge, errorBox, fmtNum, fmtTime, h, loading, notice, replace, s, table } from "../dom.js";
+
+const STATUSES = ["ok", "skipped", "failed", "not run"];
+
+/** "not run" -> "not_run": a status as a class name (badge-not_run, status-not_run). */
+const statusKey = (st) => String(st || "none").replace(/\s+/g, "_");
+
+/** A workflow's settings: app_json spreads the stored spec at the top level; older shapes nest it. */
+const specOf = (app) => app.spec || app;
+
+/** A model id of an app: flow:NAME for a workflow, the name for a router. */
+const modelId = (app) => (app.kind === "workflow" ? `flow:${app.name}` : app.name);
+
+const appHref = (name, params) => withQuery(`#/apps/${encodeURIComponent(name)}`, params);
+
+/** "Support flow (v2).yaml" -> "Support-flow-v2": a name (letters, digits, . _ -). */
+function nameFromFile(filename) {
+  const stem = filename.replace(/\.[^.]+$/, "");
+  return stem.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[^A-Za-z0-9]+/, "").replace(/-+$/, "").slice(0, 128);
+}
+
+/** The top-level `name:` of a workflow file, when it has a plain one. */
+function nameInYaml(text) {
+  const m = /^name:[ \t]*["']?([A-Za-z0-9][A-Za-z0-9._-]*)["']?[ \t]*(#.*)?$/m.exec(text || "");
+  return m ? m[1] : "";
+}
+
+function pretty(v) {
+  if (v === null || v === undefined) return "";
+  return typeof v === "string" ? v : JSON.stringify(v, null, 2);
+}
+
+// ============================================================================ the list page
+
+export async function appsPage(ctx) {
+  const listBox = h("div", { testid: "apps-list" }, loading());
+  const tablesBox = h("div", { testid: "tables-list" }, loading());
+  const previewBox = h("div", { testid: "table-preview-box" });
+  const form = flowForm(ctx, () => loadApps());
+  ctx.main.append(h("section", { class: "page" },
+    h("header", { class: "page-head" }, h("h1", {}, "Apps"),
+      h("p", { class: "lead" }, "Apps answer under a model id of their own. A router sends each request to the adapter that knows its topic; a workflow chains steps (look up a table, ask a model, check the draft) written as a YAML file.")),
+    h("div", { class: "card" }, h("h2", {}, "Your apps"), listBox),
+    form.el,
+    h("div", { class: "card", testid: "tables-card" },
+      h("h2", {}, "Business tables"),
+      h("p", { class: "help" }, "Rows that a workflow's lookup nodes filter, e.g. ", h("code", {}, "where: {order_id: \"{{ question }}\"}"), "."),
+      tablesBox, previewBox, tableUpload(() => loadTables()))));
+
+  async function loadApps() {
+    try {
+      const { data } = await api("/api/apps");
+      if (!ctx.alive) return;
+      replace(listBox, table([
+        { label: "Model id", get: (a) => h("a", { href: appHref(a.name), testid: "app-link" }, h("code", {}, modelId(a))) },
+        { label: "Kind", get: (a) => a.kind },
+        { label: "About", get: (a) => about(a) },
+        { label: "Updated", get: (a) => fmtTime(a.updated_at || a.created_at) },
+        { label: "", get: (a) => h("div", { class: "inline" },
+          h("a", { class: "btn btn-small", href: `#/playground?models=${encodeURIComponent(modelId(a))}` }, "Try"),
+          h("button", { type: "button", class: "btn btn-small btn-danger", testid: "app-delete",
+            onclick: (e) => removeApp(a, e.target) }, "Delete")) },
+      ], data, { testid: "apps-table", rowAttrs: (a) => ({ testid: "app-row", "data-name": a.name, "data-kind": a.kind }),
+        empty: "No apps yet. Publish a workflow below, or learn a router with `modelmill apps router create`." }));
+    } catch (e) {
+      if (ctx.alive) replace(listBox, errorBox(e, "apps-error"));
+    }
+  }
+
+  async function removeApp(a, button) {
+    if (!confirm(`Delete ${modelId(a)}? Callers of this model id get an error until it exists again${a.kind === "workflow" ? "; its runs are deleted too" : ""}.`)) return;
+    button.disabled = true;
+    try {
+      await api(`/api/apps/${encodeURIComponent(a.name)}`, { method: "DELETE" });
+      await loadApps();
+    } catch (e) {
+      button.disabled = false;
+      listBox.prepend(errorBox(e, "app-delete-error"));
+    }
+  }
+
+  async function loadTables() {
+    try {
+      const { data } = await api("/api/tables");
+      if (!ctx.alive) return;
+      replace(tablesBox, table([
+        { label: "Name", get: (t) => h("strong", {}, t.name) },
+        { label: "Kind", get: (t) => t.kind },
+        { label: "Rows", get: (t) => fmtNum(t.rows), class: "num" },
+        { label: "Columns", get: (t) => h("span", { class: "clip" }, (t.columns || []).join(", ") || "–") },
+        // an uploaded file's stored source is a server path: its file name is what the user knows
+        { label: "From", get: (t) => (t.sql_table ? h("code", {}, `SQL table ${t.sql_table}`)
+          : t.source ? h("code", { title: t.source }, String(t.source).split(/[\\/]/).pop()) : "–") },
+        { label: "Added", get: (t) => fmtTime(t.created_at) },
+        { label: "", get: (t) => h("div", { class: "inline" },
+          h("button", { type: "button", class: "btn btn-small", testid: "table-preview", onclick: () => preview(t.name) }, "First rows"),
+          h("button", { type: "button", class: "btn btn-small btn-danger", testid: "table-delete",
+            onclick: (e) => removeTable(t.name, e.target) }, "Delete")) },
+      ], data, { testid: "tables-table", rowAttrs: (t) => ({ testid: "table-row", "data-name": t.name }),
+        empty: "No tables yet. Upload a JSON, JSONL or CSV file below." }));
+    } catch (e) {
+      if (ctx.alive) replace(tablesBox, errorBox(e, "tables-error"));
+    }
+  }
+
+  async function preview(name) {
+    replace(previewBox, loading(`Reading ${name}…`));
+    try {
+      const t = await api(withQuery(`/api/tables/${encodeURIComponent(name)}`, { rows: 5 }));
+      if (!ctx.alive) return;
+      const cols = t.columns && t.columns.length ? t.columns : Object.keys((t.first_rows || [])[0] || {});
+      replace(previewBox, h("div", { testid: "table-preview-rows" },
+        h("h3", {}, `${t.name}: the first ${(t.first_rows || []).length} of ${fmtNum(t.rows)} rows`),
+        table(cols.map((c) => ({ label: String(c), get: (r) => h("span", { class: "clip" }, pretty(r[c])) })),
+          t.first_rows || [], { empty: "The table has no rows." })));
+    } catch (e) {
+      if (ctx.alive) replace(previewBox, errorBox(e, "table-preview-error"));
+    }
+  }
+
+  async function removeTable(name, button) {
+    if (!confirm(`Delete the table “${name}”? Workflows that look it up fail until it exists again.`)) return;
+    button.disabled = true;
+    try {
+      await api(`/api/tables/${encodeURIComponent(name)}`, { method: "DELETE" });
+      replace(previewBox);
+      await loadTables();
+    } catch (e) {
+      button.disabled = false;
+      tablesBox.prepend(errorBox(e, "table-delete-error"));
+    }
+  }
+
+  const edit = ctx.query.get("edit");
+  await Promise.all([loadApps(), loadTables(), edit ? form.load(edit) : null]);
+}
+
+function about(a) {
+  const sp = specOf(a);
+  if (a.kind === "router") {
+    const acc = (a.metrics || {}).held_out_accuracy;
+    return h("div", { testid: "router-about" },
+      h("div", {}, "Routes: ", (sp.routes || []).map((r, i) => [i ? ", " : "", h("code", {}, r)])),
+      h("div", {}, "Fallback: ", h("code", {}, sp.fallback || "–")),
+      h("div", { class: "muted" }, "Held-out routing accuracy: ",
+        h("span", { testid: "router-accuracy" }, typeof acc === "number" ? acc.toFixed(3) : "–")));
+  }
+  if (a.kind === "workflow") {
+    const n = (sp.nodes || []).length;
+    return h("div", { testid: "workflow-about" },
+      sp.description ? h("div", {}, sp.description) : null,
+      h("div", { class: "muted" }, `${n} node${n === 1 ? "" : "s"}`,
+        Object.keys(sp.inputs || {}).length ? ` · inputs: ${Object.keys(sp.inputs).join(", ")}` : ""));
+  }
+  return "–";
+}
+
+// ---------------------------------------------------------------------------- a workflow file
+
+function flowForm(ctx, onPublished) {
+  const name = h("input", { type: "text", id: "flow-name", testid: "flow-name", autocomplete: "off", spellcheck: "false",
+    pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", placeholder: "from the file's name: line" });
+  const file = h("input", { type: "file", id: "flow-file", testid: "flow-file", accept: ".yaml,.yml,text/yaml" });
+  const yaml = h("textarea", { id: "flow-yaml", testid: "flow-yaml", class: "code-input", rows: 16, spellcheck: "false",
+    placeholder: "name: support\ninputs: [question]\nnodes:\n  - id: reply\n    type: answer\n    text: \"You asked: {{ question }}\"" });
+  const replaceBox = h("input", { type: "checkbox", id: "flow-replace", testid: "flow-replace" });
+  const check = h("button", { type: "button", class: "btn", testid: "flow-check" }, "Check");
+  const publish = h("button", { type: "submit", class: "btn btn-primary", testid: "flow-publish" }, "Publish");
+  const result = h("div", { testid: "flow-result", "aria-live": "polite" });
+  let source = null; // the chosen file's name, which the server names in its problems
+
+  file.addEventListener("change", async () => {
+    const f = file.files[0];
+    if (!f) return;
+    try {
+      yaml.value = await f.text();
+      source = f.name;
+      name.placeholder = nameInYaml(yaml.value) || nameFromFile(f.name) || "support";
+      replace(result);
+    } catch (e) {
+      replace(result, errorBox({ message: `${f.name} could not be read: ${e.message}` }, "flow-error"));
+    }
+  });
+  yaml.addEventListener("input", () => {
+    name.placeholder = nameInYaml(yaml.value) || "from the file's name: line";
+  });
+
+  function problems(err) {
+    const rows = (err.details || []).filter((d) => d && d.message);
+    if (!rows.length) return errorBox(err, "flow-error");
+    return h("div", { class: "alert alert-error", role: "alert", testid: "flow-problems" },
+      h("p", {}, h("strong", {}, `${rows.length} problem${rows.length === 1 ? "" : "s"} to fix`),
+        " — nothing was published. Click a line number to select that line."),
+      table([
+        { label: "Line", class: "num", get: (d) => (d.line ? h("button", { type: "button", class: "btn btn-small btn-ghost",
+          testid: "flow-problem-line", onclick: () => selectLine(yaml, d.line) }, String(d.line)) : "–") },
+        { label: "Field", get: (d) => (d.field ? h("code", {}, d.field) : "–") },
+        { label: "Problem", get: (d) => d.message },
+        { label: "Fix", get: (d) => d.fix || "" },
+      ], rows.slice(0, 200), { testid: "flow-problems-table",
+        rowAttrs: (d) => ({ testid: "flow-problem-row", "data-line": d.line ?? "" }) }));
+  }
+
+  async function onCheck() {
+    if (!yaml.value.trim()) {
+      replace(result, notice("Paste a workflow file or choose one first.", "warn", "flow-status"));
+      return;
+    }
+    check.disabled = true;
+    replace(result, loading("Checking…"));
+    try {
+      const r = await api("/api/apps/flows/check", { method: "POST", json: { yaml: yaml.value, source } });
+      replace(result, h("div", { class: "alert alert-ok", role: "status", testid: "flow-status" },
+        h("p", {}, h("strong", {}, "No problems. "),
+          `${r.nodes.length} node${r.nodes.length === 1 ? "" : "s"}; inputs: ${Object.keys(r.inputs || {}).join(", ") || "none"}; the answer comes from `,
+          h("code", {}, r.answer), "."),
+        flowGraph(r.nodes, { testid: "flow-check-graph" })));
+    } catch (err) {
+      replace(result, problems(err));
+    } finally {
+      check.disabled = false;
+    }
+  }
+
+  async function onPublish(e) {
+    e.preventDefault();
+    const flowName = name.value.trim() || nameInYaml(yaml.value) || (source ? nameFromFile(source) : "");
+    if (!yaml.value.trim() || !flowName) {
+      replace(result, notice(!yaml.value.trim() ? "Paste a workflow file or choose one first."
+        : "Give the workflow a name (or a `name:` line in the file).", "warn", "flow-status"));
+      return;
+    }
+    publish.disabled = true;
+    replace(result, loading(`Publishing flow:${flowName}…`));
+    try {
+      const app = await api("/api/apps/flows", { method: "POST", json: {
+        name: flowName, yaml: yaml.value, source, replace: replaceBox.checked } });
+      replace(result, h("div", { class: "alert alert-ok", role: "status", testid: "flow-status" },
+        `Published: call model “flow:${app.name}” at /v1/chat/completions, or `,
+        h("a", { href: appHref(app.name), testid: "flow-open" }, "open it here to see its graph and run it"), "."));
+      await onPublished();
+    } catch (err) {
+      replace(result, problems(err));
+    } finally {
+      publish.disabled = false;
+    }
+  }
+
+  /** Fill the form with a published workflow, to publish an edited file as its new version. */
+  async function load(appName) {
+    try {
+      const app = await api(`/api/apps/${encodeURIComponent(appName)}`);
+      if (!ctx.alive) return;
+      const sp = specOf(app);
+      yaml.value = sp.yaml || "";
+      source = sp.source || null;
+      name.value = app.name;
+      replaceBox.checked = true;
+      el.open = true;
+      el.scrollIntoView({ block: "start" });
+    } catch (err) {
+      if (ctx.alive) replace(result, errorBox(err, "flow-error"));
+    }
+  }
+
+  const el = h("details", { class: "card", testid: "flow-form-card", open: true },
+    h("summary", {}, h("strong", {}, "Create a workflow")),
+    h("form", { testid: "flow-form", onsubmit: onPublish },
+      h("p", { class: "help" }, "Node types: llm, extract, retrieve, lookup, http, switch, check, answer. Templates like ",
+        h("code", {}, "{{ question }}"), " or ", h("code", {}, "{{ row.first.city }}"), " use the inputs and earlier nodes by id. `modelmill apps flow create --help` documents every field."),
+      h("div", { class: "grid-2" },
+        h("div", { class: "field" }, h("label", { for: "flow-name" }, "Name"), name,
+          h("p", { class: "help" }, "Served as model id flow:NAME.")),
+        h("div", { class: "field" }, h("label", { for: "flow-file" }, "Or choose a file"), file,
+          h("p", { class: "help" }, "A .yaml file; its text lands below."))),
+      h("div", { class: "field" }, h("label", { for: "flow-yaml" }, "Workflow (YAML)"), yaml),
+      h("label", { class: "inline" }, replaceBox, " Replace the published workflow of this name (a new version; its runs stay)"),
+      h("div", { class: "actions" }, check, publish),
+      result));
+  check.addEventListener("click", onCheck);
+  return { el, load };
+}
+
+/** Select line `line` (1-based) of a textarea and scroll it into view. */
+function selectLine(textarea, line) {
+  const lines = textarea.value.split("\n");
+  const n = Math.min(Math.max(1, line), lines.length);
+  const start = lines.slice(0, n - 1).reduce((sum, l) => sum + l.length + 1, 0);
+  textarea.focus();
+  textarea.setSelectionRange(start, start + lines[n - 1].length);
+  const lh = parseFloat(getComputedStyle(textarea).lineHeight) || 20;
+  textarea.scrollTop = Math.max(0, (n - 3) * lh);
+}
+
+// ---------------------------------------------------------------------------- tables
+
+function tableUpload(onStored) {
+  const name = h("input", { type: "text", id: "table-name", testid: "table-name", autocomplete: "off",
+    pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", placeholder: "from the file name" });
+  const file = h("input", { type: "file", id: "table-file", testid: "table-file", required: true, accept: ".json,.jsonl,.csv" });
+  const submit = h("button", { type: "submit", class: "btn btn-primary", testid: "table-submit" }, "Upload");
+  const result = h("div", { "aria-live": "polite" });
+  file.addEventListener("change", () => {
+    if (file.files[0]) name.placeholder = nameFromFile(file.files[0].name) || "table";
+  });
+
+  async function onSubmit(e) {
+    e.preventDefault();
+    const f = file.files[0];
+    if (!f) {
+      replace(result, notice("Choose a file first.", "warn", "table-status"));
+      return;
+    }
+    const tableName = name.value.trim() || nameFromFile(f.name);
+    submit.disabled = true;
+    replace(result, loading(`Reading ${f.name}…`));
+    try {
+      const form = new FormData();
+      form.append("name", tableName);
+      form.append("file", f);
+      const t = await api("/api/tables", { method: "POST", form });
+      replace(result, notice(`Stored table “${t.name}”: ${fmtNum(t.rows)} rows, columns ${(t.columns || []).join(", ")}.`, "ok", "table-status"));
+      file.value = "";
+      name.value = "";
+      name.placeholder = "from the file name";
+      await onStored();
+    } catch (err) {
+      replace(result, errorBox(err, "table-error"));
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
+  return h("form", { testid: "table-form", onsubmit: onSubmit },
+    h("h3", {}, "Upload a table"),
+    h("div", { class: "grid-2" },
+      h("div", { class: "field" }, h("label", { for: "table-file" }, "File"), file,
+        h("p", { class: "help" }, "JSON (a list of objects), JSONL or CSV with a header line.")),
+      h("div", { class: "field" }, h("label", { for: "table-name" }, "Name"), name,
+        h("p", { class: "help" }, "What lookup nodes name in `table:`."))),
+    h("div", { class: "actions" }, submit), result);
+}
+
+// ============================================================================ one app
+
+export async function appPage(ctx) {
+  const name = ctx.rest[0];
+  const body = h("div", {}, loading(`Loading ${name}…`));
+  ctx.main.append(h("section", { class: "page", testid: "app-page", "data-name": name },
+    h("p", { class: "crumbs" }, h("a", { href: "#/apps" }, "← All apps")), body));
+  let app;
+  try {
+    app = await api(`/api/apps/${encodeURIComponent(name)}`);
+  } catch (e) {
+    if (ctx.alive) replace(body, errorBox(e, "app-error"));
+    return;
+  }
+  if (!ctx.alive) return;
+  if (app.kind !== "workflow") {
+    replace(body, routerDetail(app));
+    return;
+  }
+  const sp = specOf(app);
+  const nodes = sp.nodes || [];
+  const inputs = sp.inputs || {};
+
+  const runBox = h("div", { testid: "run-result-box", "aria-live": "polite" });
+  const runsBox = h("div", { testid: "runs-list" }, loading());
+  replace(body,
+    h("div", { class: "card" },
+      h("div", { class: "card-head" }, h("h1", {}, h("code", { testid: "app-model-id" }, modelId(app))),
+        h("div", { class: "inline" },
+          h("a", { class: "btn btn-small", href: withQuery("#/apps", { edit: app.name }), testid: "flow-edit" }, "Edit a new version"),
+          h("a", { class: "btn btn-small", href: `#/playground?models=${encodeURIComponent(modelId(app))}` }, "Chat with it"))),
+      sp.description ? h("p", { class: "lead", testid: "app-description" }, sp.description) : null,
+      h("dl", { class: "facts", testid: "app-facts" },
+        h("dt", {}, "Inputs"), h("dd", {}, Object.keys(inputs).join(", ") || "none"),
+        h("dt", {}, "Answer from"), h("dd", {}, sp.answer ? h("code", {}, sp.answer) : "–"),
+        h("dt", {}, "Nodes"), h("dd", {}, fmtNum(nodes.length)),
+        sp.source ? [h("dt", {}, "File"), h("dd", {}, h("code", {}, sp.source))] : null,
+        h("dt", {}, "Updated"), h("dd", {}, fmtTime(app.updated_at || app.created_at)))),
+    h("div", { class: "card", testid: "flow-graph-card" },
+      h("h2", {}, "How it runs"),
+      h("p", { class: "help" }, "Each box is a node (id, type, model); an arrow points to a node that runs after the one it leaves. Labels on a switch's arrows name the case that runs that branch."),
+      flowGraph(nodes, { testid: "flow-graph" }),
+      sp.yaml ? h("details", {}, h("summary", {}, "The workflow file"), h("pre", { class: "code", testid: "flow-yaml-shown" }, sp.yaml)) : null),
+    h("div", { class: "card" }, h("h2", {}, "Run it"), runForm(app, inputs, runBox, loadRuns), runBox),
+    h("div", { class: "card" }, h("h2", {}, "Recent runs"), runsBox));
+
+  async function loadRuns() {
+    try {
+      const { data } = await api(withQuery(`/api/apps/${encodeURIComponent(app.name)}/runs`, { limit: 20 }));
+      if (!ctx.alive) return;
+      const open = ctx.query.get("run");
+      replace(runsBox, table([
+        { label: "When", get: (r) => h("a", { href: appHref(app.name, { run: r.id }), testid: "run-link" }, fmtTime(r.created_at)) },
+        { label: "Status", get: (r) => badge(statusKey(r.status)) },
+        { label: "Inputs", get: (r) => h("span", { class: "clip" }, shortInputs(r.inputs)) },
+        { label: "Answer", get: (r) => h("span", { class: "clip" }, r.status === "failed" ? r.error || "–" : (r.output || {}).text || "–") },
+        { label: "ms", get: (r) => fmtNum(r.ms, 0), class: "num" },
+        { label: "Run", get: (r) => h("code", { class: "small" }, r.id) },
+      ], data, { testid: "runs-table", empty: "No runs yet: run it above.",
+        rowAttrs: (r) => ({ testid: "run-row", "data-id": r.id, "data-status": r.status,
+          class: `clickable${r.id === open ? " selected" : ""}`,
+          onclick: (e) => { if (e.target.tagName !== "A") location.hash = appHref(app.name, { run: r.id }); } }) }));
+    } catch (e) {
+      if (ctx.alive) replace(runsBox, errorBox(e, "runs-error"));
+    }
+  }
+
+  const runId = ctx.query.get("run");
+  const shown = runId ? showRun(ctx, app, runId, runBox) : null;
+  await Promise.all([loadRuns(), shown]);
+}
+
+function shortInputs(inputs) {
+  const shown = Object.entries(inputs || {}).filter(([k]) => k !== "messages");
+  return shown.map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" · ") || "–";
+}
+
+async function showRun(ctx, app, runId, box) {
+  replace(box, loading(`Loading run ${runId}…`));
+  try {
+    const run = await api(`/api/apps/runs/${encodeURIComponent(runId)}`);
+    if (!ctx.alive) return;
+    replace(box, runView(run, specOf(app).nodes || []));
+    box.scrollIntoView({ block: "start" });
+  } catch (e) {
+    if (ctx.alive) replace(box, errorBox(e, "run-error"));
+  }
+}
+
+function routerDetail(app) {
+  const sp = specOf(app);
+  const m = app.metrics || {};
+  const perClass = m.held_out_per_class && typeof m.held_out_per_class === "object" ? Object.entries(m.held_out_per_class) : [];
+  return h("div", { class: "card", testid: "router-detail" },
+    h("div", { class: "card-head" }, h("h1", {}, h("code", { testid: "app-model-id" }, modelId(app))),
+      h("a", { class: "btn btn-small", href: `#/playground?models=${encodeURIComponent(app.name)}` }, "Chat with it")),
+    h("p", { class: "lead" }, `A ${app.kind}: each request goes to the route its text is most like, or to the fallback.`),
+    h("dl", { class: "facts" },
+      h("dt", {}, "Routes"), h("dd", {}, (sp.routes || []).join(", ") || "–"),
+      h("dt", {}, "Fallback"), h("dd", {}, sp.fallback || "–"),
+      h("dt", {}, "Threshold"), h("dd", {}, fmtNum(sp.threshold)),
+      h("dt", {}, "Held-out routing accuracy"), h("dd", { testid: "router-accuracy" },
+        typeof m.held_out_accuracy === "number" ? m.held_out_accuracy.toFixed(3) : "–"),
+      h("dt", {}, "Base model"), h("dd", {}, app.base_model || "–"),
+      h("dt", {}, "Updated"), h("dd", {}, fmtTime(app.updated_at || app.created_at))),
+    perClass.length ? h("details", {}, h("summary", {}, "Held-out accuracy per route"),
+      table([
+        { label: "Route", get: ([k]) => h("code", {}, k) },
+        { label: "Score", class: "num", get: ([, v]) => (typeof v === "number" ? v.toFixed(3) : pretty(v)) },
+      ], perClass)) : null);
+}
+
+// ---------------------------------------------------------------------------- running
+
+function runForm(app, inputs, box, onRan) {
+  const fields = Object.entries(inputs).map(([k, spec]) => {
+    const id = `run-input-${k}`;
+    const sp = spec && typeof spec === "object" ? spec : {};
+    const required = sp.required !== false;
+    const input = h("input", { type: "text", id, testid: "run-input", "data-name": k, autocomplete: "off",
+      placeholder: sp.default !== null && sp.default !== undefined ? `default: ${pretty(sp.default)}` : "" });
+    return { k, input, el: h("div", { class: "field" },
+      h("label", { for: id }, k, required ? "" : h("span", { class: "muted" }, " (optional)")), input,
+      sp.description ? h("p", { class: "help" }, sp.description) : null) };
+  });
+  const submit = h("button", { type: "submit", class: "btn btn-primary", testid: "run-submit" }, "Run");
+
+  async function onSubmit(e) {
+    e.preventDefault();
+    // an empty field is left out, so the workflow's default applies (or the server names what is missing)
+    const given = {};
+    for (const f of fields) if (f.input.value !== "") given[f.k] = f.input.value;
+    submit.disabled = true;
+    replace(box, loading("Running… (the first call of a model loads it)"));
+    try {
+      const run = await api(`/api/apps/${encodeURIComponent(app.name)}/run`, { method: "POST", json: { inputs: given } });
+      replace(box, runView(run, specOf(app).nodes || []));
+    } catch (err) {
+      // a failing node (424) names the stored run: show its trace under the error
+      const m = /\(run (run-[A-Za-z0-9]+)\)/.exec(err.message || "");
+      replace(box, errorBox(err, "run-error"));
+      if (m) {
+        try {
+          box.append(runView(await api(`/api/apps/runs/${encodeURIComponent(m[1])}`), specOf(app).nodes || []));
+        } catch (e2) {
+          box.append(errorBox(e2, "run-error"));
+        }
+      }
+    } finally {
+      submit.disabled = false;
+      await onRan();
+    }
+  }
+
+  return h("form", { testid: "run-form", onsubmit: onSubmit },
+    fields.length ? h("div", { class: "grid-2" }, fields.map((f) => f.el))
+      : h("p", { class: "muted" }, "This workflow takes no inputs."),
+    h("div", { class: "actions" }, submit));
+}
+
+/** One run: its answer and status, the graph coloured by each node's status, a table per node. */
+function runView(run, nodes) {
+  const trace = run.trace || [];
+  const byNode = Object.fromEntries(trace.map((t) => [t.node, t.status]));
+  const usage = run.usage || {};
+  const tokens = usage.total_tokens ?? trace.reduce((n, t) => n + ((t.tokens || {}).prompt || 0) + ((t.tokens || {}).completion || 0), 0);
+  const cites = (run.output || {}).citations || [];
+  return h("div", { testid: "run-result", "data-run": run.id, "data-status": run.status },
+    h("div", { class: "card-head" },
+      h("h3", {}, "Run ", h("code", { testid: "run-id" }, run.id)),
+      h("div", { class: "inline" }, h("span", { testid: "run-status", "data-status": run.status }, badge(statusKey(run.status))),
+        h("span", { class: "muted small" }, `${fmtNum(run.ms, 0)} ms · ${fmtNum(tokens)} tokens`,
+          run.created_at ? ` · ${fmtTime(run.created_at)}` : ""))),
+    run.status === "flagged" ? notice("The answer did not pass its check node: it is flagged, not hidden. Read it with care.", "warn", "run-flagged") : null,
+    run.error ? h("div", { class: "alert alert-error", testid: "run-failure" }, h("strong", {}, "Failed: "), run.error) : null,
+    run.output ? h("div", { class: "answer-box" },
+      h("div", { class: "muted small" }, "Answer"),
+      h("div", { class: "answer-text", testid: "run-answer" }, run.output.text || h("span", { class: "muted" }, "(empty)")),
+      cites.length ? h("ol", { class: "small", testid: "run-citations" }, cites.map((c) => h("li", {},
+        [c.document || c.doc || c.kb, c.section].filter(Boolean).join(" · ") || pretty(c)))) : null) : null,
+    h("div", { testid: "run-trace" },
+      h("h3", {}, "Trace"),
+      flowGraph(nodes.length ? nodes : trace.map((t) => ({ id: t.node, type: t.type, after: [] })),
+        { status: byNode, testid: "trace-graph" }),
+      legend(),
+      traceTable(trace)));
+}
+
+function legend() {
+  return h("p", { class: "flow-legend small", testid: "trace-legend" },
+    STATUSES.map((st) => h("span", { class: `flow-key status-${statusKey(st)}` }, st)));
+}
+
+function traceTable(trace) {
+  const tok = (t) => (t.tokens ? `${fmtNum(t.tokens.prompt || 0)} in · ${fmtNum(t.tokens.completion || 0)} out` : "–");
+  const more = (t) => {
+    const parts = [
+      t.error ? ["Error", t.error] : null,
+      t.inputs !== undefined ? ["Inputs", t.inputs] : null,
+      t.output !== undefined ? ["Output", t.output] : null,
+      t.attempts !== undefined ? ["Attempts", t.attempts] : null,
+      t.warning ? ["Warning", t.warning] : null,
+    ].filter(Boolean);
+    if (!parts.length) return h("span", { class: "muted" }, "–");
+    return h("details", { testid: "trace-details" }, h("summary", {}, parts.map((p) => p[0].toLowerCase()).join(" · ")),
+      parts.map(([label, v]) => [h("div", { class: "muted small" }, label),
+        h("pre", { class: `code trace-pre${label === "Error" ? " bad" : ""}` }, pretty(v))]));
+  };
+  return table([
+    { label: "Node", get: (t) => h("code", {}, t.node) },
+    { label: "Type", get: (t) => t.type },
+    { label: "Status", get: (t) => badge(statusKey(t.status)) },
+    { label: "ms", get: (t) => fmtNum(t.ms, 0), class: "num" },
+    { label: "Tokens", get: tok, class: "nowrap" },
+    { label: "Details", get: more },
+  ], trace, { testid: "trace-table", rowAttrs: (t) => ({ testid: "trace-row", "data-node": t.node, "data-status": t.status }),
+    empty: "This run has no trace." });
+}
+
+// ============================================================================ the graph
+
+const BOX_W = 176;
+const BOX_H = 54;
+const GAP_X = 124; // room for an arrow and a case label between layers
+const GAP_Y = 22;
+const PAD = 14;
+let graphCount = 0; // marker ids must be unique in the document
+
+function clipText(text, n) {
+  const t = String(text ?? "");
+  return t.length > n ? `${t.slice(0, n - 1)}…` : t;
+}
+
+/**
+ * Layers from dependencies: a node with no `after` is in layer 0, any other one layer past its
+ * deepest upstream node. Within a layer, nodes sit near the middle of their upstream nodes
+ * (file order breaks ties), which keeps most arrows short and uncrossed.
+ */
+export function layoutFlow(nodes) {
+  const byId = new Map(nodes.map((n, i) => [n.id, { ...n, order: i }]));
+  const layer = new Map();
+  const visiting = new Set();
+  const depth = (id) => {
+    if (layer.has(id)) return layer.get(id);
+    if (visiting.has(id)) return 0; // a cycle, which the server refuses anyway: draw rather than loop
+    visiting.add(id);
+    const ups = (byId.get(id).after || []).filter((u) => byId.has(u));
+    const d = ups.length ? 1 + Math.max(...ups.map(depth)) : 0;
+    layer.set(id, d);
+    return d;
+  };
+  for (const id of byId.keys()) depth(id);
+
+  const layers = [];
+  for (const [id, d] of layer) (layers[d] = layers[d] || []).push(byId.get(id));
+  const row = new Map();
+  for (const col of layers) {
+    if (!col) continue;
+    const key = (n) => {
+      const ups = (n.after || []).filter((u) => row.has(u)).map((u) => row.get(u));
+      return ups.length ? ups.reduce((a, b) => a + b, 0) / ups.length : n.order;
+    };
+    col.sort((a, b) => key(a) - key(b) || a.order - b.order);
+    col.forEach((n, i) => row.set(n.id, i));
+  }
+  const tallest = Math.max(1, ...layers.map((c) => (c ? c.length : 0)));
+  const height = PAD * 2 + tallest * BOX_H + (tallest - 1) * GAP_Y;
+  const pos = new Map();
+  layers.forEach((col, d) => {
+    if (!col) return;
+    const colH = col.length * BOX_H + (col.length - 1) * GAP_Y;
+    const top = (height - colH) / 2;
+    col.forEach((n, i) => pos.set(n.id, { x: PAD + d * (BOX_W + GAP_X), y: top + i * (BOX_H + GAP_Y), layer: d }));
+  });
+  const width = PAD * 2 + layers.length * BOX_W + Math.max(0, layers.length - 1) * GAP_X;
+  return { pos, width: Math.max(width, BOX_W + PAD * 2), height, byId };
+}
+
+/** The case labels under which switch `sw` runs `target` ("default" included). */
+function caseLabels(sw, target) {
+  if (!sw || sw.type !== "switch") return [];
+  const ids = (v) => (v === null || v === undefined ? [] : Array.isArray(v) ? v : [v]).map(String);
+  const out = Object.entries(sw.cases || {}).filter(([, v]) => ids(v).includes(target)).map(([label]) => label);
+  if (ids(sw.default).includes(target)) out.push("default");
+  return out;
+}
+
+function bezier(p0, p1, p2, p3, t) {
+  const u = 1 - t;
+  return u * u * u * p0 + 3 * u * u * t * p1 + 3 * u * t * t * p2 + t * t * t * p3;
+}
+
+/**
+ * A workflow outline [{id, type, after, model?, cases?, default?}] drawn as SVG: boxes in layers,
+ * an arrow per edge, a switch's arrows labelled with their case. `status` maps node id -> a trace
+ * status, which colours each box (class status-ok, status-skipped, status-failed, status-not_run).
+ */
+export function flowGraph(nodes, { status = null, testid = "flow-graph" } = {}) {
+  if (!nodes || !nodes.length) return h("p", { class: "muted", testid: `${testid}-empty` }, "No nodes to draw.");
+  const { pos, width, height, byId } = layoutFlow(nodes);
+  const marker = `flow-arrow-${++graphCount}`;
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, class: "flow-graph", role: "img", testid,
+    "data-nodes": nodes.length, "aria-label": `Workflow graph: ${nodes.length} nodes` },
+  s("defs", {}, s("marker", { id: marker, viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7,
+    orient: "auto-start-reverse" }, s("path", { d: "M0,0L10,5L0,10z", class: "flow-arrowhead" }))));
+
+  const edges = s("g", { class: "flow-edges" });
+  const labels = s("g", { class: "flow-labels" });
+  for (const n of byId.values()) {
+    const b = pos.get(n.id);
+    for (const up of n.after || []) {
+      const a = pos.get(up);
+      if (!a) continue;
+      const [x1, y1, x2, y2] = [a.x + BOX_W, a.y + BOX_H / 2, b.x, b.y + BOX_H / 2];
+      const mx = (x1 + x2) / 2;
+      const from = byId.get(up);
+      const cases = caseLabels(from, n.id);
+      // in a trace, an arrow the run did not take (either end skipped or not reached) is drawn faint
+      const idle = status && [status[up], status[n.id]].some((x) => x !== "ok" && x !== "failed");
+      edges.append(s("path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2 - 1},${y2}`,
+        class: `flow-edge${cases.length ? " flow-edge-case" : ""}${idle ? " flow-edge-idle" : ""}`, "marker-end": `url(#${marker})`,
+        testid: "flow-edge", "data-from": up, "data-to": n.id },
+      s("title", {}, cases.length ? `${up} → ${n.id} (case ${cases.join(", ")})` : `${up} → ${n.id}`)));
+      if (cases.length) {
+        // in the first gap after the switch, where no other box can sit on it
+        const t = Math.min(0.5, (GAP_X / 2) / Math.max(1, x2 - x1));
+        const lx = bezier(x1, mx, mx, x2, t);
+        const ly = bezier(y1, y1, y2, y2, t);
+        labels.append(s("text", { x: lx, y: ly - 4, "text-anchor": "middle", class: "flow-edge-label",
+          testid: "flow-edge-label", "data-from": up, "data-to": n.id }, clipText(cases.join(" / "), 18)));
+      }
+    }
+  }
+  const boxes = s("g", { class: "flow-nodes" });
+  for (const n of byId.values()) {
+    const p = pos.get(n.id);
+    const st = status ? statusKey(status[n.id]) : null;
+    const sub = [n.type, n.model].filter(Boolean).join(" · ");
+    boxes.append(s("g", { class: `flow-node type-${String(n.type).replace(/[^a-z]/g, "")}${st ? ` status-${st}` : ""}`,
+      transform: `translate(${p.x},${p.y})`, testid: "flow-node", "data-node": n.id, "data-type": n.type,
+      "data-status": status ? status[n.id] || "none" : null },
+    s("title", {}, [`${n.id} (${n.type})`, n.model ? `model ${n.model}` : null, n.line ? `line ${n.line}` : null,
+      status ? `status: ${status[n.id] || "—"}` : null].filter(Boolean).join("\n")),
+    s("rect", { width: BOX_W, height: BOX_H, rx: 8, ry: 8 }),
+    s("text", { x: 12, y: 22, class: "flow-node-id" }, clipText(n.id, 20)),
+    s("text", { x: 12, y: 41, class: "flow-node-type" }, clipText(sub, 26))));
+  }
+  svg.append(edges, boxes, labels);
+  return h("div", { class: "flow-graph-wrap" }, svg);
+}
