@@ -80,8 +80,12 @@ class LookupRequest(BaseModel):
 
 
 def app_json(a) -> dict:
-    return {"name": a.name, "kind": a.kind, "base_model": a.base_model, **a.spec, "metrics": a.metrics,
-            "created_at": _iso(a.created_at), "updated_at": _iso(a.updated_at)}
+    out = {"name": a.name, "kind": a.kind, "base_model": a.base_model, **a.spec, "metrics": a.metrics,
+           "created_at": _iso(a.created_at), "updated_at": _iso(a.updated_at)}
+    if a.kind == "workflow":
+        out["model_id"] = f"flow:{a.name}"
+        out["version"] = int((a.state or {}).get("version", 1))
+    return out
 
 
 @router.get("/apps", tags=["apps"])
@@ -110,8 +114,13 @@ def create_flow_app(request: Request, body: FlowRequest):
     from modelmill.apps.flow_spec import load_workflow
     from modelmill.apps.flows import create_flow
 
+    from modelmill.apps import Apps
+
     for m in load_workflow(body.yaml, body.source, _store(request), body.name).models():
         require_model(request, m)
+    old = Apps(_store(request)).find(body.name)
+    if old is not None and old.kind == "workflow":  # replacing another's workflow needs its models too
+        _require_flow(request, old)
     return app_json(create_flow(_store(request), body.name, body.yaml, body.source, replace=body.replace))
 
 
@@ -149,11 +158,25 @@ def route_text(request: Request, name: str, body: RouteRequest):
     return {"model": c.model, "route": c.route, "confidence": c.confidence}
 
 
+def _require_flow(request: Request, row) -> None:
+    """A key limited to some models may use a workflow only when it may use it (flow:NAME) and every
+    model its nodes call."""
+    from modelmill.api.auth import require_model
+
+    require_model(request, f"flow:{row.name}")
+    for n in row.spec.get("nodes", []):
+        if n.get("model"):
+            require_model(request, n["model"])
+
+
 @router.post("/apps/{name}/run", tags=["apps"])
 async def run_flow_app(request: Request, name: str, body: RunRequest):
     """Run workflow ``name`` on the server's engines; the run is stored with its trace."""
+    from modelmill.apps import Apps
     from modelmill.apps.flows import run_flow
 
+    row = await asyncio.to_thread(Apps(_store(request)).get, name)
+    _require_flow(request, row)
     services = request.app.state.serving.flows
     wf = await asyncio.to_thread(services.flow, name)
     return (await run_flow(services, wf, body.inputs)).as_json()
@@ -176,6 +199,8 @@ def delete_app(request: Request, name: str):
 
     apps = Apps(_store(request))
     row = apps.get(name)
+    if row.kind == "workflow":
+        _require_flow(request, row)
     for m in [*row.spec.get("routes", []), row.spec.get("fallback")]:
         require_model(request, m)
     apps.remove(name)
@@ -213,7 +238,7 @@ def upload_table(request: Request, file: UploadFile = File(...), name: str = For
     folder = store.home / "tmp" / f"table-{uuid.uuid4().hex[:8]}"
     try:
         path = save_upload(store, file, folder, (".json", ".jsonl", ".csv"))
-        return table_json(LookupTables(store).add(name, path))
+        return table_json(LookupTables(store).add(name, path, source=f"upload:{path.name}"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -772,7 +772,9 @@ async def completions(body: CompletionRequest, request: Request):
 async def _flow_chat(s: Serving, request: Request, body: ChatRequest, name: str, messages: list[dict], t0: float):
     """A chat completion answered by workflow ``name``: its answer node's text is the message. The
     response names the run (``flow``: name, run id, status, ms), so its trace can be fetched; a stream
-    sends each node's end as an event with ``"choices": []`` (``flow_event``) before the answer."""
+    sends each node's end as an event with ``"choices": []`` (``flow_event``) before the answer.
+    The request's sampling fields (max_tokens, temperature, stop, seed) do not apply: each llm node
+    of the workflow has its own. ``inputs`` (extra body) gives the workflow's other inputs."""
     from modelmill.apps.flows import FlowFailed, run_flow
     from modelmill.errors import ModelmillError, NotFoundError
     from modelmill.kb.rag import question_of
@@ -848,6 +850,13 @@ async def _flow_chat(s: Serving, request: Request, body: ChatRequest, name: str,
                 status = "424"
                 record(status, e.run)
                 yield _sse(error_body(str(e), "invalid_request_error", "model", "flow_failed"))
+                yield "data: [DONE]\n\n"
+                return
+            except Exception as e:  # noqa: BLE001 - a bug: said in the stream (its headers are sent), and logged
+                log.exception("workflow %s failed", name)
+                status = "500"
+                record(status)
+                yield _sse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
                 yield "data: [DONE]\n\n"
                 return
             record(status, run)

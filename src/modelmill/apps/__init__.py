@@ -66,12 +66,18 @@ class Apps:
             s.execute(delete(WorkflowRun).where(WorkflowRun.app == name))  # a workflow's runs go with it
 
 
+RESERVED_NAMES = {"runs", "flows", "routers", "flow"}
+
+
 def check_app_name_free(store, name: str, field: str = "NAME") -> None:
     """An app's or deployment's name is a model id of its own: not a model, adapter, app or deployment."""
     from modelmill.adapters import AdapterRegistry
     from modelmill.apps.deployments import Deployments
     from modelmill.models.registry import ModelRegistry
 
+    if name in RESERVED_NAMES:
+        raise ConflictError(f"'{name}' is reserved (it is a path of the apps API)", field=field,
+                            fix="choose another name")
     taken = None
     if AdapterRegistry(store).find(name) is not None:
         taken = "an adapter"

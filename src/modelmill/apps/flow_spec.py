@@ -24,7 +24,9 @@
         text: "{{ (draft or order or general).text }}"
 
 Every string of a node (but ``id``, ``type``, ``model`` and node names) is a Jinja template,
-rendered in a sandbox: no attribute of Python's internals, no code from the file runs. A
+rendered in a sandbox: no attribute of Python's internals, no code from the file runs. Beside
+Jinja's own filters there are ``regex_search(pattern[, group])``, ``regex_replace(pattern, repl)``
+and ``from_json``. A
 template sees the inputs, ``messages`` and every node by its id; a node's value is a dict whose
 ``text`` every type sets (see :data:`TYPES` for the rest), and None when the node was skipped.
 
@@ -35,6 +37,8 @@ upstream node was skipped is skipped too. Exactly one ``answer`` node gives the 
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -46,7 +50,7 @@ TYPES: dict[str, tuple[tuple[str, ...], dict]] = {
                                   "top_p": 1.0, "seed": None, "stop": None, "schema": None}),
     "extract": (("model", "text", "schema"), {"instruction": None, "max_tokens": 256}),
     "retrieve": (("knowledge", "query"), {"k": 4, "mode": "hybrid"}),
-    "lookup": (("table",), {"where": {}, "limit": 5}),
+    "lookup": (("table",), {"where": {}, "limit": 5, "if_empty": "no_rows"}),
     "http": (("url",), {"method": "GET", "headers": {}, "json": None, "body": None, "timeout": 10.0,
                         "max_bytes": 1_000_000}),
     "switch": (("value", "cases"), {"default": []}),
@@ -57,7 +61,8 @@ TYPES: dict[str, tuple[tuple[str, ...], dict]] = {
 COMMON = ("id", "type", "after", "label")
 TEMPLATED = {"prompt", "system", "text", "query", "url", "headers", "json", "body", "value", "where",
              "instruction"}
-RESERVED = {"messages", "inputs", "loop", "range", "dict", "lipsum", "cycler", "joiner", "namespace", "true",
+RESERVED = {"messages", "inputs", "loop", "range", "dict", "lipsum", "cycler", "joiner", "namespace", "self", "caller",
+            "varargs", "kwargs", "super", "true",
             "false", "none", "True", "False", "None"}
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -84,7 +89,17 @@ def _loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):  # *x: a tiny file could stand for billions of values
+                mark = self.peek_event().start_mark
+                raise _Problem("YAML aliases (*name) are not supported in workflow files", mark.line + 1,
+                               fix="write the value out where it is used")
+            return super().compose_node(parent, index)
+
+    # a date or time stays the text it was written as (JSON holds it; a template shows it as written)
+    Loader.yaml_implicit_resolvers = {
+        k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def mapping(loader, node):
         loader.flatten_mapping(node)
@@ -112,13 +127,21 @@ class _Problem(Exception):
         self.problem = {"message": message, "line": line, "field": field, "fix": fix}
 
 
+MAX_TEXT = 1_000_000  # characters of a workflow file
+
+
 def parse_yaml(text: str, source: str | None = None) -> _Map:
     import yaml
 
+    if len(text) > MAX_TEXT:
+        raise FlowError([{"message": f"the file has {len(text):,} characters; a workflow file takes up to "
+                                     f"{MAX_TEXT:,}", "line": None}], source)
     try:
         data = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
     except _Problem as p:
         raise FlowError([p.problem], source) from None
+    except RecursionError:
+        raise FlowError([{"message": "the file nests too deeply", "line": None}], source) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise FlowError([{"message": f"not valid YAML: {e.problem or e.context}", "line": mark.line + 1 if mark
@@ -137,11 +160,68 @@ def parse_yaml(text: str, source: str | None = None) -> _Map:
 def template_env():
     """Jinja in a sandbox: no access to Python internals, no mutation of values, bounded ranges."""
     from jinja2 import StrictUndefined
+
+    env = _bounded_class()(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "sort_keys": False}
+    env.globals["range"] = _range
+    env.filters.update(regex_search=_regex_search, regex_replace=_regex_replace, from_json=_from_json)
+    return env
+
+
+def _regex_search(value, pattern: str, group: int = 0) -> str:
+    """The first match of ``pattern`` in ``value`` (or one of its groups); "" when none."""
+    m = re.search(str(pattern), str(value))
+    return (m.group(group) or "") if m else ""
+
+
+def _regex_replace(value, pattern: str, repl: str = "") -> str:
+    return re.sub(str(pattern), str(repl), str(value))
+
+
+def _from_json(value):
+    """A JSON text as a value (None when it is not JSON): an http node's body, a model's answer."""
+    import json
+
+    try:
+        return json.loads(str(value))
+    except ValueError:
+        return None
+
+
+MAX_RENDER = 1_000_000   # characters one template may produce
+MAX_RANGE = 1_000        # items a template's range() may have (two nested loops: a million steps)
+MAX_POWER = 1_000_000    # largest result of ** and * on numbers; longest string or list made by *
+
+
+def _range(*args):
+    r = range(*args)
+    if len(r) > MAX_RANGE:
+        raise OverflowError(f"range() of {len(r):,} items; templates take up to {MAX_RANGE:,}")
+    return r
+
+
+@functools.lru_cache(maxsize=1)
+def _bounded_class():
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
-    env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "sort_keys": False}
-    return env
+    class Bounded(ImmutableSandboxedEnvironment):
+        """The immutable sandbox, with * and ** kept from making huge numbers, strings or lists (the
+        compiler folds constants too, so a file with {{ 9**9**9 }} would stall while it loads)."""
+
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**":
+                if isinstance(left, (int, float)) and isinstance(right, (int, float)) and right > 0 and \
+                        abs(left) > 1 and right * math.log10(abs(left)) > math.log10(MAX_POWER):
+                    raise OverflowError(f"{left} ** {right} is over {MAX_POWER:,}")
+                return left ** right
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_POWER:
+                    raise OverflowError(f"repeating {len(seq):,} items {n:,} times is over {MAX_POWER:,}")
+            return left * right
+
+    return Bounded
 
 
 @dataclass
@@ -207,6 +287,10 @@ def _compile(env, value, problems: list, where: dict):
             problems.append({"message": f"template error: {e.message}", "line": where["line"] + (e.lineno or 1) - 1,
                              "field": where["field"], "fix": "Jinja syntax: {{ node.text }}, {% if x %}...{% endif %}"})
             return value
+        except Exception as e:  # noqa: BLE001 - what the compiler folds (10**5000) fails here, not later
+            problems.append({"message": f"template error: {type(e).__name__}: {str(e)[:200]}", "line": where["line"],
+                             "field": where["field"]})
+            return value
     if isinstance(value, dict):
         return {k: _compile(env, v, problems, where) for k, v in value.items()}
     if isinstance(value, list):
@@ -215,9 +299,16 @@ def _compile(env, value, problems: list, where: dict):
 
 
 def render(value, context: dict):
-    """A compiled structure rendered with ``context`` (strings stay strings, the rest as it was)."""
+    """A compiled structure rendered with ``context`` (strings stay strings, the rest as it was); a
+    template that would produce over :data:`MAX_RENDER` characters raises OverflowError."""
     if isinstance(value, _Tpl):
-        return value.template.render(context)
+        parts, size = [], 0
+        for piece in value.template.generate(context):
+            size += len(piece)
+            if size > MAX_RENDER:
+                raise OverflowError(f"the template produced over {MAX_RENDER:,} characters")
+            parts.append(piece)
+        return "".join(parts)
     if isinstance(value, dict):
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list):
@@ -228,9 +319,12 @@ def render(value, context: dict):
 # ----------------------------------------------------------------------------- loading and checking
 
 def _ids(value) -> list:
+    """Node ids named by a field: one id or a list of ids; anything else becomes a string that names
+    no node (load_workflow reports it)."""
     if value is None:
         return []
-    return [value] if isinstance(value, str) else list(value) if isinstance(value, list) else [value]
+    items = value if isinstance(value, list) else [value]
+    return [x if isinstance(x, str) else repr(x) for x in items]
 
 
 def load_workflow(text: str, source: str | None = None, store=None, name: str | None = None) -> Workflow:
@@ -291,7 +385,7 @@ def load_workflow(text: str, source: str | None = None, store=None, name: str | 
         if nid in inputs or nid in RESERVED:
             bad(f"node id '{nid}' is also the name of an input or a reserved name", lines.get("id", line), "id")
             continue
-        if ntype not in TYPES:
+        if not isinstance(ntype, str) or ntype not in TYPES:
             bad(f"node '{nid}' has unknown type {ntype!r}", lines.get("type", line), f"nodes.{nid}.type",
                 f"the types are {', '.join(TYPES)}")
             continue
@@ -345,6 +439,12 @@ def load_workflow(text: str, source: str | None = None, store=None, name: str | 
         _check_fields(n, nodes, bad)
     for n in nodes.values():  # a switch's case nodes run after it
         if n.type == "switch" and isinstance(n.fields["cases"], dict):
+            for label in n.fields["cases"]:
+                if not isinstance(label, str):
+                    bad(f"switch '{n.id}' has case label {label!r}, which YAML read as a {type(label).__name__}",
+                        n.lines.get("cases", n.line), f"nodes.{n.id}.cases",
+                        f"quote it: '{str(label).lower()}' (YAML reads yes, no, on, off, true, false and numbers "
+                        "as values)")
             for label, ids in [*n.fields["cases"].items(), ("default", n.fields["default"])]:
                 for ref in _ids(ids):
                     if ref not in nodes:
@@ -354,6 +454,7 @@ def load_workflow(text: str, source: str | None = None, store=None, name: str | 
                         bad(f"switch '{n.id}' lists itself", n.line, f"nodes.{n.id}.cases")
                     else:
                         nodes[ref].deps.add(n.id)
+    _guard_drafts(nodes)
     try:
         graphlib.TopologicalSorter({k: v.deps for k, v in nodes.items()}).prepare()
     except graphlib.CycleError as e:
@@ -368,6 +469,29 @@ def load_workflow(text: str, source: str | None = None, store=None, name: str | 
     wf_name = name or data.get("name") or ""
     return Workflow(str(wf_name), str(data.get("description") or ""), inputs, nodes,
                     answers[0].id, text, source)
+
+
+def _ancestors(nodes: dict, nid: str) -> set:
+    seen, todo = set(), [nid]
+    while todo:
+        for d in nodes[todo.pop()].deps:
+            if d in nodes and d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return seen
+
+
+def _guard_drafts(nodes: dict) -> None:
+    """Whatever reads a checked draft runs after its check, so it sees the draft the check let through
+    (a retried one), never the first attempt. Nodes the check itself needs are left as they are."""
+    for c in [n for n in nodes.values() if n.type == "check"]:
+        drafts = [d for d in _ids(c.fields.get("draft")) if d in nodes]
+        if not drafts:
+            continue
+        before = _ancestors(nodes, c.id)
+        for n in nodes.values():
+            if n.id != c.id and drafts[0] in n.deps and n.id not in before:
+                n.deps.add(c.id)
 
 
 def _check_fields(n: Node, nodes: dict, bad) -> None:
@@ -406,6 +530,10 @@ def _check_fields(n: Node, nodes: dict, bad) -> None:
             bad(f"node '{n.id}': 'mode' is hybrid, bm25 or vector", at.get("mode", n.line), f"nodes.{n.id}.mode")
     elif n.type == "lookup":
         number("limit", 1, 1000, integer=True)
+        if f.get("if_empty") not in ("no_rows", "ignore"):
+            bad(f"node '{n.id}': 'if_empty' is no_rows (a filter value that renders empty finds nothing) or ignore "
+                "(that column does not narrow the search: a slot not heard yet)", at.get("if_empty", n.line),
+                f"nodes.{n.id}.if_empty")
         if not isinstance(f.get("where"), dict):
             bad(f"node '{n.id}': 'where' maps columns to values", at.get("where", n.line), f"nodes.{n.id}.where")
     elif n.type == "http":

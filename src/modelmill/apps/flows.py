@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ class FlowFailed(ModelmillError):
         self.node = node
         super().__init__(f"workflow '{run.app}' failed at node '{node}': {message} (run {run.id})",
                          field=f"nodes.{node}", fix=f"see the trace: `modelmill apps flow trace {run.id}`")
+        # the REST error body's details: which run and node, so a client fetches the trace without parsing
+        self.details = [{"run_id": run.id, "node": node, "field": f"nodes.{node}", "message": message,
+                         "fix": self.fix}]
 
 
 # ----------------------------------------------------------------------------- what nodes call
@@ -141,15 +145,22 @@ class FlowRun:
     trace: list = field(default_factory=list)
     error: str | None = None
     ms: float = 0.0
+    created_at: object = None
 
     def usage(self) -> dict:
-        p = sum(t.get("tokens", {}).get("prompt", 0) for t in self.trace)
-        c = sum(t.get("tokens", {}).get("completion", 0) for t in self.trace)
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        return usage_of(self.trace)
 
     def as_json(self) -> dict:
         return {"id": self.id, "app": self.app, "status": self.status, "inputs": self.inputs, "output": self.output,
-                "error": self.error, "ms": round(self.ms, 2), "usage": self.usage(), "trace": self.trace}
+                "error": self.error, "ms": round(self.ms, 2), "usage": self.usage(),
+                "created_at": self.created_at.isoformat() if self.created_at else None, "trace": self.trace}
+
+
+def usage_of(trace: list) -> dict:
+    """Tokens of every model call of a run."""
+    p = sum((t.get("tokens") or {}).get("prompt", 0) for t in trace)
+    c = sum((t.get("tokens") or {}).get("completion", 0) for t in trace)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
 def _clip(value):
@@ -181,7 +192,13 @@ def check_inputs(wf: Workflow, given: dict) -> dict:
                              fix=f"give it: --input {k}=... (REST: {{\"inputs\": {{\"{k}\": ...}}}})")
         else:
             out[k] = spec.get("default")
-    out["messages"] = list(given.get("messages") or [])
+    messages = given.get("messages") or []
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise InputError("'messages' is a list of {\"role\": ..., \"content\": \"...\"} objects", field="inputs",
+                         fix='e.g. [{"role": "user", "content": "Where is my order?"}]')
+    out["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
     return out
 
 
@@ -192,7 +209,9 @@ async def run_flow(services: FlowServices, wf: Workflow, inputs: dict, *, on_eve
     import graphlib
 
     values = check_inputs(wf, inputs)
-    run = FlowRun(f"run-{uuid.uuid4().hex[:20]}", wf.name, _clip(values))
+    from modelmill.store.tables import utcnow
+
+    run = FlowRun(f"run-{uuid.uuid4().hex[:20]}", wf.name, _clip(values), created_at=utcnow())
     t_run = time.perf_counter()
     ctx = {**values, "inputs": {k: v for k, v in values.items() if k != "messages"}}
     private: dict = {}     # per node: what later nodes need but templates do not (retrieved items, messages)
@@ -208,7 +227,7 @@ async def run_flow(services: FlowServices, wf: Workflow, inputs: dict, *, on_eve
         entry = {"node": node.id, "type": node.type, "status": "ok", "started_ms": round((t0 - t_run) * 1000, 2)}
         try:
             out, info = await NODE_RUNNERS[node.type](services, wf, node, ctx, private)
-            entry.update(info)
+            entry.update(_clip(info))
             entry["output"] = _clip(out)
             return node.id, out, entry
         except asyncio.CancelledError:
@@ -224,23 +243,21 @@ async def run_flow(services: FlowServices, wf: Workflow, inputs: dict, *, on_eve
         finally:
             entry["ms"] = round((time.perf_counter() - t0) * 1000, 2)
 
-    pending: set = set()
-    while sorter.is_active() and failure is None:
-        for nid in sorter.get_ready():
-            node = wf.nodes[nid]
-            ups = [d for d in node.deps]
-            if nid in skipped or (ups and all(d in skipped for d in ups)):
-                skipped.add(nid)
-                ctx[nid] = None
-                entries[nid] = {"node": nid, "type": node.type, "status": "skipped", "ms": 0.0}
-                if on_event:
-                    await on_event(entries[nid])
-                sorter.done(nid)
-                continue
-            pending.add(asyncio.ensure_future(run_node(node)))
-        if not pending:
-            continue
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    def skip(node: Node) -> bool:
+        """Skipped: a case of a switch that chose another, every upstream node skipped, a check of a
+        skipped draft. A skipped switch skips all its cases."""
+        ups = node.deps
+        if not (node.id in skipped or (ups and all(d in skipped for d in ups))
+                or (node.type == "check" and _ids(node.fields["draft"])[0] in skipped)):
+            return False
+        skipped.add(node.id)
+        if node.type == "switch":
+            for ids in [*node.fields["cases"].values(), node.fields["default"]]:
+                skipped.update(_ids(ids))
+        return True
+
+    async def settle(done) -> None:
+        nonlocal failure, flagged
         for task in done:
             nid, out, entry = task.result()
             entries[nid] = entry
@@ -263,10 +280,35 @@ async def run_flow(services: FlowServices, wf: Workflow, inputs: dict, *, on_eve
             if on_event:
                 await on_event(entry)
             sorter.done(nid)
-    if pending:  # a node failed: what still runs is stopped
+
+    pending: set = set()
+    started: dict = {}  # task -> node id
+    try:
+        while sorter.is_active() and failure is None:
+            for nid in sorter.get_ready():
+                node = wf.nodes[nid]
+                if skip(node):
+                    ctx[nid] = None
+                    entries[nid] = {"node": nid, "type": node.type, "status": "skipped", "ms": 0.0}
+                    if on_event:
+                        await on_event(entries[nid])
+                    sorter.done(nid)
+                    continue
+                task = asyncio.ensure_future(run_node(node))
+                started[task] = nid
+                pending.add(task)
+            if not pending:
+                continue
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            await settle(done)
+    finally:  # a node failed, or the run was cancelled (the client left): stop what still runs
         for t in pending:
             t.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            for t in pending:
+                nid = started[t]
+                entries.setdefault(nid, {"node": nid, "type": wf.nodes[nid].type, "status": "cancelled", "ms": 0.0})
     run.trace = [entries.get(nid) or {"node": nid, "type": n.type, "status": "not run", "ms": 0.0}
                  for nid, n in wf.nodes.items()]
     run.ms = (time.perf_counter() - t_run) * 1000
@@ -283,6 +325,23 @@ async def run_flow(services: FlowServices, wf: Workflow, inputs: dict, *, on_eve
 
 
 # ----------------------------------------------------------------------------- the nodes
+
+async def _r(value, ctx: dict):
+    """A node's template rendered off the event loop (a heavy template must not stall other requests);
+    plain values need no thread."""
+    from modelmill.apps.flow_spec import _Tpl
+
+    def has_template(v) -> bool:
+        if isinstance(v, _Tpl):
+            return True
+        if isinstance(v, dict):
+            return any(has_template(x) for x in v.values())
+        if isinstance(v, list):
+            return any(has_template(x) for x in v)
+        return False
+
+    return await asyncio.to_thread(render, value, ctx) if has_template(value) else value
+
 
 def _tokens(r: dict) -> dict:
     return {"prompt": r["prompt_tokens"], "completion": r["completion_tokens"]}
@@ -306,10 +365,10 @@ def _parse_json(text: str):
 
 async def _llm(services, wf, node, ctx, private):
     f = node.fields
-    prompt = render(node.templates["prompt"], ctx)
+    prompt = await _r(node.templates["prompt"], ctx)
     messages = []
     if f.get("system") is not None:
-        messages.append({"role": "system", "content": render(node.templates["system"], ctx)})
+        messages.append({"role": "system", "content": await _r(node.templates["system"], ctx)})
     if f.get("history"):
         messages += [m for m in ctx.get("messages") or [] if m.get("role") in ("user", "assistant")][:-1]
     messages.append({"role": "user", "content": prompt})
@@ -326,10 +385,10 @@ async def _llm(services, wf, node, ctx, private):
 async def _extract(services, wf, node, ctx, private):
     f = node.fields
     schema = f["schema"]
-    text = render(node.templates["text"], ctx)
+    text = await _r(node.templates["text"], ctx)
     fields = ", ".join(f"{k} ({v.get('description') or v.get('type', 'string')})" if isinstance(v, dict) else k
                        for k, v in schema["properties"].items())
-    instruction = (render(node.templates["instruction"], ctx) if f.get("instruction") is not None else
+    instruction = (await _r(node.templates["instruction"], ctx) if f.get("instruction") is not None else
                    f"Extract these fields from the text: {fields}. Answer with one JSON object; use null for a field "
                    "the text does not give.")
     messages = [{"role": "user", "content": f"{instruction}\n\nText: {text}"}]
@@ -345,7 +404,7 @@ async def _retrieve(services, wf, node, ctx, private):
     from modelmill.kb import rag
 
     f = node.fields
-    query = render(node.templates["query"], ctx)
+    query = await _r(node.templates["query"], ctx)
     names = [str(x) for x in _ids(f["knowledge"])]
     items = await services.answers.retrieve(names, [{"role": "user", "content": query}], f["k"], f["mode"])
     private[node.id] = {"items": items}
@@ -360,7 +419,14 @@ async def _lookup(services, wf, node, ctx, private):
     from modelmill.apps.tables import LookupTables
 
     f = node.fields
-    where = render(node.templates.get("where", {}), ctx)
+    where = await _r(node.templates.get("where", {}), ctx)
+    from modelmill.apps.tables import conditions
+
+    if f["if_empty"] == "no_rows" and len(conditions(where)) < sum(
+            len(v) if isinstance(v, dict) else 1 for v in where.values()):
+        # a value rendered empty (the customer gave no order number): find nothing, rather than every row
+        return ({"rows": [], "first": None, "count": 0, "text": ""},
+                {"inputs": {"table": f["table"], "where": where}, "note": "a filter value was empty: no rows"})
     rows, total = await asyncio.to_thread(LookupTables(services.store).lookup, str(f["table"]), where, f["limit"])
     text = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
     return ({"rows": rows, "first": rows[0] if rows else None, "count": total, "text": text},
@@ -371,14 +437,14 @@ async def _http(services, wf, node, ctx, private):
     from modelmill.apps.ssrf import fetch
 
     f = node.fields
-    url = render(node.templates["url"], ctx).strip()
-    headers = {str(k): str(v) for k, v in render(node.templates.get("headers", {}), ctx).items()}
+    url = (await _r(node.templates["url"], ctx)).strip()
+    headers = {str(k): str(v) for k, v in (await _r(node.templates.get("headers", {}), ctx)).items()}
     body = None
     if f.get("json") is not None:
-        body = json.dumps(render(node.templates["json"], ctx), ensure_ascii=False).encode()
+        body = json.dumps(await _r(node.templates["json"], ctx), ensure_ascii=False).encode()
         headers.setdefault("Content-Type", "application/json")
     elif f.get("body") is not None:
-        body = str(render(node.templates["body"], ctx)).encode()
+        body = str(await _r(node.templates["body"], ctx)).encode()
     resp = await fetch(str(f["method"]), url, headers=headers, body=body, timeout=float(f["timeout"]),
                        max_bytes=int(f["max_bytes"]), allow=services.http_allow)
     shown = {k: ("***" if k.lower() in ("authorization", "cookie", "x-api-key") else v) for k, v in headers.items()}
@@ -390,13 +456,22 @@ def _norm(s) -> str:
     return " ".join(str(s).casefold().replace("_", " ").split()).strip(" .,:;!?'\"`()[]{}。，：；！？")
 
 
+def _names(text: str, label: str) -> bool:
+    """Whether ``text`` names ``label``: as a whole word, or anywhere for a label in CJK script."""
+    from modelmill.text import has_cjk
+
+    if has_cjk(label):
+        return label in text
+    return re.search(rf"(?<!\w){re.escape(label)}(?!\w)", text) is not None
+
+
 async def _switch(services, wf, node, ctx, private):
-    value = render(node.templates["value"], ctx)
+    value = await _r(node.templates["value"], ctx)
     cases = node.fields["cases"]
     v = _norm(value)
     chosen = next((label for label in cases if _norm(label) == v), None)
     if chosen is None:  # a model's longer answer ("The category is refund."): the one label it names
-        named = [label for label in cases if _norm(label) and _norm(label) in v]
+        named = [label for label in cases if _norm(label) and _names(v, _norm(label))]
         chosen = named[0] if len(named) == 1 else None
     nodes = _ids(cases[chosen]) if chosen is not None else _ids(node.fields["default"])
     return ({"value": value, "case": chosen if chosen is not None else "default", "nodes": nodes,
@@ -459,7 +534,9 @@ async def _check(services, wf, node, ctx, private):
         tokens["prompt"] += r["prompt_tokens"]
         tokens["completion"] += r["completion_tokens"]
         text = r["text"].strip()
-        ctx[draft_id] = {**draft, "text": text}  # later nodes see the retried draft
+        ctx[draft_id] = {**draft, "text": text}  # the nodes that read the draft run after this check
+        if "json" in draft:
+            ctx[draft_id]["json"] = _parse_json(text)
     last = attempts[-1]
     return ({"passed": last["passed"], "score": last["score"], "attempts": len(attempts), "text": last["text"],
              "flagged": not last["passed"], "unsupported": last["unsupported"]},
@@ -470,7 +547,7 @@ async def _check(services, wf, node, ctx, private):
 async def _answer(services, wf, node, ctx, private):
     from modelmill.kb import rag
 
-    text = str(render(node.templates["text"], ctx)).strip()
+    text = str(await _r(node.templates["text"], ctx)).strip()
     out: dict = {"text": text}
     cites = [str(c) for c in _ids(node.fields.get("citations"))]
     if cites:
@@ -551,7 +628,7 @@ class FlowRuns:
 
         with self.store.session() as s:
             s.add(WorkflowRun(id=run.id, app=run.app, status=run.status, inputs=run.inputs, output=run.output,
-                              trace=run.trace, error=run.error, ms=run.ms))
+                              trace=run.trace, error=run.error, ms=run.ms, created_at=run.created_at))
             old = select(WorkflowRun.id).where(WorkflowRun.app == run.app).order_by(
                 WorkflowRun.created_at.desc()).offset(KEEP_RUNS)
             s.execute(delete(WorkflowRun).where(WorkflowRun.id.in_(old)))
@@ -579,6 +656,7 @@ class FlowRuns:
 
 
 def run_json(row) -> dict:
+    """A stored run, in the shape a run answers with (FlowRun.as_json)."""
     return {"id": row.id, "app": row.app, "status": row.status, "inputs": row.inputs, "output": row.output,
-            "error": row.error, "ms": round(row.ms, 2), "created_at": row.created_at.isoformat() if row.created_at
-            else None, "trace": row.trace}
+            "error": row.error, "ms": round(row.ms, 2), "usage": usage_of(row.trace or []),
+            "created_at": row.created_at.isoformat() if row.created_at else None, "trace": row.trace}

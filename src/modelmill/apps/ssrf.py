@@ -62,7 +62,7 @@ class Response:
     def json(self):
         try:
             return json.loads(self.text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
 
 
@@ -79,6 +79,8 @@ def why_refused(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | No
         return "loopback"
     if addr.is_link_local:
         return "link-local (where cloud metadata services answer)"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.is_site_local:
+        return "site-local"
     if addr.is_multicast:
         return "multicast"
     if addr.is_unspecified:
@@ -99,10 +101,13 @@ def _allow_list(allow: str | None) -> list:
         if not entry:
             continue
         host, port = entry, None
-        if entry.count(":") == 1 or entry.startswith("["):  # host:port, [v6]:port
+        if entry.startswith("["):  # [v6] or [v6]:port
+            h, _, rest = entry[1:].partition("]")
+            host, port = h, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+        elif entry.count(":") == 1:  # host:port
             h, _, p = entry.rpartition(":")
             if p.isdigit():
-                host, port = h.strip("[]"), int(p)
+                host, port = h, int(p)
         try:
             out.append((ipaddress.ip_network(host, strict=False), port))
         except ValueError:
@@ -169,13 +174,25 @@ async def fetch(method: str, url: str, *, headers: dict | None = None, body: byt
     method = method.upper()
     if method not in METHODS:
         raise InputError(f"method '{method}' is not one of {', '.join(METHODS)}", field="method")
+    headers = _clean_headers(headers or {})
     deadline = time.monotonic() + timeout
+    origin = None
     for hop in range(max_redirects + 1):
-        host, port, addr = await check_url(url, allow)
+        left = deadline - time.monotonic()
+        try:
+            host, port, addr = await asyncio.wait_for(check_url(url, allow), max(left, 0.001))
+        except asyncio.TimeoutError:
+            raise FetchFailed(f"{url[:200]}: the name did not resolve within {timeout:g} s", field="timeout") from None
         parts = urlsplit(url)
+        if origin is not None and (parts.scheme, host, port) != origin:
+            if origin[0] == "https" and parts.scheme == "http":
+                raise FetchFailed(f"a redirect from https to http ({url[:200]}) is refused", field="url")
+            # another origin: credentials meant for the first one stay behind
+            headers = {k: v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
+        origin = (parts.scheme, host, port)
         netloc = f"[{addr}]" if ":" in addr else addr
         pinned = parts._replace(netloc=f"{netloc}:{port}").geturl()
-        hdrs = {**(headers or {}), "Host": parts.netloc.rpartition("@")[2]}
+        hdrs = {**headers, "Host": parts.netloc.rpartition("@")[2]}
         ext = {"sni_hostname": host} if parts.scheme == "https" else {}
         left = deadline - time.monotonic()
         if left <= 0:
@@ -185,10 +202,15 @@ async def fetch(method: str, url: str, *, headers: dict | None = None, body: byt
                 req = c.build_request(method, pinned, headers=hdrs, content=body, extensions=ext)
                 resp = await asyncio.wait_for(c.send(req, stream=True), left)
                 try:
-                    if resp.is_redirect and hop < max_redirects and resp.headers.get("location"):
+                    if resp.is_redirect and resp.headers.get("location"):
+                        if hop == max_redirects:
+                            raise FetchFailed(f"more than {max_redirects} redirects (the last to "
+                                              f"{resp.headers['location'][:200]})", field="url")
                         url = urljoin(url, resp.headers["location"])
                         if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
                             method, body = "GET", None
+                            headers = {k: v for k, v in headers.items()
+                                       if k.lower() not in ("content-type", "content-length")}
                         continue
                     declared = resp.headers.get("content-length")
                     if declared and declared.isdigit() and int(declared) > max_bytes:
@@ -209,6 +231,28 @@ async def fetch(method: str, url: str, *, headers: dict | None = None, body: byt
         return Response(resp.status_code, url, dict(resp.headers), bytes(data).decode(resp.encoding or "utf-8",
                                                                                      "replace"), len(data))
     raise FetchFailed(f"more than {max_redirects} redirects", field="url")
+
+
+_SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token"}
+
+
+def _clean_headers(headers: dict) -> dict:
+    """The request's own headers: Host is ours to set (the name checked), and a name or value must be
+    one line of Latin-1 (what HTTP carries)."""
+    out = {}
+    for k, v in headers.items():
+        k, v = str(k), str(v)
+        if k.lower() == "host":
+            continue
+        try:
+            k.encode("ascii"), v.encode("latin-1")
+        except UnicodeEncodeError:
+            raise InputError(f"header '{k[:60]}' has characters HTTP headers cannot carry", field="headers",
+                             fix="percent-encode the value, or send it in the body") from None
+        if any(c in k + v for c in "\r\n\0") or not k or any(c in k for c in " :"):
+            raise InputError(f"header '{k[:60]}' is not one line of name: value", field="headers")
+        out[k] = v
+    return out
 
 
 async def _chunks(resp, deadline: float, url: str, timeout: float):

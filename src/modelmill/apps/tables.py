@@ -20,11 +20,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 from modelmill.errors import ConflictError, InputError, NotFoundError
 
 OPS = ("eq", "ne", "lt", "le", "gt", "ge", "contains", "in")
+_ROWS: dict = {}  # (home, table id, created) -> rows
 MAX_BYTES = 64 * 1024 * 1024
 
 
@@ -33,10 +35,10 @@ def _num(v):
         return None
     if isinstance(v, (int, float)):
         return float(v)
-    try:
-        return float(str(v).strip().replace(",", ""))
-    except ValueError:
-        return None
+    text = str(v).strip()
+    if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?", text):
+        return None  # not "nan", "inf" or "1,2"
+    return float(text)
 
 
 def _text(v) -> str:
@@ -139,20 +141,24 @@ class LookupTables:
         self.store = store
 
     def list(self) -> list:
+        """Every table, without its stored rows (a table may hold megabytes)."""
         from sqlalchemy import select
+        from sqlalchemy.orm import defer
 
         from modelmill.store.tables import LookupTable
 
         with self.store.session() as s:
-            return list(s.scalars(select(LookupTable).order_by(LookupTable.name)))
+            return list(s.scalars(select(LookupTable).options(defer(LookupTable.rows)).order_by(LookupTable.name)))
 
     def find(self, name: str):
+        """The table named ``name`` (None when there is none), without its stored rows."""
         from sqlalchemy import select
+        from sqlalchemy.orm import defer
 
         from modelmill.store.tables import LookupTable
 
         with self.store.session() as s:
-            return s.scalar(select(LookupTable).where(LookupTable.name == name))
+            return s.scalar(select(LookupTable).options(defer(LookupTable.rows)).where(LookupTable.name == name))
 
     def get(self, name: str):
         row = self.find(name)
@@ -163,8 +169,9 @@ class LookupTables:
         return row
 
     def add(self, name: str, path: str | Path | None = None, *, sql: str | None = None,
-            sql_table: str | None = None):
-        """Register a table from a file (rows stored) or an SQL database's table (checked now, read per query)."""
+            sql_table: str | None = None, source: str | None = None):
+        """Register a table from a file (rows stored) or an SQL database's table (checked now, read per query).
+        ``source``: what to record as the file's origin (default: its absolute path)."""
         from modelmill.names import check_name
         from modelmill.store.tables import LookupTable
 
@@ -184,7 +191,8 @@ class LookupTables:
         else:
             rows = read_rows(Path(path))
             columns = list(dict.fromkeys(k for r in rows for k in r))
-            row = LookupTable(name=name, kind="file", source=str(Path(path).resolve()), columns=columns, rows=rows,
+            row = LookupTable(name=name, kind="file", source=source or str(Path(path).resolve()), columns=columns,
+                              rows=rows,
                               row_count=len(rows))
         with self.store.session() as s:
             s.add(row)
@@ -201,6 +209,21 @@ class LookupTables:
 
     # -- queries
 
+    def _rows(self, meta) -> list[dict]:
+        """A file table's rows, read from the database once per process (a table never changes: a new
+        one under the same name is a new row)."""
+        from modelmill.store.tables import LookupTable
+
+        key = (str(self.store.home), meta.id, meta.created_at)
+        rows = _ROWS.get(key)
+        if rows is None:
+            with self.store.session() as s:
+                rows = s.get(LookupTable, meta.id).rows
+            _ROWS[key] = rows
+            while len(_ROWS) > 16:
+                _ROWS.pop(next(iter(_ROWS)))
+        return rows
+
     def lookup(self, name: str, where: dict, limit: int = 5) -> tuple[list[dict], int]:
         """(up to ``limit`` matching rows, how many match in all)."""
         row = self.get(name)
@@ -211,7 +234,7 @@ class LookupTables:
                                  fix=f"columns: {', '.join(map(str, row.columns[:40]))}")
         if row.kind == "sql":
             return self._sql_lookup(row, conds, limit)
-        hits = [r for r in row.rows if all(_match(r.get(c), op, v) for c, op, v in conds)]
+        hits = [r for r in self._rows(row) if all(_match(r.get(c), op, v) for c, op, v in conds)]
         return hits[:limit], len(hits)
 
     @staticmethod
@@ -258,14 +281,10 @@ class LookupTables:
         t = self._reflect(row.source, row.sql_table)
         clauses = []
         for col, op, v in conds:
-            c = t.c[col]
-            if op == "in":
-                clauses.append(c.in_(v if isinstance(v, list) else str(v).split(",")))
-            elif op == "contains":
-                clauses.append(c.contains(str(v), autoescape=True))
-            else:
-                clauses.append({"eq": c.__eq__, "ne": c.__ne__, "lt": c.__lt__, "le": c.__le__, "gt": c.__gt__,
-                                "ge": c.__ge__}[op](v))
+            if col not in t.c:  # the table changed since it was registered
+                raise InputError(f"table '{row.name}' has no column '{col}' any more", field="where",
+                                 fix="register the table again to read its columns")
+            clauses.append(_sql_clause(t.c[col], op, v))
         cond = and_(*clauses) if clauses else None
         eng = self._engine(row.source)
         try:
@@ -280,6 +299,29 @@ class LookupTables:
         finally:
             eng.dispose()
         return [{k: _plain(v) for k, v in r.items()} for r in rows], total
+
+
+def _sql_clause(c, op: str, v):
+    """One filter condition in SQL, meaning what it means on stored rows: text compared without case,
+    numbers as numbers on a numeric column, a missing value (NULL) unequal to anything."""
+    from sqlalchemy import Numeric, func, or_
+    from sqlalchemy.types import Float, Integer
+
+    numeric = isinstance(c.type, (Integer, Float, Numeric))
+
+    def value(x):
+        if numeric and _num(x) is not None:
+            return _num(x)
+        return str(x).strip().casefold()
+
+    col = c if numeric else func.lower(c)
+    if op == "in":
+        return col.in_([value(x) for x in (v if isinstance(v, list) else str(v).split(","))])
+    if op == "contains":
+        return func.lower(c).contains(str(v).strip().casefold(), autoescape=True)
+    if op == "ne":
+        return or_(col != value(v), c.is_(None))
+    return {"eq": col.__eq__, "lt": col.__lt__, "le": col.__le__, "gt": col.__gt__, "ge": col.__ge__}[op](value(v))
 
 
 def _plain(v):
