@@ -147,3 +147,18 @@ def test_routers_over_rest(home):
     assert client.delete("/api/apps/rest-router").json() == {"deleted": "rest-router"}
     assert client.get("/api/apps/rest-router").status_code == 404
     assert httpx.codes.NOT_FOUND == client.post("/api/apps/ghost/route", json={"text": "x"}).status_code
+
+
+def test_a_deployment_of_a_router_routes_and_answers_as_the_deployment(home):
+    cli = CLI(home)
+    cli("deploy", "set", "help-desk", "support", "--system", "Be brief.")
+    assert "help-desk" in cli("deploy", "list").stdout
+    s = Server(home)
+    try:
+        r = s.client().chat.completions.create(model="help-desk", max_tokens=3, temperature=0, messages=[
+            {"role": "user", "content": "退款什么时候到账？"}])
+        assert r.model == "help-desk" and r.model_extra["route"]["app"] == "support"
+        assert r.model_extra["route"]["model"] == "zh-lora"
+    finally:
+        s.stop()
+        cli("deploy", "remove", "help-desk")

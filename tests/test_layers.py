@@ -20,7 +20,7 @@ ALLOWED = {
     "train": {"models", "data", "adapters", "kb"},
     "serve": {"models", "adapters"},
     "evaluate": {"models", "data", "adapters", "train.config", "train.methods", "train.runs"},
-    "jobs": {"models", "data", "adapters", "train", "evaluate"},
+    "jobs": {"models", "data", "adapters", "train", "evaluate", "apps"},
     "apps": {"models", "data", "adapters", "kb", "serve", "evaluate"},
 }
 

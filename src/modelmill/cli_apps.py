@@ -381,3 +381,130 @@ def table_remove(name):
 
     LookupTables(_store()).remove(name)
     click.echo(f"removed table {name}")
+
+
+# ----------------------------------------------------------------------------- deployments and promotion
+
+@main.group(cls=Group)
+def deploy():
+    """Deployments: stable names clients call, moved to a new model only when it wins on their gate task."""
+
+
+def _gate_opts(f):
+    for opt in reversed([
+        click.option("--gate-data", default=None, help="Test set (dataset) a new model must win on to be promoted."),
+        click.option("--gate-kind", default="", help="Its task kind (default: from the dataset)."),
+        click.option("--gate-metric", default="", help="Metric compared (default: the task's headline metric)."),
+        click.option("--margin", type=float, default=0.0, show_default=True,
+                     help="How much more the new model must score (0.02: two points of 100)."),
+        click.option("--gate-limit", type=int, default=0, help="Score only the first N items (0: all)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _gate(gate_data, gate_kind, gate_metric, margin, gate_limit) -> dict | None:
+    if gate_data is None:
+        return None
+    return {"data": gate_data, "kind": gate_kind, "metric": gate_metric, "margin": margin, "limit": gate_limit}
+
+
+def _show_event(e: dict) -> None:
+    line = f"{e['created_at'][:19]}  {e['action']:<11} {e['model']}"
+    if e.get("previous"):
+        line += f"  (was {e['previous']})"
+    if e.get("score") is not None:
+        line += f"  {e['metric']} {e['score']:.4f} vs {e['previous_score']:.4f} on {e['task']} (margin {e['margin']:+g})"
+    click.echo(line)
+    if e.get("note") and e["action"] != "refused":
+        click.echo(f"    {e['note']}")
+
+
+@deploy.command("set")
+@click.argument("name")
+@click.argument("model")
+@click.option("--kb", "kbs", multiple=True, help="A knowledge base it answers from (repeat).")
+@click.option("--system", "system_prompt", default=None, help="A system prompt put first in every conversation.")
+@_gate_opts
+def deploy_set(name, model, kbs, system_prompt, gate_data, gate_kind, gate_metric, margin, gate_limit):
+    """Create deployment NAME pointing at MODEL (a model, adapter or router), or update one without a gate."""
+    from modelmill.apps.deployments import _KEEP, Deployments
+
+    gate = _gate(gate_data, gate_kind, gate_metric, margin, gate_limit)
+    d = Deployments(_store()).put(name, model, list(kbs), system_prompt, gate if gate is not None else _KEEP)
+    click.echo(f"deployment {d.name} -> {d.model}" + (f", gate: {d.gate['data']} (margin {d.gate['margin']:+g})"
+                                                       if d.gate else ""))
+
+
+@deploy.command("gate")
+@click.argument("name")
+@_gate_opts
+@click.option("--none", "no_gate", is_flag=True, help="Remove the gate.")
+def deploy_gate(name, gate_data, gate_kind, gate_metric, margin, gate_limit, no_gate):
+    """Set (or remove) the gate task of deployment NAME."""
+    from modelmill.apps.deployments import Deployments
+    from modelmill.errors import InputError
+
+    deps = Deployments(_store())
+    d = deps.get(name)
+    gate = None if no_gate else _gate(gate_data, gate_kind, gate_metric, margin, gate_limit)
+    if gate is None and not no_gate:
+        raise InputError("name the gate's test set", field="--gate-data", fix="or pass --none to remove the gate")
+    d = deps.put(name, d.model, d.knowledge_bases, d.system_prompt, gate)
+    click.echo(f"deployment {d.name}: " + (f"gate {d.gate['data']} (margin {d.gate['margin']:+g})" if d.gate
+                                            else "no gate"))
+
+
+@deploy.command("list")
+def deploy_list():
+    """The deployments, with what they point at and their gate."""
+    from modelmill.apps.deployments import Deployments
+
+    rows = [[d.name, d.model, ", ".join(d.knowledge_bases or []) or "-",
+             f"{d.gate['data']} ({d.gate['margin']:+g})" if d.gate else "-"] for d in Deployments(_store()).list()]
+    _table(rows, ["NAME", "MODEL", "KNOWLEDGE", "GATE"])
+
+
+@deploy.command("promote")
+@click.argument("name")
+@click.argument("model")
+@click.option("--force", is_flag=True, help="Move even without a gate, or when MODEL loses on it (recorded as forced).")
+def deploy_promote(name, model, force):
+    """Point NAME at MODEL if MODEL beats the current model on NAME's gate task by its margin."""
+    from modelmill.apps.promotion import promote
+
+    e = promote(_store(), name, model, force=force, progress=True)
+    _show_event(e)
+
+
+@deploy.command("rollback")
+@click.argument("name")
+@click.option("--to", default=None, help="A model NAME pointed at once (default: the one before the last move).")
+def deploy_rollback(name, to):
+    """Point NAME back at its previous model (no gate: this is the way back)."""
+    from modelmill.apps.promotion import rollback
+
+    _show_event(rollback(_store(), name, to))
+
+
+@deploy.command("history")
+@click.argument("name")
+def deploy_history(name):
+    """What happened to NAME: created, promoted, refused (with both scores), rolled back; newest first."""
+    from modelmill.apps.deployments import Deployments
+    from modelmill.apps.promotion import history
+
+    store = _store()
+    Deployments(store).get(name)
+    for e in history(store, name):
+        _show_event(e)
+
+
+@deploy.command("remove")
+@click.argument("name")
+def deploy_remove(name):
+    """Remove deployment NAME (the model it points at stays)."""
+    from modelmill.apps.deployments import Deployments
+
+    Deployments(_store()).remove(name)
+    click.echo(f"removed deployment {name}")

@@ -430,16 +430,36 @@ def list_workers(request: Request):
 
 # ----------------------------------------------------------------------------- deployments
 
+class GateSpec(BaseModel):
+    data: str = Field(min_length=1, max_length=300, description="Test set (dataset) a new model must win on.")
+    kind: str = Field(default="", max_length=40)
+    name: str = Field(default="", max_length=200)
+    metric: str = Field(default="", max_length=40, description="Default: the task's headline metric.")
+    margin: float = Field(default=0.0, ge=-1, le=1)
+    limit: int = Field(default=0, ge=0)
+
+
 class DeploymentRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     model: str = Field(min_length=1, max_length=300)
     knowledge_bases: list[str] = Field(default_factory=list, max_length=20)
     system_prompt: str | None = Field(default=None, max_length=20_000)
+    gate: GateSpec | None = Field(default=None, description="Left out: the gate stays as it is.")
+    no_gate: bool = Field(default=False, description="Remove the gate.")
+
+
+class PromoteRequest(BaseModel):
+    model: str = Field(min_length=1, max_length=300)
+    force: bool = False
+
+
+class RollbackRequest(BaseModel):
+    to: str | None = Field(default=None, max_length=300)
 
 
 def deployment_json(d) -> dict:
     return {"name": d.name, "model": d.model, "knowledge_bases": d.knowledge_bases, "system_prompt": d.system_prompt,
-            "created_at": _iso(d.created_at), "updated_at": _iso(d.updated_at)}
+            "gate": d.gate, "created_at": _iso(d.created_at), "updated_at": _iso(d.updated_at)}
 
 
 @router.get("/deployments", tags=["deployments"])
@@ -455,11 +475,51 @@ def create_deployment(request: Request, body: DeploymentRequest):
     from modelmill.api.auth import require_model
     from modelmill.apps.deployments import Deployments
 
+    from modelmill.apps.deployments import _KEEP
+
     deps = Deployments(_store(request))
     require_model(request, body.model)
     if (old := deps.find(body.name)) is not None:
         require_model(request, old.model)  # a limited key may not repoint another model's deployment
-    return deployment_json(deps.put(body.name, body.model, body.knowledge_bases, body.system_prompt))
+    gate = None if body.no_gate else body.gate.model_dump() if body.gate is not None else _KEEP
+    return deployment_json(deps.put(body.name, body.model, body.knowledge_bases, body.system_prompt, gate))
+
+
+@router.post("/deployments/{name}/promote", tags=["deployments"])
+def promote_deployment(request: Request, name: str, body: PromoteRequest):
+    """Move ``name`` to ``model`` if it beats the current model on the gate task by the margin (both are
+    scored, stored results reused): the history event; 409 with both scores when it does not win."""
+    from modelmill.api.auth import require_model
+    from modelmill.apps.deployments import Deployments
+    from modelmill.apps.promotion import promote
+
+    store = _store(request)
+    require_model(request, body.model)
+    require_model(request, Deployments(store).get(name).model)
+    return promote(store, name, body.model, force=body.force)
+
+
+@router.post("/deployments/{name}/rollback", tags=["deployments"])
+def rollback_deployment(request: Request, name: str, body: RollbackRequest):
+    from modelmill.api.auth import require_model
+    from modelmill.apps.deployments import Deployments
+    from modelmill.apps.promotion import rollback
+
+    store = _store(request)
+    require_model(request, Deployments(store).get(name).model)
+    if body.to:
+        require_model(request, body.to)
+    return rollback(store, name, body.to)
+
+
+@router.get("/deployments/{name}/history", tags=["deployments"])
+def deployment_history(request: Request, name: str, limit: int = Query(100, ge=1, le=1000)):
+    from modelmill.apps.deployments import Deployments
+    from modelmill.apps.promotion import history
+
+    store = _store(request)
+    Deployments(store).get(name)
+    return {"data": history(store, name, limit)}
 
 
 @router.delete("/deployments/{name}", tags=["deployments"])

@@ -81,6 +81,10 @@ class Resolver:
         from modelmill.models.embedder import embedding_executor
 
         routes = await asyncio.to_thread(self.router_app, model_id)
+        dep = None
+        if routes is None:  # a deployment of a router routes too, then answers as the deployment
+            dep = await asyncio.to_thread(self._deployment, model_id)
+            routes = await asyncio.to_thread(self.router_app, dep.model) if dep is not None else None
         if routes is None:
             return await asyncio.to_thread(self.resolve, model_id)
         t0 = time.perf_counter()
@@ -89,9 +93,18 @@ class Resolver:
         ms = (time.perf_counter() - t0) * 1000
         target, spec = await asyncio.to_thread(self.resolve, choice.model)
         target.model_id = model_id
-        target.route = {"app": model_id, "model": choice.model, "route": choice.route,
-                        "confidence": round(choice.confidence, 4), "ms": round(ms, 2)}
+        target.route = {"app": dep.model if dep is not None else model_id, "model": choice.model,
+                        "route": choice.route, "confidence": round(choice.confidence, 4), "ms": round(ms, 2)}
+        if dep is not None:
+            target.knowledge, target.system_prompt = dep.knowledge_bases or None, dep.system_prompt
         return target, spec
+
+    def _deployment(self, model_id: str):
+        from modelmill.apps.deployments import Deployments
+
+        if not isinstance(model_id, str) or not model_id or ":" in model_id:
+            return None
+        return Deployments(self.store).find(model_id)
 
     def resolve(self, model_id: str) -> tuple[Target, dict]:
         """The target and engine spec of ``model_id``; a 404 EngineError when nothing serves it. A
@@ -107,7 +120,8 @@ class Resolver:
             return target, spec
         dep = Deployments(self.store).find(model_id) if ":" not in model_id else None
         if dep is not None:  # a published name: the model it points at, with its knowledge and prompt
-            target, spec = self.router.resolve(dep.model)
+            routes = self.router_app(dep.model)  # a router without a request to choose by: its fallback
+            target, spec = self.router.resolve(routes.fallback if routes is not None else dep.model)
             target.model_id, target.knowledge, target.system_prompt = (model_id, dep.knowledge_bases or None,
                                                                        dep.system_prompt)
             return target, spec

@@ -331,7 +331,47 @@ def _run_merge(ctx) -> dict:
             "columns": {"fine_tuned_model": model_id}}
 
 
+# ----------------------------------------------------------------------------- promotion
+
+
+@dataclass
+class PromoteJobConfig:
+    """Move a deployment to a new model if it wins on the deployment's gate task, as `modelmill deploy
+    promote` does (scoring both can take minutes: a job)."""
+
+    deployment: str = field(default="", metadata={"help": "The deployment to move.", "basic": True})
+    model: str = field(default="", metadata={"help": "The model, adapter or router it should point at.",
+                                             "basic": True})
+    force: bool = field(default=False, metadata={"help": "Move even without a gate, or when the model loses."})
+
+
+def _validate_promote(store, cfg, job):
+    from modelmill.apps.deployments import Deployments, check_target
+
+    if not cfg.deployment:
+        raise InputError("no deployment named", field="deployment", fix="name one from GET /api/deployments")
+    dep = Deployments(store).get(cfg.deployment)
+    if not cfg.model:
+        raise InputError("no model named", field="model", fix="the model, adapter or router to promote")
+    check_target(store, cfg.model)
+    if not dep.gate and not cfg.force:
+        raise InputError(f"deployment '{dep.name}' has no gate to promote through", field="force",
+                         fix="give it a gate, or set force")
+    return cfg, {"model": cfg.model.split(":")[0][:200]}
+
+
+def _run_promote(ctx) -> dict:
+    """The same library call as `modelmill deploy promote`; a refusal fails the job with both scores."""
+    from modelmill.apps.promotion import promote
+
+    cfg = ctx.config
+    ctx.event(f"Scoring {cfg.model} against what {cfg.deployment} serves now, on its gate task")
+    event = promote(ctx.store, cfg.deployment, cfg.model, force=cfg.force)
+    return {"deployment": cfg.deployment, **event}
+
+
 register(TrainKind("train", SFTConfig, _validate_train, _run_train, _train_needs))
 register(JobKind("eval", EvalJobConfig, _validate_eval, _run_eval))
 register(JobKind("grid", GridJobConfig, _validate_grid, _run_grid))
 register(JobKind("merge", MergeConfig, _validate_merge, _run_merge))
+register(JobKind("promote", PromoteJobConfig, _validate_promote, _run_promote))

@@ -284,8 +284,28 @@ class Deployment(Base):
     model: Mapped[str] = mapped_column(String(300))  # BASE, ADAPTER or BASE:ADAPTER
     knowledge_bases: Mapped[list] = mapped_column(JSON, default=list)
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    gate: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the task a new model must win on
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentEvent(Base):
+    """What happened to a deployment: created, promoted, refused (with both scores), rolled back."""
+
+    __tablename__ = "deployment_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment: Mapped[str] = mapped_column(String(200), index=True)
+    action: Mapped[str] = mapped_column(String(20))  # created | updated | promoted | forced | refused | rolled back
+    model: Mapped[str] = mapped_column(String(300))  # what it points at after (refused: what was proposed)
+    previous: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    task: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    metric: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)  # the new model's
+    previous_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    margin: Mapped[float | None] = mapped_column(Float, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class App(Base):
