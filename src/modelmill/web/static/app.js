@@ -7,7 +7,7 @@ import { errorBox, h, replace } from "./dom.js";
 import { appPage, appsPage } from "./pages/apps.js";
 import { comparePage } from "./pages/compare.js";
 import { datasetsPage } from "./pages/datasets.js";
-import { deploymentsPage } from "./pages/deployments.js";
+import { deploymentPage, deploymentsPage } from "./pages/deployments.js";
 import { jobPage, jobsPage } from "./pages/jobs.js";
 import { modelsPage } from "./pages/models.js";
 import { playgroundPage } from "./pages/playground.js";
@@ -20,7 +20,7 @@ const ROUTES = [
   { path: "jobs", title: "Jobs", render: jobsPage, child: jobPage },
   { path: "compare", title: "Compare", render: comparePage },
   { path: "playground", title: "Playground", render: playgroundPage },
-  { path: "deployments", title: "Deployments", render: deploymentsPage },
+  { path: "deployments", title: "Deployments", render: deploymentsPage, child: deploymentPage },
   { path: "apps", title: "Apps", render: appsPage, child: appPage },
 ];
 
