@@ -70,6 +70,7 @@ def test_the_router_is_served_as_a_model_and_says_which_route_answered(home):
             {"role": "user", "content": "退款什么时候到账？"}])
         route = r.model_extra["route"]
         assert route["app"] == "support" and route["model"] == "zh-lora" and 0 < route["confidence"] <= 1
+        assert route["by"] in ("ngram", "minilm")
         assert r.model == "support"
         r = client.chat.completions.create(model="support", max_tokens=4, temperature=0, messages=[
             {"role": "user", "content": "Who painted the Mona Lisa?"}])
