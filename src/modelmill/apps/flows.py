@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from modelmill.apps.flow_spec import Node, Workflow, _ids, load_workflow, render
 from modelmill.errors import ConflictError, EngineError, InputError, ModelmillError, NotFoundError
 
-KEEP_RUNS = 1000          # newest runs kept per workflow
+KEEP_RUNS = 1000          # newest runs kept per workflow (up to PRUNE_EVERY more between prunes)
+PRUNE_EVERY = 50
+_SAVES: dict = {}         # workflow -> runs saved by this process
 TRACE_TEXT = 20_000       # characters of one traced string
 FLOW_PREFIX = "flow:"
 
@@ -629,9 +631,11 @@ class FlowRuns:
         with self.store.session() as s:
             s.add(WorkflowRun(id=run.id, app=run.app, status=run.status, inputs=run.inputs, output=run.output,
                               trace=run.trace, error=run.error, ms=run.ms, created_at=run.created_at))
-            old = select(WorkflowRun.id).where(WorkflowRun.app == run.app).order_by(
-                WorkflowRun.created_at.desc()).offset(KEEP_RUNS)
-            s.execute(delete(WorkflowRun).where(WorkflowRun.id.in_(old)))
+            n = _SAVES[run.app] = _SAVES.get(run.app, -1) + 1
+            if n % PRUNE_EVERY == 0:  # the oldest runs past KEEP_RUNS go now and then (a prune costs a scan)
+                old = select(WorkflowRun.id).where(WorkflowRun.app == run.app).order_by(
+                    WorkflowRun.created_at.desc()).offset(KEEP_RUNS)
+                s.execute(delete(WorkflowRun).where(WorkflowRun.id.in_(old)))
 
     def list(self, app: str | None = None, limit: int = 50) -> list:
         from sqlalchemy import select
