@@ -69,10 +69,14 @@ def test_promotion_over_rest_keeps_serving_the_deployment(home, tiny_model, tmp_
         assert httpx.get(f"{s.url}/api/deployments").json()["data"][0]["model"] == "tiny:v1"
         r = httpx.post(f"{s.url}/api/deployments/bot/promote", json={"model": "tiny:v2", "force": True}, timeout=300)
         assert r.status_code == 200 and r.json()["action"] == "forced" and r.json()["score"] is not None
+        assert httpx.get(f"{s.url}/api/deployments/bot").json()["rollback_targets"] == ["tiny:v1"]
         r = httpx.post(f"{s.url}/api/deployments/bot/rollback", json={})
         assert r.status_code == 200 and r.json()["model"] == "tiny:v1"
         hist = httpx.get(f"{s.url}/api/deployments/bot/history").json()["data"]
         assert [e["action"] for e in hist] == ["rolled back", "forced", "refused", "created"]
+        r = httpx.put(f"{s.url}/api/deployments/bot/gate", json={"data": "reviews-test", "margin": 0.5})
+        assert r.status_code == 200 and r.json()["gate"]["margin"] == 0.5 and r.json()["model"] == "tiny:v1"
+        assert httpx.put(f"{s.url}/api/deployments/bot/gate").json()["gate"] is None
         bad = httpx.post(f"{s.url}/api/deployments/bot/promote", json={"model": "nope"})
         assert bad.status_code == 404
         bad = httpx.post(f"{s.url}/api/deployments", json={"name": "bot2", "model": "tiny",

@@ -446,11 +446,11 @@ def deploy_gate(name, gate_data, gate_kind, gate_metric, margin, gate_limit, no_
     from modelmill.errors import InputError
 
     deps = Deployments(_store())
-    d = deps.get(name)
+    deps.get(name)
     gate = None if no_gate else _gate(gate_data, gate_kind, gate_metric, margin, gate_limit)
     if gate is None and not no_gate:
         raise InputError("name the gate's test set", field="--gate-data", fix="or pass --none to remove the gate")
-    d = deps.put(name, d.model, d.knowledge_bases, d.system_prompt, gate)
+    d = deps.set_gate(name, gate)
     click.echo(f"deployment {d.name}: " + (f"gate {d.gate['data']} (margin {d.gate['margin']:+g})" if d.gate
                                             else "no gate"))
 

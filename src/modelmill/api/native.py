@@ -485,6 +485,28 @@ def create_deployment(request: Request, body: DeploymentRequest):
     return deployment_json(deps.put(body.name, body.model, body.knowledge_bases, body.system_prompt, gate))
 
 
+@router.get("/deployments/{name}", tags=["deployments"])
+def get_deployment(request: Request, name: str):
+    """One deployment, with the models it can be rolled back to (what it pointed at before)."""
+    from modelmill.apps.deployments import Deployments
+    from modelmill.apps.promotion import rollback_targets
+
+    store = _store(request)
+    return {**deployment_json(Deployments(store).get(name)), "rollback_targets": rollback_targets(store, name)}
+
+
+@router.put("/deployments/{name}/gate", tags=["deployments"])
+def set_gate(request: Request, name: str, body: GateSpec | None = None):
+    """Set the gate (the body) or remove it (no body, or null); the model, knowledge and prompt stay."""
+    from modelmill.api.auth import require_model
+    from modelmill.apps.deployments import Deployments
+
+    deps = Deployments(_store(request))
+    d = deps.get(name)
+    require_model(request, d.model)
+    return deployment_json(deps.set_gate(name, body.model_dump() if body is not None else None))
+
+
 @router.post("/deployments/{name}/promote", tags=["deployments"])
 def promote_deployment(request: Request, name: str, body: PromoteRequest):
     """Move ``name`` to ``model`` if it beats the current model on the gate task by the margin (both are

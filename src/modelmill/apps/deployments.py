@@ -123,6 +123,17 @@ class Deployments:
                                       model=model, previous=previous, created_at=now))
         return self.find(name)
 
+    def set_gate(self, name: str, gate: dict | None) -> Deployment:
+        """Set or remove (None) the gate of ``name``; nothing else changes."""
+        new_gate = check_gate(self.store, gate)
+        with self.store.lock(f"deployment-{name}"), self.store.session() as s:
+            row = s.scalar(select(Deployment).where(Deployment.name == name))
+            if row is None:
+                raise NotFoundError(f"no deployment '{name}'", field="name",
+                                    fix="`modelmill deploy list` (GET /api/deployments) shows them")
+            row.gate, row.updated_at = new_gate, datetime.now(timezone.utc)
+        return self.get(name)
+
     def remove(self, name: str) -> None:
         from sqlalchemy import delete
 

@@ -119,13 +119,13 @@ def rollback(store, name: str, to: str | None = None) -> dict:
 
     dep = Deployments(store).get(name)
     events = history(store, name)
-    moves = [e for e in events if e["action"] in ("created", "updated", "promoted", "forced", "rolled back")]
+    moves = [e for e in events if e["action"] in MOVES]
     if to is None:
         last = next((e for e in moves if e["model"] == dep.model and e["previous"]), None)
         if last is None:
             raise InputError(f"deployment '{name}' has no earlier model to go back to", field="name")
         to = last["previous"]
-    elif to not in {e["model"] for e in moves} | {e["previous"] for e in moves if e["previous"]}:
+    elif to not in rollback_targets(store, name) and to != dep.model:
         raise InputError(f"deployment '{name}' never pointed at '{to}'", field="to",
                          fix=f"`modelmill deploy history {name}` shows what it pointed at")
     if to == dep.model:
@@ -136,6 +136,23 @@ def rollback(store, name: str, to: str | None = None) -> dict:
         previous = row.model
         row.model, row.updated_at = to, datetime.now(timezone.utc)
     return _record(store, deployment=name, action="rolled back", model=to, previous=previous)
+
+
+MOVES = ("created", "updated", "promoted", "forced", "rolled back")
+
+
+def rollback_targets(store, name: str) -> list[str]:
+    """Every model ``name`` pointed at before or after a move, newest first, but the current one."""
+    from modelmill.apps.deployments import Deployments
+
+    current = Deployments(store).get(name).model
+    out: list[str] = []
+    for e in history(store, name, limit=1000):
+        if e["action"] in MOVES:
+            for m in (e["model"], e["previous"]):
+                if m and m != current and m not in out:
+                    out.append(m)
+    return out
 
 
 def history(store, name: str, limit: int = 100) -> list[dict]:
