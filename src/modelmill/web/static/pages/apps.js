@@ -1,7 +1,8 @@
 // Apps: what answers under a model id beyond a model (routers over adapters, workflows as
-// flow:NAME), a workflow drawn as a graph, run from a form with its trace, its recent runs, and
-// the business tables that workflows look rows up in. Everything here calls /api/apps and
-// /api/tables, the same library calls `modelmill apps ...` makes.
+// flow:NAME): a router learned from a form and tried on a text, a workflow drawn as a graph, run
+// from a form with its trace, its recent runs, and the business tables that workflows look rows
+// up in. Everything here calls /api/apps and /api/tables, the same library calls
+// `modelmill apps ...` makes.
 
 import { api, withQuery } from "../api.js";
 import { badge, errorBox, fmtNum, fmtTime, h, loading, notice, replace, s, table } from "../dom.js";
@@ -43,10 +44,12 @@ export async function appsPage(ctx) {
   const tablesBox = h("div", { testid: "tables-list" }, loading());
   const previewBox = h("div", { testid: "table-preview-box" });
   const form = flowForm(ctx, () => loadApps());
+  const routerCard = routerForm(ctx, () => loadApps());
   ctx.main.append(h("section", { class: "page" },
     h("header", { class: "page-head" }, h("h1", {}, "Apps"),
       h("p", { class: "lead" }, "Apps answer under a model id of their own. A router sends each request to the adapter that knows its topic; a workflow chains steps (look up a table, ask a model, check the draft) written as a YAML file.")),
     h("div", { class: "card" }, h("h2", {}, "Your apps"), listBox),
+    routerCard,
     form.el,
     h("div", { class: "card", testid: "tables-card" },
       h("h2", {}, "Business tables"),
@@ -67,7 +70,7 @@ export async function appsPage(ctx) {
           h("button", { type: "button", class: "btn btn-small btn-danger", testid: "app-delete",
             onclick: (e) => removeApp(a, e.target) }, "Delete")) },
       ], data, { testid: "apps-table", rowAttrs: (a) => ({ testid: "app-row", "data-name": a.name, "data-kind": a.kind }),
-        empty: "No apps yet. Publish a workflow below, or learn a router with `modelmill apps router create`." }));
+        empty: "No apps yet. Learn a router or publish a workflow below." }));
     } catch (e) {
       if (ctx.alive) replace(listBox, errorBox(e, "apps-error"));
     }
@@ -298,6 +301,342 @@ function selectLine(textarea, line) {
   textarea.scrollTop = Math.max(0, (n - 3) * lh);
 }
 
+// ---------------------------------------------------------------------------- a router
+
+const FALLBACK_CLASS = "(fallback)"; // the fallback's class in a router's metrics (the library's name)
+
+/** The form field an API error names (error.param: a REST field, or the CLI flag's name). */
+const ROUTER_PARAMS = {
+  name: "name", NAME: "name", route: "routes", routes: "routes", route_data: "routes", weight: "routes",
+  weights: "routes", fallback: "fallback", fallback_data: "fallback_data", threshold: "threshold",
+  max_per_route: "max_per_route", seed: "seed",
+};
+
+/** The defaults of POST /api/apps/routers, read from the server's OpenAPI schema ({}: unknown). */
+async function routerDefaults() {
+  try {
+    const doc = await api("/openapi.json");
+    const props = (((doc.components || {}).schemas || {}).RouterRequest || {}).properties || {};
+    return Object.fromEntries(Object.entries(props).filter(([, p]) => "default" in p).map(([k, p]) => [k, p.default]));
+  } catch {
+    return {}; // the fields are then left empty, and an empty field is not sent: the server's default applies
+  }
+}
+
+const shortRef = (name, version) => (version ? `${name}@${String(version).slice(0, 8)}` : name);
+
+/**
+ * "Create a router": name, routes (adapters, each learning from its own training data or a chosen
+ * dataset, with an optional weight), fallback, fallback data, threshold. POST /api/apps/routers
+ * learns it in one request (tens of seconds): an elapsed-time bar while it runs, then the
+ * held-out routing accuracy per class, or the error with its field marked.
+ */
+function routerForm(ctx, onCreated) {
+  const name = h("input", { type: "text", id: "router-name", testid: "router-name", required: true, autocomplete: "off",
+    spellcheck: "false", pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]{0,127}", placeholder: "e.g. support" });
+  const routesBox = h("div", { testid: "router-routes" }, loading("Loading adapters…"));
+  const baseHint = h("div", { "aria-live": "polite" });
+  const fallback = h("select", { id: "router-fallback", testid: "router-fallback", required: true },
+    h("option", { value: "" }, "Loading…"));
+  const fallbackData = h("select", { id: "router-fallback-data", testid: "router-fallback-data" },
+    h("option", { value: "" }, "Loading…"));
+  const threshold = h("input", { type: "number", id: "router-threshold", testid: "router-threshold",
+    min: 0, max: 0.99, step: 0.05, inputmode: "decimal" });
+  const maxPerRoute = h("input", { type: "number", id: "router-max-per-route", testid: "router-max-per-route",
+    min: 10, max: 100000, step: 1 });
+  const seed = h("input", { type: "number", id: "router-seed", testid: "router-seed", step: 1 });
+  const submit = h("button", { type: "submit", class: "btn btn-primary", testid: "router-submit" }, "Learn and publish");
+  const result = h("div", { testid: "router-result", "aria-live": "polite" });
+  const fields = {}; // form field name -> its .field element, to mark the one an error names
+  const field = (key, ...children) => (fields[key] = h("div", { class: "field" }, ...children));
+
+  let rows = [];             // one per adapter: {a, pick, data, weight}
+  let datasets = [];
+  let fallbackTouched = false; // until the user picks a fallback, it follows the routes' base model
+  let loaded = null;
+  let busy = false;
+
+  fallback.addEventListener("change", () => { fallbackTouched = true; checkBases(); });
+
+  const picked = () => rows.filter((r) => r.pick.checked);
+
+  /** Routes of two bases cannot share one engine: say so before the server does. */
+  function checkBases() {
+    const bases = new Map(picked().map((r) => [r.a.base_model, r.a.name]));
+    const fb = fallback.selectedOptions[0];
+    const fbBase = fb ? fb.dataset.base : "";
+    const msgs = [];
+    if (bases.size > 1) {
+      msgs.push(`The routes are adapters of ${bases.size} base models (${[...bases.keys()].join(", ")}); a router's routes and fallback share one base, so one engine serves them all.`);
+    } else if (bases.size === 1 && fbBase && !bases.has(fbBase)) {
+      msgs.push(`The fallback ${fallback.value} is of base ${fbBase}, the routes of ${[...bases.keys()][0]}; choose a fallback of the same base.`);
+    }
+    replace(baseHint, msgs.length ? notice(msgs.join(" "), "warn", "router-base-hint") : null);
+  }
+
+  function onPick() {
+    const first = picked()[0];
+    if (first && !fallbackTouched && [...fallback.options].some((o) => o.value === first.a.base_model)) {
+      fallback.value = first.a.base_model;
+    }
+    checkBases();
+  }
+
+  function datasetOptions(selected = "") {
+    return datasets.map((d) => h("option", { value: d.name, selected: d.name === selected },
+      `${d.name} (${d.kind}, ${fmtNum(d.num_records)} records)`));
+  }
+
+  async function load() {
+    try {
+      const [adapters, models, ds, defaults] = await Promise.all([
+        api("/api/adapters"), api("/api/models"), api("/api/datasets"), routerDefaults()]);
+      if (!ctx.alive) return;
+      datasets = ds.data || [];
+      rows = (adapters.data || []).map((a) => {
+        const own = a.dataset ? `its training data (${shortRef(a.dataset, a.dataset_version)})` : "no training data recorded: pick a dataset";
+        return {
+          a,
+          pick: h("input", { type: "checkbox", testid: "router-route", "data-name": a.name, value: a.name,
+            "aria-label": `route to ${a.name}`, onchange: onPick }),
+          data: h("select", { testid: "router-route-data", "data-name": a.name, "aria-label": `what ${a.name} learns from` },
+            h("option", { value: "" }, own), datasetOptions()),
+          weight: h("input", { type: "number", class: "narrow", testid: "router-route-weight", "data-name": a.name,
+            min: 0.01, max: 100, step: "any", placeholder: "1", "aria-label": `weight of ${a.name}` }),
+        };
+      });
+      replace(routesBox, rows.length ? table([
+        { label: "Route", get: (r) => h("label", { class: "inline" }, r.pick, h("code", {}, r.a.name)) },
+        { label: "Base model", get: (r) => r.a.base_model },
+        { label: "Learns from", get: (r) => r.data },
+        { label: "Weight", get: (r) => r.weight },
+      ], rows, { testid: "router-routes-table", rowAttrs: (r) => ({ testid: "router-route-row", "data-name": r.a.name }) })
+        : notice("No adapters yet. Train one on the Train page first: a router sends each request to one of your adapters.",
+          "info", "router-no-adapters"));
+      const option = (value, text, base) => h("option", { value, "data-base": base }, text);
+      replace(fallback, option("", "— choose the model that answers the rest —", ""),
+        h("optgroup", { label: "Base models" }, (models.data || []).map((m) => option(m.name, m.name, m.name))),
+        rows.length ? h("optgroup", { label: "Adapters" },
+          rows.map((r) => option(r.a.name, `${r.a.name} (adapter of ${r.a.base_model})`, r.a.base_model))) : null);
+      replace(fallbackData, h("option", { value: "" }, "none"), datasetOptions());
+      // the server's defaults, so that the form shows what an untouched field means
+      const fill = (input, key) => { if (key in defaults && input.value === "") input.value = String(defaults[key]); };
+      fill(threshold, "threshold");
+      fill(maxPerRoute, "max_per_route");
+      fill(seed, "seed");
+      for (const input of [threshold, maxPerRoute, seed]) if (input.value === "") input.placeholder = "the server's default";
+      submit.disabled = !rows.length;
+    } catch (e) {
+      if (ctx.alive) replace(routesBox, errorBox(e, "router-error"));
+    }
+  }
+
+  function markInvalid(param) {
+    for (const el of Object.values(fields)) el.classList.remove("invalid");
+    const key = ROUTER_PARAMS[param];
+    if (key && fields[key]) fields[key].classList.add("invalid");
+  }
+
+  function body() {
+    const chosen = picked();
+    const out = { name: name.value.trim(), routes: chosen.map((r) => r.a.name), fallback: fallback.value,
+      fallback_data: fallbackData.value, route_data: {}, weights: {} };
+    for (const r of chosen) {
+      if (r.data.value) out.route_data[r.a.name] = r.data.value;
+      if (r.weight.value !== "") out.weights[r.a.name] = Number(r.weight.value);
+    }
+    if (threshold.value !== "") out.threshold = Number(threshold.value);
+    if (maxPerRoute.value !== "") out.max_per_route = Number(maxPerRoute.value);
+    if (seed.value !== "") out.seed = Number(seed.value);
+    return out;
+  }
+
+  /** About how many texts it embeds: each class's records, up to max_per_route (null: unknown). */
+  function textCount(b) {
+    const cap = b.max_per_route || Infinity;
+    const byName = new Map(datasets.map((d) => [d.name, d]));
+    let n = 0;
+    for (const r of picked()) {
+      const d = byName.get(b.route_data[r.a.name] || r.a.dataset);
+      if (!d) return null;
+      n += Math.min(cap, d.num_records || 0);
+    }
+    if (b.fallback_data) n += Math.min(cap, (byName.get(b.fallback_data) || {}).num_records || 0);
+    return n;
+  }
+
+  async function onSubmit(e) {
+    e.preventDefault();
+    if (busy) return;
+    markInvalid(null);
+    if (!picked().length) {
+      markInvalid("routes");
+      replace(result, notice("Tick at least one route: the adapters requests can be sent to.", "warn", "router-status"));
+      return;
+    }
+    if (!e.target.reportValidity()) return;
+    const b = body();
+    const n = textCount(b);
+    const classes = b.routes.length + (b.fallback_data ? 1 : 0);
+    busy = true;
+    submit.disabled = true;
+    const started = Date.now();
+    const text = h("span", { class: "progress-text", testid: "router-progress-text" });
+    const tick = () => {
+      text.textContent = `Learning “${b.name}”… ${Math.round((Date.now() - started) / 1000)} s`;
+    };
+    tick();
+    const timer = setInterval(tick, 1000);
+    ctx.onLeave(() => clearInterval(timer));
+    replace(result, h("div", { testid: "router-progress", role: "status" },
+      h("div", { class: "progress" },
+        h("div", { class: "progress-track indeterminate" }, h("div", { class: "progress-fill", style: "width: 30%" })), text),
+      h("p", { class: "help" }, `Reading the last user message of ${n === null ? "each" : `about ${fmtNum(n)}`} example${n === 1 ? "" : "s"} of ${classes} class${classes === 1 ? "" : "es"}, `,
+        "turning each into numbers with the MiniLM embedder, learning which class each belongs to, and scoring that on 20% of each class held out. ",
+        "This takes tens of seconds (the first time also loads MiniLM). Nothing is stored until it is done; leaving this page does not stop it.")));
+    try {
+      const app = await api("/api/apps/routers", { method: "POST", json: b });
+      if (!ctx.alive) return;
+      replace(result, createdView(app));
+      await onCreated();
+    } catch (err) {
+      if (!ctx.alive) return;
+      markInvalid(err.param);
+      replace(result, errorBox(err, "router-error"));
+    } finally {
+      clearInterval(timer);
+      busy = false;
+      submit.disabled = !rows.length;
+    }
+  }
+
+  function createdView(app) {
+    const acc = (app.metrics || {}).held_out_accuracy;
+    return h("div", { class: "alert alert-ok", role: "status", testid: "router-created", "data-name": app.name },
+      h("p", {}, h("strong", {}, "Published. "), "Call model “", h("code", {}, app.name), "” at /v1/chat/completions; ",
+        "each answer says which route took it. Held-out routing accuracy: ",
+        h("strong", { testid: "router-created-accuracy" }, typeof acc === "number" ? acc.toFixed(3) : "–"), "."),
+      accuracyView(app),
+      h("div", { class: "actions" },
+        h("a", { class: "btn btn-small", href: appHref(app.name), testid: "router-open" }, "Try it on a text"),
+        h("a", { class: "btn btn-small", href: `#/playground?models=${encodeURIComponent(app.name)}` }, "Chat with it")));
+  }
+
+  const el = h("details", { class: "card", testid: "router-form-card" },
+    h("summary", { testid: "router-form-open" }, h("strong", {}, "Create a router")),
+    h("form", { class: "router-form", testid: "router-form", onsubmit: onSubmit },
+      h("p", { class: "help" }, "A router is one model id in front of several adapters: it reads each request and sends it to the adapter whose training data it looks most like, or to a fallback model. It learns this from the data itself, so there are no rules to write."),
+      h("div", { class: "grid-2" },
+        field("name", h("label", { for: "router-name" }, "Name"), name,
+          h("p", { class: "help" }, "What callers send as ", h("code", {}, "model"), ". Letters, digits, . _ -; not the name of a model, adapter, deployment or another app.")),
+        field("threshold", h("label", { for: "router-threshold" }, "Threshold"), threshold,
+          h("p", { class: "help" }, "How sure (0 to 1) the router must be before it sends a request to a route; when it is less sure, the fallback answers. Higher sends more to the fallback."))),
+      field("routes", h("strong", {}, "Routes"),
+        h("p", { class: "help" }, "Tick the adapters a request can go to (all of one base model). Each learns what its requests look like from the data it was trained on; pick a dataset instead when that data is missing or unlike real requests. ",
+          "A weight above 1 (e.g. 2) makes a route win more often when it is close; below 1, less often. Empty means 1."),
+        routesBox, baseHint),
+      h("div", { class: "grid-2" },
+        field("fallback", h("label", { for: "router-fallback" }, "Fallback"), fallback,
+          h("p", { class: "help" }, "The model that answers whatever no route takes: usually the base model the adapters were trained from. It must share the routes' base model.")),
+        field("fallback_data", h("label", { for: "router-fallback-data" }, "Fallback data"), fallbackData,
+          h("p", { class: "help" }, "General prompts that none of the routes should take (everyday questions, small talk). They are learned as a class of their own, so off-topic requests go to the fallback instead of the nearest route. Needed with a single route; recommended always."))),
+      h("details", { class: "advanced" }, h("summary", {}, "More settings"),
+        h("div", { class: "grid-2" },
+          field("max_per_route", h("label", { for: "router-max-per-route" }, "Examples per class, at most"), maxPerRoute,
+            h("p", { class: "help" }, "A sample of each class's data is read; more learns better and takes longer.")),
+          field("seed", h("label", { for: "router-seed" }, "Seed"), seed,
+            h("p", { class: "help" }, "Picks the sample and the held-out part: the same seed learns the same router.")))),
+      h("div", { class: "actions" }, submit),
+      result));
+  el.addEventListener("toggle", () => {
+    if (el.open && !loaded) loaded = load();
+  });
+  return el;
+}
+
+/** Held-out routing accuracy per class: what each class learned from, how many texts, how often right. */
+function accuracyView(app) {
+  const sp = specOf(app);
+  const m = app.metrics || {};
+  const perClass = m.held_out_per_class && typeof m.held_out_per_class === "object" ? Object.entries(m.held_out_per_class) : [];
+  if (!perClass.length) return null;
+  const label = (c) => (c === FALLBACK_CLASS ? ["fallback ", h("code", {}, sp.fallback || "–")] : h("code", {}, c));
+  const weak = perClass.filter(([, v]) => typeof v === "number" && v < 0.8).map(([c]) => (c === FALLBACK_CLASS ? "the fallback" : c));
+  const ng = m.ngram || {};
+  return h("div", { testid: "router-accuracy-view" },
+    table([
+      { label: "Class", get: ([c]) => label(c) },
+      { label: "Learned from", get: ([c]) => ((m.data || {})[c] ? h("code", {}, m.data[c]) : "–") },
+      { label: "Examples", class: "num", get: ([c]) => fmtNum((m.texts || {})[c]) },
+      { label: "Held-out accuracy", class: "num", get: ([, v]) => (typeof v === "number"
+        ? h("span", { class: v < 0.8 ? "bad" : null, testid: "router-class-accuracy" }, v.toFixed(3)) : pretty(v)) },
+    ], perClass, { testid: "router-per-class", rowAttrs: ([c]) => ({ testid: "router-class-row", "data-class": c }) }),
+    h("p", { class: "help" }, "Held-out accuracy: of the 20% of each class's examples kept aside while learning, the share the router sent to that class."),
+    weak.length ? notice(`Requests for ${weak.join(", ")} are often sent elsewhere: their data looks like another class's. Give them more, or more distinct, data (“Learns from”).`, "warn", "router-weak") : null,
+    typeof ng.threshold === "number"
+      ? h("p", { class: "help", testid: "router-ngram" }, `A fast character n-gram classifier answers alone when it is at least ${fmtNum(ng.threshold, 2)} sure: on ${Math.round((ng.held_out_coverage || 0) * 100)}% of the held-out examples, ${fmtNum(ng.held_out_accuracy_when_sure)} of those right. MiniLM chooses for the rest.`)
+      : h("p", { class: "help", testid: "router-ngram" }, "The fast n-gram classifier was not sure enough on the held-out examples, so MiniLM chooses every route (tens of milliseconds a request on a CPU)."));
+}
+
+/** "Try it": which model a text goes to, and how sure the router is (POST /api/apps/{name}/route). */
+function routeTry(app) {
+  const sp = specOf(app);
+  const routes = sp.routes || [];
+  const text = h("textarea", { id: "route-text", testid: "route-text", rows: 3, required: true, maxlength: 100000,
+    placeholder: "A request as a user would send it (the last user message of a chat)" });
+  const submit = h("button", { type: "submit", class: "btn btn-primary", testid: "route-submit" }, "Which model answers?");
+  const out = h("div", { testid: "route-result-box", "aria-live": "polite" });
+
+  function why(c) {
+    const sure = `${(c.confidence * 100).toFixed(1)}%`;
+    const thr = typeof sp.threshold === "number" ? `${Math.round(sp.threshold * 100)}%` : "the threshold";
+    if (!routes.includes(c.route)) {
+      return `It looks most like the fallback's general prompts${sp.fallback_data ? `, ${sp.fallback_data}` : ""} (${sure} sure): the fallback answers.`;
+    }
+    if (c.model !== c.route) {
+      return `It looks most like route ${c.route}, but only ${sure} sure, under the threshold of ${thr}: the fallback answers.`;
+    }
+    return `It looks like the data ${c.route} learned from (${sure} sure; a route needs at least ${thr}).`;
+  }
+
+  async function onSubmit(e) {
+    e.preventDefault();
+    if (!text.value.trim()) {
+      replace(out, notice("Type a text first.", "warn", "route-error"));
+      return;
+    }
+    submit.disabled = true;
+    replace(out, loading("Choosing… (the first request after a restart loads MiniLM)"));
+    try {
+      const c = await api(`/api/apps/${encodeURIComponent(app.name)}/route`, { method: "POST", json: { text: text.value } });
+      const pct = Math.max(0, Math.min(100, c.confidence * 100));
+      replace(out, h("div", { class: "answer-box", testid: "route-result", "data-model": c.model, "data-route": c.route },
+        h("p", {}, "Answered by ", h("code", { testid: "route-model" }, c.model),
+          c.model === sp.fallback ? h("span", { class: "muted" }, " (the fallback)") : null,
+          // `by` (which classifier chose) is in /v1 responses' route; shown here once /route returns it too
+          c.by ? h("span", { class: "muted small", testid: "route-by" }, ` · chosen by ${c.by === "ngram" ? "the n-gram classifier" : "MiniLM"}`) : null),
+        h("div", { class: "progress" },
+          h("div", { class: "progress-track", title: `confidence ${pct.toFixed(1)}%` },
+            h("div", { class: "progress-fill", style: `width: ${pct.toFixed(1)}%` })),
+          h("span", { class: "progress-text", testid: "route-confidence" }, `${pct.toFixed(1)}% sure`)),
+        h("p", { class: "help", testid: "route-why" }, why(c))));
+    } catch (err) {
+      replace(out, errorBox(err, "route-error"));
+    } finally {
+      submit.disabled = false;
+    }
+  }
+
+  const form = h("form", { testid: "route-form", onsubmit: onSubmit },
+    h("div", { class: "field" }, h("label", { for: "route-text" }, "Text"), text,
+      h("p", { class: "help" }, "Nothing is generated: this only shows which model would answer it. Ctrl+Enter sends.")),
+    h("div", { class: "actions" }, submit), out);
+  text.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
+  });
+  return h("div", { class: "card", testid: "route-try" }, h("h2", {}, "Try it"), form);
+}
+
 // ---------------------------------------------------------------------------- tables
 
 function tableUpload(onStored) {
@@ -439,24 +778,25 @@ async function showRun(ctx, app, runId, box) {
 function routerDetail(app) {
   const sp = specOf(app);
   const m = app.metrics || {};
-  const perClass = m.held_out_per_class && typeof m.held_out_per_class === "object" ? Object.entries(m.held_out_per_class) : [];
-  return h("div", { class: "card", testid: "router-detail" },
+  const weights = Object.entries(sp.weights || {});
+  const routeData = Object.entries(sp.route_data || {});
+  return [h("div", { class: "card", testid: "router-detail" },
     h("div", { class: "card-head" }, h("h1", {}, h("code", { testid: "app-model-id" }, modelId(app))),
       h("a", { class: "btn btn-small", href: `#/playground?models=${encodeURIComponent(app.name)}` }, "Chat with it")),
     h("p", { class: "lead" }, `A ${app.kind}: each request goes to the route its text is most like, or to the fallback.`),
     h("dl", { class: "facts" },
       h("dt", {}, "Routes"), h("dd", {}, (sp.routes || []).join(", ") || "–"),
+      routeData.length ? [h("dt", {}, "Learned from"), h("dd", {}, routeData.map(([r, d]) => `${r}: ${d}`).join(", "))] : null,
+      weights.length ? [h("dt", {}, "Weights"), h("dd", {}, weights.map(([r, w]) => `${r} × ${w}`).join(", "))] : null,
       h("dt", {}, "Fallback"), h("dd", {}, sp.fallback || "–"),
+      h("dt", {}, "Fallback data"), h("dd", {}, sp.fallback_data || "none"),
       h("dt", {}, "Threshold"), h("dd", {}, fmtNum(sp.threshold)),
       h("dt", {}, "Held-out routing accuracy"), h("dd", { testid: "router-accuracy" },
         typeof m.held_out_accuracy === "number" ? m.held_out_accuracy.toFixed(3) : "–"),
       h("dt", {}, "Base model"), h("dd", {}, app.base_model || "–"),
       h("dt", {}, "Updated"), h("dd", {}, fmtTime(app.updated_at || app.created_at))),
-    perClass.length ? h("details", {}, h("summary", {}, "Held-out accuracy per route"),
-      table([
-        { label: "Route", get: ([k]) => h("code", {}, k) },
-        { label: "Score", class: "num", get: ([, v]) => (typeof v === "number" ? v.toFixed(3) : pretty(v)) },
-      ], perClass)) : null);
+    accuracyView(app)),
+  routeTry(app)];
 }
 
 // ---------------------------------------------------------------------------- running
