@@ -89,7 +89,7 @@ def apps_route(name, text):
     from modelmill.apps.router import Routes
 
     c = Routes(Apps(_store()).get(name)).choose([text])[0]
-    click.echo(f"{c.model}  (class {c.route}, confidence {c.confidence:.3f})")
+    click.echo(f"{c.model}  (class {c.route}, confidence {c.confidence:.3f}, chosen by {c.by})")
 
 
 @apps.command("list")

@@ -155,7 +155,7 @@ def route_text(request: Request, name: str, body: RouteRequest):
 
     routes = Routes(Apps(_store(request)).get(name))
     c = embedding_executor().submit(routes.choose, [body.text]).result()[0]  # MiniLM's one thread
-    return {"model": c.model, "route": c.route, "confidence": c.confidence}
+    return {"model": c.model, "route": c.route, "confidence": c.confidence, "by": c.by}
 
 
 def _require_flow(request: Request, row) -> None:
