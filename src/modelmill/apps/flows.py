@@ -576,12 +576,11 @@ def create_flow(store, name: str, text: str, source: str | None = None, *, repla
     check_name(name, "NAME")
     wf = load_workflow(text, source, store, name)
     existing = Apps(store).find(name)
-    if existing is not None and not (replace and existing.kind == "workflow"):
-        if existing.kind == "workflow":
+    if existing is not None and existing.kind == "workflow":
+        if not replace:
             raise ConflictError(f"a workflow named '{name}' exists", field="NAME",
                                 fix="pass --replace (REST: \"replace\": true) to publish this file as its new version")
-        check_app_name_free(store, name)
-    if existing is None:
+    else:  # a new name: free across models, adapters, apps and deployments
         check_app_name_free(store, name)
     spec = {"yaml": text, "source": source, "description": wf.description, "inputs": wf.inputs,
             "nodes": wf.outline(), "answer": wf.answer}
