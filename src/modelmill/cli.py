@@ -688,6 +688,7 @@ from modelmill import cli_kb  # noqa: E402,F401  (registers kb)
 from modelmill import cli_platform  # noqa: E402,F401  (registers up, worker, keys, jobs)
 from modelmill import cli_db  # noqa: E402,F401  (registers db)
 from modelmill import cli_apps  # noqa: E402,F401  (registers apps)
+from modelmill import cli_bots  # noqa: E402,F401  (registers apps bot)
 
 if __name__ == "__main__":
     # `python -m modelmill.cli`: cli_eval registered its commands on the importable module's group

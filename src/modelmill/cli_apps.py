@@ -102,6 +102,10 @@ def apps_list():
         if a.kind == "workflow":
             rows.append([f"flow:{a.name}", a.kind, a.base_model or "-", f"{len(a.spec.get('nodes', []))} nodes",
                          a.spec.get("description", "")[:60]])
+        elif a.kind == "bot":
+            mods = a.spec.get("modules", {})
+            rows.append([f"bot:{a.name}", a.kind, a.base_model, ", ".join(f"{m}={v['model']}" for m, v in mods.items()),
+                         ", ".join(a.spec.get("domains", {}))[:60]])
         else:
             rows.append([a.name, a.kind, a.base_model, ", ".join(a.spec.get("routes", [])) + " (fallback "
                          f"{a.spec.get('fallback', '')})", f"routing accuracy {a.metrics.get('held_out_accuracy', 0):.3f}"])
@@ -128,6 +132,14 @@ def apps_show(name, as_json):
             after = f" after {', '.join(n['after'])}" if n["after"] else ""
             click.echo(f"  {n['id']:<16} {n['type']:<9} line {n['line']:<4}{' ' + n['model'] if 'model' in n else ''}"
                        f"{after}")
+        return
+    if a.kind == "bot":
+        click.echo(f"bot:{a.name} (dialogue bot on {a.base_model}): {a.spec.get('description', '')}")
+        for m, v in a.spec.get("modules", {}).items():
+            click.echo(f"  {m:<9} {v['model']}{' (few-shot prompt)' if v.get('prompted') else ''}")
+        for d, v in a.spec.get("domains", {}).items():
+            req = f", asks for {', '.join(v['required'])}" if v.get("required") else ""
+            click.echo(f"  {d}: table {v['table']}{req}")
         return
     click.echo(f"{a.name} ({a.kind} on {a.base_model})")
     for k, v in a.spec.items():

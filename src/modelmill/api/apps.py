@@ -11,6 +11,11 @@ library functions).
     POST   /api/apps/{name}/run      run a workflow: its answer, status and trace (424 when a node fails)
     GET    /api/apps/{name}/runs     a workflow's newest runs
     GET    /api/apps/runs/{run_id}   one run with its trace
+    POST   /api/apps/bots            check a bot file and publish it as bot:NAME (201)
+    POST   /api/apps/bots/check      check a bot file: every problem with its line (400), or its outline
+    POST   /api/apps/{name}/chat     one user turn to a bot: reply, acts, lookup, state and conversation id
+    GET    /api/apps/{name}/conversations        a bot's newest conversations
+    GET    /api/apps/conversations/{id}          one conversation: state and turns
     DELETE /api/apps/{name}
 
     GET    /api/tables               business tables for lookup nodes
@@ -21,7 +26,7 @@ library functions).
     DELETE /api/tables/{name}
 
 A router is then a model id in /v1/chat/completions, /v1/models and evaluations; a workflow is
-``flow:NAME`` in /v1/chat/completions and /v1/models.
+``flow:NAME`` and a bot ``bot:NAME`` in /v1/chat/completions and /v1/models.
 """
 
 from __future__ import annotations
@@ -68,6 +73,19 @@ class RunRequest(BaseModel):
     inputs: dict = Field(default_factory=dict, description="The workflow's inputs by name.")
 
 
+class BotRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    yaml: str = Field(min_length=1, max_length=1_000_000, description="The bot file's text.")
+    source: str | None = Field(default=None, max_length=500, description="Its file name, shown in errors.")
+    replace: bool = Field(default=False, description="Publish as the new version of an existing bot.")
+
+
+class BotChatRequest(BaseModel):
+    message: str = Field(min_length=1, max_length=20_000, description="The user's turn.")
+    conversation_id: str | None = Field(default=None, max_length=40,
+                                        description="Go on with this conversation (leave out to start one).")
+
+
 class SqlTableRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     url: str = Field(min_length=1, max_length=2000, description="SQLAlchemy database URL.")
@@ -85,6 +103,11 @@ def app_json(a) -> dict:
     if a.kind == "workflow":
         out["model_id"] = f"flow:{a.name}"
         out["version"] = int((a.state or {}).get("version", 1))
+    elif a.kind == "bot":
+        out["model_id"] = f"bot:{a.name}"
+        out["version"] = int((a.state or {}).get("version", 1))
+        out.pop("yaml", None)
+        out["yaml"] = a.spec.get("yaml")
     return out
 
 
@@ -131,6 +154,30 @@ def check_flow(request: Request, body: FlowCheckRequest):
 
     wf = load_workflow(body.yaml, body.source, _store(request))
     return {"ok": True, "inputs": wf.inputs, "answer": wf.answer, "nodes": wf.outline()}
+
+
+@router.post("/apps/bots", status_code=201, tags=["apps"])
+def create_bot_app(request: Request, body: BotRequest):
+    from modelmill.apps.bots import create_bot
+
+    return app_json(create_bot(_store(request), body.name, body.yaml, body.source, replace=body.replace))
+
+
+@router.post("/apps/bots/check", tags=["apps"])
+def check_bot(request: Request, body: FlowCheckRequest):
+    from modelmill.apps.bots import load_bot
+
+    return {"ok": True, **load_bot(body.yaml, body.source, _store(request)).outline()}
+
+
+@router.get("/apps/conversations/{conversation_id}", tags=["apps"])
+def get_conversation(request: Request, conversation_id: str):
+    from modelmill.api.auth import require_model
+    from modelmill.apps.bots import Conversations, conversation_json
+
+    row = Conversations(_store(request)).get(conversation_id)
+    require_model(request, f"bot:{row.bot}")
+    return conversation_json(row)
 
 
 @router.get("/apps/runs/{run_id}", tags=["apps"])
@@ -180,6 +227,36 @@ async def run_flow_app(request: Request, name: str, body: RunRequest):
     services = request.app.state.serving.flows
     wf = await asyncio.to_thread(services.flow, name)
     return (await run_flow(services, wf, body.inputs)).as_json()
+
+
+def _require_bot(request: Request, name: str):
+    from modelmill.api.auth import require_model
+    from modelmill.apps.bots import get_bot
+
+    bot = get_bot(_store(request), name)
+    require_model(request, f"bot:{name}")
+    for m in bot.modules.values():
+        require_model(request, m.model)
+    return bot
+
+
+@router.post("/apps/{name}/chat", tags=["apps"])
+async def chat_bot(request: Request, name: str, body: BotChatRequest):
+    """One user turn to bot ``name``: intent and extract together, state, lookup, follow-up or answer."""
+    from modelmill.apps.bots import bot_turn
+
+    bot = await asyncio.to_thread(_require_bot, request, name)
+    return await bot_turn(request.app.state.serving.flows, bot, body.message, body.conversation_id)
+
+
+@router.get("/apps/{name}/conversations", tags=["apps"])
+def list_conversations(request: Request, name: str, limit: int = Query(50, ge=1, le=1000)):
+    from modelmill.apps.bots import Conversations
+
+    _require_bot(request, name)
+    return {"data": [{"id": c.id, "turns": len(c.turns), "domain": (c.state or {}).get("domain"),
+                      "last": c.turns[-1]["user"] if c.turns else None, "updated_at": _iso(c.updated_at)}
+                     for c in Conversations(_store(request)).list(name, limit)]}
 
 
 @router.get("/apps/{name}/runs", tags=["apps"])

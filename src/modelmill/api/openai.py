@@ -125,6 +125,9 @@ class ChatRequest(_Sampling):
     rag: RagOptions | None = None
     # modelmill's own, for a workflow (model flow:NAME): its inputs beyond `question` and `messages`
     inputs: dict | None = None
+    # for a dialogue bot (model bot:NAME): the conversation to go on with (or metadata.conversation_id)
+    conversation_id: str | None = Field(default=None, max_length=40)
+    metadata: dict[str, str] | None = None
 
     def check_messages(self) -> None:
         """What OpenAI answers 400 to: a message with no content (only an assistant message that
@@ -341,7 +344,8 @@ def _model_cards(store) -> list[dict]:
               for d in Deployments(store).list()]
     from modelmill.apps import Apps
 
-    cards += [_card(f"flow:{a.name}" if a.kind == "workflow" else a.name, a.created_at, a.base_model or None, None,
+    prefix = {"workflow": "flow:", "bot": "bot:"}
+    cards += [_card(prefix.get(a.kind, "") + a.name, a.created_at, a.base_model or None, None,
                     type=a.kind) for a in Apps(store).list()]
     cards.append(_card(DEFAULT_NAME, None, DEFAULT_NAME, None, type="embedding"))
     return cards
@@ -629,6 +633,10 @@ async def chat_completions(body: ChatRequest, request: Request):
 
     if flow_name(body.model) is not None:
         return await _flow_chat(s, request, body, flow_name(body.model), messages, t0)
+    from modelmill.apps.bots import bot_name
+
+    if bot_name(body.model) is not None:
+        return await _bot_chat(s, request, body, bot_name(body.model), messages, t0)
     target, engine = await _prepare(s, body.model, messages)
     tok = engine.tokenizer
     if target.system_prompt and messages[0]["role"] != "system":
@@ -872,6 +880,69 @@ async def _flow_chat(s: Serving, request: Request, body: ChatRequest, name: str,
             if not task.done():  # the client left: stop the run (its generations are aborted)
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _bot_chat(s: Serving, request: Request, body: ChatRequest, name: str, messages: list[dict], t0: float):
+    """A chat completion answered by dialogue bot ``name``: the last user message is the turn; the
+    conversation (state carried across turns) is ``conversation_id`` (or ``metadata.conversation_id``),
+    a new one when left out, and comes back in the response with the turn's acts (``bot``). The bot's
+    modules have their own decoding settings; the request's sampling fields do not apply."""
+    from modelmill.apps.bots import bot_turn, get_bot, usage_of
+    from modelmill.errors import ModelmillError, NotFoundError
+
+    if body.n != 1:
+        raise EngineError("a bot gives one answer: n must be 1", param="n")
+    for unsupported in ("logprobs", "tools", "response_format"):
+        if getattr(body, unsupported):
+            raise EngineError(f"'{unsupported}' does not apply to a bot", param=unsupported,
+                              code="unsupported_parameter")
+    try:
+        bot = await asyncio.to_thread(get_bot, s.store, name)
+    except NotFoundError as e:
+        raise EngineError(f"The model '{body.model}' does not exist: {e.message}", status=404,
+                          code="model_not_found", param="model") from None
+    except ModelmillError as e:
+        raise EngineError(f"bot '{name}' cannot run: {e}", status=409, code="bot_invalid", param="model") from None
+    from modelmill.api.auth import require_model
+
+    for m in bot.modules.values():
+        require_model(request, m.model)
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    if not users or not users[-1].strip():
+        raise EngineError("a bot answers the last user message; there is none", param="messages")
+    cid = body.conversation_id or (body.metadata or {}).get("conversation_id")
+    try:
+        r = await _until_disconnect(request, bot_turn(s.flows, bot, users[-1], cid))
+    except NotFoundError as e:
+        raise EngineError(str(e), status=404, code="conversation_not_found", param="conversation_id") from None
+    usage = usage_of(r)
+    s.metrics.request("chat", body.model, None, "200", time.monotonic() - t0, usage["prompt_tokens"],
+                      usage["completion_tokens"])
+    rid = _new_id("chatcmpl")
+    head = {"id": rid, "created": _now(), "model": body.model, "system_fingerprint": None}
+    summary = {"conversation_id": r["conversation_id"], "kind": r["kind"], "domain": r["domain"],
+               "record": r["record"], "user_acts": r["user_acts"], "system_acts": r["system_acts"], "ms": r["ms"]}
+    if not body.stream:
+        return {**head, "object": "chat.completion", "conversation_id": r["conversation_id"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": r["reply"]},
+                             "logprobs": None, "finish_reason": "stop"}], "usage": usage, "bot": summary}
+    base = {**head, "object": "chat.completion.chunk"}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    extra = {"usage": None} if include_usage else {}
+
+    async def events():
+        yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                         "logprobs": None, "finish_reason": None}], **extra})
+        yield _sse({**base, "choices": [{"index": 0, "delta": {"content": r["reply"]}, "logprobs": None,
+                                         "finish_reason": None}], **extra})
+        yield _sse({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+                    **extra, "conversation_id": r["conversation_id"], "bot": summary})
+        if include_usage:
+            yield _sse({**base, "choices": [], "usage": usage})
+        yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -9,6 +9,9 @@
     flow_spec.py    a workflow file (YAML nodes): parsed, checked with the line of each problem, sandboxed
                     templates
     flows.py        workflows stored, run node by node on the serving engines, runs kept with traces
+    dialogue.py     dialogue acts, module prompts, state tracking, constraint matching and the policy of a bot
+    bots.py         task-oriented dialogue bots: four modules on one base, conversations stored by id
+    bot_data.py     a bot's module training data built from a dialogue dataset's annotations (CrossWOZ's shape)
     tables.py       business tables (JSON/JSONL/CSV rows, or an SQL table) that lookup nodes filter
     ssrf.py         outbound HTTP for http nodes behind a guard against server-side request forgery
     candidates.py   apps as evaluation candidates, scored and ranked like any model
@@ -58,15 +61,16 @@ class Apps:
 
         from modelmill.store.tables import App
 
-        from modelmill.store.tables import WorkflowRun
+        from modelmill.store.tables import BotConversation, WorkflowRun
 
         self.get(name)
         with self.store.session() as s:
             s.execute(delete(App).where(App.name == name))
             s.execute(delete(WorkflowRun).where(WorkflowRun.app == name))  # a workflow's runs go with it
+            s.execute(delete(BotConversation).where(BotConversation.bot == name))  # a bot's conversations too
 
 
-RESERVED_NAMES = {"runs", "flows", "routers", "flow"}
+RESERVED_NAMES = {"runs", "flows", "routers", "flow", "bots", "bot", "conversations"}
 
 
 def check_app_name_free(store, name: str, field: str = "NAME") -> None:

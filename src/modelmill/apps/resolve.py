@@ -63,9 +63,10 @@ class Resolver:
         if not isinstance(model_id, str) or not model_id or ":" in model_id:
             return None
         row = Apps(self.store).find(model_id)
-        if row is not None and row.kind == "workflow":
-            raise EngineError(f"'{model_id}' is a workflow: call it as model 'flow:{model_id}' in chat completions",
-                              status=404, code="model_not_found", param="model")
+        if row is not None and row.kind in ("workflow", "bot"):
+            prefix = "flow" if row.kind == "workflow" else "bot"
+            raise EngineError(f"'{model_id}' is a {row.kind}: call it as model '{prefix}:{model_id}' in chat "
+                              "completions", status=404, code="model_not_found", param="model")
         if row is None or row.kind != "router":
             return None
         cached = self._routers.get(row.name)

@@ -356,3 +356,16 @@ class WorkflowRun(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class BotConversation(Base):
+    """A dialogue bot's conversation: its tracked state and its turns (each with acts, lookup, modules)."""
+
+    __tablename__ = "bot_conversations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    bot: Mapped[str] = mapped_column(String(200), index=True)
+    state: Mapped[dict] = mapped_column(JSON, default=dict)
+    turns: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

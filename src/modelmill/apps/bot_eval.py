@@ -1,0 +1,233 @@
+"""How well a dialogue bot does on held-out dialogues (CrossWOZ's shape), and the classical baseline to beat.
+
+    nlu = await evaluate_nlu(services, bot, test)       # user dialogue-act F1 (act, domain, slot, value)
+    run = await evaluate_dialogues(services, bot, test)  # database-query match, inform and success rates
+    base = TfidfActs.fit(train, lexicon=table_values)    # TF-IDF + one-vs-rest logistic regression
+
+Understanding is scored turn by turn with the dataset's own previous system turn as context. Whole
+dialogues are replayed with the dataset's user turns through ``bot_turn`` (state, lookup, policy, reply):
+ - database-query match: at each system turn, the constraints the bot tracked for every domain the
+   dataset's wizard searched equal the wizard's search (``db_query``), slot by slot;
+ - inform: every sub-goal over a table (hotel, restaurant, attraction) got an entity that meets the
+   goal's constraints; success: inform, and every slot the goal asks about was said with the table's
+   value of that entity (acts: the policy chose it; words: the answer module's reply contains it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+
+from modelmill.apps import dialogue as dlg
+from modelmill.apps.bot_data import user_turns
+
+ENTITY_DOMAINS = ("景点", "餐馆", "酒店")
+
+
+def prf(pred: list[list], gold: list[list]) -> dict:
+    """Micro precision, recall and F1 of predicted against gold acts, over all turns."""
+    tp = fp = fn = 0
+    for p, g in zip(pred, gold):
+        pc, gc = Counter(dlg.act_key(a) for a in p), Counter(dlg.act_key(a) for a in g)
+        both = sum((pc & gc).values())
+        tp += both
+        fp += sum(pc.values()) - both
+        fn += sum(gc.values()) - both
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r) if p + r else 0.0, 4),
+            "turns": len(gold)}
+
+
+def turns_of(dialogues: list[dict]) -> list[tuple[str | None, str, list]]:
+    return [(prev, m["content"], m["dialog_act"]) for d in dialogues for prev, m in user_turns(d)]
+
+
+# ----------------------------------------------------------------------------- the classical baseline
+
+
+class TfidfActs:
+    """TF-IDF over character n-grams with one-vs-rest logistic regression for each (act, domain, slot);
+    an Inform's value is the longest lexicon value of that slot found in the utterance (the lexicon: every
+    value seen in training, and the table's own values of the slot's column)."""
+
+    def __init__(self, vectorizer, classifier, labels, lexicon):
+        self.vectorizer, self.classifier, self.labels, self.lexicon = vectorizer, classifier, labels, lexicon
+
+    @classmethod
+    def fit(cls, dialogues: list[dict], lexicon: dict | None = None, threshold: float = 0.5) -> TfidfActs:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+        from sklearn.preprocessing import MultiLabelBinarizer
+
+        texts, ys = [], []
+        lex: dict = {k: set(v) for k, v in (lexicon or {}).items()}
+        for prev, text, acts in turns_of(dialogues):
+            texts.append(_features(prev, text))
+            ys.append({"|".join(str(x) for x in a[:3]) for a in acts})
+            for a in acts:
+                if a[0] in ("Inform", "Select") and a[3] not in dlg.NONE:
+                    lex.setdefault((a[1], a[2]), set()).add(str(a[3]))
+        binarizer = MultiLabelBinarizer()
+        y = binarizer.fit_transform(ys)
+        vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
+        x = vec.fit_transform(texts)
+        clf = OneVsRestClassifier(LogisticRegression(C=10.0, max_iter=2000), n_jobs=1).fit(x, y)
+        out = cls(vec, clf, list(binarizer.classes_), {k: sorted(v, key=len, reverse=True) for k, v in lex.items()})
+        out.threshold = threshold
+        return out
+
+    def predict(self, prev: str | None, text: str) -> list[list]:
+        probs = self.classifier.predict_proba(self.vectorizer.transform([_features(prev, text)]))[0]
+        acts = []
+        for label, p in zip(self.labels, probs):
+            if p < self.threshold:
+                continue
+            act, domain, slot = label.split("|")
+            if act in ("Inform", "Select"):
+                value = next((v for v in self.lexicon.get((domain, slot), []) if v and v in text), None)
+                if value is None:
+                    continue
+                acts.append([act, domain, slot, value])
+            elif act == "Request":
+                acts.append([act, domain, slot, ""])
+            else:
+                acts.append([act, domain, slot, "none"])
+        return acts
+
+
+def _features(prev: str | None, text: str) -> str:
+    return text  # the user's words only (the acts are the user's)
+
+
+def table_lexicon(store, tables: dict[str, str]) -> dict:
+    """(domain, slot) -> the text values of the table column of that name (list cells item by item)."""
+    from modelmill.apps.tables import LookupTables
+
+    out: dict = {}
+    lt = LookupTables(store)
+    for domain, table in tables.items():
+        rows, _ = lt.lookup(table, {}, limit=100_000)
+        for r in rows:
+            for col, cell in r.items():
+                for v in cell if isinstance(cell, list) else [cell]:
+                    if isinstance(v, str) and 1 < len(v) <= 40:
+                        out.setdefault((domain, col), set()).add(v)
+    return out
+
+
+# ----------------------------------------------------------------------------- the bot's modules, turn by turn
+
+
+async def evaluate_nlu(services, bot, dialogues: list[dict], concurrency: int = 16) -> dict:
+    """Dialogue-act F1 of the bot's intent and extract modules on every user turn."""
+    from modelmill.apps.bots import understand
+
+    turns = turns_of(dialogues)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(prev, text):
+        async with sem:
+            acts, _ = await understand(services, bot, text, prev, [])
+            return acts
+
+    pred = await asyncio.gather(*(one(prev, text) for prev, text, _ in turns))
+    return {**prf(pred, [g for _, _, g in turns]), "examples": [
+        {"user": t, "gold": dlg.acts_text(g), "predicted": dlg.acts_text(p)} for (_, t, g), p in
+        list(zip(turns, pred))[:5]]}
+
+
+def _norm(v) -> str:
+    if isinstance(v, list):
+        v = " ".join(str(x) for x in v)
+    return "".join(str(v).split()).casefold()
+
+
+async def evaluate_dialogues(services, bot, dialogues: list[dict], concurrency: int = 8) -> dict:
+    """Replay each dialogue's user turns through the bot; database-query match, inform and success."""
+    from modelmill.apps.bots import bot_turn, table_rows
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def replay(d):
+        async with sem:
+            cid, results = None, []
+            msgs = d["messages"]
+            for i, m in enumerate(msgs):
+                if m["role"] != "user":
+                    continue
+                r = await bot_turn(services, bot, m["content"], cid)
+                cid = r["conversation_id"]
+                gold = msgs[i + 1] if i + 1 < len(msgs) and msgs[i + 1]["role"] == "system" else None
+                results.append((r, gold))
+            return d, results
+
+    replays = await asyncio.gather(*(replay(d) for d in dialogues))
+    q_turns = q_match = 0
+    slot_total = slot_right = 0
+    n = informed = succeeded_acts = succeeded_words = 0
+    for d, results in replays:
+        for r, gold in results:
+            query = (gold or {}).get("db_query") or {}
+            wanted = {dom: {s: v for s, v in c.items() if s != "selectedResults" and v not in dlg.NONE}
+                      for dom, c in query.items() if isinstance(c, dict)}
+            wanted = {dom: c for dom, c in wanted.items() if c and dom in bot.domains}
+            if not wanted:
+                continue
+            q_turns += 1
+            ok = True
+            for dom, c in wanted.items():
+                have = r["state"]["constraints"].get(dom, {})
+                for s, v in c.items():
+                    slot_total += 1
+                    same = _norm(have.get(s, "")) == _norm(v)
+                    slot_right += same
+                    ok = ok and same
+            q_match += ok
+        final = results[-1][0]["state"] if results else dlg.new_state()
+        said = [(a, r["reply"]) for r, _ in results for a in r["system_acts"] if a[0] == "Inform"]
+        subgoals: dict = {}
+        for sid, dom, slot, value, *_ in d.get("goal") or []:
+            if dom in ENTITY_DOMAINS and dom in bot.domains:
+                subgoals.setdefault((sid, dom), []).append((slot, value))
+        if not subgoals:
+            continue
+        n += 1
+        all_in, all_acts, all_words = True, True, True
+        for (sid, dom), items in subgoals.items():
+            cons = {s: (" ".join(v) if isinstance(v, list) else v) for s, v in items
+                    if v not in ("", []) and not (isinstance(v, str) and "出现在" in v)}
+            asks = [s for s, v in items if v in ("", [])]
+            offered = final["offered"].get(dom, [])
+            spec = bot.domains[dom]
+            rows = await asyncio.to_thread(table_rows, services.store, spec, {}, bot.max_rows)
+            by_name = {str(x.get(spec.name_field)): x for x in rows}
+            good = [by_name[o] for o in offered if o in by_name and dlg.row_matches(by_name[o], cons)]
+            if not good:
+                all_in = all_acts = all_words = False
+                continue
+            for slot in asks:
+                want = [dlg.show(x.get(slot)) for x in good]
+                hits = [(a, reply) for a, reply in said if a[1] == dom and a[2] == slot and str(a[3]) in want]
+                all_acts = all_acts and bool(hits)
+                all_words = all_words and any(_first(a[3]) in _norm(reply) for a, reply in hits)
+        informed += all_in
+        succeeded_acts += all_in and all_acts
+        succeeded_words += all_in and all_acts and all_words
+    ms = [r["ms"] for _, results in replays for r, _ in results]
+    ms.sort()
+    return {"dialogues": len(dialogues), "scored_dialogues": n,
+            "db_query_match": round(q_match / q_turns, 4) if q_turns else None, "db_query_turns": q_turns,
+            "db_slot_accuracy": round(slot_right / slot_total, 4) if slot_total else None,
+            "inform": round(informed / n, 4) if n else None,
+            "success_acts": round(succeeded_acts / n, 4) if n else None,
+            "success_words": round(succeeded_words / n, 4) if n else None,
+            "turn_ms_p50": round(ms[len(ms) // 2], 1) if ms else None,
+            "conversations": [results[0][0]["conversation_id"] for _, results in replays if results][:5]}
+
+
+def _first(value) -> str:
+    """The first item of a listed value (``A，B，C``), normalised, as the reply must contain it."""
+    return _norm(re.split(r"[，,]", str(value))[0])
