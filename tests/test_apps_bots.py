@@ -213,6 +213,25 @@ def test_state_and_policy_ask_for_what_is_missing_then_answer_from_the_row():
     assert dlg.policy(s, None, [], general=["bye"])["acts"] == [["General", "bye", "none", "none"]]
 
 
+def test_tracking_folds_facilities_joins_values_and_relaxes_like_a_clerk():
+    s = dlg.new_state()
+    dlg.update_state(s, [["Inform", "酒店", "酒店设施-早餐服务", "是"], ["Inform", "酒店", "酒店设施-无烟房", "是"],
+                         ["Inform", "酒店", "价格", "800-1000元"]])
+    assert s["constraints"]["酒店"] == {"酒店设施": "早餐服务 无烟房", "价格": "800-1000元"}
+    rows = [dict(h[1]) for h in HOTELS]
+    found, exact = dlg.search(rows, dlg.query(s, "酒店"))
+    assert exact and [r["名称"] for r in found] == ["北京饭店"]
+    dlg.policy(s, "酒店", found)
+    assert dlg.query(s, "酒店") == {"名称": "北京饭店"}  # the chosen one, by name
+    dlg.update_state(s, [["Inform", "酒店", "价格", "200-300元"], ["Inform", "酒店", "评分", "4.5分以上"]])
+    assert s["constraints"]["酒店"] == {"价格": "200-300元", "评分": "4.5分以上"} and "酒店" not in s["selected"]
+    found, exact = dlg.search(rows, dlg.query(s, "酒店"))  # none meets both: the ones meeting one
+    assert not exact and {r["名称"] for r in found} == {"如家快捷", "北京饭店", "颐和安缦"}
+    plan = dlg.policy(s, "酒店", found, exact=False)
+    assert plan["acts"][0] == ["NoOffer", "酒店", "none", "none"]
+    assert plan["acts"][1][:3] == ["Inform", "酒店", "名称"] and len(plan["acts"]) == 3  # + its unmet slot's value
+
+
 def test_dialogue_files_name_the_bad_line(tmp_path):
     from modelmill.apps.bot_data import read_dialogues
     from modelmill.errors import InputError
@@ -242,3 +261,23 @@ def test_crosswoz_annotations_become_module_data():
                 want = list(dict.fromkeys(dlg.act_key(a) for a in m["dialog_act"]))
                 assert [dlg.act_key(a) for a in dlg.parse_acts(dlg.acts_text(m["dialog_act"]))] == want
     assert bot_data.required_slots(train) == {"出租": ["出发地", "目的地"], "地铁": ["出发地", "目的地"]}
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "crosswoz" / "database").is_dir(),
+                    reason="../shared/data/crosswoz is not here (a fresh clone has no ../shared)")
+def test_crosswoz_replayed_with_its_own_acts(home):
+    """Tracking, lookup and policy on the held-out dialogues with the dataset's own user acts (no model):
+    a regression guard for the rules the measured bot stands on (bench/bots.py prints these figures)."""
+    from modelmill.apps import bot_data
+    from modelmill.apps.bot_eval import replay_oracle
+    from modelmill.apps.bots import Bot, Domain
+    from modelmill.store import open_store
+
+    store = open_store()
+    tables = bot_data.register_tables(store, "cw", SHARED_DATA / "crosswoz" / "database")
+    req = {"出租": ["出发地", "目的地"], "地铁": ["出发地", "目的地"]}
+    bot = Bot("cw", "none", {}, {d: Domain(d, t, req.get(d, [])) for d, t in tables.items()})
+    _, test = bot_data.split(bot_data.read_dialogues(SHARED_DATA / "crosswoz" / "dialogues.jsonl"))
+    r = replay_oracle(store, bot, test)
+    assert r["scored_dialogues"] == len(test)
+    assert r["inform"] >= 0.85 and r["success_acts"] >= 0.8 and r["db_query_match"] >= 0.55, r

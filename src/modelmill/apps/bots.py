@@ -286,12 +286,32 @@ def conversation_json(row) -> dict:
 # ----------------------------------------------------------------------------- a turn
 
 
-def table_rows(store, domain: Domain, constraints: dict, max_rows: int) -> list[dict]:
-    """The rows of the domain's table that satisfy every tracked constraint."""
+def table_rows(store, domain: Domain, max_rows: int) -> list[dict]:
+    """The rows of the domain's table (up to ``max_rows``; a file table is held in memory once)."""
     from modelmill.apps.tables import LookupTables
 
     rows, _ = LookupTables(store).lookup(domain.table, {}, limit=max_rows)
-    return [r for r in rows if dlg.row_matches(r, constraints)]
+    return rows
+
+
+def next_step(store, bot: Bot, state: dict, domain: str | None, general: list) -> tuple[dict, int]:
+    """The policy's plan for the active domain, after looking its table up; (plan, rows matched)."""
+    if domain is None:
+        return dlg.policy(state, None, [], general=general), 0
+    spec = bot.domains[domain]
+    rows, exact = dlg.search(table_rows(store, spec, bot.max_rows), dlg.query(state, domain, spec.name_field))
+    plan = dlg.policy(state, domain, rows, required=spec.required, name_field=spec.name_field, general=general,
+                      exact=exact)
+    return plan, len(rows) if exact else 0
+
+
+def turn_domain(bot: Bot, state: dict, acts: list, intent: dict) -> tuple[str | None, list]:
+    """(the domain this turn is about, its General acts): none for a turn of only thanks or greetings."""
+    turn_domains = [a[1] for a in acts if a[0] != dlg.GENERAL and a[1] in bot.domains] or [
+        d for d in intent.get("domains", []) if d in bot.domains]
+    general = [a[1] for a in acts if a[0] == dlg.GENERAL]
+    domain = state.get("domain") if (turn_domains or not general) else None
+    return (domain if domain in bot.domains else None), general
 
 
 async def _module(services, bot: Bot, module: str, trace: list, **kw) -> str:
@@ -342,20 +362,8 @@ async def bot_turn(services, bot: Bot, text: str, conversation_id: str | None = 
     trace: list = []
     acts, intent = await understand(services, bot, text, previous, trace)
     dlg.update_state(state, acts, intent)
-    turn_domains = [a[1] for a in acts if a[0] != dlg.GENERAL and a[1] in bot.domains] or [
-        d for d in intent["domains"] if d in bot.domains]
-    general = [a[1] for a in acts if a[0] == dlg.GENERAL]
-    domain = state.get("domain") if (turn_domains or not general) else None
-    if domain is not None and domain not in bot.domains:
-        domain = None
-    rows: list = []
-    if domain is not None:
-        spec = bot.domains[domain]
-        rows = await asyncio.to_thread(table_rows, services.store, spec, state["constraints"].get(domain, {}),
-                                       bot.max_rows)
-        plan = dlg.policy(state, domain, rows, required=spec.required, name_field=spec.name_field, general=general)
-    else:
-        plan = dlg.policy(state, None, [], general=general)
+    domain, general = turn_domain(bot, state, acts, intent)
+    plan, matches = await asyncio.to_thread(next_step, services.store, bot, state, domain, general)
     if plan["kind"] == "followup":
         reply = await _module(services, bot, "followup", trace, user=text, domain=domain, missing=plan["missing"])
     else:
@@ -363,7 +371,7 @@ async def bot_turn(services, bot: Bot, text: str, conversation_id: str | None = 
     ms = (time.perf_counter() - t0) * 1000
     record = plan.get("record")
     turn = {"user": text, "reply": reply, "user_acts": acts, "intent": intent, "system_acts": plan["acts"],
-            "kind": plan["kind"], "domain": domain, "matches": len(rows),
+            "kind": plan["kind"], "domain": domain, "matches": matches,
             "record": record.get(bot.domains[domain].name_field) if record and domain else None,
             "modules": trace, "ms": round(ms, 2)}
     await asyncio.to_thread(convs.save, conversation_id, bot.name, state, turn)

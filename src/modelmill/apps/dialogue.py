@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 MODULES = ("intent", "extract", "followup", "answer")
+YES = ("是", "有", "yes", "true")
 GENERAL = "General"
 NONE = ("", "none", None)
 
@@ -135,27 +136,44 @@ def new_state() -> dict:
 
 def update_state(state: dict, acts: list, intent: dict | None = None) -> dict:
     """Fold a user turn's acts into the state: Inform sets a constraint, Request adds a requested slot
-    (answered slots are cleared by the policy), the turn's domain becomes the active one."""
+    (answered slots are cleared by the policy), the turn's domain becomes the active one. Values given
+    together for one slot are one constraint (``推荐菜: 烧饼 鲁菜``: both); a facility said as
+    ``酒店设施-早餐服务: 是`` becomes ``酒店设施: 早餐服务``; new constraints for a domain whose entity was
+    already chosen start a new search there (the user's next sub-goal)."""
     state["turns"] = int(state.get("turns", 0)) + 1
     state["requested"] = {}
     domains = []
+    heard: dict = {}  # (domain, slot) -> values given in this turn
     for act, domain, slot, value in ((list(a) + [""] * 4)[:4] for a in acts):
         if act == GENERAL or domain in NONE:
             continue
         domains.append(domain)
         if act == "Inform" and slot not in NONE and value not in NONE:
-            cons = state["constraints"].setdefault(domain, {})
-            if slot == "名称" and cons.get("名称") != value:
-                state["selected"].pop(domain, None)
-            cons[slot] = value
-        elif act == "Request" and slot not in NONE:
+            if "-" in slot and str(value).strip() in YES:  # 酒店设施-早餐服务: 是 -> 酒店设施: 早餐服务
+                slot, value = slot.split("-", 1)
+            heard.setdefault((domain, slot), [])
+            if str(value) not in heard[(domain, slot)]:
+                heard[(domain, slot)].append(str(value))
+            continue
+        if act == "Request" and slot not in NONE:
             state["requested"].setdefault(domain, [])
             if slot not in state["requested"][domain]:
                 state["requested"][domain].append(slot)
         elif act == "Select" and value not in NONE:  # a place near one already chosen: Select 酒店 源领域 景点
             near = state["selected"].get(str(value))
             if near:
-                state["constraints"].setdefault(domain, {})[f"周边{_short(str(value))}"] = near
+                heard.setdefault((domain, f"周边{value}"), [near])
+    for domain in dict.fromkeys(d for d, _ in heard):
+        cons = state["constraints"].setdefault(domain, {})
+        slots = {s: " ".join(v) for (d, s), v in heard.items() if d == domain}
+        if "名称" in slots:
+            if cons.get("名称") != slots["名称"]:
+                state["selected"].pop(domain, None)
+        elif state["selected"].get(domain):
+            # new constraints once an entity was chosen: a new search (the user's next sub-goal)
+            state["selected"].pop(domain, None)
+            cons.clear()
+        cons.update(slots)
     if not domains and intent:
         domains = [d for d in intent.get("domains", []) if d not in NONE]
     if domains:
@@ -163,10 +181,6 @@ def update_state(state: dict, acts: list, intent: dict | None = None) -> dict:
     if state.get("asked") and state["domain"] and state["asked"] in state["constraints"].get(state["domain"], {}):
         state["asked"] = None
     return state
-
-
-def _short(domain: str) -> str:
-    return {"景点": "景点", "餐馆": "餐馆", "酒店": "酒店"}.get(domain, domain)
 
 
 # ----------------------------------------------------------------------------- matching a constraint
@@ -201,6 +215,8 @@ def cell_matches(cell, want) -> bool:
     if num is not None or cell is None:
         if text in ("免费", "免费的"):
             return num == 0
+        if text in ("不免费", "收费"):
+            return num is not None and num > 0
         m = _RANGE.search(text)
         if m:
             return num is not None and float(m.group(1)) <= num <= float(m.group(2))
@@ -239,6 +255,29 @@ def row_matches(row: dict, constraints: dict) -> bool:
     return True
 
 
+def query(state: dict, domain: str, name_field: str = "名称") -> dict:
+    """The constraints to search ``domain``'s table with: the chosen entity by its name alone (the user
+    took it, near or exact), else everything tracked."""
+    cons = state["constraints"].get(domain, {})
+    chosen = state["selected"].get(domain)
+    if chosen and cons.get(name_field) == chosen:
+        return {name_field: chosen}
+    return cons
+
+
+def search(rows: list[dict], constraints: dict) -> tuple[list[dict], bool]:
+    """(rows, exact): the rows meeting every constraint; when none does, the rows meeting the most of
+    them (what a good clerk offers instead: "none at 100-150元, but this one at 138元"), exact False."""
+    exact = [r for r in rows if row_matches(r, constraints)]
+    if exact or not constraints:
+        return exact, True
+    scores = [sum(row_matches(r, {k: v}) for k, v in constraints.items()) for r in rows]
+    best = max(scores, default=0)
+    if best == 0:
+        return [], False
+    return [r for r, n in zip(rows, scores) if n == best], False
+
+
 # ----------------------------------------------------------------------------- policy
 
 
@@ -249,16 +288,17 @@ def show(value, items: int = 5) -> str:
 
 
 def policy(state: dict, domain: str | None, rows: list[dict], *, required: list | None = None,
-           name_field: str = "名称", general: list | None = None) -> dict:
+           name_field: str = "名称", general: list | None = None, exact: bool = True) -> dict:
     """What the system does next: ``{"kind": "followup", "missing": [...]}`` when a required slot has not
     been heard, else ``{"kind": "answer", "acts": [...], "record": row or None}``: every requested slot
-    informed from the chosen row (``NoOffer`` when no row matches), greetings and thanks answered."""
+    informed from the chosen row, greetings and thanks answered. With ``exact`` False the rows meet only
+    some constraints: ``NoOffer`` first, then the nearest row with its values of the unmet slots."""
     general = general or []
     acts: list[list] = []
     if domain is None:
         reply = "bye" if "bye" in general else "welcome" if ("thank" in general or "greet" in general) else "reqmore"
         return {"kind": "answer", "acts": [[GENERAL, reply, "none", "none"]], "record": None}
-    cons = state["constraints"].get(domain, {})
+    cons = state["constraints"].setdefault(domain, {})
     missing = [s for s in (required or []) if s not in cons]
     if missing:
         state["asked"] = missing[0]
@@ -270,20 +310,28 @@ def policy(state: dict, domain: str | None, rows: list[dict], *, required: list 
         chosen = next((r for r in rows if str(r.get(name_field)) == previous), None)
     if chosen is None and rows:
         chosen = rows[0]
-    if chosen is None:
+    if chosen is None or not exact:
         acts.append(["NoOffer", domain, "none", "none"])
-    else:
-        name = str(chosen.get(name_field, ""))
-        state["selected"][domain] = name
+    if chosen is not None:
+        name = str(chosen.get(name_field) or "")
         offered = state["offered"].setdefault(domain, [])
-        if name and name not in offered:
-            offered.append(name)
-        if not requested or name_field in requested or previous != name:
+        if name:
+            state["selected"][domain] = name
+            if name not in offered:
+                offered.append(name)
+        if name and (not requested or name_field in requested or previous != name):
             acts.append(["Inform", domain, name_field, name])
+        if not exact:
+            for slot, want in cons.items():
+                if slot != name_field and slot in chosen and not row_matches(chosen, {slot: want}):
+                    acts.append(["Inform", domain, slot, show(chosen.get(slot))])
+        if name:
+            cons[name_field] = name  # from now on the chosen entity is searched by name
         for slot in requested:
             if slot == name_field:
                 continue
             acts.append(["Inform", domain, slot, show(chosen.get(slot))])
+    acts = [a for n, a in enumerate(acts) if a not in acts[:n]]
     if "bye" in general:
         acts.append([GENERAL, "bye", "none", "none"])
     return {"kind": "answer", "acts": acts, "record": chosen}

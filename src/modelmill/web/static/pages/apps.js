@@ -1,36 +1,21 @@
 // Apps: what answers under a model id beyond a model (routers over adapters, workflows as
-// flow:NAME): a router learned from a form and tried on a text, a workflow drawn as a graph, run
-// from a form with its trace, its recent runs, and the business tables that workflows look rows
-// up in. Everything here calls /api/apps and /api/tables, the same library calls
-// `modelmill apps ...` makes.
+// flow:NAME, dialogue bots as bot:NAME): a router learned from a form and tried on a text, a
+// workflow drawn as a graph, run from a form with its trace, its recent runs, a bot's chat (in
+// bots.js), and the business tables that workflows and bots look rows up in. Everything here calls
+// /api/apps and /api/tables, the same library calls `modelmill apps ...` makes.
 
 import { api, withQuery } from "../api.js";
 import { badge, errorBox, fmtNum, fmtTime, h, loading, notice, replace, s, table } from "../dom.js";
+import { appHref, nameFromFile, specOf, yamlAppForm } from "./appfiles.js";
+import { botAbout, botDetail, botForm } from "./bots.js";
 
 const STATUSES = ["ok", "skipped", "failed", "not run"];
 
 /** "not run" -> "not_run": a status as a class name (badge-not_run, status-not_run). */
 const statusKey = (st) => String(st || "none").replace(/\s+/g, "_");
 
-/** A workflow's settings: app_json spreads the stored spec at the top level; older shapes nest it. */
-const specOf = (app) => app.spec || app;
-
-/** A model id of an app: flow:NAME for a workflow, the name for a router. */
-const modelId = (app) => (app.kind === "workflow" ? `flow:${app.name}` : app.name);
-
-const appHref = (name, params) => withQuery(`#/apps/${encodeURIComponent(name)}`, params);
-
-/** "Support flow (v2).yaml" -> "Support-flow-v2": a name (letters, digits, . _ -). */
-function nameFromFile(filename) {
-  const stem = filename.replace(/\.[^.]+$/, "");
-  return stem.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[^A-Za-z0-9]+/, "").replace(/-+$/, "").slice(0, 128);
-}
-
-/** The top-level `name:` of a workflow file, when it has a plain one. */
-function nameInYaml(text) {
-  const m = /^name:[ \t]*["']?([A-Za-z0-9][A-Za-z0-9._-]*)["']?[ \t]*(#.*)?$/m.exec(text || "");
-  return m ? m[1] : "";
-}
+/** A model id of an app: flow:NAME for a workflow, bot:NAME for a bot, the name for a router. */
+const modelId = (app) => app.model_id || (app.kind === "workflow" ? `flow:${app.name}` : app.kind === "bot" ? `bot:${app.name}` : app.name);
 
 function pretty(v) {
   if (v === null || v === undefined) return "";
@@ -45,15 +30,18 @@ export async function appsPage(ctx) {
   const previewBox = h("div", { testid: "table-preview-box" });
   const form = flowForm(ctx, () => loadApps());
   const routerCard = routerForm(ctx, () => loadApps());
+  const bots = botForm(ctx, () => loadApps());
   ctx.main.append(h("section", { class: "page" },
     h("header", { class: "page-head" }, h("h1", {}, "Apps"),
-      h("p", { class: "lead" }, "Apps answer under a model id of their own. A router sends each request to the adapter that knows its topic; a workflow chains steps (look up a table, ask a model, check the draft) written as a YAML file.")),
+      h("p", { class: "lead" }, "Apps answer under a model id of their own. A router sends each request to the adapter that knows its topic; a workflow chains steps (look up a table, ask a model, check the draft) written as a YAML file; a bot holds a conversation, asks for what it still needs and answers from a business table.")),
     h("div", { class: "card" }, h("h2", {}, "Your apps"), listBox),
     routerCard,
     form.el,
+    bots.el,
     h("div", { class: "card", testid: "tables-card" },
       h("h2", {}, "Business tables"),
-      h("p", { class: "help" }, "Rows that a workflow's lookup nodes filter, e.g. ", h("code", {}, "where: {order_id: \"{{ question }}\"}"), "."),
+      h("p", { class: "help" }, "Rows that a workflow's lookup nodes filter, e.g. ", h("code", {}, "where: {order_id: \"{{ question }}\"}"),
+        ", and that a bot's domains are looked up in."),
       tablesBox, previewBox, tableUpload(() => loadTables()))));
 
   async function loadApps() {
@@ -66,18 +54,21 @@ export async function appsPage(ctx) {
         { label: "About", get: (a) => about(a) },
         { label: "Updated", get: (a) => fmtTime(a.updated_at || a.created_at) },
         { label: "", get: (a) => h("div", { class: "inline" },
-          h("a", { class: "btn btn-small", href: `#/playground?models=${encodeURIComponent(modelId(a))}` }, "Try"),
+          // a bot's own page shows what it understood and tracked each turn; the playground shows only replies
+          a.kind === "bot" ? h("a", { class: "btn btn-small", href: appHref(a.name), testid: "bot-chat-link" }, "Chat")
+            : h("a", { class: "btn btn-small", href: `#/playground?models=${encodeURIComponent(modelId(a))}` }, "Try"),
           h("button", { type: "button", class: "btn btn-small btn-danger", testid: "app-delete",
             onclick: (e) => removeApp(a, e.target) }, "Delete")) },
       ], data, { testid: "apps-table", rowAttrs: (a) => ({ testid: "app-row", "data-name": a.name, "data-kind": a.kind }),
-        empty: "No apps yet. Learn a router or publish a workflow below." }));
+        empty: "No apps yet. Learn a router, publish a workflow or a bot below." }));
     } catch (e) {
       if (ctx.alive) replace(listBox, errorBox(e, "apps-error"));
     }
   }
 
   async function removeApp(a, button) {
-    if (!confirm(`Delete ${modelId(a)}? Callers of this model id get an error until it exists again${a.kind === "workflow" ? "; its runs are deleted too" : ""}.`)) return;
+    if (!confirm(`Delete ${modelId(a)}? Callers of this model id get an error until it exists again${a.kind === "workflow" ? "; its runs are deleted too"
+      : a.kind === "bot" ? "; its conversations are deleted too" : ""}.`)) return;
     button.disabled = true;
     try {
       await api(`/api/apps/${encodeURIComponent(a.name)}`, { method: "DELETE" });
@@ -141,7 +132,8 @@ export async function appsPage(ctx) {
   }
 
   const edit = ctx.query.get("edit");
-  await Promise.all([loadApps(), loadTables(), edit ? form.load(edit) : null]);
+  const editBot = ctx.query.get("editbot");
+  await Promise.all([loadApps(), loadTables(), edit ? form.load(edit) : null, editBot ? bots.load(editBot) : null]);
 }
 
 function about(a) {
@@ -161,144 +153,28 @@ function about(a) {
       h("div", { class: "muted" }, `${n} node${n === 1 ? "" : "s"}`,
         Object.keys(sp.inputs || {}).length ? ` · inputs: ${Object.keys(sp.inputs).join(", ")}` : ""));
   }
+  if (a.kind === "bot") return botAbout(a);
   return "–";
 }
 
 // ---------------------------------------------------------------------------- a workflow file
 
 function flowForm(ctx, onPublished) {
-  const name = h("input", { type: "text", id: "flow-name", testid: "flow-name", autocomplete: "off", spellcheck: "false",
-    pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]*", placeholder: "from the file's name: line" });
-  const file = h("input", { type: "file", id: "flow-file", testid: "flow-file", accept: ".yaml,.yml,text/yaml" });
-  const yaml = h("textarea", { id: "flow-yaml", testid: "flow-yaml", class: "code-input", rows: 16, spellcheck: "false",
-    placeholder: "name: support\ninputs: [question]\nnodes:\n  - id: reply\n    type: answer\n    text: \"You asked: {{ question }}\"" });
-  const replaceBox = h("input", { type: "checkbox", id: "flow-replace", testid: "flow-replace" });
-  const check = h("button", { type: "button", class: "btn", testid: "flow-check" }, "Check");
-  const publish = h("button", { type: "submit", class: "btn btn-primary", testid: "flow-publish" }, "Publish");
-  const result = h("div", { testid: "flow-result", "aria-live": "polite" });
-  let source = null; // the chosen file's name, which the server names in its problems
-
-  file.addEventListener("change", async () => {
-    const f = file.files[0];
-    if (!f) return;
-    try {
-      yaml.value = await f.text();
-      source = f.name;
-      name.placeholder = nameInYaml(yaml.value) || nameFromFile(f.name) || "support";
-      replace(result);
-    } catch (e) {
-      replace(result, errorBox({ message: `${f.name} could not be read: ${e.message}` }, "flow-error"));
-    }
+  return yamlAppForm(ctx, {
+    what: "workflow", prefix: "flow", modelPrefix: "flow:", title: "Create a workflow", open: true,
+    checkUrl: "/api/apps/flows/check", publishUrl: "/api/apps/flows", onPublished,
+    placeholder: "name: support\ninputs: [question]\nnodes:\n  - id: reply\n    type: answer\n    text: \"You asked: {{ question }}\"",
+    replaceLabel: "Replace the published workflow of this name (a new version; its runs stay)",
+    help: h("p", { class: "help" }, "Node types: llm, extract, retrieve, lookup, http, switch, check, answer. Templates like ",
+      h("code", {}, "{{ question }}"), " or ", h("code", {}, "{{ row.first.city }}"), " use the inputs and earlier nodes by id. `modelmill apps flow create --help` documents every field."),
+    checked: (r) => [
+      h("p", {}, h("strong", {}, "No problems. "),
+        `${r.nodes.length} node${r.nodes.length === 1 ? "" : "s"}; inputs: ${Object.keys(r.inputs || {}).join(", ") || "none"}; the answer comes from `,
+        h("code", {}, r.answer), "."),
+      flowGraph(r.nodes, { testid: "flow-check-graph" })],
+    published: (app) => [`Published: call model “flow:${app.name}” at /v1/chat/completions, or `,
+      h("a", { href: appHref(app.name), testid: "flow-open" }, "open it here to see its graph and run it"), "."],
   });
-  yaml.addEventListener("input", () => {
-    name.placeholder = nameInYaml(yaml.value) || "from the file's name: line";
-  });
-
-  function problems(err) {
-    const rows = (err.details || []).filter((d) => d && d.message);
-    if (!rows.length) return errorBox(err, "flow-error");
-    return h("div", { class: "alert alert-error", role: "alert", testid: "flow-problems" },
-      h("p", {}, h("strong", {}, `${rows.length} problem${rows.length === 1 ? "" : "s"} to fix`),
-        " — nothing was published. Click a line number to select that line."),
-      table([
-        { label: "Line", class: "num", get: (d) => (d.line ? h("button", { type: "button", class: "btn btn-small btn-ghost",
-          testid: "flow-problem-line", onclick: () => selectLine(yaml, d.line) }, String(d.line)) : "–") },
-        { label: "Field", get: (d) => (d.field ? h("code", {}, d.field) : "–") },
-        { label: "Problem", get: (d) => d.message },
-        { label: "Fix", get: (d) => d.fix || "" },
-      ], rows.slice(0, 200), { testid: "flow-problems-table",
-        rowAttrs: (d) => ({ testid: "flow-problem-row", "data-line": d.line ?? "" }) }));
-  }
-
-  async function onCheck() {
-    if (!yaml.value.trim()) {
-      replace(result, notice("Paste a workflow file or choose one first.", "warn", "flow-status"));
-      return;
-    }
-    check.disabled = true;
-    replace(result, loading("Checking…"));
-    try {
-      const r = await api("/api/apps/flows/check", { method: "POST", json: { yaml: yaml.value, source } });
-      replace(result, h("div", { class: "alert alert-ok", role: "status", testid: "flow-status" },
-        h("p", {}, h("strong", {}, "No problems. "),
-          `${r.nodes.length} node${r.nodes.length === 1 ? "" : "s"}; inputs: ${Object.keys(r.inputs || {}).join(", ") || "none"}; the answer comes from `,
-          h("code", {}, r.answer), "."),
-        flowGraph(r.nodes, { testid: "flow-check-graph" })));
-    } catch (err) {
-      replace(result, problems(err));
-    } finally {
-      check.disabled = false;
-    }
-  }
-
-  async function onPublish(e) {
-    e.preventDefault();
-    const flowName = name.value.trim() || nameInYaml(yaml.value) || (source ? nameFromFile(source) : "");
-    if (!yaml.value.trim() || !flowName) {
-      replace(result, notice(!yaml.value.trim() ? "Paste a workflow file or choose one first."
-        : "Give the workflow a name (or a `name:` line in the file).", "warn", "flow-status"));
-      return;
-    }
-    publish.disabled = true;
-    replace(result, loading(`Publishing flow:${flowName}…`));
-    try {
-      const app = await api("/api/apps/flows", { method: "POST", json: {
-        name: flowName, yaml: yaml.value, source, replace: replaceBox.checked } });
-      replace(result, h("div", { class: "alert alert-ok", role: "status", testid: "flow-status" },
-        `Published: call model “flow:${app.name}” at /v1/chat/completions, or `,
-        h("a", { href: appHref(app.name), testid: "flow-open" }, "open it here to see its graph and run it"), "."));
-      await onPublished();
-    } catch (err) {
-      replace(result, problems(err));
-    } finally {
-      publish.disabled = false;
-    }
-  }
-
-  /** Fill the form with a published workflow, to publish an edited file as its new version. */
-  async function load(appName) {
-    try {
-      const app = await api(`/api/apps/${encodeURIComponent(appName)}`);
-      if (!ctx.alive) return;
-      const sp = specOf(app);
-      yaml.value = sp.yaml || "";
-      source = sp.source || null;
-      name.value = app.name;
-      replaceBox.checked = true;
-      el.open = true;
-      el.scrollIntoView({ block: "start" });
-    } catch (err) {
-      if (ctx.alive) replace(result, errorBox(err, "flow-error"));
-    }
-  }
-
-  const el = h("details", { class: "card", testid: "flow-form-card", open: true },
-    h("summary", {}, h("strong", {}, "Create a workflow")),
-    h("form", { testid: "flow-form", onsubmit: onPublish },
-      h("p", { class: "help" }, "Node types: llm, extract, retrieve, lookup, http, switch, check, answer. Templates like ",
-        h("code", {}, "{{ question }}"), " or ", h("code", {}, "{{ row.first.city }}"), " use the inputs and earlier nodes by id. `modelmill apps flow create --help` documents every field."),
-      h("div", { class: "grid-2" },
-        h("div", { class: "field" }, h("label", { for: "flow-name" }, "Name"), name,
-          h("p", { class: "help" }, "Served as model id flow:NAME.")),
-        h("div", { class: "field" }, h("label", { for: "flow-file" }, "Or choose a file"), file,
-          h("p", { class: "help" }, "A .yaml file; its text lands below."))),
-      h("div", { class: "field" }, h("label", { for: "flow-yaml" }, "Workflow (YAML)"), yaml),
-      h("label", { class: "inline" }, replaceBox, " Replace the published workflow of this name (a new version; its runs stay)"),
-      h("div", { class: "actions" }, check, publish),
-      result));
-  check.addEventListener("click", onCheck);
-  return { el, load };
-}
-
-/** Select line `line` (1-based) of a textarea and scroll it into view. */
-function selectLine(textarea, line) {
-  const lines = textarea.value.split("\n");
-  const n = Math.min(Math.max(1, line), lines.length);
-  const start = lines.slice(0, n - 1).reduce((sum, l) => sum + l.length + 1, 0);
-  textarea.focus();
-  textarea.setSelectionRange(start, start + lines[n - 1].length);
-  const lh = parseFloat(getComputedStyle(textarea).lineHeight) || 20;
-  textarea.scrollTop = Math.max(0, (n - 3) * lh);
 }
 
 // ---------------------------------------------------------------------------- a router
@@ -701,6 +577,10 @@ export async function appPage(ctx) {
     return;
   }
   if (!ctx.alive) return;
+  if (app.kind === "bot") {
+    await botDetail(ctx, app, body);
+    return;
+  }
   if (app.kind !== "workflow") {
     replace(body, routerDetail(app));
     return;
