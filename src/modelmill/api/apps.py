@@ -229,15 +229,21 @@ async def run_flow_app(request: Request, name: str, body: RunRequest):
     return (await run_flow(services, wf, body.inputs)).as_json()
 
 
-def _require_bot(request: Request, name: str):
+def _require_bot(request: Request, name: str, load: bool = True):
+    """A key limited to some models may use a bot only when it may use bot:NAME and each module's model
+    (checked before anything about the bot is said)."""
     from modelmill.api.auth import require_model
+    from modelmill.apps import Apps
     from modelmill.apps.bots import get_bot
+    from modelmill.errors import NotFoundError
 
-    bot = get_bot(_store(request), name)
     require_model(request, f"bot:{name}")
-    for m in bot.modules.values():
-        require_model(request, m.model)
-    return bot
+    row = Apps(_store(request)).find(name)
+    if row is None or row.kind != "bot":
+        raise NotFoundError(f"no bot named '{name}'", field="name", fix="list the apps with GET /api/apps")
+    for m in row.spec.get("modules", {}).values():
+        require_model(request, m["model"])
+    return get_bot(_store(request), name) if load else row
 
 
 @router.post("/apps/{name}/chat", tags=["apps"])
@@ -253,7 +259,7 @@ async def chat_bot(request: Request, name: str, body: BotChatRequest):
 def list_conversations(request: Request, name: str, limit: int = Query(50, ge=1, le=1000)):
     from modelmill.apps.bots import Conversations
 
-    _require_bot(request, name)
+    _require_bot(request, name, load=False)
     return {"data": [{"id": c.id, "turns": len(c.turns), "domain": (c.state or {}).get("domain"),
                       "last": c.turns[-1]["user"] if c.turns else None, "updated_at": _iso(c.updated_at)}
                      for c in Conversations(_store(request)).list(name, limit)]}

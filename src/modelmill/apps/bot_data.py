@@ -153,6 +153,33 @@ def required_slots(dialogues: list[dict], share: float = 0.95, least: int = 5) -
     return {d: sorted(s) for d, s in out.items()}
 
 
+def derived_slots(dialogues: list[dict], columns: dict[str, list[str]]) -> dict[str, dict]:
+    """Per domain, the requested slots that are a column of the row another slot names: CrossWOZ's
+    ``出发地附近地铁站`` is the ``地铁`` of the station named by ``出发地``. A slot counts when it starts with a
+    slot users inform in that domain and the rest of it names a column of the domain's table."""
+    informed: dict = {}
+    asked: dict = {}
+    for d in dialogues:
+        for m in d["messages"]:
+            if m["role"] != "user":
+                continue
+            for act, dom, slot, _ in m["dialog_act"]:
+                if act == "Inform":
+                    informed.setdefault(dom, set()).add(slot)
+                elif act == "Request":
+                    asked.setdefault(dom, set()).add(slot)
+    out: dict = {}
+    for dom, slots in asked.items():
+        for slot in sorted(slots):
+            if slot in columns.get(dom, []):
+                continue
+            by = next((p for p in sorted(informed.get(dom, ()), key=len, reverse=True) if slot.startswith(p)), None)
+            field = next((c for c in columns.get(dom, []) if by and c != by and c in slot[len(by):]), None)
+            if by and field:
+                out.setdefault(dom, {})[slot] = {"by": by, "field": field}
+    return out
+
+
 def register_tables(store, name: str, database: str | Path) -> dict[str, str]:
     """Each ``*.json`` table in ``database`` registered as ``NAME-STEM`` (``hotel_db.json``: NAME-hotel);
     returns domain -> table name, the domain read from the rows' ``领域`` field (else the file's stem).
@@ -254,8 +281,11 @@ def build_bot(store, name: str, dialogues: str | Path, database: str | Path, *, 
         else:
             spec_modules[m] = {"model": base, "examples": few_shot(data[m], 4) if data[m] else [
                 ["用户: 我想打车\ndomain: 出租\nmissing: 出发地, 目的地", "请问您从哪里出发，要去哪里？"]]}
-    domains = {d: ({"table": t, "required": required[d]} if required.get(d) else {"table": t})
-               for d, t in tables.items()}
+    from modelmill.apps.tables import LookupTables
+
+    derived = derived_slots(train_d, {d: list(LookupTables(store).get(t).columns) for d, t in tables.items()})
+    domains = {d: {"table": t, **({"required": required[d]} if required.get(d) else {}),
+                   **({"derived": derived[d]} if derived.get(d) else {})} for d, t in tables.items()}
     text = bot_yaml(base, spec_modules, domains, f"built from {Path(dialogues).name} ({len(train_d)} dialogues)")
     (home / "bot.yaml").write_text(text, encoding="utf-8")
     from modelmill.apps.bots import create_bot

@@ -7,7 +7,7 @@
 Understanding is scored turn by turn with the dataset's own previous system turn as context. Whole
 dialogues are replayed with the dataset's user turns through ``bot_turn`` (state, lookup, policy, reply):
  - database-query match: at each system turn, the constraints the bot tracked for every domain the
-   dataset's wizard searched equal the wizard's search (``db_query``), slot by slot;
+   dataset's wizard searched are the wizard's search (``db_query``), slot by slot both ways, names aside;
  - inform: every sub-goal over a table (hotel, restaurant, attraction) got an entity that meets the
    goal's constraints (where no row does, as CrossWOZ's goals sometimes ask, any entity offered
    instead); success: inform, and every slot the goal asks about was said with the table's
@@ -88,6 +88,9 @@ class TfidfActs:
             if p < self.threshold:
                 continue
             act, domain, slot = label.split("|")
+            if act == "Inform" and "-" in slot:  # 酒店设施-早餐服务: the label carries the item; the value is 是
+                acts.append([act, domain, slot, "是"])
+                continue
             if act in ("Inform", "Select"):
                 value = next((v for v in self.lexicon.get((domain, slot), []) if v and v in text), None)
                 if value is None:
@@ -148,21 +151,22 @@ def _norm(v) -> str:
 
 
 async def evaluate_dialogues(services, bot, dialogues: list[dict], concurrency: int = 8) -> dict:
-    """Replay each dialogue's user turns through the bot; database-query match, inform and success."""
-    from modelmill.apps.bots import bot_turn
+    """Replay each dialogue's user turns through the bot (state held here: nothing is stored); database-query
+    match, inform and success."""
+    from modelmill.apps.bots import run_turn
 
     sem = asyncio.Semaphore(concurrency)
 
     async def replay(d):
         async with sem:
-            cid, results = None, []
+            state, previous, results = dlg.new_state(), None, []
             msgs = d["messages"]
             for i, m in enumerate(msgs):
                 if m["role"] != "user":
                     continue
-                r = await bot_turn(services, bot, m["content"], cid)
-                cid = r["conversation_id"]
-                r["state"] = copy.deepcopy(r["state"])
+                r = await run_turn(services, bot, m["content"], state, previous)
+                previous = r["reply"]
+                r["state"] = copy.deepcopy(state)
                 gold = msgs[i + 1] if i + 1 < len(msgs) and msgs[i + 1]["role"] == "system" else None
                 results.append((r, gold))
             return d, results
@@ -171,7 +175,6 @@ async def evaluate_dialogues(services, bot, dialogues: list[dict], concurrency: 
     out = await asyncio.to_thread(score_replays, services.store, bot, replays)
     ms = sorted(r["ms"] for _, results in replays for r, _ in results)
     out["turn_ms_p50"] = round(ms[len(ms) // 2], 1) if ms else None
-    out["conversations"] = [results[0][0]["conversation_id"] for _, results in replays if results][:5]
     return out
 
 
@@ -197,7 +200,23 @@ def replay_oracle(store, bot, dialogues: list[dict]) -> dict:
     return score_replays(store, bot, replays)
 
 
+def _terms(v) -> tuple:
+    """A value as a set of terms (``烧饼 鲁菜`` and ``鲁菜 烧饼`` are one constraint)."""
+    if isinstance(v, list):
+        v = " ".join(str(x) for x in v)
+    return tuple(sorted(_norm(t) for t in str(v).split() if _norm(t)))
+
+
+_NEAR = re.compile(r"id=(\d+)的周边(\S+?)里")
+
+
 def score_replays(store, bot, replays: list) -> dict:
+    """The scores of replayed dialogues. Database-query match: at each system turn, for every domain the
+    wizard searched, the bot's tracked constraints and the wizard's are the same set (names aside).
+    Inform: each sub-goal over a table is met by its own entity among those the bot offered (taken in
+    sub-goal order, one entity per sub-goal, the one its asked slots were answered about; "near sub-goal N" checked against N's entity's 周边 list;
+    where no row can meet a sub-goal, the nearest entity offered counts). Success: inform, and every slot
+    a sub-goal asks about was informed with its entity's value (acts), and said in the reply (words)."""
     from modelmill.apps.bots import table_rows
 
     q_turns = q_match = 0
@@ -208,7 +227,7 @@ def score_replays(store, bot, replays: list) -> dict:
     for d, results in replays:
         for r, gold in results:
             query = (gold or {}).get("db_query") or {}
-            wanted = {dom: {s: v for s, v in c.items() if s != "selectedResults" and v not in dlg.NONE}
+            wanted = {dom: {s: v for s, v in c.items() if s not in ("selectedResults", "名称") and v not in dlg.NONE}
                       for dom, c in query.items() if isinstance(c, dict)}
             wanted = {dom: c for dom, c in wanted.items() if c and dom in bot.domains}
             if not wanted:
@@ -216,10 +235,10 @@ def score_replays(store, bot, replays: list) -> dict:
             q_turns += 1
             ok = True
             for dom, c in wanted.items():
-                have = r["state"]["constraints"].get(dom, {})
-                for s, v in c.items():
+                have = {s: v for s, v in r["state"]["constraints"].get(dom, {}).items() if s != "名称" and v}
+                for s in set(c) | set(have):
                     slot_total += 1
-                    same = _norm(have.get(s, "")) == _norm(v)
+                    same = s in c and s in have and _terms(have[s]) == _terms(c[s])
                     slot_right += same
                     ok = ok and same
             q_match += ok
@@ -233,21 +252,43 @@ def score_replays(store, bot, replays: list) -> dict:
             continue
         n += 1
         all_in, all_acts, all_words = True, True, True
-        for (sid, dom), items in subgoals.items():
+        assigned: dict = {}  # sub-goal id -> (domain, row)
+        used: set = set()
+        for (sid, dom), items in sorted(subgoals.items()):
+            by_name = tables[dom]
             cons = {s: (" ".join(v) if isinstance(v, list) else v) for s, v in items
                     if v not in ("", []) and not (isinstance(v, str) and "出现在" in v)}
-            asks = [s for s, v in items if v in ("", [])]
-            by_name = tables[dom]
-            offered = [by_name[o] for o in final["offered"].get(dom, []) if o in by_name]
-            good = [x for x in offered if dlg.row_matches(x, cons)]
-            if not good and offered and not any(dlg.row_matches(x, cons) for x in by_name.values()):
-                good = offered  # no row meets the goal: the nearest one offered instead is right
+            near = [_NEAR.search(v) for s, v in items if isinstance(v, str) and "出现在" in v]
+
+            def meets(row, cons=cons, near=near):
+                if not dlg.row_matches(row, cons):
+                    return False
+                for m in (x for x in near if x):
+                    other = assigned.get(int(m.group(1)))
+                    if other is None or str(row.get("名称")) not in [str(x) for x in other[1].get(m.group(2)) or []]:
+                        return False
+                return True
+
+            offered = [by_name[o] for o in final["offered"].get(dom, []) if o in by_name and (dom, o) not in used]
+            good = [x for x in offered if meets(x)]
+            if not good and offered and not any(meets(x) for x in by_name.values()):
+                good = offered  # no row can meet this sub-goal: the nearest one offered instead is right
             if not good:
                 all_in = all_acts = all_words = False
                 continue
+            asks = [s for s, v in items if v in ("", [])]
+
+            def answered(row, asks=asks, dom=dom):  # how many asked slots were said with this row's values
+                return sum(any(a[1] == dom and a[2] == s and str(a[3]) == dlg.show(row.get(s)) for a, _ in said)
+                           for s in asks)
+
+            # the entity the dialogue went on about (the user may take another than the first offered)
+            row = max(reversed(good), key=answered)
+            used.add((dom, str(row.get("名称"))))
+            assigned[sid] = (dom, row)
             for slot in asks:
-                want = [dlg.show(x.get(slot)) for x in good]
-                hits = [(a, reply) for a, reply in said if a[1] == dom and a[2] == slot and str(a[3]) in want]
+                want = dlg.show(row.get(slot))
+                hits = [(a, reply) for a, reply in said if a[1] == dom and a[2] == slot and str(a[3]) == want]
                 all_acts = all_acts and bool(hits)
                 all_words = all_words and any(_first(a[3]) in _norm(reply) for a, reply in hits)
         informed += all_in

@@ -34,7 +34,7 @@ from modelmill.errors import ConflictError, InputError, ModelmillError, NotFound
 BOT_PREFIX = "bot:"
 TOP = {"name", "description", "base", "modules", "domains", "max_rows"}
 MODULE_FIELDS = {"model", "examples", "max_tokens"}
-DOMAIN_FIELDS = {"table", "required", "name_field"}
+DOMAIN_FIELDS = {"table", "required", "name_field", "derived"}
 MAX_TOKENS = {"intent": 24, "extract": 96, "followup": 48, "answer": 96}
 MAX_TURNS = 200          # turns kept per conversation (older ones drop; the state carries on)
 
@@ -53,6 +53,7 @@ class Domain:
     table: str
     required: list = field(default_factory=list)
     name_field: str = "名称"
+    derived: dict = field(default_factory=dict)  # slot -> {"by": slot naming a row, "field": its column}
 
 
 @dataclass
@@ -67,7 +68,8 @@ class Bot:
     def outline(self) -> dict:
         return {"base": self.base,
                 "modules": {m.name: {"model": m.model, "prompted": bool(m.examples)} for m in self.modules.values()},
-                "domains": {d.name: {"table": d.table, "required": d.required} for d in self.domains.values()}}
+                "domains": {d.name: {"table": d.table, "required": d.required, **(
+                    {"derived": d.derived} if d.derived else {})} for d in self.domains.values()}}
 
 
 def _bad(problems: list, message: str, line, field=None, fix=None):
@@ -157,7 +159,20 @@ def load_bot(text: str, source: str | None = None, store=None, name: str | None 
         if not isinstance(req, list) or not all(isinstance(x, str) for x in req):
             _bad(problems, f"domain '{d}': required must be a list of slot names", line, f"domains.{d}.required")
             req = []
-        domains[str(d)] = Domain(str(d), spec["table"], req, str(spec.get("name_field") or "名称"))
+        nf = spec.get("name_field", "名称")
+        if not isinstance(nf, str) or not nf:
+            _bad(problems, f"domain '{d}': name_field must be a column name", line, f"domains.{d}.name_field")
+            nf = "名称"
+        if not spec["table"].strip():
+            _bad(problems, f"domain '{d}': table is empty", line, f"domains.{d}.table")
+        derived = spec.get("derived") or {}
+        if not isinstance(derived, dict) or any(
+                not isinstance(v, dict) or set(v) != {"by", "field"} or not all(isinstance(x, str) for x in v.values())
+                for v in derived.values()):
+            _bad(problems, f"domain '{d}': derived maps a slot to {{by: SLOT, field: COLUMN}}", line,
+                 f"domains.{d}.derived", "e.g. derived: {出发地附近地铁站: {by: 出发地, field: 地铁}}")
+            derived = {}
+        domains[str(d)] = Domain(str(d), spec["table"], req, nf, {str(k): dict(v) for k, v in derived.items()})
         if store is not None:
             from modelmill.apps.tables import LookupTables
 
@@ -237,11 +252,14 @@ class Conversations:
     def __init__(self, store):
         self.store = store
 
-    def get(self, conversation_id: str, bot: str | None = None):
+    def find(self, conversation_id: str):
         from modelmill.store.tables import BotConversation
 
         with self.store.session() as s:
-            row = s.get(BotConversation, str(conversation_id))
+            return s.get(BotConversation, str(conversation_id))
+
+    def get(self, conversation_id: str, bot: str | None = None):
+        row = self.find(conversation_id)
         if row is None or (bot is not None and row.bot != bot):
             raise NotFoundError(f"no conversation '{conversation_id}'" + (f" with bot '{bot}'" if bot else ""),
                                 field="conversation_id",
@@ -299,9 +317,17 @@ def next_step(store, bot: Bot, state: dict, domain: str | None, general: list) -
     if domain is None:
         return dlg.policy(state, None, [], general=general), 0
     spec = bot.domains[domain]
-    rows, exact = dlg.search(table_rows(store, spec, bot.max_rows), dlg.query(state, domain, spec.name_field))
+    table = table_rows(store, spec, bot.max_rows)
+    known = {}
+    cons = state["constraints"].get(domain, {})
+    for slot in state["requested"].get(domain, []):
+        how = spec.derived.get(slot)
+        if how and cons.get(how["by"]):  # the row named by another slot: the station of the place left from
+            row, _ = dlg.search(table, {spec.name_field: cons[how["by"]]}, spec.name_field)
+            known[slot] = dlg.show(row[0].get(how["field"])) if row else "无"
+    rows, exact = dlg.search(table, dlg.query(state, domain, spec.name_field), spec.name_field)
     plan = dlg.policy(state, domain, rows, required=spec.required, name_field=spec.name_field, general=general,
-                      exact=exact)
+                      exact=exact, known=known)
     return plan, len(rows) if exact else 0
 
 
@@ -347,17 +373,11 @@ async def understand(services, bot: Bot, text: str, previous: str | None, trace:
     return acts, intent
 
 
-async def bot_turn(services, bot: Bot, text: str, conversation_id: str | None = None) -> dict:
-    """One user turn: understood, tracked, looked up, answered; the conversation stored."""
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("the user's message is empty", field="message", fix="send the user's words")
-    convs = Conversations(services.store)
-    if conversation_id:
-        row = await asyncio.to_thread(convs.get, conversation_id, bot.name)
-        state = dict(row.state)
-        previous = row.turns[-1]["reply"] if row.turns else None
-    else:
-        conversation_id, state, previous = "conv-" + uuid.uuid4().hex[:20], dlg.new_state(), None
+_LOCKS: dict = {}  # conversation id -> [asyncio.Lock, users]: one turn of a conversation at a time here
+
+
+async def run_turn(services, bot: Bot, text: str, state: dict, previous: str | None) -> dict:
+    """One user turn on ``state`` (changed in place), stored nowhere: understood, tracked, looked up, answered."""
     t0 = time.perf_counter()
     trace: list = []
     acts, intent = await understand(services, bot, text, previous, trace)
@@ -368,16 +388,39 @@ async def bot_turn(services, bot: Bot, text: str, conversation_id: str | None = 
         reply = await _module(services, bot, "followup", trace, user=text, domain=domain, missing=plan["missing"])
     else:
         reply = await _module(services, bot, "answer", trace, user=text, acts=plan["acts"])
-    ms = (time.perf_counter() - t0) * 1000
     record = plan.get("record")
-    turn = {"user": text, "reply": reply, "user_acts": acts, "intent": intent, "system_acts": plan["acts"],
+    return {"user": text, "reply": reply, "user_acts": acts, "intent": intent, "system_acts": plan["acts"],
             "kind": plan["kind"], "domain": domain, "matches": matches,
             "record": record.get(bot.domains[domain].name_field) if record and domain else None,
-            "modules": trace, "ms": round(ms, 2)}
-    await asyncio.to_thread(convs.save, conversation_id, bot.name, state, turn)
-    return {"conversation_id": conversation_id, "bot": bot.name, "reply": reply, **{k: turn[k] for k in (
-        "user_acts", "intent", "system_acts", "kind", "domain", "matches", "record", "modules", "ms")},
-        "state": state}
+            "modules": trace, "ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+
+async def bot_turn(services, bot: Bot, text: str, conversation_id: str | None = None) -> dict:
+    """One user turn of a stored conversation (a new one without ``conversation_id``); the state and
+    the turn are saved under its id. Turns of one conversation run one at a time."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("the user's message is empty", field="message", fix="send the user's words")
+    convs = Conversations(services.store)
+    if conversation_id:
+        await asyncio.to_thread(convs.get, conversation_id, bot.name)  # 404 for an unknown one, or another bot's
+    else:
+        conversation_id = "conv-" + uuid.uuid4().hex[:24]
+    entry = _LOCKS.setdefault(conversation_id, [asyncio.Lock(), 0])
+    entry[1] += 1
+    try:
+        async with entry[0]:
+            row = await asyncio.to_thread(convs.find, conversation_id)
+            state = dict(row.state) if row is not None else dlg.new_state()
+            previous = row.turns[-1]["reply"] if row is not None and row.turns else None
+            turn = await run_turn(services, bot, text, state, previous)
+            await asyncio.to_thread(convs.save, conversation_id, bot.name, state, turn)
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            _LOCKS.pop(conversation_id, None)
+    return {"conversation_id": conversation_id, "bot": bot.name, "reply": turn["reply"],
+            **{k: turn[k] for k in ("user_acts", "intent", "system_acts", "kind", "domain", "matches", "record",
+                                    "modules", "ms")}, "state": state}
 
 
 def usage_of(result: dict) -> dict:

@@ -131,17 +131,19 @@ def module_messages(module: str, *, user: str = "", previous: str | None = None,
 
 def new_state() -> dict:
     return {"constraints": {}, "requested": {}, "domain": None, "selected": {}, "offered": {}, "asked": None,
-            "turns": 0}
+            "searched": [], "turns": 0}
 
 
-def update_state(state: dict, acts: list, intent: dict | None = None) -> dict:
-    """Fold a user turn's acts into the state: Inform sets a constraint, Request adds a requested slot
-    (answered slots are cleared by the policy), the turn's domain becomes the active one. Values given
-    together for one slot are one constraint (``推荐菜: 烧饼 鲁菜``: both); a facility said as
-    ``酒店设施-早餐服务: 是`` becomes ``酒店设施: 早餐服务``; new constraints for a domain whose entity was
-    already chosen start a new search there (the user's next sub-goal)."""
+def update_state(state: dict, acts: list, intent: dict | None = None, name_field: str = "名称") -> dict:
+    """Fold a user turn's acts into the state: Inform adds or changes a constraint, Request adds a
+    requested slot, the turn's domain (the most mentioned, the first on a tie) becomes the active one.
+    Values given together for one slot are one constraint (``推荐菜: 烧饼 鲁菜``: both); a facility said
+    as ``酒店设施-早餐服务: 是`` becomes ``酒店设施: 早餐服务``; a place the user names is looked up by that
+    name until the user searches by constraints again. ``searched`` lists the domains whose
+    constraints changed this turn."""
     state["turns"] = int(state.get("turns", 0)) + 1
     state["requested"] = {}
+    state["searched"] = []
     domains = []
     heard: dict = {}  # (domain, slot) -> values given in this turn
     for act, domain, slot, value in ((list(a) + [""] * 4)[:4] for a in acts):
@@ -154,8 +156,7 @@ def update_state(state: dict, acts: list, intent: dict | None = None) -> dict:
             heard.setdefault((domain, slot), [])
             if str(value) not in heard[(domain, slot)]:
                 heard[(domain, slot)].append(str(value))
-            continue
-        if act == "Request" and slot not in NONE:
+        elif act == "Request" and slot not in NONE:
             state["requested"].setdefault(domain, [])
             if slot not in state["requested"][domain]:
                 state["requested"][domain].append(slot)
@@ -166,18 +167,20 @@ def update_state(state: dict, acts: list, intent: dict | None = None) -> dict:
     for domain in dict.fromkeys(d for d, _ in heard):
         cons = state["constraints"].setdefault(domain, {})
         slots = {s: " ".join(v) for (d, s), v in heard.items() if d == domain}
-        if "名称" in slots:
-            if cons.get("名称") != slots["名称"]:
+        name = slots.pop(name_field, None)
+        if name is not None:
+            if cons.get(name_field) != name:
                 state["selected"].pop(domain, None)
-        elif state["selected"].get(domain):
-            # new constraints once an entity was chosen: a new search (the user's next sub-goal)
-            state["selected"].pop(domain, None)
-            cons.clear()
+            cons[name_field] = name
+        elif slots:
+            cons.pop(name_field, None)  # searching by constraints again, not for the place named before
+        if any(_text(cons.get(k, "")) != _text(v) for k, v in slots.items()) or name is not None:
+            state["searched"].append(domain)
         cons.update(slots)
     if not domains and intent:
         domains = [d for d in intent.get("domains", []) if d not in NONE]
     if domains:
-        state["domain"] = max(set(domains), key=domains.count)
+        state["domain"] = max(dict.fromkeys(domains), key=domains.count)  # a tie: the first mentioned
     if state.get("asked") and state["domain"] and state["asked"] in state["constraints"].get(state["domain"], {}):
         state["asked"] = None
     return state
@@ -206,8 +209,8 @@ def _text(v) -> str:
 
 def cell_matches(cell, want) -> bool:
     """Does a table cell satisfy a tracked value? Numbers take ranges (``100-150元``), ``4.5分以上`` and
-    ``<300``; ``免费`` is 0; a list cell needs every space-separated term among its items; text matches as a
-    substring either way (``故宫`` and ``故宫博物院``)."""
+    ``<300``; ``免费`` is 0 and ``不免费`` more; a list cell needs every space-separated term to be one of
+    its items; text is equal (spaces and case aside)."""
     if want in NONE:
         return True
     text = str(want).strip()
@@ -232,10 +235,10 @@ def cell_matches(cell, want) -> bool:
         if cell is None:
             return False
     if isinstance(cell, list):
-        items = [_text(c) for c in cell]
-        return all(any(t in i or i in t for i in items) for t in (_text(x) for x in text.split()) if t)
-    a, b = _text(cell), _text(text)
-    return bool(b) and (b in a or a in b)
+        items = {_text(c) for c in cell} - {""}
+        terms = [t for t in (_text(x) for x in text.split()) if t]
+        return bool(terms) and all(t in items for t in terms)
+    return _text(cell) == _text(text)
 
 
 def row_matches(row: dict, constraints: dict) -> bool:
@@ -256,18 +259,22 @@ def row_matches(row: dict, constraints: dict) -> bool:
 
 
 def query(state: dict, domain: str, name_field: str = "名称") -> dict:
-    """The constraints to search ``domain``'s table with: the chosen entity by its name alone (the user
-    took it, near or exact), else everything tracked."""
+    """The constraints to search ``domain``'s table with: a place the user named, by its name alone;
+    else every tracked constraint."""
     cons = state["constraints"].get(domain, {})
-    chosen = state["selected"].get(domain)
-    if chosen and cons.get(name_field) == chosen:
-        return {name_field: chosen}
-    return cons
+    if cons.get(name_field):
+        return {name_field: cons[name_field]}
+    return {k: v for k, v in cons.items() if k != name_field}
 
 
-def search(rows: list[dict], constraints: dict) -> tuple[list[dict], bool]:
+def search(rows: list[dict], constraints: dict, name_field: str = "名称") -> tuple[list[dict], bool]:
     """(rows, exact): the rows meeting every constraint; when none does, the rows meeting the most of
-    them (what a good clerk offers instead: "none at 100-150元, but this one at 138元"), exact False."""
+    them (what a good clerk offers instead: "none at 100-150元, but this one at 138元"), exact False.
+    A name is looked up as written, else as part of a name; never swapped for another place."""
+    if constraints.get(name_field):
+        want = _text(constraints[name_field])
+        same = [r for r in rows if _text(r.get(name_field, "")) == want]
+        return (same or [r for r in rows if want and want in _text(r.get(name_field, ""))]), True
     exact = [r for r in rows if row_matches(r, constraints)]
     if exact or not constraints:
         return exact, True
@@ -288,11 +295,14 @@ def show(value, items: int = 5) -> str:
 
 
 def policy(state: dict, domain: str | None, rows: list[dict], *, required: list | None = None,
-           name_field: str = "名称", general: list | None = None, exact: bool = True) -> dict:
+           name_field: str = "名称", general: list | None = None, exact: bool = True,
+           known: dict | None = None) -> dict:
     """What the system does next: ``{"kind": "followup", "missing": [...]}`` when a required slot has not
     been heard, else ``{"kind": "answer", "acts": [...], "record": row or None}``: every requested slot
-    informed from the chosen row, greetings and thanks answered. With ``exact`` False the rows meet only
-    some constraints: ``NoOffer`` first, then the nearest row with its values of the unmet slots."""
+    informed from the chosen row (the one chosen before while it still qualifies), greetings and
+    thanks answered. With ``exact`` False the rows meet only some constraints: ``NoOffer`` (when the
+    search is new), then the nearest row with its values of the unmet slots. ``known``: values of
+    requested slots found elsewhere (a station near a named place), informed as they are."""
     general = general or []
     acts: list[list] = []
     if domain is None:
@@ -304,13 +314,19 @@ def policy(state: dict, domain: str | None, rows: list[dict], *, required: list 
         state["asked"] = missing[0]
         return {"kind": "followup", "missing": missing, "acts": [["Request", domain, m, ""] for m in missing]}
     requested = list(state["requested"].get(domain, []))
+    known = known or {}
+    if requested and all(s in known for s in requested):
+        acts = [["Inform", domain, s, known[s]] for s in requested]
+        if "bye" in general:
+            acts.append([GENERAL, "bye", "none", "none"])
+        return {"kind": "answer", "acts": acts, "record": None}
     chosen = None
     previous = state["selected"].get(domain)
     if previous:
         chosen = next((r for r in rows if str(r.get(name_field)) == previous), None)
     if chosen is None and rows:
         chosen = rows[0]
-    if chosen is None or not exact:
+    if chosen is None or (not exact and (domain in state.get("searched", []) or previous is None)):
         acts.append(["NoOffer", domain, "none", "none"])
     if chosen is not None:
         name = str(chosen.get(name_field) or "")
@@ -321,16 +337,14 @@ def policy(state: dict, domain: str | None, rows: list[dict], *, required: list 
                 offered.append(name)
         if name and (not requested or name_field in requested or previous != name):
             acts.append(["Inform", domain, name_field, name])
-        if not exact:
+        if not exact and acts and acts[0][0] == "NoOffer":
             for slot, want in cons.items():
                 if slot != name_field and slot in chosen and not row_matches(chosen, {slot: want}):
                     acts.append(["Inform", domain, slot, show(chosen.get(slot))])
-        if name:
-            cons[name_field] = name  # from now on the chosen entity is searched by name
         for slot in requested:
             if slot == name_field:
                 continue
-            acts.append(["Inform", domain, slot, show(chosen.get(slot))])
+            acts.append(["Inform", domain, slot, known[slot] if slot in known else show(chosen.get(slot))])
     acts = [a for n, a in enumerate(acts) if a not in acts[:n]]
     if "bye" in general:
         acts.append([GENERAL, "bye", "none", "none"])
