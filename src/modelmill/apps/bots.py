@@ -360,16 +360,15 @@ async def _module(services, bot: Bot, module: str, trace: list, **kw) -> str:
 
 
 async def understand(services, bot: Bot, text: str, previous: str | None, trace: list) -> tuple[list, dict]:
-    """The user turn's acts: intent and extract asked together (one engine batch)."""
+    """The user turn's acts (extract's; the intent's General acts when extract found none) and the
+    intent (its domains steer the state when no act names one): both asked together, one engine batch."""
     intent_text, extract_text = await asyncio.gather(
         _module(services, bot, "intent", trace, user=text, previous=previous),
         _module(services, bot, "extract", trace, user=text, previous=previous))
     intent = dlg.parse_intent(intent_text)
     acts = dlg.parse_acts(extract_text)
-    for g in intent["general"]:
-        act = [dlg.GENERAL, g, "none", "none"]
-        if act not in acts:
-            acts.append(act)
+    if not acts:  # extract found nothing: the intent's greetings and thanks stand for the turn
+        acts = [[dlg.GENERAL, g, "none", "none"] for g in intent["general"]]
     return acts, intent
 
 
