@@ -82,7 +82,7 @@ class BotRequest(BaseModel):
 
 class BotChatRequest(BaseModel):
     message: str = Field(min_length=1, max_length=20_000, description="The user's turn.")
-    conversation_id: str | None = Field(default=None, max_length=40,
+    conversation_id: str | None = Field(default=None, max_length=200,
                                         description="Go on with this conversation (leave out to start one).")
 
 
@@ -106,8 +106,6 @@ def app_json(a) -> dict:
     elif a.kind == "bot":
         out["model_id"] = f"bot:{a.name}"
         out["version"] = int((a.state or {}).get("version", 1))
-        out.pop("yaml", None)
-        out["yaml"] = a.spec.get("yaml")
     return out
 
 
@@ -158,9 +156,14 @@ def check_flow(request: Request, body: FlowCheckRequest):
 
 @router.post("/apps/bots", status_code=201, tags=["apps"])
 def create_bot_app(request: Request, body: BotRequest):
-    from modelmill.apps.bots import create_bot
+    from modelmill.api.auth import require_model
+    from modelmill.apps.bots import create_bot, load_bot
 
-    return app_json(create_bot(_store(request), body.name, body.yaml, body.source, replace=body.replace))
+    store = _store(request)
+    require_model(request, f"bot:{body.name}")
+    for m in load_bot(body.yaml, body.source, store, body.name).modules.values():
+        require_model(request, m.model)  # a key limited to some models publishes bots of those only
+    return app_json(create_bot(store, body.name, body.yaml, body.source, replace=body.replace))
 
 
 @router.post("/apps/bots/check", tags=["apps"])
@@ -177,7 +180,9 @@ def get_conversation(request: Request, conversation_id: str):
 
     row = Conversations(_store(request)).get(conversation_id)
     require_model(request, f"bot:{row.bot}")
-    return conversation_json(row)
+    out = conversation_json(row)
+    out["created_at"], out["updated_at"] = _iso(row.created_at), _iso(row.updated_at)
+    return out
 
 
 @router.get("/apps/runs/{run_id}", tags=["apps"])
@@ -284,6 +289,8 @@ def delete_app(request: Request, name: str):
     row = apps.get(name)
     if row.kind == "workflow":
         _require_flow(request, row)
+    if row.kind == "bot":
+        _require_bot(request, name, load=False)
     for m in [*row.spec.get("routes", []), row.spec.get("fallback")]:
         require_model(request, m)
     apps.remove(name)

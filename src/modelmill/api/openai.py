@@ -126,7 +126,7 @@ class ChatRequest(_Sampling):
     # modelmill's own, for a workflow (model flow:NAME): its inputs beyond `question` and `messages`
     inputs: dict | None = None
     # for a dialogue bot (model bot:NAME): the conversation to go on with (or metadata.conversation_id)
-    conversation_id: str | None = Field(default=None, max_length=40)
+    conversation_id: str | None = Field(default=None, max_length=200)
     metadata: dict[str, str] | None = None
 
     def check_messages(self) -> None:

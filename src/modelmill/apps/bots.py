@@ -380,6 +380,8 @@ async def run_turn(services, bot: Bot, text: str, state: dict, previous: str | N
     t0 = time.perf_counter()
     trace: list = []
     acts, intent = await understand(services, bot, text, previous, trace)
+    intent["domains"] = [d for d in intent["domains"] if d in bot.domains]  # a stray word is no domain
+    acts = [a for a in acts if a[0] == dlg.GENERAL or a[1] in bot.domains]
     dlg.update_state(state, acts, intent)
     domain, general = turn_domain(bot, state, acts, intent)
     plan, matches = await asyncio.to_thread(next_step, services.store, bot, state, domain, general)
