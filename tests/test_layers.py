@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "modelmill"
-FACES = {"cli", "cli_eval", "cli_kb", "cli_platform", "cli_db", "cli_apps", "api", "web"}
+FACES = {"cli", "cli_eval", "cli_kb", "cli_platform", "cli_db", "cli_apps", "cli_bots", "api", "web"}
 BOTTOM = {"config", "errors", "names", "text", "versions", "plugins", "schema", "store", "chat"}
 # what each library package may import from modelmill besides itself and BOTTOM
 ALLOWED = {

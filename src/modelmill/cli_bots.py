@@ -24,6 +24,16 @@ def bot():
     """Task-oriented dialogue bots: four modules (intent, extract, followup, answer) on one base model."""
 
 
+def train_module(store, *, base: str, data: str, name: str, epochs: float, time_budget: float):
+    """One bot module's LoRA adapter, trained as `modelmill train` trains one."""
+    from modelmill.train.methods import config_class
+    from modelmill.train.runs import train
+
+    cfg = config_class("lora")(base=base, data=data, name=name, method="lora", epochs=epochs,
+                               time_budget=time_budget, max_length=384)
+    return train(store, cfg)
+
+
 @bot.command("build")
 @click.argument("name")
 @click.option("--dialogues", required=True, type=click.Path(dir_okay=False),
@@ -51,7 +61,8 @@ def bot_build(name, dialogues, database, base, train, modules, time_budget, epoc
 
     out = build_bot(_store(), name, dialogues, database, base=base, test_fraction=test_fraction, seed=seed,
                     train=train, modules=tuple(m.strip() for m in modules.split(",") if m.strip()),
-                    time_budget=time_budget, epochs=epochs, limit=limit, replace=replace, log=click.echo)
+                    time_budget=time_budget, epochs=epochs, limit=limit, replace=replace, log=click.echo,
+                    trainer=train_module)
     click.echo(f"held-out dialogues: {out['test_dialogues']} (score with `modelmill apps bot eval {name}`)")
 
 

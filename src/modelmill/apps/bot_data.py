@@ -216,11 +216,14 @@ def bot_yaml(base: str, modules: dict[str, dict], domains: dict[str, dict], desc
 def build_bot(store, name: str, dialogues: str | Path, database: str | Path, *, base: str = "smollm2-135m-instruct",
               test_fraction: float = 0.2, seed: int = 0, train: bool = True, modules: tuple = ("intent", "extract",
                                                                                                    "answer"),
-              time_budget: float = 0.0, epochs: float = 1.0, limit: int = 0, replace: bool = False, log=print) -> dict:
+              time_budget: float = 0.0, epochs: float = 1.0, limit: int = 0, replace: bool = False, log=print,
+              trainer=None) -> dict:
     """Everything a bot needs from a task-oriented dialogue dataset, in one call: the split by dialogue, each
     module's training data (datasets ``NAME-intent`` ...), the tables, the module adapters trained (``train``;
     a module not trained runs on the base with a few-shot prompt from its data), and the bot ``bot:NAME``.
-    Returns what was made, with the test dialogues' file for ``modelmill apps bot eval``."""
+    Returns what was made, with the test dialogues' file for ``modelmill apps bot eval``. ``trainer(store,
+    base=, data=, name=, epochs=, time_budget=)`` trains one module's LoRA adapter (apps sits below training:
+    the caller hands it in, ``cli_bots.train_module`` for the command line)."""
     from modelmill.apps import Apps, check_app_name_free
     from modelmill.data.catalog import DatasetCatalog
     from modelmill.names import check_name
@@ -268,13 +271,11 @@ def build_bot(store, name: str, dialogues: str | Path, database: str | Path, *, 
     for m in dlg.MODULES:
         adapter = f"{name}-{m}"
         if train and m in modules and m in refs:
-            from modelmill.train.methods import config_class
-            from modelmill.train.runs import train as train_run
-
-            cfg = config_class("lora")(base=base, data=refs[m], name=adapter, method="lora", epochs=epochs,
-                                       time_budget=time_budget, max_length=384)
+            if trainer is None:
+                raise InputError("training the modules needs a trainer", field="--train",
+                                 fix="build with --no-train, or call build_bot(..., trainer=...)")
             log(f"  training {adapter} on {refs[m]} ...")
-            train_run(store, cfg)
+            trainer(store, base=base, data=refs[m], name=adapter, epochs=epochs, time_budget=time_budget)
             spec_modules[m] = {"model": adapter}
         elif _model_problem(store, adapter) is None and m in modules:
             spec_modules[m] = {"model": adapter}       # trained before (a rebuild without --train)
