@@ -70,7 +70,7 @@ class Apps:
             s.execute(delete(BotConversation).where(BotConversation.bot == name))  # a bot's conversations too
 
 
-RESERVED_NAMES = {"runs", "flows", "routers", "flow", "bots", "bot", "conversations"}
+RESERVED_NAMES = {"runs", "flows", "routers", "flow", "bots", "conversations"}
 
 
 def check_app_name_free(store, name: str, field: str = "NAME") -> None:
