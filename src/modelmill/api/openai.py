@@ -914,16 +914,13 @@ async def _bot_chat(s: Serving, request: Request, body: ChatRequest, name: str, 
     if not users or not users[-1].strip():
         raise EngineError("a bot answers the last user message; there is none", param="messages")
     cid = body.conversation_id or (body.metadata or {}).get("conversation_id")
-    if cid:
-        from modelmill.apps.bots import Conversations
-
-        try:
-            await asyncio.to_thread(Conversations(s.store).get, cid, name)
-        except NotFoundError as e:
-            raise EngineError(str(e), status=404, code="conversation_not_found", param="conversation_id") from None
     try:
         r = await _until_disconnect(request, bot_turn(s.flows, bot, users[-1], cid))
-    except ModelmillError as e:  # a table or model removed since the bot was published, a prompt too long
+    except NotFoundError as e:
+        if e.field == "conversation_id":
+            raise EngineError(str(e), status=404, code="conversation_not_found", param="conversation_id") from None
+        raise EngineError(str(e), status=404, param=e.field or "model") from None  # a table removed since
+    except ModelmillError as e:  # a model removed since the bot was published, a prompt too long
         from modelmill.api.errors import status_of
 
         raise EngineError(str(e), status=status_of(e), param=e.field or "model") from None

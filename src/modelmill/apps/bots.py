@@ -402,15 +402,14 @@ async def bot_turn(services, bot: Bot, text: str, conversation_id: str | None = 
     if not isinstance(text, str) or not text.strip():
         raise InputError("the user's message is empty", field="message", fix="send the user's words")
     convs = Conversations(services.store)
-    if conversation_id:
-        await asyncio.to_thread(convs.get, conversation_id, bot.name)  # 404 for an unknown one, or another bot's
-    else:
-        conversation_id = "conv-" + uuid.uuid4().hex[:24]
+    given = bool(conversation_id)
+    conversation_id = conversation_id or "conv-" + uuid.uuid4().hex[:24]
     entry = _LOCKS.setdefault(conversation_id, [asyncio.Lock(), 0])
     entry[1] += 1
     try:
         async with entry[0]:
-            row = await asyncio.to_thread(convs.find, conversation_id)
+            # 404 for an unknown conversation, or another bot's
+            row = await asyncio.to_thread(convs.get, conversation_id, bot.name) if given else None
             state = dict(row.state) if row is not None else dlg.new_state()
             previous = row.turns[-1]["reply"] if row is not None and row.turns else None
             turn = await run_turn(services, bot, text, state, previous)
