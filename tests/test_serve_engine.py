@@ -204,7 +204,8 @@ def test_prompts_of_different_lengths_prefilled_together_match_each_alone(tiny_m
             AdapterRef("plain", str(adapters["plain"])), None]
 
     async def main():
-        eng = HFEngine("tiny", str(tiny_model), max_batch_size=8, dtype="float32")
+        # no prefix cache: the second round would read the first's prompts (tested on its own below)
+        eng = HFEngine("tiny", str(tiny_model), max_batch_size=8, dtype="float32", prefix_cache_mb=0)
         await eng.start()
         forwards = []
         real_forward = eng._forward
@@ -231,6 +232,142 @@ def test_prompts_of_different_lengths_prefilled_together_match_each_alone(tiny_m
     assert sum(rows for _, (rows, _) in prefills) == len(texts)  # each newcomer prefilled once
     if group_cost == 0:  # forwards cost nothing: every group is of one length, so nothing is padded
         assert sum(rows * length for _, (rows, length) in prefills) == sum(lengths)
+
+
+PREFIX = ("You are a careful assistant for a pharmacy. Read the review, decide whether it is positive, "
+          "neutral or negative, and say why in one sentence.\n\nReview: ")
+ENDINGS = ["it worked", "terrible side effects, I stopped after a week", "no change at all", "it worked",
+           "my headaches are gone and I sleep well again"]
+
+
+def _prefix_run(tiny_model, refs, prefix_cache_mb, rounds):
+    """Greedy tokens and logprobs of PREFIX + each ending with its adapter, over ``rounds``
+    (each a list of indices run together), on an engine with that prefix cache; and what it prefilled."""
+    async def main():
+        eng = HFEngine("tiny", str(tiny_model), max_batch_size=8, dtype="float32", prefix_cache_mb=prefix_cache_mb)
+        await eng.start()
+        prefilled = []
+        real_forward = eng._forward
+        eng._forward = lambda ids, pos, st: (prefilled.append(tuple(ids.shape)) if st.mode == "prefill" else None) \
+            or real_forward(ids, pos, st)
+
+        async def one(i, tag):
+            ids = eng.tokenizer(PREFIX + ENDINGS[i])["input_ids"]
+            toks, lps = [], []
+            async for o in eng.generate(GenerationRequest(f"{tag}{i}", ids, SamplingParams(
+                    max_tokens=5, temperature=0, ignore_eos=True, logprobs=0), refs[i])):
+                toks += o.token_ids
+                lps += [lp for _, _, lp, _ in o.logprobs or []]
+            return toks, lps
+
+        out = []
+        for r, idx in enumerate(rounds):
+            out.append(await asyncio.gather(*(one(i, f"r{r}-") for i in idx)))
+        st = eng.stats()
+        await eng.shutdown()
+        return out, prefilled, st
+
+    return run(main())
+
+
+def test_prefix_cache_reads_shared_prompt_blocks_and_changes_no_token(tiny_model, adapters):
+    """Prompts that begin alike (a system prompt, an instruction) reuse the cached keys and values of
+    that beginning, per adapter, and get the same tokens as without the cache."""
+    refs = [None, AdapterRef("plain", str(adapters["plain"])), AdapterRef("rslora", str(adapters["rslora"])),
+            AdapterRef("rslora", str(adapters["rslora"])), None]
+    rounds = [[0], [1], [2, 3, 4], [0, 1, 2, 3, 4]]
+    off, prefilled_off, st_off = _prefix_run(tiny_model, refs, 0, rounds)
+    on, prefilled_on, st_on = _prefix_run(tiny_model, refs, 64, rounds)
+    for a, b in zip(off, on):
+        for (ta, la), (tb, lb) in zip(a, b):
+            assert ta == tb
+            assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-4
+    # adapters give other tokens than the base model: a block cached under one must not serve another
+    assert off[3][0][0] != off[3][1][0] or off[3][0][0] != off[3][2][0]
+    assert st_off.prefix_cached_tokens == 0 and st_on.prompt_tokens == st_off.prompt_tokens
+    assert st_on.prefix_cached_tokens > 0
+    computed = lambda shapes: sum(r * n for r, n in shapes)  # noqa: E731 - padded tokens computed
+    assert computed(prefilled_on) < computed(prefilled_off)
+
+
+def test_newcomers_sharing_an_uncached_prefix_compute_it_once(tiny_model):
+    """Several new prompts with a common beginning that nothing cached yet: the shortest is prefilled
+    first and the others read its blocks, in the same step."""
+    refs = [None] * len(ENDINGS)
+    off, _, _ = _prefix_run(tiny_model, refs, 0, [[0, 1, 2, 4]])
+    on, prefilled, st = _prefix_run(tiny_model, refs, 64, [[0, 1, 2, 4]])
+    assert [t for t, _ in off[0]] == [t for t, _ in on[0]]
+    assert prefilled[0][0] == 1                        # the leader, alone
+    assert sum(r for r, _ in prefilled) == 4           # each prompt prefilled once
+    assert st.prefix_cached_tokens >= 3 * 24           # the three others read the shared blocks
+
+
+def test_prefix_cache_with_sliding_window_layers_gives_the_models_own_logprobs(tmp_path):
+    """Gemma 3 mixes sliding-window and full layers: a prompt prefilled after cached blocks must
+    still see exactly its window in each layer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from modelmill.models.tiny import make_tokenizer
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=6,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=256,
+                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)  # large enough that the window changes the outputs
+    model.save_pretrained(tmp_path / "g3")
+    tok.save_pretrained(tmp_path / "g3")
+    prompts = [tok(PREFIX + e)["input_ids"] for e in ENDINGS[:3]]
+    with torch.no_grad():
+        want = [torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1) for ids in prompts]
+        model.config.sliding_window = 10 ** 6
+        unwindowed = torch.log_softmax(model(torch.tensor([prompts[1]])).logits[0, -1].float(), -1)
+    assert (unwindowed - want[1]).abs().max() > 1e-3        # the window matters for this model
+
+    async def main():
+        eng = HFEngine("g3", str(tmp_path / "g3"), max_batch_size=4, dtype="float32", prefix_cache_mb=16)
+        await eng.start()
+        got = []
+        for i in (0, 1, 2):                                  # 1 and 2 read the blocks 0 left
+            async for o in eng.generate(GenerationRequest(f"r{i}", prompts[i], SamplingParams(
+                    max_tokens=1, temperature=0, ignore_eos=True, logprobs=3))):
+                if o.logprobs:
+                    got.append(o.logprobs[0])
+        st = eng.stats()
+        await eng.shutdown()
+        return got, st
+
+    got, st = run(main())
+    assert st.prefix_cached_tokens >= 2 * 24
+    for (tid, _, lp, top), w in zip(got, want):
+        assert tid == int(w.argmax())
+        assert lp == pytest.approx(float(w[tid]), abs=1e-4)
+        assert [t.logprob for t in top] == pytest.approx(w.topk(3).values.tolist(), abs=1e-4)
+
+
+def test_prefix_cache_keeps_its_budget_and_evicts_leaves_first():
+    from modelmill.serve.prefix_cache import PrefixCache
+
+    k = torch.arange(2 * 3 * 40 * 4, dtype=torch.float32).view(2, 3, 40, 4)   # [layers, heads, tokens, dim]
+    block_bytes = 2 * 2 * 3 * 8 * 4 * 4
+    pc = PrefixCache(budget_bytes=5 * block_bytes, block=8)
+    ids = list(range(40))
+    assert pc.insert("base", ids, k, k + 1) == 5 and pc.nbytes == 5 * block_bytes
+    found = pc.match("base", ids)
+    assert len(found) == 4                                     # the last token is always computed
+    assert torch.equal(found[1].k, k[:, :, 8:16]) and torch.equal(found[1].v, k[:, :, 8:16] + 1)
+    assert pc.match("adapter", ids) == [] and pc.match("base", [99] + ids[1:]) == []
+    other = [7] * 17
+    assert pc.insert("base", other, k, k) == 2                 # over budget: the oldest leaves go first
+    assert pc.nbytes <= 5 * block_bytes
+    assert len(pc.match("base", ids)) == 3 and len(pc.match("base", other)) == 2
+    pc.drop("base")
+    assert len(pc) == 0 and pc.nbytes == 0 and pc.match("base", ids) == []
+    assert PrefixCache(0).insert("base", ids, k, k) == 0       # 0 MB: off
 
 
 def test_a_queue_over_its_limit_is_refused_at_once(tiny_model):

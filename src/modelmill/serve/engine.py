@@ -95,6 +95,8 @@ class EngineStats:
     decoded_rows: int = 0        # rows summed over those passes (decoded_rows / decode_steps: mean batch)
     adapter_loads: int = 0
     adapter_evictions: int = 0
+    prompt_tokens: int = 0           # prompt tokens prefilled, cached ones included
+    prefix_cached_tokens: int = 0    # of those, read from the prefix cache instead of computed
 
 
 class Engine(abc.ABC):

@@ -42,6 +42,7 @@ from modelmill.serve.engine import (
     TokenOutput,
     TopLogprob,
 )
+from modelmill.serve.prefix_cache import PrefixCache
 from modelmill.serve.multilora import (
     LoadedAdapter,
     LoraContext,
@@ -60,14 +61,35 @@ class _StepState:
     """What the attention function needs for one forward: passed through the model's kwargs."""
 
     def __init__(self, engine: HFEngine, mode: str, first_row: int, rows: int, length: int,
-                 positions: torch.Tensor | None = None):
+                 positions: torch.Tensor | None = None, keys: int = 0):
         self.engine = engine
+        self.keys = keys            # prefill after cached prefixes: keys to attend (longest cached + length)
         self.mode = mode            # "prefill" (rows first_row.. with fresh prompts) or "decode"
         self.first_row = first_row
         self.rows = rows
         self.length = length        # prefill: padded prompt length; decode: keys to attend (max len + 1)
-        self.positions = positions  # decode: [rows] cache position of each row's new token
+        self.positions = positions  # decode: [rows] cache position of each row's new token;
+        #                             prefill after cached prefixes: [rows, tokens] of each new token
         self._masks: dict = {}
+
+    def row_index(self) -> torch.Tensor:
+        r = self._masks.get("rows")
+        if r is None:
+            r = self._masks["rows"] = torch.arange(self.rows, device=self.positions.device)
+        return r
+
+    def offset_mask(self, window: int | None) -> torch.Tensor:
+        """Prefill after cached prefixes: [rows, 1, tokens, keys] bool, each new token against its
+        row's cached and new keys up to itself (and within the window)."""
+        m = self._masks.get(("o", window))
+        if m is None:
+            keys = torch.arange(self.keys, device=self.positions.device)[None, None, :]
+            pos = self.positions[:, :, None]
+            m = keys <= pos
+            if window:
+                m &= keys > pos - window
+            m = self._masks[("o", window)] = m[:, None]
+        return m
 
     def decode_bias(self, window: int | None) -> torch.Tensor:
         """[rows, 1, 1, keys] float32: 0 where a row may attend, -inf elsewhere (its own length, window)."""
@@ -103,7 +125,16 @@ def serve_attention(module, query, key, value, attention_mask, dropout: float = 
     window = sliding_window or getattr(module, "sliding_window", None)
     gqa = key.shape[1] != query.shape[1]
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    if st.mode == "prefill":
+    if st.mode == "prefill" and st.positions is not None:
+        # some rows begin with cached prefix blocks: write the new keys after them, attend to both
+        a, b = st.first_row, st.first_row + st.rows
+        rows = torch.arange(a, b, device=key.device)[:, None]
+        eng.k_cache[layer, rows, :, st.positions] = key.transpose(1, 2)
+        eng.v_cache[layer, rows, :, st.positions] = value.transpose(1, 2)
+        k = eng.k_cache[layer, a:b, :, :st.keys]
+        v = eng.v_cache[layer, a:b, :, :st.keys]
+        out = sdpa(query, k, v, attn_mask=st.offset_mask(window), scale=scaling, enable_gqa=gqa)
+    elif st.mode == "prefill":
         a, b = st.first_row, st.first_row + st.rows
         eng.k_cache[layer, a:b, :, :st.length] = key
         eng.v_cache[layer, a:b, :, :st.length] = value
@@ -115,7 +146,7 @@ def serve_attention(module, query, key, value, attention_mask, dropout: float = 
         # One new token per row, against that row's cached keys. Plain matrix products with the query
         # heads grouped by their key/value head (no copy of the cache for GQA) and a float32 softmax:
         # 4-5x faster than CPU SDPA in bfloat16 (and ~1.3x in float32) at these shapes.
-        rows = torch.arange(st.rows, device=key.device)
+        rows = st.row_index()
         eng.k_cache[layer, rows, :, st.positions] = key[:, :, 0]
         eng.v_cache[layer, rows, :, st.positions] = value[:, :, 0]
         k = eng.k_cache[layer, :st.rows, :, :st.length]          # [rows, kv_heads, keys, dim]
@@ -164,6 +195,7 @@ class _Seq:
     seen: torch.Tensor | None = None                    # token ids for the repetition penalty
     counts: dict[int, int] | None = None                # generated token counts (presence/frequency)
     constraint: object = None
+    prefix_blocks: list | None = None                   # cached prefix blocks found at admission
     done: bool = False
 
     def __post_init__(self):
@@ -188,7 +220,7 @@ class HFEngine(Engine):
     def __init__(self, model_name: str, model_path: str, chat_template: str | None = None,
                  tokenizer_path: str | None = None, device: str = "auto", dtype: str = "auto", max_batch_size: int = 32, max_waiting: int = 256,
                  max_loras: int = 8, max_context: int | None = None, max_prefill_tokens: int = 4096,
-                 quantize: str = "none"):
+                 quantize: str = "none", prefix_cache_mb: float = 256):
         if max_batch_size < 1 or max_waiting < 0 or max_loras < 1:
             raise ValueError("max_batch_size and max_loras must be >= 1, max_waiting >= 0")
         self.model_name = model_name
@@ -204,6 +236,9 @@ class HFEngine(Engine):
         if quantize not in ("none", "int8"):
             raise ValueError(f"quantize must be 'none' or 'int8', not {quantize!r}")
         self.quantize = quantize
+        if prefix_cache_mb < 0:
+            raise ValueError("prefix_cache_mb must be >= 0 (0: no prefix cache)")
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20), block=PREFIX_BLOCK)
         self.input_scales: dict = {}           # int8: what smoothing divided each linear's input by
         self._max_context_setting = max_context
         self.max_context = max_context or 0
@@ -307,7 +342,9 @@ class HFEngine(Engine):
                            resident_adapters=[k[0] for k in list(self._resident)],
                            max_batch_size=self.max_batch_size, max_loras=self.max_loras,
                            decode_steps=self.decode_steps, decoded_rows=self.decoded_rows,
-                           adapter_loads=self.adapter_loads, adapter_evictions=self.adapter_evictions)
+                           adapter_loads=self.adapter_loads, adapter_evictions=self.adapter_evictions,
+                           prompt_tokens=self.prefix_cache.queried_tokens,
+                           prefix_cached_tokens=self.prefix_cache.hit_tokens)
 
     async def shutdown(self) -> None:
         self._stopping = True
@@ -486,6 +523,7 @@ class HFEngine(Engine):
             if victim is None:
                 return False
             del self._resident[victim]
+            self.prefix_cache.drop(victim)   # a reload reads the files again: its prefixes may differ
             self.adapter_evictions += 1
         self._resident[key] = self._staged.pop(key)
         self.adapter_loads += 1
@@ -557,35 +595,103 @@ class HFEngine(Engine):
             self._lora.on = False
 
     def _prefill(self, joiners: list[_Seq]):
-        """Prefill the newcomers in groups of similar length (see ``length_groups``): each group
-        is one right-padded forward, so a short prompt is not padded to the longest one."""
+        """Prefill the newcomers. A prompt that begins with cached prefix blocks (same adapter) gets
+        them copied into its row and computes only the rest. When several newcomers share a prefix
+        that is not cached yet, one of them (the shortest) is prefilled first so that the others
+        find it. Each pass groups its prompts by the length left to compute (``length_groups``)."""
         first = len(self._running)
-        joiners.sort(key=lambda s: len(s.ids))
-        self._ensure_cache(max(len(s.ids) + 1 for s in joiners + self._running))
+        pc = self.prefix_cache
+        leaders = self._prefix_leaders(joiners) if pc.enabled else []
+        rest = [s for s in joiners if s not in leaders]
+        hidden = []
+        ordered: list[_Seq] = []
+        for part in (leaders, rest):
+            for s in part:
+                s.prefix_blocks = pc.match(s.adapter_key, s.ids)
+                s.cached = len(s.prefix_blocks) * pc.block
+            part.sort(key=lambda s: len(s.ids) - s.cached)
+            if part:
+                hidden.append(self._prefill_rows(part, first + len(ordered)))
+                ordered += part
+        logits = self._logits(torch.cat(hidden))
+        self._running.extend(ordered)
+        self._sample_and_emit(ordered, logits)
+
+    def _prefix_leaders(self, joiners: list[_Seq]) -> list[_Seq]:
+        """Newcomers to prefill before the others: for each set of two or more that share uncached
+        prefix blocks, its shortest member, where the blocks the others would then read save more
+        than a forward's fixed cost."""
+        pc = self.prefix_cache
+        b = pc.block
+        sets: dict[tuple, list[_Seq]] = {}
+        for s in joiners:
+            m = pc.peek(s.adapter_key, s.ids)
+            if len(s.ids) - 1 >= (m + 1) * b:
+                sets.setdefault((s.adapter_key, m, tuple(s.ids[m * b:(m + 1) * b])), []).append(s)
+        leaders = []
+        for (_, m, _), members in sets.items():
+            if len(members) < 2:
+                continue
+            lead = min(members, key=lambda s: len(s.ids))
+            saved = 0
+            for s in members:
+                if s is not lead:
+                    shared = 0
+                    for x, y in zip(lead.ids, s.ids[:len(s.ids) - 1]):
+                        if x != y:
+                            break
+                        shared += 1
+                    saved += (shared // b - m) * b
+            if saved > PREFILL_GROUP_COST:
+                leaders.append(lead)
+        return leaders
+
+    def _prefill_rows(self, seqs: list[_Seq], first: int) -> torch.Tensor:
+        """Prefill ``seqs`` (sorted by the length they have left to compute; ``s.cached`` tokens of
+        each already come from prefix blocks) into rows ``first..``; return their last hidden states."""
+        pc = self.prefix_cache
+        b = pc.block
+        self._ensure_cache(max(len(s.ids) + 1 for s in seqs + self._running))
         pad = self._tokenizer.pad_token_id or 0
-        for i, s in enumerate(joiners):
+        for i, s in enumerate(seqs):
             s.row = first + i
             self._lora.rows.assign(s.row, s.adapter)
+            for j, blk in enumerate(s.prefix_blocks or ()):
+                self.k_cache[:, s.row, :, j * b:(j + 1) * b] = blk.k
+                self.v_cache[:, s.row, :, j * b:(j + 1) * b] = blk.v
+            s.prefix_blocks = None
         last_hidden = []
         start = 0
-        for end in length_groups([len(s.ids) for s in joiners], PREFILL_GROUP_COST):
-            group = joiners[start:end]
-            length = len(group[-1].ids)
+        for end in length_groups([len(s.ids) - s.cached for s in seqs], PREFILL_GROUP_COST):
+            group = seqs[start:end]
+            length = max(len(s.ids) - s.cached for s in group)
             ids = torch.full((len(group), length), pad, dtype=torch.long)
             for i, s in enumerate(group):
-                ids[i, :len(s.ids)] = torch.tensor(s.ids)
+                ids[i, :len(s.ids) - s.cached] = torch.tensor(s.ids[s.cached:])
             ids = ids.to(self.device)
-            positions = torch.arange(length, device=self.device)[None, :].expand(len(group), -1)
-            state = _StepState(self, "prefill", first + start, len(group), length)
+            offsets = [s.cached for s in group]
+            if any(offsets):
+                keys = max(offsets) + length
+                self._ensure_cache(keys)
+                keys = min(keys, self.cache_len)
+                # a short row's padding past its prompt may run beyond the buffer: clamp it there (its
+                # outputs are never read, and what it writes lies past the row's own tokens)
+                positions = (torch.tensor(offsets, device=self.device)[:, None]
+                             + torch.arange(length, device=self.device)[None, :]).clamp_(max=self.cache_len - 1)
+                state = _StepState(self, "prefill", first + start, len(group), length, positions=positions,
+                                   keys=keys)
+            else:
+                positions = torch.arange(length, device=self.device)[None, :].expand(len(group), -1)
+                state = _StepState(self, "prefill", first + start, len(group), length)
             hidden = self._forward(ids, positions, state)
-            last = torch.tensor([len(s.ids) - 1 for s in group], device=self.device)
+            last = torch.tensor([len(s.ids) - s.cached - 1 for s in group], device=self.device)
             last_hidden.append(hidden[torch.arange(len(group), device=self.device), last])
             start = end
-        logits = self._logits(torch.cat(last_hidden))
-        for s in joiners:
+        for s in seqs:
             s.cached = len(s.ids)
-        self._running.extend(joiners)
-        self._sample_and_emit(joiners, logits)
+            if pc.enabled:
+                pc.insert(s.adapter_key, s.ids, self.k_cache[:, s.row], self.v_cache[:, s.row])
+        return torch.cat(last_hidden)
 
     def _decode(self):
         seqs = self._running
@@ -779,6 +885,7 @@ class HFEngine(Engine):
 
 HEAD_BLOCK = 1024          # vocabulary rows per block of the output layer on a CPU (see _logits)
 PREFILL_GROUP_COST = 64   # a forward's fixed cost, in padded tokens, when grouping prompts by length
+PREFIX_BLOCK = 8          # tokens per cached prefix block (see serve/prefix_cache.py)
 
 
 def length_groups(lengths: list[int], group_cost: int) -> list[int]:

@@ -46,6 +46,10 @@ class ServeConfig:
     max_context: int = field(default=0, metadata={"help": "Cap on prompt + completion tokens (0: the model's own)."})
     max_prefill_tokens: int = field(default=4096, metadata={
         "help": "transformers engine: most (padded) prompt tokens prefilled in one step."})
+    prefix_cache_mb: int = field(default=256, metadata={
+        "help": "transformers engine: memory for the keys and values of prompt prefixes kept between requests "
+                "(a shared system prompt, instruction or few-shot examples is computed once per adapter and "
+                "copied after that). 0: off."})
     preload: str = field(default="", metadata={
         "help": "Comma-separated base models to load at start-up (others load on first request)."})
     api_key: str = field(default="", metadata={
@@ -64,6 +68,8 @@ class ServeConfig:
 
         if not 1 <= self.keep_alive <= 3600:
             raise InputError(f"must be in [1, 3600] seconds, got {self.keep_alive:g}", field="--keep-alive")
+        if self.prefix_cache_mb < 0:
+            raise InputError(f"must be 0 (off) or more megabytes, got {self.prefix_cache_mb}", field="--prefix-cache-mb")
         self.knowledge_bindings()  # a malformed --knowledge fails at start-up, naming the flag
 
     def knowledge_bindings(self) -> dict[str, list[str]]:
@@ -221,7 +227,8 @@ def _transformers_engine(config: ServeConfig, spec: dict) -> Engine:
                     tokenizer_path=spec.get("tokenizer_path"), device=config.device, dtype=config.dtype,
                     max_batch_size=config.max_batch_size, max_waiting=config.max_waiting,
                     max_loras=config.max_loras, max_context=config.max_context or None,
-                    max_prefill_tokens=config.max_prefill_tokens, quantize=config.quantize)
+                    max_prefill_tokens=config.max_prefill_tokens, quantize=config.quantize,
+                    prefix_cache_mb=config.prefix_cache_mb)
 
 
 def _vllm_engine(config: ServeConfig, spec: dict) -> Engine:
