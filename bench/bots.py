@@ -16,7 +16,9 @@ dialogues (every user turn, the dataset's previous system turn as context):
 2. Whole dialogues replayed through the fine-tuned bot (state, lookup, policy, answer module): database-
    query match (the tracked constraints equal the wizard's search at each system turn), inform and success.
 3. Serving: one module's request alone against the four modules' requests at once (each the module's real
-   prompt, 32 tokens forced), on one engine: the ratio of wall times, medians of repeats.
+   prompt for the next held-out user turn, 32 tokens forced), on one engine: the ratio of wall times,
+   medians of repeats, with the engine's prefix cache on (the modules' instructions and examples are
+   computed once) and off, in turn.
 
 Goals (issue 17): (c) beats (a) and (b) by 10 F1 points or more; four modules cost at most 1.3x one.
 """
@@ -37,31 +39,39 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 async def module_latency(services, bot, dialogues, repeats: int, tokens: int = 32) -> dict:
-    """One module's request alone vs the four modules' requests together, each with its real prompt."""
+    """One module's request alone vs the four modules' requests together, each with its real prompt.
+    Every repeat takes the next user turn of the held-out dialogues (a bot's modules see a new turn
+    each time, after the same instructions and examples), with the engines' prefix cache on and
+    off in turn."""
     import uuid
 
     from modelmill.apps import dialogue as dlg
     from modelmill.apps.bot_data import user_turns
     from modelmill.serve.engine import GenerationRequest, SamplingParams
 
-    prev, turn = next(user_turns(dialogues[0]))
-    prompts = {
-        "intent": dlg.module_messages("intent", user=turn["content"], previous=prev),
-        "extract": dlg.module_messages("extract", user=turn["content"], previous=prev),
-        "followup": dlg.module_messages("followup", user=turn["content"], domain="出租", missing=["出发地"],
-                                        examples=bot.modules["followup"].examples),
-        "answer": dlg.module_messages("answer", user=turn["content"], acts=[["Inform", "酒店", "名称", "北京饭店"]]),
-    }
-    prepared = {}
-    for m, msgs in prompts.items():
-        model = bot.modules[m].model
-        target, spec = await services.resolver.resolve_request(model, msgs)
-        engine = await services.router.engine_for(target, spec)
-        text = engine.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
-        prepared[m] = (engine, ids, target.adapter)
+    turns = [t for d in dialogues for t in user_turns(d)][:2 * repeats + 2]
+    if len(turns) < 2 * repeats + 2:
+        raise SystemExit(f"latency: {len(turns)} user turns in the held-out dialogues, {2 * repeats + 2} needed")
 
-    async def gen(m):
+    async def prepare(prev, turn):
+        prompts = {
+            "intent": dlg.module_messages("intent", user=turn["content"], previous=prev),
+            "extract": dlg.module_messages("extract", user=turn["content"], previous=prev),
+            "followup": dlg.module_messages("followup", user=turn["content"], domain="出租", missing=["出发地"],
+                                            examples=bot.modules["followup"].examples),
+            "answer": dlg.module_messages("answer", user=turn["content"], acts=[["Inform", "酒店", "名称", "北京饭店"]]),
+        }
+        prepared = {}
+        for m, msgs in prompts.items():
+            model = bot.modules[m].model
+            target, spec = await services.resolver.resolve_request(model, msgs)
+            engine = await services.router.engine_for(target, spec)
+            text = engine.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+            prepared[m] = (engine, ids, target.adapter)
+        return prepared
+
+    async def gen(prepared, m):
         engine, ids, adapter = prepared[m]
         params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
         n = 0
@@ -69,21 +79,37 @@ async def module_latency(services, bot, dialogues, repeats: int, tokens: int = 3
             n = o.completion_tokens
         return n
 
-    async def timed(mods):
+    async def timed(prepared, mods):
         t = time.perf_counter()
-        counts = await asyncio.gather(*(gen(m) for m in mods))
+        counts = await asyncio.gather(*(gen(prepared, m) for m in mods))
         return time.perf_counter() - t, counts
 
-    await timed(["extract"])
-    await timed(list(prompts))  # warm: every adapter loaded
-    one, four = [], []
-    for _ in range(repeats):
-        one.append((await timed(["extract"]))[0])
-        four.append((await timed(list(prompts)))[0])
-    a, b = statistics.median(one), statistics.median(four)
-    engines = {id(p[0]) for p in prepared.values()}
-    return {"one_ms": round(a * 1000, 1), "four_ms": round(b * 1000, 1), "ratio": round(b / a, 3),
-            "engines": len(engines), "tokens": tokens, "repeats": repeats}
+    first = await prepare(*turns[0])
+    engines = {id(p[0]): p[0] for p in first.values()}
+    budgets = {k: getattr(getattr(e, "prefix_cache", None), "budget", None) for k, e in engines.items()}
+
+    def cache(on: bool):
+        for k, e in engines.items():
+            if budgets[k] is not None:
+                e.prefix_cache.budget = budgets[k] if on else 0
+
+    await timed(first, ["extract"])
+    await timed(await prepare(*turns[1]), list(first))  # warm: every adapter loaded, the prefixes cached
+    times = {True: ([], []), False: ([], [])}
+    for r in range(repeats):
+        for on in (True, False):
+            cache(on)
+            prepared = await prepare(*turns[2 + 2 * r + (0 if on else 1)])
+            times[on][0].append((await timed(prepared, ["extract"]))[0])
+            times[on][1].append((await timed(prepared, list(prepared)))[0])
+    cache(True)
+    out = {"tokens": tokens, "repeats": repeats, "engines": len(engines),
+           "prefix_cache": any(b for b in budgets.values())}
+    for on, key in ((True, ""), (False, "no_cache_")):
+        a, b = statistics.median(times[on][0]), statistics.median(times[on][1])
+        out.update({f"{key}one_ms": round(a * 1000, 1), f"{key}four_ms": round(b * 1000, 1),
+                    f"{key}ratio": round(b / a, 3)})
+    return out
 
 
 def main() -> int:
@@ -160,7 +186,9 @@ def main() -> int:
                 lat = result["latency"]
                 print(f"  one module {lat['one_ms']} ms, four modules together {lat['four_ms']} ms: "
                       f"{lat['ratio']:.2f}x ({lat['tokens']} tokens each, {lat['engines']} engine, "
-                      f"median of {lat['repeats']})")
+                      f"median of {lat['repeats']}, a new user turn each)")
+                print(f"  without the prefix cache: one module {lat['no_cache_one_ms']} ms, four "
+                      f"{lat['no_cache_four_ms']} ms: {lat['no_cache_ratio']:.2f}x")
         finally:
             await services.close()
 

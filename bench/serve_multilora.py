@@ -14,6 +14,8 @@ N tokens, ``stream_options.include_usage``), at most C in flight. Default N = 64
 
 - mixed: request i on adapter i mod 8 (8 distinct adapters, ``--max-loras 8``);
 - (a) one adapter: the same 64 requests (same prompts), all on adapter 0 (``--max-loras 8``);
+- (n) (a) without the prefix cache: the same requests, the server started with
+  ``--prefix-cache-mb 0`` (every prompt computed whole): where (a)'s lead over (s) comes from;
 - (c) many adapters: each request on an adapter drawn uniformly (seeded) from 256 registered
   ones, with a cache smaller than that (``--max-loras 64``: loads and evictions are part of it);
 - (b) PEFT, in this process, no HTTP: transformers + ``peft.PeftModel`` with the 8 adapters
@@ -108,8 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=16, help="LoRA rank of the generated adapters (alpha = 2 * rank).")
     p.add_argument("--targets", default="all-linear",
                    help="Modules with LoRA: all-linear, or comma-separated (q,k,v,o or q_proj,v_proj ...).")
-    p.add_argument("--scenarios", default="mixed,a,c,s,l,b,d",
-                   help="Which scenarios to run, in this order (mixed, a, b, c, s, d, l).")
+    p.add_argument("--scenarios", default="mixed,a,n,c,s,l,b,d",
+                   help="Which scenarios to run, in this order (mixed, a, n, b, c, s, d, l).")
+    p.add_argument("--prefix-cache-mb", type=int, default=256,
+                   help="--prefix-cache-mb of the server (scenario n: 0).")
     p.add_argument("--quantize", default="none", choices=["none", "int8"],
                    help="--quantize of the server (int8: CPU, float32 base with int8 projections).")
     p.add_argument("--engine", default="auto", choices=["auto", "transformers", "vllm"],
@@ -152,9 +156,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tokens must be >= 2 (per-token latency needs two tokens)")
     a.registered = max(a.registered, a.adapters)
     a.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
-    bad = [s for s in a.scenarios if s not in ("mixed", "a", "b", "c", "s", "d", "l")]
+    bad = [s for s in a.scenarios if s not in ("mixed", "a", "n", "b", "c", "s", "d", "l")]
     if bad:
-        p.error(f"--scenarios: unknown {', '.join(bad)} (choose from mixed, a, b, c, s, d, l)")
+        p.error(f"--scenarios: unknown {', '.join(bad)} (choose from mixed, a, n, b, c, s, d, l)")
     try:
         a.target_list = parse_targets(a.targets)
     except ValueError as e:
@@ -505,7 +509,8 @@ async def drive(url: str, jobs: list[tuple[str, str]], tokens: int, concurrency:
 
 def http_scenario(name: str, a, home: Path, logs: Path, jobs: list[tuple[str, str]], max_loras: int) -> dict:
     flags = ["--max-batch-size", a.max_batch_size, "--max-loras", max_loras, "--preload", BASE,
-             "--engine", a.engine, "--device", a.device, "--dtype", a.dtype, "--quantize", a.quantize]
+             "--engine", a.engine, "--device", a.device, "--dtype", a.dtype, "--quantize", a.quantize,
+             "--prefix-cache-mb", 0 if name == "n" else a.prefix_cache_mb]
     print(f"\n[{name}] {len(jobs)} requests over {len({m for m, _ in jobs})} adapter(s), "
           f"{a.concurrency} in flight, {a.tokens} tokens each; server: serve {' '.join(map(str, flags))}", flush=True)
     server = Server(home, logs / f"serve-{name}.log", *flags)
@@ -765,7 +770,7 @@ def _f(x, fmt: str, scale: float = 1.0) -> str:
     return "-" if x is None else format(x * scale, fmt)
 
 
-LABELS = {"mixed": "mixed", "a": "(a) one adapter", "b": "(b) PEFT", "c": "(c) many adapters", "s": "(s) static batch",
+LABELS = {"mixed": "mixed", "a": "(a) one adapter", "n": "(n) a, no prefix", "b": "(b) PEFT", "c": "(c) many adapters", "s": "(s) static batch",
           "d": "(d) llama.cpp", "l": "(l) llama-server"}
 
 
@@ -775,7 +780,7 @@ def print_table(results: dict[str, dict]) -> None:
           f"{'TTFT p95':>9s} {'tok p50':>8s} {'tok p95':>8s} {'batch':>6s} {'loads':>5s} {'evict':>5s} {'err':>4s}")
     print(f"{'':18s} {'':>4s} {'':>6s} {'':>7s} {'':>7s} {'ms':>9s} {'ms':>9s} {'ms':>8s} {'ms':>8s} "
           f"{'mean':>6s}")
-    for key in ("mixed", "a", "c", "s", "l", "b", "d"):
+    for key in ("mixed", "a", "n", "c", "s", "l", "b", "d"):
         s = results.get(key)
         if s is None:
             continue
@@ -805,7 +810,8 @@ def ratios(results: dict[str, dict]) -> dict:
                         "a/s": ("a", "s")}.items():
         v = r(x, y)
         out[key] = {"ratio": v, "goal": GOALS[key], "met": None if v is None else v >= GOALS[key]}
-    out["a/l"] = {"ratio": r("a", "l"), "goal": None, "met": None}  # llama.cpp: a reference, not a goal
+    out["a/l"] = {"ratio": r("a", "l"), "goal": None, "met": None}
+    out["n/s"] = {"ratio": r("n", "s"), "goal": None, "met": None}   # (a) without its prefix cache  # llama.cpp: a reference, not a goal
     return out
 
 
@@ -923,7 +929,8 @@ def run(a, home: Path) -> int:
     results: dict[str, dict] = {}
     # The HTTP scenarios and the static batch run in rounds (mixed, a, c, s, mixed, a, c, s, ...) so
     # that a slow spell of the machine hits all of them; each reports the round with its median tokens/s.
-    http = {"mixed": (jobs_mixed, a.adapters), "a": (jobs_a, a.adapters), "c": (jobs_c, a.cache)}
+    http = {"mixed": (jobs_mixed, a.adapters), "a": (jobs_a, a.adapters), "n": (jobs_a, a.adapters),
+            "c": (jobs_c, a.cache)}
     rounds: dict[str, list[dict]] = {}
     for r in range(a.repeats):
         for sc in [x for x in a.scenarios if x in http or x == "s"]:
@@ -972,9 +979,10 @@ def run(a, home: Path) -> int:
     if a.repeats > 1:
         for sc, runs in rounds.items():
             print(f"{sc}: tokens/s by round {results[sc]['tokens_per_s_rounds']}; the median round is shown")
-        if "a" in rounds and "s" in rounds:
-            pairs = [x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(rounds["a"], rounds["s"])]
-            print(f"a/s by round (each pair measured back to back): {', '.join(f'{p:.3f}' for p in pairs)}")
+        for x, y in (("a", "s"), ("n", "s"), ("a", "n")):
+            if x in rounds and y in rounds:
+                pairs = [u["tokens_per_s"] / v["tokens_per_s"] for u, v in zip(rounds[x], rounds[y])]
+                print(f"{x}/{y} by round (measured in the same round): {', '.join(f'{p:.3f}' for p in pairs)}")
     rat = ratios(results)
     print()
     for key, label in (("mixed/a", "mixed / (a) one adapter"), ("mixed/b", "mixed / (b) PEFT"),
@@ -983,6 +991,8 @@ def run(a, home: Path) -> int:
         r = rat[key]
         verdict = "n/a" if r["met"] is None else ("PASS" if r["met"] else "MISS")
         print(f"{label:40s} {_f(r['ratio'], '6.3f')}x   goal >= {r['goal']:g}x   {verdict}")
+    if rat["n/s"]["ratio"] is not None:
+        print(f"{'(n) a without prefix cache / (s)':40s} {rat['n/s']['ratio']:6.3f}x   (where the lead comes from)")
     if rat["a/l"]["ratio"] is not None:
         print(f"{'(a) one adapter / (l) llama-server':40s} {rat['a/l']['ratio']:6.3f}x   (a reference, not a goal)")
     checks = text_checks(results, jobs_mixed, jobs_a)
