@@ -366,6 +366,9 @@ def test_engine_args_enable_lora_and_limits():
     assert args["gpu_memory_utilization"] == 0.5 and args["dtype"] == "bfloat16"
     assert args["model"] == "/models/base" and args["tokenizer"] == "/models/base"  # tokenizer dir absent
     assert eng.name == "vllm" and eng.max_context == 2048
+    assert args["enable_prefix_caching"] is True
+    off = VLLMEngine("base", "/models/base", Tok(), prefix_caching=False)._engine_args()
+    assert off["enable_prefix_caching"] is False          # serve --prefix-cache-mb 0
 
 
 # --- the engine against a stand-in AsyncLLM -------------------------------------------------------

@@ -49,7 +49,7 @@ class ServeConfig:
     prefix_cache_mb: int = field(default=256, metadata={
         "help": "transformers engine: memory for the keys and values of prompt prefixes kept between requests "
                 "(a shared system prompt, instruction or few-shot examples is computed once per adapter and "
-                "copied after that). 0: off."})
+                "copied after that). 0: off (with --engine vllm too, which otherwise sizes its own)."})
     preload: str = field(default="", metadata={
         "help": "Comma-separated base models to load at start-up (others load on first request)."})
     api_key: str = field(default="", metadata={
@@ -245,7 +245,8 @@ def _vllm_engine(config: ServeConfig, spec: dict) -> Engine:
         tok.chat_template = spec["chat_template"]
     return VLLMEngine(spec["name"], spec["path"], tok, max_loras=config.max_loras,
                       max_lora_rank=config.max_lora_rank, max_batch_size=config.max_batch_size,
-                      max_waiting=config.max_waiting, max_context=config.max_context or None, dtype=config.dtype)
+                      max_waiting=config.max_waiting, max_context=config.max_context or None, dtype=config.dtype,
+                      prefix_caching=config.prefix_cache_mb > 0)
 
 
 def _vllm_available() -> bool:

@@ -212,8 +212,9 @@ class VLLMEngine(Engine):
     def __init__(self, model_name: str, model_path: str, tokenizer, max_loras: int = 8,
                  max_lora_rank: int = 64, max_batch_size: int = 256, max_waiting: int = 1024,
                  max_context: int | None = None, gpu_memory_utilization: float = 0.85,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", prefix_caching: bool = True):
         self.model_name = model_name
+        self.prefix_caching = prefix_caching   # vLLM sizes its own cache; --prefix-cache-mb 0 turns it off
         self.model_path = model_path
         self._tokenizer = tokenizer
         self.max_loras = max_loras
@@ -252,6 +253,7 @@ class VLLMEngine(Engine):
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "dtype": self.dtype,
             "disable_log_stats": True,
+            "enable_prefix_caching": self.prefix_caching,
         }
 
     async def start(self) -> None:
