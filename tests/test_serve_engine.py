@@ -349,6 +349,55 @@ def test_prefix_cache_with_sliding_window_layers_gives_the_models_own_logprobs(t
         assert [t.logprob for t in top] == pytest.approx(w.topk(3).values.tolist(), abs=1e-4)
 
 
+def test_a_model_that_caps_its_attention_scores_is_served_with_the_cap(tmp_path):
+    """Gemma 2 caps its attention scores (tanh(s / c) * c) before the softmax: prefill (plain and after
+    cached prefix blocks) and decode must all cap, or the served tokens are not the model's."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from modelmill.models.tiny import make_tokenizer
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=64,
+                       attn_logit_softcapping=2.0, final_logit_softcapping=None, max_position_embeddings=256,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                       attn_implementation="eager")
+    model = Gemma2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)  # attention scores far beyond the cap of 2
+    model.save_pretrained(tmp_path / "g2")
+    tok.save_pretrained(tmp_path / "g2")
+    prompts = [tok(PREFIX + e)["input_ids"] for e in ENDINGS[:2]]
+    with torch.no_grad():
+        want = [torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1) for ids in prompts]
+        for layer in model.model.layers:
+            layer.self_attn.attn_logit_softcapping = None
+        uncapped = torch.log_softmax(model(torch.tensor([prompts[0]])).logits[0, -1].float(), -1)
+    assert (uncapped - want[0]).abs().max() > 1e-2             # the cap matters for this model
+
+    async def main():
+        eng = HFEngine("g2", str(tmp_path / "g2"), max_batch_size=4, dtype="float32", prefix_cache_mb=16)
+        await eng.start()
+        got = []
+        for i in (0, 1):                                         # 1 is prefilled after 0's cached blocks
+            async for o in eng.generate(GenerationRequest(f"r{i}", prompts[i], SamplingParams(
+                    max_tokens=1, temperature=0, ignore_eos=True, logprobs=3))):
+                if o.logprobs:
+                    got.append(o.logprobs[0])
+        st = eng.stats()
+        await eng.shutdown()
+        return got, st
+
+    got, st = run(main())
+    assert st.prefix_cached_tokens > 0
+    for (tid, _, lp, top), w in zip(got, want):
+        assert tid == int(w.argmax())
+        assert lp == pytest.approx(float(w[tid]), abs=1e-4)
+        assert [t.logprob for t in top] == pytest.approx(w.topk(3).values.tolist(), abs=1e-4)
+
+
 def test_prefix_cache_keeps_its_budget_and_evicts_leaves_first():
     from modelmill.serve.prefix_cache import PrefixCache
 

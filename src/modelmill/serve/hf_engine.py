@@ -125,6 +125,27 @@ def serve_attention(module, query, key, value, attention_mask, dropout: float = 
     window = sliding_window or getattr(module, "sliding_window", None)
     gqa = key.shape[1] != query.shape[1]
     sdpa = torch.nn.functional.scaled_dot_product_attention
+    softcap = kwargs.get("softcap")
+
+    def attend(k, v, mask):
+        """Prefill attention; ``mask`` bool [.., tokens, keys], or None for plain causal."""
+        if not softcap:
+            if mask is None:
+                return sdpa(query, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
+            return sdpa(query, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa)
+        # Gemma 2 caps the scores (tanh(s / c) * c) before the softmax, which SDPA cannot do
+        if gqa:
+            k = k.repeat_interleave(query.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(query.shape[1] // v.shape[1], dim=1)
+        scores = torch.matmul(query, k.transpose(-1, -2)).float()
+        scores *= scaling if scaling is not None else query.shape[-1] ** -0.5
+        scores = torch.tanh(scores / softcap) * softcap
+        if mask is None:
+            n = query.shape[2]
+            mask = torch.ones(n, k.shape[2], dtype=torch.bool, device=query.device).tril(k.shape[2] - n)
+        scores.masked_fill_(~mask, float("-inf"))
+        return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+
     if st.mode == "prefill" and st.positions is not None:
         # some rows begin with cached prefix blocks: write the new keys after them, attend to both
         a, b = st.first_row, st.first_row + st.rows
@@ -133,15 +154,12 @@ def serve_attention(module, query, key, value, attention_mask, dropout: float = 
         eng.v_cache[layer, rows, :, st.positions] = value.transpose(1, 2)
         k = eng.k_cache[layer, a:b, :, :st.keys]
         v = eng.v_cache[layer, a:b, :, :st.keys]
-        out = sdpa(query, k, v, attn_mask=st.offset_mask(window), scale=scaling, enable_gqa=gqa)
+        out = attend(k, v, st.offset_mask(window))
     elif st.mode == "prefill":
         a, b = st.first_row, st.first_row + st.rows
         eng.k_cache[layer, a:b, :, :st.length] = key
         eng.v_cache[layer, a:b, :, :st.length] = value
-        if window and window < st.length:
-            out = sdpa(query, key, value, attn_mask=st.prefill_mask(window), scale=scaling, enable_gqa=gqa)
-        else:
-            out = sdpa(query, key, value, is_causal=True, scale=scaling, enable_gqa=gqa)
+        out = attend(key, value, st.prefill_mask(window) if window and window < st.length else None)
     else:
         # One new token per row, against that row's cached keys. Plain matrix products with the query
         # heads grouped by their key/value head (no copy of the cache for GQA) and a float32 softmax:
@@ -156,7 +174,6 @@ def serve_attention(module, query, key, value, attention_mask, dropout: float = 
         q = query.reshape(n, kv_heads, heads // kv_heads, dim)   # heads h*g..h*g+g-1 share kv head h
         scores = torch.matmul(q, k.transpose(-1, -2)).float()    # [rows, kv_heads, group, keys]
         scores *= scaling if scaling is not None else dim ** -0.5
-        softcap = kwargs.get("softcap")
         if softcap:
             scores = torch.tanh(scores / softcap) * softcap
         scores += st.decode_bias(window)
