@@ -84,3 +84,31 @@ def test_promotion_over_rest_keeps_serving_the_deployment(home, tiny_model, tmp_
         assert bad.status_code == 400
     finally:
         s.stop()
+
+
+def test_concurrent_creates_of_one_deployment_make_one_and_fail_none(home, tiny_model):
+    """Whether a deployment's name is new is decided under its lock: six threads creating 'live' at
+    once make one deployment (created once, updated after), not a 409 'already a deployment'."""
+    import threading
+
+    from modelmill.apps.deployments import Deployments
+    from modelmill.store import open_store
+
+    CLI(home)("models", "add", "tiny", tiny_model)
+    store = open_store()
+    errors, start = [], threading.Barrier(6)
+
+    def create():
+        start.wait()
+        try:
+            Deployments(store).put("live", "tiny")
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [d.name for d in Deployments(store).list()] == ["live"]

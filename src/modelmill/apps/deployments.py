@@ -93,14 +93,7 @@ class Deployments:
         from modelmill.apps import check_app_name_free
 
         check_name(name, "name")
-        old = self.find(name)
-        if old is None:  # a new one: its name is a model id of its own
-            check_app_name_free(self.store, name, "name")
         check_target(self.store, model)
-        if old is not None and old.gate and old.model != model:
-            raise InputError(f"deployment '{name}' has a gate: it moves to '{model}' only if that wins on "
-                             f"{old.gate['data']}", field="model",
-                             fix=f"`modelmill deploy promote {name} {model}` (POST /api/deployments/{name}/promote)")
         kbs = list(dict.fromkeys(knowledge_bases or []))
         if kbs:
             from modelmill.kb.base import KnowledgeBases
@@ -108,8 +101,22 @@ class Deployments:
             for kb in kbs:
                 KnowledgeBases(self.store).get(kb)
         new_gate = check_gate(self.store, gate) if gate is not _KEEP else None
+        # create-or-update, one at a time: whether the name is new is decided under the lock, so that
+        # concurrent creates of one name make one deployment and update it (not 409 "already a deployment")
+        with self.store.lock(f"deployment-{name}"):
+            old = self.find(name)
+            if old is None:  # a new one: its name is a model id of its own
+                check_app_name_free(self.store, name, "name")
+            if old is not None and old.gate and old.model != model:
+                raise InputError(f"deployment '{name}' has a gate: it moves to '{model}' only if that wins on "
+                                 f"{old.gate['data']}", field="model",
+                                 fix=f"`modelmill deploy promote {name} {model}` (POST /api/deployments/{name}/promote)")
+            self._write(name, model, kbs, system_prompt, gate, new_gate)
+        return self.find(name)
+
+    def _write(self, name, model, kbs, system_prompt, gate, new_gate) -> None:
         now = datetime.now(timezone.utc)
-        with self.store.lock(f"deployment-{name}"), self.store.session() as s:  # create-or-update, one at a time
+        with self.store.session() as s:
             row = s.scalar(select(Deployment).where(Deployment.name == name))
             previous = row.model if row is not None else None
             if row is None:
@@ -121,7 +128,6 @@ class Deployments:
             if previous != model:
                 s.add(DeploymentEvent(deployment=name, action="created" if previous is None else "updated",
                                       model=model, previous=previous, created_at=now))
-        return self.find(name)
 
     def set_gate(self, name: str, gate: dict | None) -> Deployment:
         """Set or remove (None) the gate of ``name``; nothing else changes."""
