@@ -302,6 +302,34 @@ def test_newcomers_sharing_an_uncached_prefix_compute_it_once(tiny_model):
     assert st.prefix_cached_tokens >= 3 * 24           # the three others read the shared blocks
 
 
+def _first_tokens_one_by_one(folder, prompts):
+    """Each prompt's first greedy token with its log-probability and top 3, one request after
+    another on one engine with a prefix cache (so later prompts read earlier ones' blocks)."""
+    async def main():
+        eng = HFEngine(folder.name, str(folder), max_batch_size=4, dtype="float32", prefix_cache_mb=16)
+        await eng.start()
+        got = []
+        for i, ids in enumerate(prompts):
+            async for o in eng.generate(GenerationRequest(f"r{i}", ids, SamplingParams(
+                    max_tokens=1, temperature=0, ignore_eos=True, logprobs=3))):
+                if o.logprobs:
+                    got.append(o.logprobs[0])
+        st = eng.stats()
+        await eng.shutdown()
+        return got, st
+
+    return run(main())
+
+
+def _assert_models_own(got, want):
+    """The served first tokens are the model's own: argmax, its log-probability and the top 3."""
+    assert len(got) == len(want)
+    for (tid, _, lp, top), w in zip(got, want):
+        assert tid == int(w.argmax())
+        assert lp == pytest.approx(float(w[tid]), abs=1e-4)
+        assert [t.logprob for t in top] == pytest.approx(w.topk(3).values.tolist(), abs=1e-4)
+
+
 def test_prefix_cache_with_sliding_window_layers_gives_the_models_own_logprobs(tmp_path):
     """Gemma 3 mixes sliding-window and full layers: a prompt prefilled after cached blocks must
     still see exactly its window in each layer."""
@@ -328,25 +356,9 @@ def test_prefix_cache_with_sliding_window_layers_gives_the_models_own_logprobs(t
         unwindowed = torch.log_softmax(model(torch.tensor([prompts[1]])).logits[0, -1].float(), -1)
     assert (unwindowed - want[1]).abs().max() > 1e-3        # the window matters for this model
 
-    async def main():
-        eng = HFEngine("g3", str(tmp_path / "g3"), max_batch_size=4, dtype="float32", prefix_cache_mb=16)
-        await eng.start()
-        got = []
-        for i in (0, 1, 2):                                  # 1 and 2 read the blocks 0 left
-            async for o in eng.generate(GenerationRequest(f"r{i}", prompts[i], SamplingParams(
-                    max_tokens=1, temperature=0, ignore_eos=True, logprobs=3))):
-                if o.logprobs:
-                    got.append(o.logprobs[0])
-        st = eng.stats()
-        await eng.shutdown()
-        return got, st
-
-    got, st = run(main())
+    got, st = _first_tokens_one_by_one(tmp_path / "g3", prompts)  # 1 and 2 read the blocks 0 left
     assert st.prefix_cached_tokens >= 2 * 24
-    for (tid, _, lp, top), w in zip(got, want):
-        assert tid == int(w.argmax())
-        assert lp == pytest.approx(float(w[tid]), abs=1e-4)
-        assert [t.logprob for t in top] == pytest.approx(w.topk(3).values.tolist(), abs=1e-4)
+    _assert_models_own(got, want)
 
 
 def test_a_model_that_caps_its_attention_scores_is_served_with_the_cap(tmp_path):
@@ -377,25 +389,9 @@ def test_a_model_that_caps_its_attention_scores_is_served_with_the_cap(tmp_path)
         uncapped = torch.log_softmax(model(torch.tensor([prompts[0]])).logits[0, -1].float(), -1)
     assert (uncapped - want[0]).abs().max() > 1e-2             # the cap matters for this model
 
-    async def main():
-        eng = HFEngine("g2", str(tmp_path / "g2"), max_batch_size=4, dtype="float32", prefix_cache_mb=16)
-        await eng.start()
-        got = []
-        for i in (0, 1):                                         # 1 is prefilled after 0's cached blocks
-            async for o in eng.generate(GenerationRequest(f"r{i}", prompts[i], SamplingParams(
-                    max_tokens=1, temperature=0, ignore_eos=True, logprobs=3))):
-                if o.logprobs:
-                    got.append(o.logprobs[0])
-        st = eng.stats()
-        await eng.shutdown()
-        return got, st
-
-    got, st = run(main())
+    got, st = _first_tokens_one_by_one(tmp_path / "g2", prompts)  # 1 is prefilled after 0's cached blocks
     assert st.prefix_cached_tokens > 0
-    for (tid, _, lp, top), w in zip(got, want):
-        assert tid == int(w.argmax())
-        assert lp == pytest.approx(float(w[tid]), abs=1e-4)
-        assert [t.logprob for t in top] == pytest.approx(w.topk(3).values.tolist(), abs=1e-4)
+    _assert_models_own(got, want)
 
 
 def test_prefix_cache_keeps_its_budget_and_evicts_leaves_first():

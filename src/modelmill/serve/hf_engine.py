@@ -73,9 +73,11 @@ class _StepState:
         self._masks: dict = {}
 
     def row_index(self) -> torch.Tensor:
+        """[rows]: the buffer rows of this forward (first_row ..), made once for all its layers."""
         r = self._masks.get("rows")
         if r is None:
-            r = self._masks["rows"] = torch.arange(self.rows, device=self.positions.device)
+            r = self._masks["rows"] = torch.arange(self.first_row, self.first_row + self.rows,
+                                                   device=self.positions.device)
         return r
 
     def offset_mask(self, window: int | None) -> torch.Tensor:
@@ -149,7 +151,7 @@ def serve_attention(module, query, key, value, attention_mask, dropout: float = 
     if st.mode == "prefill" and st.positions is not None:
         # some rows begin with cached prefix blocks: write the new keys after them, attend to both
         a, b = st.first_row, st.first_row + st.rows
-        rows = torch.arange(a, b, device=key.device)[:, None]
+        rows = st.row_index()[:, None]
         eng.k_cache[layer, rows, :, st.positions] = key.transpose(1, 2)
         eng.v_cache[layer, rows, :, st.positions] = value.transpose(1, 2)
         k = eng.k_cache[layer, a:b, :, :st.keys]

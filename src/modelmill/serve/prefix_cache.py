@@ -58,28 +58,13 @@ class PrefixCache:
             rid = self._roots[root] = -next(self._ids)
         return rid
 
-    def peek(self, root: object, ids: list[int]) -> int:
-        """How many blocks of ``ids`` ``match`` would find (no side effects)."""
-        parent = self._roots.get(root)
-        if parent is None:
-            return 0
-        n, b = 0, self.block
-        for start in range(0, len(ids) - 1 - b + 1, b):
-            blk = self._blocks.get((parent, tuple(ids[start:start + b])))
-            if blk is None:
-                break
-            n += 1
-            parent = blk.id
-        return n
-
-    def match(self, root: object, ids: list[int]) -> list[Block]:
+    def _chain(self, root: object, ids: list[int]) -> list[Block]:
         """The cached blocks that begin ``ids``, leaving at least its last token to compute (its
         logits give the first new token)."""
-        self.queried_tokens += len(ids)
-        if not self.enabled or root not in self._roots:
-            return []
-        parent = self._roots[root]
+        parent = self._roots.get(root)
         found: list[Block] = []
+        if parent is None:
+            return found
         b = self.block
         for start in range(0, len(ids) - 1 - b + 1, b):
             blk = self._blocks.get((parent, tuple(ids[start:start + b])))
@@ -87,9 +72,21 @@ class PrefixCache:
                 break
             found.append(blk)
             parent = blk.id
+        return found
+
+    def peek(self, root: object, ids: list[int]) -> int:
+        """How many blocks of ``ids`` ``match`` would find (no side effects)."""
+        return len(self._chain(root, ids))
+
+    def match(self, root: object, ids: list[int]) -> list[Block]:
+        """``_chain``'s blocks, counted as a hit and made the most recently used."""
+        self.queried_tokens += len(ids)
+        if not self.enabled:
+            return []
+        found = self._chain(root, ids)
         for blk in reversed(found):  # the ancestors end up more recently used than their leaves
             self._blocks.move_to_end(blk.key)
-        self.hit_tokens += len(found) * b
+        self.hit_tokens += len(found) * self.block
         return found
 
     def insert(self, root: object, ids: list[int], k_row: torch.Tensor, v_row: torch.Tensor) -> int:
