@@ -84,10 +84,8 @@ class _EngineCollector:
                                    "mean batch size).", labels=["model"])
         loads = CounterMetricFamily("modelmill_adapter_loads", "Adapters made resident.", labels=["model"])
         evictions = CounterMetricFamily("modelmill_adapter_evictions", "Adapters evicted (LRU).", labels=["model"])
-        prompt = CounterMetricFamily("modelmill_prompt_tokens", "Prompt tokens prefilled, cached prefixes included.",
-                                     labels=["model"])
         cached = CounterMetricFamily("modelmill_prefix_cached_tokens", "Prompt tokens read from the prefix cache "
-                                     "instead of computed.", labels=["model"])
+                                     "instead of computed (of modelmill_prompt_tokens).", labels=["model"])
         for key, eng in list(self.router.engines.items()):
             st = eng.stats()
             running.add_metric([key], st.running)
@@ -99,6 +97,5 @@ class _EngineCollector:
             rows.add_metric([key], st.decoded_rows)
             loads.add_metric([key], st.adapter_loads)
             evictions.add_metric([key], st.adapter_evictions)
-            prompt.add_metric([key], st.prompt_tokens)
             cached.add_metric([key], st.prefix_cached_tokens)
-        yield from (running, waiting, resident, each, steps, rows, loads, evictions, prompt, cached)
+        yield from (running, waiting, resident, each, steps, rows, loads, evictions, cached)
