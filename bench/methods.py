@@ -237,67 +237,102 @@ def _plot(rows: dict, base: dict, out: Path) -> None:
 
 # ---- DPO step speed ------------------------------------------------------------------------------
 
-def _dpo_child(mode: str, base_path: str, rows: list[dict], steps: int, conn) -> None:
-    """One DPO run in a fresh process (peak memory is per process): ours (LoRA, reference = adapter
-    off) or trl's DPOTrainer with its defaults (all weights, a deep-copied reference model)."""
-    import resource
+def _dpo_child(mode: str, base_path: str, data_path: str, steps: int, bf16: bool, conn) -> None:
+    """One DPO run in a fresh process (peak memory is per process). "ours" is what
+    ``modelmill train --method dpo`` runs (``modelmill.train.dpo.build_trainer``: LoRA, the reference
+    is the adapter switched off, the host's dtype); "trl-defaults" is trl's DPOTrainer with its
+    defaults (all weights, a deep-copied reference model, activation checkpointing), in bfloat16
+    only where the host multiplies it natively (``bf16``)."""
     import tempfile
 
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
+    from transformers import TrainerCallback
+
+    from train_throughput import _peak_rss_mb, _reset_peak_rss
 
     torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(base_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    peft_config = None
-    if mode == "ours":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
     with tempfile.TemporaryDirectory() as out:
-        args = DPOConfig(output_dir=out, per_device_train_batch_size=4, max_steps=steps, report_to=[], use_cpu=True,
-                         save_strategy="no", logging_steps=1, disable_tqdm=True,
-                         **({"activation_checkpointing": False} if mode == "ours" else {}))
-        trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                             peft_config=peft_config)
-        t0 = time.perf_counter()
+        if mode == "ours":
+            from modelmill.train.config import TrainJob
+            from modelmill.train.dpo import PreferenceConfig, build_trainer
+
+            cfg = PreferenceConfig(base="bench", data="bench", name="bench", max_steps=steps, batch_size=4, max_length=1024,
+                                   save_steps=10**6)
+            trainer = build_trainer(TrainJob(config=cfg, base_path=base_path, data_path=data_path,
+                                             kind="preference", run_dir=out)).trainer
+        else:
+            from datasets import Dataset
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from trl import DPOConfig, DPOTrainer
+
+            from modelmill.train.dpo import preference_rows
+
+            tok = AutoTokenizer.from_pretrained(base_path)
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+            args = DPOConfig(output_dir=out, per_device_train_batch_size=4, max_steps=steps, report_to=[],
+                             use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True, bf16=bf16)
+            trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(preference_rows(data_path)),
+                                 processing_class=tok)
+        # count each batch's real (non-pad) tokens as it is collated, and time every step
+        batches: list[int] = []
+        collate = trainer.data_collator
+
+        def counting(features):
+            batches.append(sum(2 * len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"])
+                               for f in features))
+            return collate(features)
+
+        trainer.data_collator = counting
+        clock: list[float] = []
+
+        class Clock(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                clock.append(time.perf_counter())
+
+            def on_step_end(self, args, state, control, **kw):
+                clock.append(time.perf_counter())
+
+        trainer.add_callback(Clock())
+        reset = _reset_peak_rss()
         trainer.train()
-        seconds = time.perf_counter() - t0
-    toks = steps * 4 * sum(len(tok.apply_chat_template(r["prompt"] + r["chosen"], tokenize=True)) +
-                           len(tok.apply_chat_template(r["prompt"] + r["rejected"], tokenize=True))
-                           for r in rows[:4]) / 4
-    conn.send({"seconds": seconds, "tokens_per_s": toks / seconds,
-               "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        peak = _peak_rss_mb(reset)
+    done = trainer.state.global_step
+    tokens, seconds = sum(batches[1:done]), clock[done] - clock[1]  # step 1 is warm-up
+    conn.send({"steps": done, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+               "step_seconds": [b - a for a, b in zip(clock, clock[1:])], "peak_mb": peak,
+               "dtype": "bfloat16" if (mode == "trl-defaults" and bf16) else str(trainer.model.dtype).split(".")[-1],
+               "threads": torch.get_num_threads()})
 
 
 def speed_part(store, args, report: dict) -> list[tuple[str, bool]]:
     import multiprocessing as mp
 
+    from modelmill.data.formats import classification_prompt
+    from modelmill.models.loading import cpu_has_bf16
     from modelmill.models.registry import ModelRegistry
 
     base = ModelRegistry(store).ready(args.base)
     tr = read(SHARED / "reviews-en-drugs" / "train.jsonl", 64)
-    from modelmill.data.formats import classification_prompt
-
     labels = ["negative", "neutral", "positive"]
+    # our preference records (what `data import` stores): the prompt's messages, each answer as text
     rows = [{"prompt": [{"role": "user", "content": classification_prompt(r["text"][:600], labels)}],
-             "chosen": [{"role": "assistant", "content": r["label"]}],
-             "rejected": [{"role": "assistant", "content": next(x for x in labels if x != r["label"])}]} for r in tr]
+             "chosen": r["label"], "rejected": next(x for x in labels if x != r["label"])} for r in tr]
+    data = write(Path(args.home) / "bench-data" / "dpo-speed.jsonl", rows)
     steps = 3 if args.quick else 8
+    bf16 = {"auto": cpu_has_bf16(), "on": True, "off": False}[args.trl_bf16]
     out = {}
     ctx = mp.get_context("spawn")
     for mode in ("trl-defaults", "ours"):
         a, b = ctx.Pipe()
-        p = ctx.Process(target=_dpo_child, args=(mode, base.path, rows, steps, b))
+        p = ctx.Process(target=_dpo_child, args=(mode, base.path, str(data), steps, bf16, b))
         p.start()
         out[mode] = a.recv()
         p.join()
-        print(f"{mode}: {out[mode]['tokens_per_s']:.0f} tokens/s, peak {out[mode]['peak_mb']:.0f} MB", flush=True)
+        o = out[mode]
+        print(f"{mode} ({o['dtype']}): {o['tokens_per_s']:.1f} tokens/s over steps 2-{o['steps']}, "
+              f"peak {o['peak_mb']:.0f} MB", flush=True)
     report["speed"] = out
     r = out["ours"]["tokens_per_s"] / out["trl-defaults"]["tokens_per_s"]
     m = out["ours"]["peak_mb"] / out["trl-defaults"]["peak_mb"]
@@ -315,6 +350,9 @@ def main() -> int:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--cpt-docs", type=int, default=600, help="FiQA answers used (10%% held out).")
     ap.add_argument("--cpt-epochs", type=float, default=1.0)
+    ap.add_argument("--trl-bf16", choices=("auto", "on", "off"), default="auto",
+                    help="trl's default is bfloat16; auto keeps it only where the CPU multiplies bfloat16 natively "
+                         "(on an AVX2 host bfloat16 training runs many times slower than float32).")
     ap.add_argument("--block", type=int, default=256, help="CPT block and perplexity window, tokens.")
     args = ap.parse_args()
     if not SHARED.is_dir():

@@ -466,3 +466,68 @@ def test_time_budget_names_an_unreadable_plan_on_resume(tmp_path, monkeypatch):
     with pytest.raises(InputError) as info:
         _budget_run(tmp_path, monkeypatch, seconds_per_step=1, budget_s=300, resume_at=5)
     assert "time_budget.json" in str(info.value) and "delete the file" in str(info.value)
+
+
+# ---------------------------------------------------------------- every method takes them
+
+
+def test_dpo_takes_the_fast_paths_with_trls_own_loss_and_gradients(trl_utils, tiny_model, tmp_path):
+    """A DPO step built by ``modelmill.train.dpo`` (fused LoRA, answers-only head on CPU) gives the
+    loss and LoRA gradients of the same trainer on trl's and peft's plain paths, reference pass
+    (adapter off) included, and sends only the answers' positions through the LM head."""
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+    from modelmill.train.config import TrainJob
+    from modelmill.train.dpo import PreferenceConfig, build_trainer
+
+    rows = [{"prompt": [{"role": "user", "content": f"Is review {i} good? It was {w}."}],
+             "chosen": w, "rejected": "neutral"} for i, w in enumerate(["great", "awful", "fine", "bad"])]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = PreferenceConfig(base="tiny", data="prefs", name="t", max_steps=1, batch_size=4, max_length=64,
+                           lora_dropout=0.0, save_steps=10**6)
+    trainer = build_trainer(TrainJob(config=cfg, base_path=str(tiny_model), data_path=str(data), kind="preference",
+                                     run_dir=str(tmp_path / "run"))).trainer
+    model = trainer.model
+    layers = [m for m in model.modules() if isinstance(m, PeftLoraLinear)]
+    assert layers and all(type(m) is FusedLoraLinear for m in layers)
+    assert getattr(trl_utils._use_triton, "_modelmill_answers_only", False)
+    with torch.no_grad():  # fresh lora_B is zero: make the adapter matter
+        gen = torch.Generator().manual_seed(3)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    inputs = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    answers = int(inputs["completion_mask"][:, 1:].sum())
+
+    rows_seen = []
+    real = trl_utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            rows_seen.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    def step():
+        model.zero_grad()
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        return loss.detach(), lora_grads(model)
+
+    trl_utils._ChunkedLogProbFunction = Spy
+    try:
+        fast_loss, fast_grads = step()
+        assert rows_seen == [answers, answers]  # the policy and the reference pass, answers only
+        for m in layers:
+            m.__class__ = PeftLoraLinear
+        trl_utils._use_triton = trl_utils._use_triton.__wrapped__
+        plain_loss, plain_grads = step()
+        assert rows_seen[-1] == inputs["input_ids"].numel() - inputs["input_ids"].shape[0]  # every position
+    finally:
+        trl_utils._ChunkedLogProbFunction = real
+    assert float(plain_loss) != pytest.approx(0.6931, abs=1e-3)  # the adapter moved the policy off the reference
+    torch.testing.assert_close(fast_loss, plain_loss, atol=ATOL, rtol=0)
+    assert fast_grads.keys() == plain_grads.keys()
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(fast_grads[name], g, atol=ATOL, rtol=0, msg=name)

@@ -140,6 +140,22 @@ def start():
     return stop
 
 
+def fast_paths(trainer, job: TrainJob) -> None:
+    """The speed-ups every method's step takes, same loss and gradients: trl's fused LM head scores
+    only the positions the loss reads on CPU too (``answer_head``: a DPO pair's answer is a few of
+    its hundreds of tokens), and peft's LoRA layers run fused (``fused_lora``). Each leaves trl or
+    peft as they are when their internals no longer look as expected."""
+    from modelmill.train.answer_head import score_answers_only
+
+    score_answers_only()
+    if not job.config.full_weights:
+        try:
+            from modelmill.train.fused_lora import fuse_lora_layers
+        except ImportError:  # this peft has moved its LoRA layer
+            return
+        fuse_lora_layers(trainer.model)
+
+
 def add_callbacks(trainer, job: TrainJob, stop) -> None:
     """Our progress bar, metrics log, time budget and graceful stop in place of the Trainer's printers."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress

@@ -127,6 +127,7 @@ def build_trainer(job: TrainJob) -> TrainerSetup:
                         prediction_loss_only=True, padding_free=False, max_length=None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(blocks), eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config)
+    common.fast_paths(trainer, job)
     common.add_callbacks(trainer, job, stop)
     return TrainerSetup(trainer=trainer, tokenizer=tokenizer, stop=stop, examples=len(blocks), dropped=0,
                         tokens=domain + general, extra={"domain_tokens": domain, "general_tokens": general,

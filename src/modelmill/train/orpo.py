@@ -49,6 +49,7 @@ def build_trainer(job: TrainJob) -> TrainerSetup:
                          max_length=cfg.max_length, remove_unused_columns=False)
     trainer = ORPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           processing_class=tokenizer, peft_config=peft_config)
+    common.fast_paths(trainer, job)
     common.add_callbacks(trainer, job, stop)
     return TrainerSetup(trainer=trainer, tokenizer=tokenizer, stop=stop, examples=len(train_ds), dropped=0, tokens=0)
 

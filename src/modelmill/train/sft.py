@@ -82,7 +82,6 @@ def build_trainer(job: TrainJob) -> TrainerSetup:
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
-    from modelmill.train.answer_head import score_answers_only
     from modelmill.train.varlen_attention import register as register_varlen
 
     cfg = job.config
@@ -103,9 +102,8 @@ def build_trainer(job: TrainJob) -> TrainerSetup:
     # 2. model: fresh LoRA, the --from adapter, or all weights
     model, peft_config, dtype = common.load_model(job, attn=register_varlen() if cfg.padding_free else "sdpa")
 
-    # 3. trainer. The loss reads only answer tokens, so only they go through the LM head (trl does
-    # so on CUDA only)
-    score_answers_only()
+    # 3. trainer. The loss reads only answer tokens, so only they go through the LM head
+    # (common.fast_paths; trl does so on CUDA only), and LoRA runs fused
     args = TrlSFTConfig(
         **common.trainer_args(job, dtype, has_eval=eval_ds is not None),
         prediction_loss_only=True,  # the loss is all we read; no logits gathered over the vocabulary
@@ -114,8 +112,7 @@ def build_trainer(job: TrainJob) -> TrainerSetup:
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config)
-    if not cfg.full_weights:
-        _fuse_lora(trainer.model)  # the same LoRA, in fewer passes over memory
+    common.fast_paths(trainer, job)
     common.add_callbacks(trainer, job, stop)
     return TrainerSetup(trainer=trainer, tokenizer=tokenizer, stop=stop, examples=len(examples), dropped=dropped,
                         tokens=sum(len(e["input_ids"]) for e in examples))
@@ -124,15 +121,6 @@ def build_trainer(job: TrainJob) -> TrainerSetup:
 def run(job: TrainJob) -> dict:
     """Build the trainer, train, save: what ``modelmill train --method lora|full`` runs in each process."""
     return common.run(job, build_trainer)
-
-
-def _fuse_lora(model) -> int:
-    """``fused_lora.fuse_lora_layers``, or nothing when this peft has moved its LoRA layer."""
-    try:
-        from modelmill.train.fused_lora import fuse_lora_layers
-    except ImportError:
-        return 0
-    return fuse_lora_layers(model)
 
 
 def main(argv: list[str] | None = None) -> int:
