@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/merge.py --home /tmp/mm-quality                         # SmolLM2: drugs + zh
     .venv/bin/python bench/merge.py --home /tmp/mm-extract --base gemma3-270m --tasks drugs,xwoz --limit 120
+    .venv/bin/python bench/merge.py --home /tmp/mm-methods --specialists drugs=m-drugs-sft --limit 200
 
 Needs the adapters and test sets the other benches leave in the same home: `bench/quality.py`
 (tasks `drugs` and `zh`: the drug-review and Chinese-review classifiers) and
@@ -51,6 +52,9 @@ def main() -> int:
     ap.add_argument("--density", type=float, default=0.5, help="--density of the pruning methods.")
     ap.add_argument("--limit", type=int, default=0, help="Score only the first N items of each test set (0: all).")
     ap.add_argument("--quick", action="store_true", help="The adapters the benches' --quick runs left.")
+    ap.add_argument("--specialists", default="",
+                    help="TASK=ADAPTER,... for specialists named otherwise (e.g. drugs=m-drugs-sft, the SFT adapter "
+                         "bench/methods.py trains on the same reviews with the same defaults).")
     args = ap.parse_args()
     os.environ["MODELMILL_HOME"] = args.home
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,6 +77,12 @@ def main() -> int:
         print(f"--tasks: name two of {', '.join(table)}", file=sys.stderr)
         return 2
     specialists = {t: table[t][0] for t in tasks}
+    for pair in [p.strip() for p in args.specialists.split(",") if p.strip()]:
+        t, _, adapter = pair.partition("=")
+        if t not in specialists or not adapter:
+            print(f"--specialists: '{pair}' is not TASK=ADAPTER for a task of --tasks", file=sys.stderr)
+            return 2
+        specialists[t] = adapter
     missing = [a for a in specialists.values() if reg.find(a) is None]
     if missing:
         print(f"needs {', '.join(missing)} in {args.home}: run bench/quality.py or bench/extraction.py there "
