@@ -214,6 +214,49 @@ def test_problems_of_a_workflow_file_are_named_by_line_and_nothing_is_stored(flo
     assert "verify" in cli("apps", "show", "support").stdout  # still the ten-node version
 
 
+VERDICT = """\
+name: verdict
+inputs:
+  question: {}
+nodes:
+  - id: guess
+    type: llm
+    model: tiny
+    prompt: "{{ question }}"
+    max_tokens: 2
+  - id: reply
+    type: answer
+    text: "{% if 'awful' in question %}negative{% else %}positive{% endif %}{{ guess.text[:0] }}"
+"""
+
+
+def test_a_workflow_is_scored_and_ranked_like_any_model(flow_home, tmp_path):
+    """`modelmill eval --models flow:NAME` runs the workflow on each item's conversation (its llm
+    node on this process's engine) and scores the answer node's text: this one's rule says
+    negative for 'awful' and positive otherwise, so it gets exactly the items that rule gets."""
+    from conftest import write_jsonl
+
+    cli = CLI(flow_home)
+    (tmp_path / "verdict.yaml").write_text(VERDICT)
+    cli("apps", "flow", "create", "verdict", tmp_path / "verdict.yaml")
+    rows = [{"text": "Awful pills, awful nights.", "label": "negative"}, {"text": "Great, it worked.", "label": "positive"},
+            {"text": "It was fine, nothing more.", "label": "neutral"}, {"text": "awful taste", "label": "negative"},
+            {"text": "Terrible headaches.", "label": "negative"}]
+    test = write_jsonl(tmp_path / "test.jsonl", rows)
+    cli("eval", "--data", test, "--kind", "classification", "--name", "verdict-test", "--models", "flow:verdict,tiny")
+    from modelmill.config import Settings
+    from modelmill.evaluate.results import latest
+    from modelmill.store import Store
+
+    got = {r.candidate: r for r in latest(Store(Settings(home=flow_home)), "verdict-test")}
+    assert got["flow:verdict"].metrics["accuracy"] == pytest.approx(3 / 5)  # 'Awful', 'Great', 'awful'
+    assert got["flow:verdict"].n_done == 5 and "tiny" in got
+    assert "flow:verdict" in cli("leaderboard", "--task", "verdict-test").stdout
+    p = cli("eval", "--data", test, "--kind", "classification", "--name", "verdict-test", "--models", "flow:nope",
+            ok=False)
+    assert "no workflow named 'nope'" in p.stderr
+
+
 def test_a_workflow_is_served_as_a_model_and_over_rest(flow_home, service):
     s = Server(flow_home, env={"MODELMILL_HTTP_ALLOW": service.removeprefix("http://")})
     try:

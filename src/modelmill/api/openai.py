@@ -783,9 +783,8 @@ async def _flow_chat(s: Serving, request: Request, body: ChatRequest, name: str,
     sends each node's end as an event with ``"choices": []`` (``flow_event``) before the answer.
     The request's sampling fields (max_tokens, temperature, stop, seed) do not apply: each llm node
     of the workflow has its own. ``inputs`` (extra body) gives the workflow's other inputs."""
-    from modelmill.apps.flows import FlowFailed, run_flow
+    from modelmill.apps.flows import FlowFailed, chat_inputs, run_flow
     from modelmill.errors import ModelmillError, NotFoundError
-    from modelmill.kb.rag import question_of
 
     if body.n != 1:
         raise EngineError("a workflow gives one answer: n must be 1", param="n")
@@ -801,14 +800,8 @@ async def _flow_chat(s: Serving, request: Request, body: ChatRequest, name: str,
     except ModelmillError as e:  # a stored workflow that no longer checks (a model removed since)
         raise EngineError(f"workflow '{name}' cannot run: {e}", status=409, code="flow_invalid",
                           param="model") from None
-    inputs = dict(body.inputs or {})
-    if "question" in wf.inputs and "question" not in inputs:
-        inputs["question"] = question_of(messages)
-    inputs["messages"] = messages
     try:
-        from modelmill.apps.flows import check_inputs
-
-        check_inputs(wf, inputs)
+        inputs = chat_inputs(wf, messages, body.inputs)
     except ModelmillError as e:
         raise EngineError(str(e), param="inputs") from None
     rid = _new_id("chatcmpl")

@@ -1,5 +1,7 @@
 """Apps as evaluation candidates: ``modelmill eval --models support`` scores a router as it would
-a model; each item goes to the route the router chooses for it and is scored by that model.
+a model (each item goes to the route the router chooses for it and is scored by that model), and
+``--models flow:NAME`` a workflow (each item's conversation runs the workflow as a chat completion
+does; its answer is what is scored).
 
 Registered with ``evaluate.candidates`` through the ``modelmill.candidates`` entry point (evaluate
 sits below apps, so it asks; it never imports this).
@@ -62,11 +64,63 @@ class RouterCandidate(Candidate):
             m.close()
 
 
+class FlowCandidate(Candidate):
+    """A workflow, model id ``flow:NAME``: every conversation is one run on this process's engines,
+    as ``/v1/chat/completions`` runs it, and the answer node's text is scored (labels are parsed from
+    it, as from any generating model). A run that fails counts as a failed item, its error kept.
+    The workflow's llm nodes bring their own sampling and lengths: ``max_new_tokens`` does not apply."""
+
+    def __init__(self, store, row, *, device: str = "auto", dtype: str = "auto"):
+        from modelmill.apps.flows import FLOW_PREFIX
+
+        super().__init__(name=f"{FLOW_PREFIX}{row.name}", kind="workflow", base=row.base_model,
+                         lineage={"app": row.name, "updated": str(row.updated_at), "spec": row.spec})
+        self.store, self.app, self.device, self.dtype = store, row.name, device, dtype
+
+    def generate(self, conversations, *, max_new_tokens, batch_size, progress):
+        import asyncio
+
+        from modelmill.apps.flows import FlowServices, chat_inputs, run_flow
+        from modelmill.errors import ModelmillError
+        from modelmill.serve.router import ServeConfig
+
+        async def runs() -> list:
+            services = FlowServices.local(self.store, ServeConfig(device=self.device, dtype=self.dtype))
+            try:
+                wf = services.flow(self.app)
+                room = asyncio.Semaphore(max(1, batch_size))  # runs at once: their llm nodes batch together
+
+                async def one(conversation):
+                    async with room:
+                        try:
+                            run = await run_flow(services, wf, chat_inputs(wf, conversation), store_run=False)
+                        except ModelmillError as e:  # FlowFailed too: the item fails, the others go on
+                            return e
+                        return run.output["text"]
+
+                return list(await asyncio.gather(*(one(c) for c in conversations)))
+            finally:
+                await services.close()
+
+        return asyncio.run(runs())
+
+
 @register_candidate_source
 def app_candidate(store, ref: str, *, device: str = "auto", dtype: str = "auto"):
-    """The candidate for an app's name; None for any other name."""
+    """The candidate for an app's name (a router) or a workflow's model id (``flow:NAME``); None
+    for any other name."""
     from modelmill.apps import Apps
+    from modelmill.apps.flows import flow_name
 
+    name = flow_name(ref)
+    if name is not None:
+        row = Apps(store).find(name)
+        if row is None or row.kind != "workflow":
+            from modelmill.errors import NotFoundError
+
+            raise NotFoundError(f"no workflow named '{name}'", field="--models",
+                                fix="`modelmill apps list` shows the workflows (model id flow:NAME)")
+        return FlowCandidate(store, row, device=device, dtype=dtype)
     if ":" in ref:
         return None
     row = Apps(store).find(ref)

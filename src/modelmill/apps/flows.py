@@ -204,6 +204,20 @@ def check_inputs(wf: Workflow, given: dict) -> dict:
     return out
 
 
+def chat_inputs(wf: Workflow, messages: list[dict], given: dict | None = None) -> dict:
+    """The inputs of a run that answers a chat (``/v1/chat/completions`` with ``flow:NAME``, or a
+    workflow scored by ``modelmill eval``): the inputs given, ``question`` (where the workflow has
+    one and none was given) the conversation's question, and the messages; checked."""
+    from modelmill.kb.rag import question_of
+
+    inputs = dict(given or {})
+    if "question" in wf.inputs and "question" not in inputs:
+        inputs["question"] = question_of(messages)
+    inputs["messages"] = messages
+    check_inputs(wf, inputs)
+    return inputs
+
+
 async def run_flow(services: FlowServices, wf: Workflow, inputs: dict, *, on_event=None,
                    store_run: bool = True) -> FlowRun:
     """Run ``wf`` on ``inputs``; ``await on_event(trace_entry)`` after each node. Raises
