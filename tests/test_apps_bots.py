@@ -171,6 +171,44 @@ def test_served_over_rest_and_v1(bot_home):
 # ----------------------------------------------------------------------------- rules, without a model
 
 
+def test_a_bot_build_is_a_job_over_rest(bot_home):
+    """POST /api/jobs {"kind": "bot-build"} runs the library call `apps bot build` makes, in a worker:
+    the module adapter trained, the bot published and served; bad settings are refused at submit."""
+    import time
+
+    home, cli, data, _ = bot_home
+    srv = Server(home, "--workers", "1", "--poll", "0.3", command="up")
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            fields = {f["name"] for f in c.get("/api/schema/bot-build").json()["fields"]}
+            assert {"name", "dialogues", "database", "base", "modules", "train"} <= fields
+            config = {"name": "trip-job", "dialogues": str(data / "dialogues.jsonl"), "database": str(data / "database"),
+                      "base": "tiny", "modules": "intent", "test_fraction": 0.25}
+            for bad, needle in (({"dialogues": str(data / "nope.jsonl")}, "no dialogue file"),
+                                ({"base": "ghost"}, "ghost"), ({"name": "tiny"}, "already the name of a model"),
+                                ({"modules": "intent,dance"}, "unknown module dance")):
+                r = c.post("/api/jobs", json={"kind": "bot-build", "config": {**config, **bad}})
+                assert r.status_code in (400, 404, 409) and needle in r.json()["error"]["message"], r.text
+            r = c.post("/api/jobs", json={"kind": "bot-build", "config": config})
+            assert r.status_code == 201, r.text
+            jid = r.json()["id"]
+            deadline = time.monotonic() + 300
+            while (job := c.get(f"/api/jobs/{jid}").json())["status"] not in ("succeeded", "failed"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.5)
+            events = c.get(f"/api/jobs/{jid}/events").text
+            assert job["status"] == "succeeded", events
+            assert job["result"]["model_id"] == "bot:trip-job" and job["fine_tuned_model"] == "bot:trip-job"
+            assert "training trip-job-intent" in events and "held out" in events
+            assert "bot:trip-job" in [m["id"] for m in c.get("/v1/models").json()["data"]]
+            spec = json.loads(cli("apps", "show", "trip-job", "--json").stdout)["spec"]
+            assert spec["modules"]["intent"] == {"model": "trip-job-intent", "prompted": False}
+            r = c.post("/api/apps/trip-job/chat", json={"message": "我要打车去故宫"})
+            assert r.status_code == 200, r.text
+    finally:
+        srv.stop()
+
+
 def test_acts_round_trip_and_intent_labels():
     acts = [["General", "greet", "none", "none"], ["Inform", "酒店", "游玩时间", "3小时 - 4小时"],
             ["Request", "酒店", "名称", ""]]

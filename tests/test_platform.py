@@ -281,6 +281,11 @@ def test_api_keys_scopes_and_model_limits(cli_tiny, home):
             assert h.get("/api/datasets", headers=as_admin).status_code == 200
             r = h.post("/api/keys", json={"name": "ci", "scopes": ["train"]}, headers=as_admin)
             assert r.status_code == 201 and r.json()["key"].startswith("mm-")
+            as_train = {"Authorization": f"Bearer {r.json()['key']}"}
+            # a bot build reads files on the server's disk: not with the train scope alone
+            r = h.post("/api/jobs", headers=as_train, json={"kind": "bot-build", "config": {
+                "name": "b", "dialogues": "/etc/passwd", "database": "/etc", "base": "tiny"}})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", r.text
             assert h.post("/api/keys", json={"name": "x", "scopes": ["train"]}, headers=as_infer).status_code == 403
             cli_tiny("keys", "revoke", "app")
             assert h.get("/v1/models", headers=as_infer).status_code == 401

@@ -15,7 +15,8 @@ import json
 
 import click
 
-from modelmill.cli import Group, _store
+from modelmill.apps.bot_data import BotBuildConfig
+from modelmill.cli import Group, _store, build_config, dataclass_options
 from modelmill.cli_apps import _problems, _read_flow_file, apps
 
 
@@ -24,45 +25,17 @@ def bot():
     """Task-oriented dialogue bots: four modules (intent, extract, followup, answer) on one base model."""
 
 
-def train_module(store, *, base: str, data: str, name: str, epochs: float, time_budget: float):
-    """One bot module's LoRA adapter, trained as `modelmill train` trains one."""
-    from modelmill.train.methods import config_class
-    from modelmill.train.runs import train
-
-    cfg = config_class("lora")(base=base, data=data, name=name, method="lora", epochs=epochs,
-                               time_budget=time_budget, max_length=384)
-    return train(store, cfg)
-
-
 @bot.command("build")
 @click.argument("name")
-@click.option("--dialogues", required=True, type=click.Path(dir_okay=False),
-              help="JSONL of annotated dialogues (CrossWOZ's shape: messages with dialog_act).")
-@click.option("--database", required=True, type=click.Path(file_okay=False),
-              help="Folder of the business tables (*.json, *.jsonl, *.csv), one per domain.")
-@click.option("--base", default="smollm2-135m-instruct", show_default=True, help="The base model of every module.")
-@click.option("--train/--no-train", default=True, show_default=True,
-              help="Train the modules' adapters now (otherwise each runs on the base with a few-shot prompt).")
-@click.option("--modules", default="intent,extract,answer", show_default=True,
-              help="Which modules get an adapter (the rest: few-shot prompts on the base).")
-@click.option("--time-budget", type=float, default=0.0, show_default=True,
-              help="Minutes each module's training may take (0: one epoch, however long).")
-@click.option("--epochs", type=float, default=1.0, show_default=True)
-@click.option("--limit", type=int, default=0, show_default=True, help="Examples per module (0: all).")
-@click.option("--test-fraction", type=float, default=0.2, show_default=True,
-              help="Share of dialogues held out for `apps bot eval` (split by dialogue).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--replace", is_flag=True, help="Rebuild an existing bot NAME.")
-def bot_build(name, dialogues, database, base, train, modules, time_budget, epochs, limit, test_fraction, seed,
-              replace):
+@dataclass_options(BotBuildConfig, exclude=("name",))
+def bot_build(name, **flags):
     """Build a bot from a dialogue dataset in one go: split by dialogue, each module's training data from the
     annotations, the tables registered, the adapters trained, the bot published as bot:NAME."""
     from modelmill.apps.bot_data import build_bot
+    from modelmill.train.runs import train_lora
 
-    out = build_bot(_store(), name, dialogues, database, base=base, test_fraction=test_fraction, seed=seed,
-                    train=train, modules=tuple(m.strip() for m in modules.split(",") if m.strip()),
-                    time_budget=time_budget, epochs=epochs, limit=limit, replace=replace, log=click.echo,
-                    trainer=train_module)
+    out = build_bot(_store(), build_config(BotBuildConfig, {"name": name, **flags}, None), log=click.echo,
+                    trainer=train_lora)
     click.echo(f"held-out dialogues: {out['test_dialogues']} (score with `modelmill apps bot eval {name}`)")
 
 

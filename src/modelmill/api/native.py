@@ -285,16 +285,18 @@ def get_adapter(request: Request, name: str):
 
 def _schemas() -> dict:
     from modelmill.adapters.merge import MergeConfig
+    from modelmill.apps.bot_data import BotBuildConfig
     from modelmill.jobs.kinds import EvalJobConfig, GridJobConfig
     from modelmill.train.sft import SFTConfig
 
-    return {"train": SFTConfig, "eval": EvalJobConfig, "grid": GridJobConfig, "merge": MergeConfig}
+    return {"train": SFTConfig, "eval": EvalJobConfig, "grid": GridJobConfig, "merge": MergeConfig,
+            "bot-build": BotBuildConfig}
 
 
 @router.get("/schema/{command}", tags=["jobs"])
 def config_schema(command: str, method: str | None = Query(None, description="train only: the method whose "
                                                                            "settings to describe (default lora)")):
-    """The fields of a job kind's config (train, eval, grid, merge): what the web UI's forms are drawn
+    """The fields of a job kind's config (train, eval, grid, merge, bot-build): what the web UI's forms are drawn
     from. For train, each method has its own fields (``?method=dpo``) and ``methods`` lists them all."""
     from modelmill.schema import describe
     from modelmill.train.methods import config_class, describe_methods
@@ -330,17 +332,26 @@ def event_json(e) -> dict:
 
 
 class JobRequest(BaseModel):
-    kind: Literal["train", "eval", "grid", "merge"] = "train"
+    kind: Literal["train", "eval", "grid", "merge", "bot-build"] = "train"
     config: dict = Field(default_factory=dict)
     resources: dict | None = None
 
 
 @router.post("/jobs", status_code=201, tags=["jobs"])
 def create_job(request: Request, body: JobRequest):
-    """Queue a training, evaluation, grid or merge job; a worker runs it (`modelmill worker` or `modelmill up`)."""
+    """Queue a training, evaluation, grid, merge or bot-build job; a worker runs it (`modelmill worker` or
+    `modelmill up`). A bot build reads its dialogue file and table folder from this server's disk, so with
+    API keys it needs the admin scope."""
     from modelmill.api.auth import require_model
+    from modelmill.api.errors import ApiError
     from modelmill.jobs.queue import JobQueue
 
+    key = getattr(request.state, "api_key", None)
+    if body.kind == "bot-build":
+        if key is not None and "admin" not in key.scopes:
+            raise ApiError(403, f"key '{key.name}' may not start a bot build: it reads files on this server, which "
+                                "needs the admin scope", field="kind", code="insufficient_scope")
+        require_model(request, body.config.get("base") or "smollm2-135m-instruct")
     if body.kind == "train":
         require_model(request, body.config.get("base") or "smollm2-135m-instruct")
         if isinstance(body.config.get("from_adapter"), str) and body.config["from_adapter"]:
@@ -353,7 +364,6 @@ def create_job(request: Request, body: JobRequest):
     if body.kind == "merge" and isinstance(body.config.get("sources"), str):  # "a:0.6,b:0.4": the adapters
         for part in (p.strip() for p in body.config["sources"].split(",") if p.strip()):
             require_model(request, part.rpartition(":")[0] or part if ":" in part else part)
-    key = getattr(request.state, "api_key", None)
     job = JobQueue(_store(request)).submit(body.kind, body.config, resources=body.resources,
                                            created_by=key.id if key else None)
     return job_json(job)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelmill.apps import dialogue as dlg
@@ -213,38 +214,87 @@ def bot_yaml(base: str, modules: dict[str, dict], domains: dict[str, dict], desc
     return yaml.safe_dump(doc, allow_unicode=True, sort_keys=False, width=200)
 
 
-def build_bot(store, name: str, dialogues: str | Path, database: str | Path, *, base: str = "smollm2-135m-instruct",
-              test_fraction: float = 0.2, seed: int = 0, train: bool = True, modules: tuple = ("intent", "extract",
-                                                                                                   "answer"),
-              time_budget: float = 0.0, epochs: float = 1.0, limit: int = 0, replace: bool = False, log=print,
-              trainer=None) -> dict:
+@dataclass
+class BotBuildConfig:
+    """Build a dialogue bot from a task-oriented dialogue dataset, as `modelmill apps bot build` does."""
+
+    name: str = field(default="", metadata={"help": "The bot's name (model id bot:NAME).", "basic": True})
+    dialogues: str = field(default="", metadata={
+        "help": "JSONL of annotated dialogues (CrossWOZ's shape: messages with dialog_act), a path where the build runs.",
+        "basic": True})
+    database: str = field(default="", metadata={
+        "help": "Folder of the business tables (*.json, *.jsonl, *.csv), one per domain, a path where the build runs.",
+        "basic": True})
+    base: str = field(default="smollm2-135m-instruct", metadata={"help": "The base model of every module.",
+                                                                 "basic": True})
+    train: bool = field(default=True, metadata={
+        "help": "Train the modules' adapters now (otherwise each runs on the base with a few-shot prompt)."})
+    modules: str = field(default="intent,extract,answer", metadata={
+        "help": "Which modules get an adapter, comma-separated (the rest: few-shot prompts on the base)."})
+    time_budget: float = field(default=0.0, metadata={
+        "help": "Minutes each module's training may take (0: the epochs, however long)."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over each module's examples."})
+    limit: int = field(default=0, metadata={"help": "Examples per module (0: all)."})
+    test_fraction: float = field(default=0.2, metadata={
+        "help": "Share of dialogues held out for `apps bot eval` (split by dialogue)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split."})
+    replace: bool = field(default=False, metadata={"help": "Rebuild an existing bot NAME."})
+
+    def module_list(self) -> tuple:
+        return tuple(m.strip() for m in self.modules.split(",") if m.strip())
+
+
+def check_build(store, cfg: BotBuildConfig):
+    """What can be checked before anything is read or written (a job's submission checks this):
+    the name, the settings, the base model, that the files exist. The bot of that name, or None."""
+    from modelmill.apps import Apps, check_app_name_free
+    from modelmill.names import check_name
+
+    check_name(cfg.name, "NAME")
+    if not 0 < cfg.test_fraction < 1:
+        raise InputError("--test-fraction must be between 0 and 1", field="--test-fraction", fix="e.g. 0.2")
+    if cfg.epochs <= 0 or cfg.time_budget < 0 or cfg.limit < 0:
+        flag = "--epochs" if cfg.epochs <= 0 else "--time-budget" if cfg.time_budget < 0 else "--limit"
+        raise InputError(f"{flag} must be {'> 0' if flag == '--epochs' else '>= 0'}", field=flag)
+    unknown = [m for m in cfg.module_list() if m not in dlg.MODULES]
+    if unknown:
+        raise InputError(f"unknown module {unknown[0]}", field="--modules", fix=f"modules: {', '.join(dlg.MODULES)}")
+    existing = Apps(store).find(cfg.name)
+    if existing is not None and not (existing.kind == "bot" and cfg.replace):
+        raise ConflictError(f"an app named '{cfg.name}' exists", field="NAME",
+                            fix="pass --replace to rebuild a bot, or pick another name")
+    if existing is None:
+        check_app_name_free(store, cfg.name)
+    model_problem_ = _model_problem(store, cfg.base)
+    if model_problem_:
+        raise NotFoundError(model_problem_, field="--base", fix="pick one from `modelmill models list`")
+    if not cfg.dialogues or not cfg.database:
+        flag = "--dialogues" if not cfg.dialogues else "--database"
+        raise InputError(f"{flag} is required", field=flag,
+                         fix="the dialogue file (JSONL) and the folder of the business tables")
+    if not Path(cfg.dialogues).is_file():
+        raise NotFoundError(f"no dialogue file {cfg.dialogues}", field="--dialogues",
+                            fix="a JSONL file of dialogues, one a line")
+    if not Path(cfg.database).is_dir():
+        raise NotFoundError(f"no folder {cfg.database}", field="--database",
+                            fix="a folder with one table file per domain (*.json, *.jsonl, *.csv)")
+    return existing
+
+
+def build_bot(store, cfg: BotBuildConfig, *, log=print, trainer=None) -> dict:
     """Everything a bot needs from a task-oriented dialogue dataset, in one call: the split by dialogue, each
     module's training data (datasets ``NAME-intent`` ...), the tables, the module adapters trained (``train``;
     a module not trained runs on the base with a few-shot prompt from its data), and the bot ``bot:NAME``.
     Returns what was made, with the test dialogues' file for ``modelmill apps bot eval``. ``trainer(store,
-    base=, data=, name=, epochs=, time_budget=)`` trains one module's LoRA adapter (apps sits below training:
-    the caller hands it in, ``cli_bots.train_module`` for the command line)."""
-    from modelmill.apps import Apps, check_app_name_free
+    base=, data=, name=, epochs=, time_budget=, max_length=)`` trains one module's LoRA adapter (apps sits
+    below training: the caller hands it in, ``train.runs.train_lora`` for the command line and the job)."""
     from modelmill.data.catalog import DatasetCatalog
-    from modelmill.names import check_name
 
-    check_name(name, "NAME")
-    if not 0 < test_fraction < 1:
-        raise InputError("--test-fraction must be between 0 and 1", field="--test-fraction")
-    unknown = [m for m in modules if m not in dlg.MODULES]
-    if unknown:
-        raise InputError(f"unknown module {unknown[0]}", field="--modules", fix=f"modules: {', '.join(dlg.MODULES)}")
-    existing = Apps(store).find(name)
-    if existing is not None and not (existing.kind == "bot" and replace):
-        raise ConflictError(f"an app named '{name}' exists", field="NAME",
-                            fix="pass --replace to rebuild a bot, or pick another name")
-    if existing is None:
-        check_app_name_free(store, name)
-    model_problem_ = _model_problem(store, base)
-    if model_problem_:
-        raise NotFoundError(model_problem_, field="--base", fix="pick one from `modelmill models list`")
+    existing = check_build(store, cfg)
+    name, dialogues, database, base = cfg.name, cfg.dialogues, cfg.database, cfg.base
+    train, modules, epochs, time_budget, limit = cfg.train, cfg.module_list(), cfg.epochs, cfg.time_budget, cfg.limit
     all_dialogues = read_dialogues(dialogues)
-    train_d, test_d = split(all_dialogues, test_fraction, seed)
+    train_d, test_d = split(all_dialogues, cfg.test_fraction, cfg.seed)
     if not train_d or not test_d:
         raise InputError(f"{len(all_dialogues)} dialogues split into {len(train_d)} for training and {len(test_d)} "
                          "for testing", field="--test-fraction", fix="give more dialogues or another --test-fraction")
@@ -275,7 +325,8 @@ def build_bot(store, name: str, dialogues: str | Path, database: str | Path, *, 
                 raise InputError("training the modules needs a trainer", field="--train",
                                  fix="build with --no-train, or call build_bot(..., trainer=...)")
             log(f"  training {adapter} on {refs[m]} ...")
-            trainer(store, base=base, data=refs[m], name=adapter, epochs=epochs, time_budget=time_budget)
+            trainer(store, base=base, data=refs[m], name=adapter, epochs=epochs, time_budget=time_budget,
+                    max_length=384)
             spec_modules[m] = {"model": adapter}
         elif _model_problem(store, adapter) is None and m in modules:
             spec_modules[m] = {"model": adapter}       # trained before (a rebuild without --train)

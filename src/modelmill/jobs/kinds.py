@@ -1,4 +1,5 @@
-"""What a job can be: train, eval, grid, merge (and any kind a plugin adds under ``modelmill.job_kinds``).
+"""What a job can be: train, eval, grid, merge, promote, bot-build (and any kind a plugin adds under
+``modelmill.job_kinds``).
 
 A kind is its config dataclass (the same one the CLI's flags come from) plus three calls:
 ``validate`` (at submit time, in the API process: names resolve, files are imported),
@@ -17,6 +18,7 @@ from modelmill.errors import ConflictError, InputError
 from modelmill.evaluate.run import names as _names  # light
 from modelmill.schema import from_mapping
 from modelmill.adapters.merge import MergeConfig  # light: no torch at import
+from modelmill.apps.bot_data import BotBuildConfig  # light: no torch at import
 from modelmill.train.sft import SFTConfig  # light: no torch at import
 from modelmill.train import methods as train_methods  # light: no torch at import
 
@@ -370,8 +372,32 @@ def _run_promote(ctx) -> dict:
     return {"deployment": cfg.deployment, **event}
 
 
+# ----------------------------------------------------------------------------- bot build
+
+
+def _validate_bot_build(store, cfg, job):
+    from modelmill.apps.bot_data import check_build
+
+    check_build(store, cfg)
+    return cfg, {"model": cfg.base}
+
+
+def _bot_build_needs(cfg) -> dict:
+    return {"cpu": 1, "gpu": 1 if cfg.train and _gpu_count() > 0 else 0}
+
+
+def _run_bot_build(ctx) -> dict:
+    """The same library call as `modelmill apps bot build`, each module trained as `modelmill train` trains."""
+    from modelmill.apps.bot_data import build_bot
+    from modelmill.train.runs import train_lora
+
+    out = build_bot(ctx.store, ctx.config, log=ctx.event, trainer=train_lora)
+    return {**out, "model_id": f"bot:{out['bot']}", "columns": {"fine_tuned_model": f"bot:{out['bot']}"}}
+
+
 register(TrainKind("train", SFTConfig, _validate_train, _run_train, _train_needs))
 register(JobKind("eval", EvalJobConfig, _validate_eval, _run_eval))
 register(JobKind("grid", GridJobConfig, _validate_grid, _run_grid))
 register(JobKind("merge", MergeConfig, _validate_merge, _run_merge))
 register(JobKind("promote", PromoteJobConfig, _validate_promote, _run_promote))
+register(JobKind("bot-build", BotBuildConfig, _validate_bot_build, _run_bot_build, _bot_build_needs))

@@ -221,6 +221,17 @@ def train(store: Store, cfg: TrainConfig, *, resume: bool = False, log_file: Pat
         return _train_locked(store, cfg, resume, log_file, accelerate_config, before_publish, job_id)
 
 
+
+def train_lora(store: Store, *, base: str, data: str, name: str, epochs: float = 1.0, time_budget: float = 0.0,
+               max_length: int = 0) -> Adapter:
+    """A LoRA adapter with the default settings, as `modelmill train --base B --data D --name N` trains
+    it: what a caller below training hands in to have a part trained (a bot's module)."""
+    from modelmill.train.methods import config_class
+
+    return train(store, config_class("lora")(base=base, data=data, name=name, method="lora", epochs=epochs,
+                                             time_budget=time_budget, max_length=max_length))
+
+
 def _train_locked(store: Store, cfg: TrainConfig, resume: bool, log_file: Path | None,
                   accelerate_config: str | None, before_publish=None, job_id: str | None = None) -> Adapter:
     import torch
