@@ -98,3 +98,28 @@ def check_app_name_free(store, name: str, field: str = "NAME") -> None:
         raise ConflictError(f"'{name}' is already the name of {taken}", field=field,
                             fix="choose a name that `modelmill models list`, `adapters list`, `apps list` and "
                                 "GET /api/deployments do not show")
+
+
+def publish_app(store, name: str, kind: str, spec: dict, base: str, *, replace: bool = False):
+    """Store ``spec`` as the app ``name`` of ``kind`` (a checked workflow or bot file): a new app, its
+    name free across models, adapters, apps and deployments; or, with ``replace``, the next version of
+    the app of that name and kind (its runs or conversations stay). Returns the stored row."""
+    from sqlalchemy import select
+
+    from modelmill.store.tables import App, utcnow
+
+    existing = Apps(store).find(name)
+    if existing is not None and existing.kind == kind:
+        if not replace:
+            raise ConflictError(f"a {kind} named '{name}' exists", field="NAME",
+                                fix="pass --replace (REST: \"replace\": true) to publish this file as its new version")
+    else:
+        check_app_name_free(store, name)
+    with store.session() as s:
+        row = s.scalar(select(App).where(App.name == name))
+        if row is None:
+            s.add(App(name=name, kind=kind, base_model=base, spec=spec, state={}, metrics={}))
+        else:
+            row.spec, row.base_model, row.updated_at = spec, base, utcnow()
+            row.state = {**(row.state or {}), "version": int((row.state or {}).get("version", 1)) + 1}
+    return Apps(store).get(name)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from modelmill.apps import dialogue as dlg
 from modelmill.apps.flow_spec import FlowError, model_problem, parse_yaml
-from modelmill.errors import ConflictError, InputError, ModelmillError, NotFoundError
+from modelmill.errors import InputError, ModelmillError, NotFoundError
 
 BOT_PREFIX = "bot:"
 TOP = {"name", "description", "base", "modules", "domains", "max_rows"}
@@ -206,30 +206,13 @@ def bot_name(model_id: str) -> str | None:
 def create_bot(store, name: str, text: str, source: str | None = None, *, replace: bool = False):
     """Check a bot file and publish it as ``bot:NAME``. Nothing is stored when the file has a problem;
     ``replace`` publishes a new version of an existing bot (its conversations go on)."""
-    from sqlalchemy import select
-
-    from modelmill.apps import Apps, check_app_name_free
+    from modelmill.apps import publish_app
     from modelmill.names import check_name
-    from modelmill.store.tables import App, utcnow
 
     check_name(name, "NAME")
     bot = load_bot(text, source, store, name)
-    existing = Apps(store).find(name)
-    if existing is not None and existing.kind == "bot":
-        if not replace:
-            raise ConflictError(f"a bot named '{name}' exists", field="NAME",
-                                fix="pass --replace (REST: \"replace\": true) to publish this file as its new version")
-    else:
-        check_app_name_free(store, name)
     spec = {"yaml": text, "source": source, "description": bot.description, **bot.outline()}
-    with store.session() as s:
-        row = s.scalar(select(App).where(App.name == name))
-        if row is None:
-            s.add(App(name=name, kind="bot", base_model=bot.base, spec=spec, state={}, metrics={}))
-        else:
-            row.spec, row.base_model, row.updated_at = spec, bot.base, utcnow()
-            row.state = {**(row.state or {}), "version": int((row.state or {}).get("version", 1)) + 1}
-    return Apps(store).get(name)
+    return publish_app(store, name, "bot", spec, bot.base, replace=replace)
 
 
 def get_bot(store, name: str) -> Bot:

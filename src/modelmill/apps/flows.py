@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from modelmill.apps.flow_spec import Node, Workflow, _ids, load_workflow, render
-from modelmill.errors import ConflictError, EngineError, InputError, ModelmillError, NotFoundError
+from modelmill.errors import EngineError, InputError, ModelmillError, NotFoundError
 
 KEEP_RUNS = 1000          # newest runs kept per workflow (up to PRUNE_EVERY more between prunes)
 PRUNE_EVERY = 50
@@ -581,41 +581,22 @@ NODE_RUNNERS = {"llm": _llm, "extract": _extract, "retrieve": _retrieve, "lookup
 def create_flow(store, name: str, text: str, source: str | None = None, *, replace: bool = False):
     """Check a workflow file against the store and publish it as ``flow:NAME`` (``replace``: a new version
     of an existing workflow; its runs stay). Nothing is stored when the file has a problem."""
-    from sqlalchemy import select
-
-    from modelmill.apps import Apps, check_app_name_free
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.apps import publish_app
     from modelmill.names import check_name
-    from modelmill.store.tables import App, utcnow
 
     check_name(name, "NAME")
     wf = load_workflow(text, source, store, name)
-    existing = Apps(store).find(name)
-    if existing is not None and existing.kind == "workflow":
-        if not replace:
-            raise ConflictError(f"a workflow named '{name}' exists", field="NAME",
-                                fix="pass --replace (REST: \"replace\": true) to publish this file as its new version")
-    else:  # a new name: free across models, adapters, apps and deployments
-        check_app_name_free(store, name)
     spec = {"yaml": text, "source": source, "description": wf.description, "inputs": wf.inputs,
             "nodes": wf.outline(), "answer": wf.answer}
     base = ""
     for m in wf.models():
         try:
-            from modelmill.adapters import AdapterRegistry
-
             base = AdapterRegistry(store).resolve_ref(m)[0].name
             break
         except ModelmillError:
             continue
-    with store.session() as s:
-        row = s.scalar(select(App).where(App.name == name))
-        if row is None:
-            row = App(name=name, kind="workflow", base_model=base, spec=spec, state={}, metrics={})
-            s.add(row)
-        else:
-            row.spec, row.base_model, row.updated_at = spec, base, utcnow()
-            row.state = {**(row.state or {}), "version": int((row.state or {}).get("version", 1)) + 1}
-    return Apps(store).get(name)
+    return publish_app(store, name, "workflow", spec, base, replace=replace)
 
 
 def load_flow(store, name: str) -> Workflow:
