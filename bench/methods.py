@@ -29,7 +29,6 @@ import math
 import os
 import random
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,9 +245,7 @@ def _dpo_child(mode: str, base_path: str, data_path: str, steps: int, bf16: bool
     import tempfile
 
     import torch
-    from transformers import TrainerCallback
-
-    from train_throughput import _peak_rss_mb, _reset_peak_rss
+    from train_throughput import _peak_rss_mb, _reset_peak_rss, step_clock
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as out:
@@ -285,16 +282,7 @@ def _dpo_child(mode: str, base_path: str, data_path: str, steps: int, bf16: bool
             return collate(features)
 
         trainer.data_collator = counting
-        clock: list[float] = []
-
-        class Clock(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kw):
-                clock.append(time.perf_counter())
-
-            def on_step_end(self, args, state, control, **kw):
-                clock.append(time.perf_counter())
-
-        trainer.add_callback(Clock())
+        clock = step_clock(trainer)
         reset = _reset_peak_rss()
         trainer.train()
         peak = _peak_rss_mb(reset)

@@ -137,6 +137,23 @@ def _peak_rss_mb(reset: bool) -> float:
     return rss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
+def step_clock(trainer) -> list[float]:
+    """A list that gets the time training began, then the time each optimizer step ended."""
+    from transformers import TrainerCallback
+
+    clock: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            clock.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            clock.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    return clock
+
+
 def train_once(which: str, model_path: str, data_path: str, steps: int, batch_size: int, threads: int,
                log_path: str, queue) -> None:
     """Child process: build one trainer, train it, report tokens, time, memory and step 1."""
@@ -146,7 +163,6 @@ def train_once(which: str, model_path: str, data_path: str, steps: int, batch_si
     import hashlib
 
     import torch
-    from transformers import TrainerCallback
 
     torch.set_num_threads(threads)
 
@@ -180,16 +196,7 @@ def train_once(which: str, model_path: str, data_path: str, steps: int, batch_si
         trainer.compute_loss = first_loss
 
         # ... and when training began and each step ended
-        clock: list[float] = []
-
-        class Clock(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kw):
-                clock.append(time.perf_counter())
-
-            def on_step_end(self, args, state, control, **kw):
-                clock.append(time.perf_counter())
-
-        trainer.add_callback(Clock())
+        clock = step_clock(trainer)
         reset = _reset_peak_rss()
         trainer.train()
         peak = _peak_rss_mb(reset)

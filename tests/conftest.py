@@ -187,3 +187,16 @@ def register_random_adapter(home: Path, base_folder: Path, name: str, seed: int,
         else:
             os.environ["MODELMILL_HOME"] = old
     return path
+
+
+def wait_for_job(client, job_id: str, timeout: float = 300) -> dict:
+    """Poll GET /api/jobs/ID until the job succeeds or fails; the job, with its events' text when it failed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (job := client.get(f"/api/jobs/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    if job["status"] != "succeeded":
+        job["events"] = client.get(f"/api/jobs/{job_id}/events").text
+    return job

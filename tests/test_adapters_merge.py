@@ -4,12 +4,11 @@ its lineage, and exporting an adapter merged into its base as a Hugging Face mod
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 import torch
-from conftest import CLI, Server, register_random_adapter
+from conftest import CLI, Server, register_random_adapter, wait_for_job
 from safetensors.torch import load_file
 
 TARGETS = ["q_proj", "v_proj"]
@@ -125,12 +124,8 @@ def test_a_merge_job_over_rest_and_the_merged_adapter_served_beside_its_parents(
             r = h.post("/api/jobs", json={"kind": "merge", "config": {"name": "ab-rest", "sources": "a:0.5,b:0.5",
                                                                       "how": "dare_ties", "density": 0.7}})
             assert r.status_code == 201, r.text
-            jid = r.json()["id"]
-            deadline = time.monotonic() + 180
-            while (job := h.get(f"/api/jobs/{jid}").json())["status"] not in ("succeeded", "failed"):
-                assert time.monotonic() < deadline, job
-                time.sleep(0.5)
-            assert job["status"] == "succeeded", h.get(f"/api/jobs/{jid}/events").text
+            job = wait_for_job(h, r.json()["id"], timeout=180)
+            assert job["status"] == "succeeded", job
             assert job["result"]["model_id"] == "tiny:ab-rest" and job["result"]["rank"] == 4
             assert [p["name"] for p in job["result"]["parents"]] == ["a", "b"]
             assert h.get("/api/adapters/ab-rest").json()["lineage"]["merge"]["how"] == "dare_ties"

@@ -209,6 +209,22 @@ def trl_utils(monkeypatch):
     return utils
 
 
+def head_rows(trl_utils, monkeypatch) -> list[int]:
+    """A list that gets, per call of trl's fused LM head, how many rows it projected (the real
+    function still runs)."""
+    rows: list[int] = []
+    real = trl_utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            rows.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+    return rows
+
+
 def test_score_answers_only_patches_compaction_but_not_the_kernel_choice(trl_utils):
     from trl.kernels import chunked_logprob
 
@@ -230,17 +246,7 @@ def test_answers_only_fused_head_loss_matches_plain_loss(trl_utils, monkeypatch)
 
     from modelmill.train.answer_head import score_answers_only
 
-    # record how many rows reach the LM head projection (the real function still runs)
-    rows = []
-    real = trl_utils._ChunkedLogProbFunction
-
-    class Spy:
-        @staticmethod
-        def apply(hidden, *args):
-            rows.append(hidden.shape[0])
-            return real.apply(hidden, *args)
-
-    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+    rows = head_rows(trl_utils, monkeypatch)
 
     model = tiny_llama(0)
     plain = copy.deepcopy(model)
@@ -471,7 +477,7 @@ def test_time_budget_names_an_unreadable_plan_on_resume(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- every method takes them
 
 
-def test_dpo_takes_the_fast_paths_with_trls_own_loss_and_gradients(trl_utils, tiny_model, tmp_path):
+def test_dpo_takes_the_fast_paths_with_trls_own_loss_and_gradients(trl_utils, tiny_model, tmp_path, monkeypatch):
     """A DPO step built by ``modelmill.train.dpo`` (fused LoRA, answers-only head on CPU) gives the
     loss and LoRA gradients of the same trainer on trl's and peft's plain paths, reference pass
     (adapter off) included, and sends only the answers' positions through the LM head."""
@@ -500,14 +506,7 @@ def test_dpo_takes_the_fast_paths_with_trls_own_loss_and_gradients(trl_utils, ti
     inputs = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
     answers = int(inputs["completion_mask"][:, 1:].sum())
 
-    rows_seen = []
-    real = trl_utils._ChunkedLogProbFunction
-
-    class Spy:
-        @staticmethod
-        def apply(hidden, *args):
-            rows_seen.append(hidden.shape[0])
-            return real.apply(hidden, *args)
+    rows_seen = head_rows(trl_utils, monkeypatch)
 
     def step():
         model.zero_grad()
@@ -515,17 +514,13 @@ def test_dpo_takes_the_fast_paths_with_trls_own_loss_and_gradients(trl_utils, ti
         loss.backward()
         return loss.detach(), lora_grads(model)
 
-    trl_utils._ChunkedLogProbFunction = Spy
-    try:
-        fast_loss, fast_grads = step()
-        assert rows_seen == [answers, answers]  # the policy and the reference pass, answers only
-        for m in layers:
-            m.__class__ = PeftLoraLinear
-        trl_utils._use_triton = trl_utils._use_triton.__wrapped__
-        plain_loss, plain_grads = step()
-        assert rows_seen[-1] == inputs["input_ids"].numel() - inputs["input_ids"].shape[0]  # every position
-    finally:
-        trl_utils._ChunkedLogProbFunction = real
+    fast_loss, fast_grads = step()
+    assert rows_seen == [answers, answers]  # the policy and the reference pass, answers only
+    for m in layers:
+        m.__class__ = PeftLoraLinear
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton.__wrapped__)
+    plain_loss, plain_grads = step()
+    assert rows_seen[-1] == inputs["input_ids"].numel() - inputs["input_ids"].shape[0]  # every position
     assert float(plain_loss) != pytest.approx(0.6931, abs=1e-3)  # the adapter moved the policy off the reference
     torch.testing.assert_close(fast_loss, plain_loss, atol=ATOL, rtol=0)
     assert fast_grads.keys() == plain_grads.keys()
