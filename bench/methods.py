@@ -2,7 +2,8 @@
 fix (rebalanced SFT); continued pre-training with general text mixed in; a DPO step beside trl's
 DPOTrainer with its defaults.
 
-    .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes   # ~25 min on 2 CPU cores
+    .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes   # ~80 min on 2 AVX2 cores
+    .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --sft-weight 1   # + DPO with SFT loss
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts cpt        # ~35 min
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts speed      # ~5 min
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --quick            # every part, small: checks the bench
@@ -95,6 +96,13 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
     dpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name, name=f"m-drugs-dpo{q}",
                                epochs=args.dpo_epochs, beta=args.beta, batch_size=8)
     dpo = trained(dpo_cfg.name, dpo_cfg)
+    extra = []
+    if args.sft_weight:  # DPO with the chosen answers' supervised loss added (RPO), same pairs and epochs
+        w = f"{args.sft_weight:g}".replace(".", "p")
+        rpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name,
+                                   name=f"m-drugs-dpo-sft{w}{q}", epochs=args.dpo_epochs, beta=args.beta,
+                                   batch_size=8, sft_weight=args.sft_weight)
+        extra.append(trained(rpo_cfg.name, rpo_cfg))
     # one pass over the balanced set (3 x the largest class) costs what SFT's two passes over the
     # original cost: the two fixes are compared at equal compute
     bal = trained(f"m-drugs-balanced-sft{q}", SFTConfig(base=base, data=f"m-drugs-balanced{q}", epochs=1.0,
@@ -108,7 +116,7 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
     # 3. all three on the held-out reviews
     held = task_from_dict({"name": f"m-drugs-test{q}", "kind": "classification", "data": f"q-drugs-test{q}"})
     print(f"\n== scoring on {len(te)} held-out reviews", flush=True)
-    rows = evaluate(store, held, [LocalModel(store, a.name) for a in (sft, dpo, bal)], progress=False)
+    rows = evaluate(store, held, [LocalModel(store, a.name) for a in (sft, dpo, bal, *extra)], progress=False)
     res = {}
     for r in rows:
         m = r.metrics
@@ -120,7 +128,7 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
         print(f"| {name} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['neutral_f1']:.3f} |")
     s = res[sft.name]
     goals = []
-    for fix in (dpo.name, bal.name):
+    for fix in (dpo.name, bal.name, *(a.name for a in extra)):
         f = res[fix]
         goals.append((f"{fix}: macro-F1 {100 * (f['macro_f1'] - s['macro_f1']):+.1f} points vs SFT (goal +5), "
                       f"neutral F1 {f['neutral_f1']:.3f} (goal > 0.25), accuracy "
@@ -336,6 +344,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="Small subsets: checks the bench, measures little.")
     ap.add_argument("--dpo-epochs", type=float, default=3.0, help="Passes over the mistake pairs.")
     ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--sft-weight", type=float, default=0.0,
+                    help="Also train DPO with this weight on the chosen answers' supervised loss (RPO).")
     ap.add_argument("--cpt-docs", type=int, default=600, help="FiQA answers used (10%% held out).")
     ap.add_argument("--cpt-epochs", type=float, default=1.0)
     ap.add_argument("--trl-bf16", choices=("auto", "on", "off"), default="auto",

@@ -477,12 +477,8 @@ def test_time_budget_names_an_unreadable_plan_on_resume(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- every method takes them
 
 
-def test_dpo_takes_the_fast_paths_with_trls_own_loss_and_gradients(trl_utils, tiny_model, tmp_path, monkeypatch):
-    """A DPO step built by ``modelmill.train.dpo`` (fused LoRA, answers-only head on CPU) gives the
-    loss and LoRA gradients of the same trainer on trl's and peft's plain paths, reference pass
-    (adapter off) included, and sends only the answers' positions through the LM head."""
-    from peft.tuners.lora.layer import Linear as PeftLoraLinear
-
+def dpo_trainer(tiny_model, tmp_path, **settings):
+    """``modelmill.train.dpo``'s trainer on four preference pairs, no dropout (deterministic steps)."""
     from modelmill.train.config import TrainJob
     from modelmill.train.dpo import PreferenceConfig, build_trainer
 
@@ -491,9 +487,38 @@ def test_dpo_takes_the_fast_paths_with_trls_own_loss_and_gradients(trl_utils, ti
     data = tmp_path / "prefs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     cfg = PreferenceConfig(base="tiny", data="prefs", name="t", max_steps=1, batch_size=4, max_length=64,
-                           lora_dropout=0.0, save_steps=10**6)
-    trainer = build_trainer(TrainJob(config=cfg, base_path=str(tiny_model), data_path=str(data), kind="preference",
-                                     run_dir=str(tmp_path / "run"))).trainer
+                           lora_dropout=0.0, save_steps=10**6, **settings)
+    return build_trainer(TrainJob(config=cfg, base_path=str(tiny_model), data_path=str(data), kind="preference",
+                                  run_dir=str(tmp_path / f"run-{len(list(tmp_path.iterdir()))}"))).trainer
+
+
+def test_dpo_sft_weight_adds_the_chosen_answers_loss(tiny_model, tmp_path):
+    """--sft-weight w: the DPO loss plus w times the mean negative log-likelihood of the chosen
+    answers' tokens, computed here from the model's own logits."""
+    import torch.nn.functional as F
+
+    plain, rpo = dpo_trainer(tiny_model, tmp_path), dpo_trainer(tiny_model, tmp_path, sft_weight=2.0)
+    rpo.model.load_state_dict(plain.model.state_dict())
+    inputs = plain._prepare_inputs(plain.data_collator([plain.train_dataset[i] for i in range(4)]))
+    with torch.no_grad():
+        dpo_loss = plain.compute_loss(plain.model, inputs)
+        both = rpo.compute_loss(rpo.model, inputs)
+        chosen = slice(0, inputs["input_ids"].shape[0] // 2)  # the batch is [chosen..., rejected...]
+        ids, mask = inputs["input_ids"][chosen], inputs["completion_mask"][chosen]
+        logits = rpo.model(input_ids=ids, attention_mask=inputs["attention_mask"][chosen]).logits[:, :-1]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+        nll = nll[mask[:, 1:].reshape(-1).bool()].mean()
+    assert float(nll) > 0.1
+    torch.testing.assert_close(both, dpo_loss + 2.0 * nll, atol=1e-4, rtol=0)
+
+
+def test_dpo_takes_the_fast_paths_with_trls_own_loss_and_gradients(trl_utils, tiny_model, tmp_path, monkeypatch):
+    """A DPO step built by ``modelmill.train.dpo`` (fused LoRA, answers-only head on CPU) gives the
+    loss and LoRA gradients of the same trainer on trl's and peft's plain paths, reference pass
+    (adapter off) included, and sends only the answers' positions through the LM head."""
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
+
+    trainer = dpo_trainer(tiny_model, tmp_path)
     model = trainer.model
     layers = [m for m in model.modules() if isinstance(m, PeftLoraLinear)]
     assert layers and all(type(m) is FusedLoraLinear for m in layers)

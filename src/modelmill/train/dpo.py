@@ -36,6 +36,8 @@ class PreferenceConfig(TrainConfig):
                      basic=True)
     loss: str = _f("sigmoid", "DPO loss: sigmoid (the paper's), ipo, hinge or robust.", choices=LOSSES)
     label_smoothing: float = _f(0.0, "Robust DPO: the chance a pair's preference is flipped (0 <= x < 0.5).")
+    sft_weight: float = _f(0.0, "Weight of a supervised loss on the chosen answers, added to the preference "
+                                "loss (RPO; keeps the policy on the right answers when pairs are few; 0: none).")
 
     def __post_init__(self):
         super().__post_init__()
@@ -44,6 +46,8 @@ class PreferenceConfig(TrainConfig):
             (self.loss in LOSSES, "--loss", f"unknown DPO loss '{self.loss}'", "use " + ", ".join(LOSSES)),
             (0 <= self.label_smoothing < 0.5, "--label-smoothing", f"must be in [0, 0.5), got {self.label_smoothing}",
              "e.g. --label-smoothing 0.1 (with --loss robust)"),
+            (0 <= self.sft_weight <= 100, "--sft-weight", f"must be in [0, 100], got {self.sft_weight}",
+             "e.g. --sft-weight 1"),
         ])
 
     def default_lr(self, kind: str) -> float:
@@ -74,7 +78,10 @@ def build_trainer(job: TrainJob) -> TrainerSetup:
 
     # 3. trainer
     args = DPOConfig(**common.trainer_args(job, dtype, has_eval=eval_ds is not None),
-                     beta=cfg.beta, loss_type=[cfg.loss], label_smoothing=cfg.label_smoothing,
+                     beta=cfg.beta, label_smoothing=cfg.label_smoothing,
+                     # RPO: trl adds the chosen answers' negative log-likelihood, weighed, to the preference loss
+                     loss_type=[cfg.loss, *(["sft"] if cfg.sft_weight else [])],
+                     loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight else None,
                      max_length=cfg.max_length)
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config)
