@@ -434,8 +434,9 @@ def test_a_job_past_the_workers_job_timeout_is_stopped_and_fails(cli_tiny, home,
     os.environ["MODELMILL_HOME"] = str(home)
     q = JobQueue(open_store())
     job = q.submit("train", {"base": "tiny", "data": "sums", "name": "endless", "max_steps": 100000,
-                             "save_steps": 5, "logging_steps": 1, "batch_size": 2})
-    w = subprocess.Popen([*MODELMILL, "worker", "--poll", "0.3", "--job-timeout", "20"], env=env,
+                             "save_steps": 2, "logging_steps": 1, "batch_size": 2})
+    # long enough for the trainer to start and save a checkpoint on a loaded CI host (it took >20 s there)
+    w = subprocess.Popen([*MODELMILL, "worker", "--poll", "0.3", "--job-timeout", "40"], env=env,
                          stdout=(tmp_path / "worker.log").open("wb"), stderr=subprocess.STDOUT)
     try:
         done = _wait(lambda: (j := q.get(job.id)).status in ("succeeded", "failed", "cancelled") and j, 180,
@@ -445,7 +446,7 @@ def test_a_job_past_the_workers_job_timeout_is_stopped_and_fails(cli_tiny, home,
         w.send_signal(signal.SIGINT)
         w.wait(60)
     assert done.status == "failed" and done.error["code"] == "timeout", done.error
-    assert "--job-timeout (20 s)" in done.error["message"] and "--name endless --resume" in done.error["message"]
+    assert "--job-timeout (40 s)" in done.error["message"] and "--name endless --resume" in done.error["message"]
     assert any(e.message.startswith("Running for more than --job-timeout") for e in q.events(job.id))
     assert list((home / "runs" / "endless" / "checkpoints").glob("checkpoint-*"))  # kept, resumable
     assert not _pids_with(str(home / "runs" / "endless")), "no trainer left running"
