@@ -100,14 +100,10 @@ def check_app_name_free(store, name: str, field: str = "NAME") -> None:
                                 "GET /api/deployments do not show")
 
 
-def publish_app(store, name: str, kind: str, spec: dict, base: str, *, replace: bool = False):
-    """Store ``spec`` as the app ``name`` of ``kind`` (a checked workflow or bot file): a new app, its
-    name free across models, adapters, apps and deployments; or, with ``replace``, the next version of
-    the app of that name and kind (its runs or conversations stay). Returns the stored row."""
-    from sqlalchemy import select
-
-    from modelmill.store.tables import App, utcnow
-
+def check_publish(store, name: str, kind: str, replace: bool):
+    """Whether a file may be published as the app ``name`` of ``kind``: a new name must be free across
+    models, adapters, apps and deployments; an app of that name and kind is replaced only with
+    ``replace``. Returns that app, or None."""
     existing = Apps(store).find(name)
     if existing is not None and existing.kind == kind:
         if not replace:
@@ -115,11 +111,25 @@ def publish_app(store, name: str, kind: str, spec: dict, base: str, *, replace: 
                                 fix="pass --replace (REST: \"replace\": true) to publish this file as its new version")
     else:
         check_app_name_free(store, name)
-    with store.session() as s:
-        row = s.scalar(select(App).where(App.name == name))
-        if row is None:
-            s.add(App(name=name, kind=kind, base_model=base, spec=spec, state={}, metrics={}))
-        else:
-            row.spec, row.base_model, row.updated_at = spec, base, utcnow()
-            row.state = {**(row.state or {}), "version": int((row.state or {}).get("version", 1)) + 1}
+    return existing
+
+
+def publish_app(store, name: str, kind: str, spec: dict, base: str, *, replace: bool = False):
+    """Store ``spec`` as the app ``name`` of ``kind`` (a checked workflow or bot file): a new app, or
+    with ``replace`` the next version of the app of that name and kind (its runs or conversations
+    stay). Checked and written under the name's lock, so concurrent publishes of one name make one
+    app and then its next version. Returns the stored row."""
+    from sqlalchemy import select
+
+    from modelmill.store.tables import App, utcnow
+
+    with store.lock(f"app-{name}"):
+        check_publish(store, name, kind, replace)
+        with store.session() as s:
+            row = s.scalar(select(App).where(App.name == name))
+            if row is None:
+                s.add(App(name=name, kind=kind, base_model=base, spec=spec, state={}, metrics={}))
+            else:
+                row.spec, row.base_model, row.updated_at = spec, base, utcnow()
+                row.state = {**(row.state or {}), "version": int((row.state or {}).get("version", 1)) + 1}
     return Apps(store).get(name)

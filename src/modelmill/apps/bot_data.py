@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelmill.apps import dialogue as dlg
-from modelmill.errors import ConflictError, InputError, NotFoundError
+from modelmill.errors import InputError, NotFoundError
 
 
 def read_dialogues(path: str | Path) -> list[dict]:
@@ -247,7 +247,7 @@ class BotBuildConfig:
 def check_build(store, cfg: BotBuildConfig):
     """What can be checked before anything is read or written (a job's submission checks this):
     the name, the settings, the base model, that the files exist. The bot of that name, or None."""
-    from modelmill.apps import Apps, check_app_name_free
+    from modelmill.apps import check_publish
     from modelmill.names import check_name
 
     check_name(cfg.name, "NAME")
@@ -259,12 +259,7 @@ def check_build(store, cfg: BotBuildConfig):
     unknown = [m for m in cfg.module_list() if m not in dlg.MODULES]
     if unknown:
         raise InputError(f"unknown module {unknown[0]}", field="--modules", fix=f"modules: {', '.join(dlg.MODULES)}")
-    existing = Apps(store).find(cfg.name)
-    if existing is not None and not (existing.kind == "bot" and cfg.replace):
-        raise ConflictError(f"an app named '{cfg.name}' exists", field="NAME",
-                            fix="pass --replace to rebuild a bot, or pick another name")
-    if existing is None:
-        check_app_name_free(store, cfg.name)
+    existing = check_publish(store, cfg.name, "bot", cfg.replace)
     model_problem_ = _model_problem(store, cfg.base)
     if model_problem_:
         raise NotFoundError(model_problem_, field="--base", fix="pick one from `modelmill models list`")
