@@ -347,15 +347,13 @@ def create_job(request: Request, body: JobRequest):
     from modelmill.jobs.queue import JobQueue
 
     key = getattr(request.state, "api_key", None)
-    if body.kind == "bot-build":
-        if key is not None and "admin" not in key.scopes:
-            raise ApiError(403, f"key '{key.name}' may not start a bot build: it reads files on this server, which "
-                                "needs the admin scope", field="kind", code="insufficient_scope")
+    if body.kind == "bot-build" and key is not None and "admin" not in key.scopes:
+        raise ApiError(403, f"key '{key.name}' may not start a bot build: it reads files on this server, which "
+                            "needs the admin scope", field="kind", code="insufficient_scope")
+    if body.kind in ("train", "bot-build"):
         require_model(request, body.config.get("base") or "smollm2-135m-instruct")
-    if body.kind == "train":
-        require_model(request, body.config.get("base") or "smollm2-135m-instruct")
-        if isinstance(body.config.get("from_adapter"), str) and body.config["from_adapter"]:
-            require_model(request, body.config["from_adapter"])
+    if body.kind == "train" and isinstance(body.config.get("from_adapter"), str) and body.config["from_adapter"]:
+        require_model(request, body.config["from_adapter"])
     for field in ("models", "bases"):  # eval and grid jobs name their models in a comma-separated list
         names = body.config.get(field)
         if isinstance(names, str):

@@ -221,7 +221,6 @@ def train(store: Store, cfg: TrainConfig, *, resume: bool = False, log_file: Pat
         return _train_locked(store, cfg, resume, log_file, accelerate_config, before_publish, job_id)
 
 
-
 def train_lora(store: Store, *, base: str, data: str, name: str, epochs: float = 1.0, time_budget: float = 0.0,
                max_length: int = 0) -> Adapter:
     """A LoRA adapter with the default settings, as `modelmill train --base B --data D --name N` trains
