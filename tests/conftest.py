@@ -3,6 +3,7 @@ way to run the real ``modelmill`` command. No test needs a network or a download
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -200,3 +201,44 @@ def wait_for_job(client, job_id: str, timeout: float = 300) -> dict:
     if job["status"] != "succeeded":
         job["events"] = client.get(f"/api/jobs/{job_id}/events").text
     return job
+
+
+def _pg_bin() -> Path | None:
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(found[-1]).parent if found else None
+
+
+@contextlib.contextmanager
+def postgres_server():
+    """A real PostgreSQL server (Debian's binaries) on a free localhost port, removed afterwards;
+    the test skips, saying why, where psycopg or the server binaries are missing."""
+    import shutil
+    import socket
+    import tempfile
+
+    pytest.importorskip("psycopg")
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="modelmill-pg-"))  # not under pytest's private tmp: the server must reach it
+    data = root / "pg"
+    data.mkdir()
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -3,17 +3,11 @@ work on PostgreSQL (a throwaway server started here, as users run it)."""
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from modelmill.store.db import MIGRATIONS
-from conftest import CLI
+from conftest import CLI, postgres_server
 
 
 def test_migrations_match_the_tables(home):
@@ -61,41 +55,11 @@ def test_failed_insert_leaves_no_dataset_folder(home, monkeypatch):
     assert not (store.datasets_dir / "d").exists() or not any((store.datasets_dir / "d").iterdir())
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return Path(found[-1]).parent if found else None
-
-
 @pytest.fixture()
 def postgres_url():
     """A real PostgreSQL server on a free localhost port, removed afterwards."""
-    pytest.importorskip("psycopg")
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
-    import tempfile
-
-    as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="modelmill-pg-"))  # not under pytest's private tmp: the server must reach it
-    data = root / "pg"
-    data.mkdir()
-    if os.geteuid() == 0:  # the server refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-        shutil.chown(data, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    try:
-        url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    with postgres_server() as url:
         yield url
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_postgres_by_url(postgres_url, home, tiny_model, reviews_file, monkeypatch):

@@ -2,6 +2,7 @@
 
     modelmill up                          # API + serving + web UI on http://127.0.0.1:8000, and one worker
     modelmill worker --cpu-slots 2        # a worker on its own, sharing the database and MODELMILL_HOME
+    modelmill worker --executor ray --ray-address HEAD:6379   # jobs run on a Ray cluster's nodes
     modelmill keys create ci --scope train --scope infer
     modelmill jobs list
 """
@@ -42,7 +43,8 @@ def _check_host(config: ServeConfig, store) -> ServeConfig:
 def _worker_argv(wcfg: WorkerConfig) -> list[str]:
     return [sys.executable, "-m", "modelmill.cli", "worker", "--cpu-slots", str(wcfg.cpu_slots),
             "--gpus", str(wcfg.gpus), "--poll", str(wcfg.poll), "--stale-after", str(wcfg.stale_after),
-            "--job-timeout", str(wcfg.job_timeout), "--max-attempts", str(wcfg.max_attempts)]
+            "--job-timeout", str(wcfg.job_timeout), "--max-attempts", str(wcfg.max_attempts),
+            "--executor", wcfg.executor] + (["--ray-address", wcfg.ray_address] if wcfg.ray_address else [])
 
 
 def _die_with_parent() -> None:
@@ -114,6 +116,10 @@ def up_cmd(workers, config_file, **flags):
     wcfg = WorkerConfig(**{k: v for k, v in flags.items() if k in wnames and v is not None})
     config = build_config(ServeConfig, {k: v for k, v in flags.items() if k not in wnames}, config_file)
     check_engine(config.engine)
+    if wcfg.executor == "ray" and workers:
+        from modelmill.jobs.ray_executor import reachable
+
+        reachable(wcfg.ray_address)
     store = _store()
     config = _check_host(config, store)
     sup = _Supervisor(workers, wcfg)
@@ -133,10 +139,10 @@ def worker_cmd(**flags):
 
     Point several at the same database (MODELMILL_DATABASE_URL) and MODELMILL_HOME to share the work.
     """
-    from modelmill.jobs.worker import Worker
+    from modelmill.jobs.worker import make_worker
 
     cfg = build_config(WorkerConfig, flags, None)
-    Worker(_store(), cfg, log=lambda m: click.echo(m, err=True)).run()
+    make_worker(_store(), cfg, log=lambda m: click.echo(m, err=True)).run()
 
 
 # ----------------------------------------------------------------------------- keys

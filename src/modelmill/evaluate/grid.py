@@ -336,10 +336,31 @@ class GridRun:
     summary: dict
 
 
+def cell_groups(cells: list[Cell]) -> list[list[Cell]]:
+    """The cells in groups that can train side by side: cells sharing a step (``lora`` and
+    ``lora-then-dpo`` share their first) stay in one group, which trains it once."""
+    groups: list[list[Cell]] = []
+    steps: list[set[str]] = []
+    for cell in cells:
+        mine = {s.name for s in cell.steps}
+        hit = [i for i, names in enumerate(steps) if names & mine]
+        merged, names = [cell], set(mine)
+        for i in reversed(hit):
+            merged = groups.pop(i) + merged
+            names |= steps.pop(i)
+        groups.append(merged)
+        steps.append(names)
+    return groups
+
+
 def run(store, spec, cells: list[Cell], *, baselines: list[str] = (), train_fn=None, log=print,
-        progress: bool = True) -> GridRun:
+        progress: bool = True, fan_out=None) -> GridRun:
     """Train what is missing, score every cell (and the baselines) on ``spec``, and rank them.
-    The task's data, the baselines and what each can do are checked before anything trains."""
+    The task's data, the baselines and what each can do are checked before anything trains.
+
+    ``fan_out(groups)``, when given, trains and scores the ``cell_groups`` side by side (the grid job
+    runs each as a job of its own, on as many workers or Ray nodes as are free) and returns when
+    they are all done; the board is then read from the stored scores."""
     from modelmill.evaluate.candidates import baselines as add_baselines, parse_candidates
     from modelmill.evaluate.runner import evaluate
     from modelmill.evaluate.tasks import load_items
@@ -348,7 +369,16 @@ def run(store, spec, cells: list[Cell], *, baselines: list[str] = (), train_fn=N
     data = load_items(store, spec)
     for c in add_baselines(store, [], list(baselines), kind=spec.kind, **kw):  # the classical ones
         spec.task_kind.check_candidate(c, spec, data)
-    names = run_grid(store, cells, train_fn=train_fn, log=log, spec=spec)
+    groups = cell_groups(cells)
+    if fan_out is not None and len(groups) > 1:
+        from modelmill.adapters import AdapterRegistry
+
+        check(store, cells, spec)
+        fan_out(groups)
+        reg = AdapterRegistry(store)
+        names = [c.name for c in cells if reg.find(c.name) is not None]  # a mistakes cell may have had none
+    else:
+        names = run_grid(store, cells, train_fn=train_fn, log=log, spec=spec)
     cands = parse_candidates(store, names, **kw)
     if baselines:
         cands = add_baselines(store, cands, list(baselines), kind=spec.kind, **kw)

@@ -78,6 +78,8 @@ def _gpu_count() -> int:
 # ----------------------------------------------------------------------------- train
 
 def _train_needs(cfg) -> dict:
+    if cfg.ray_workers:  # Ray Train workers: one CPU each, or one GPU (and a CPU) each
+        return {"cpu": cfg.ray_workers, "gpu": cfg.ray_workers if cfg.gpus_per_node else 0}
     gpu = cfg.device == "cuda" or (cfg.device == "auto" and _gpu_count() > 0)
     return {"cpu": 1, "gpu": cfg.num_processes if gpu else 0}
 
@@ -266,6 +268,10 @@ class GridJobConfig:
     max_steps: int = field(default=-1, metadata={"help": "Training steps per cell (-1: by epochs)."})
     epochs: float = field(default=0.0, metadata={
         "help": "Passes over the training data per cell (0: 1, or 2 for LoRA on classification data)."})
+    fan_out: bool = field(default=True, metadata={
+        "help": "Run the cells as jobs of their own (cells sharing a step together), side by side on as many "
+                "workers or Ray nodes as are free, each on the leaderboard as it finishes; false: one after "
+                "another inside this job."})
 
     def __post_init__(self):
         if not (self.max_steps == -1 or self.max_steps > 0):
@@ -304,11 +310,58 @@ def _run_grid(ctx) -> dict:
 
     cfg = ctx.config
     spec = load_task(cfg.task)
-    out = run(ctx.store, spec, _grid_cells(cfg), baselines=_names(cfg.baselines), log=ctx.event)
+    out = run(ctx.store, spec, _grid_cells(cfg), baselines=_names(cfg.baselines), log=ctx.event,
+              fan_out=functools.partial(_fan_out, ctx) if cfg.fan_out else None)
     lines = summary_lines(out.summary)
     ctx.event("\n".join(lines), data=out.summary)
     return {"task": spec.name, "adapters": out.adapters, "summary": out.summary,
             "results": [{"candidate": r.candidate, "score": r.score, "primary": r.primary} for r in out.rows]}
+
+
+def _grid_needs(cfg) -> dict:
+    return {"cpu": 0 if cfg.fan_out else 1, "gpu": 0}  # fanned out, the cells' own jobs hold the slots
+
+
+def _fan_out(ctx, groups) -> None:
+    """Each group of cells becomes a grid job of its own (trained and scored on the task: its cells
+    land on the leaderboard as it finishes); wait for all. One that fails fails the grid, and a
+    grid stopped or cancelled cancels those still running (their checkpoints are kept: the grid's
+    next attempt continues them)."""
+    import time
+
+    from modelmill.errors import ModelmillError
+    from modelmill.jobs.queue import FINISHED
+
+    cfg, q = ctx.config, ctx.queue
+    pending: dict[str, list[str]] = {}
+    try:
+        for group in groups:
+            child = dataclasses.replace(cfg, bases=group[0].base, data=group[0].data, baselines="", fan_out=False,
+                                        methods=",".join(c.method for c in group))
+            job = q.submit("grid", asdict(child), created_by=ctx.job.created_by)
+            pending[job.id] = [c.name for c in group]
+            ctx.event(f"Cells {', '.join(pending[job.id])} run as job {job.id}", data={"child_job": job.id})
+        while pending:
+            for jid in list(pending):
+                job = q.get(jid)
+                if job.status not in FINISHED:
+                    continue
+                cells = pending.pop(jid)
+                if job.status != "succeeded":
+                    why = (job.error or {}).get("message") or job.status
+                    raise ModelmillError(f"the job of cells {', '.join(cells)} ({jid}) {job.status}: {why}")
+                scores = ", ".join(f"{r['candidate'].split(':', 1)[-1]} {r['score']:.3f}"
+                                   for r in (job.result or {}).get("results", []) if r.get("score") is not None)
+                ctx.event(f"Cells {', '.join(cells)} done ({jid}): {scores or 'no score'}; "
+                          f"{len(pending)} job(s) still running", data={"child_job": jid})
+            time.sleep(1.0)
+    except BaseException:
+        for jid in pending:
+            try:
+                q.cancel(jid)
+            except Exception:  # noqa: BLE001 - finished meanwhile
+                pass
+        raise
 
 
 # ----------------------------------------------------------------------------- merge
@@ -397,7 +450,7 @@ def _run_bot_build(ctx) -> dict:
 
 register(TrainKind("train", SFTConfig, _validate_train, _run_train, _train_needs))
 register(JobKind("eval", EvalJobConfig, _validate_eval, _run_eval))
-register(JobKind("grid", GridJobConfig, _validate_grid, _run_grid))
+register(JobKind("grid", GridJobConfig, _validate_grid, _run_grid, _grid_needs))
 register(JobKind("merge", MergeConfig, _validate_merge, _run_merge))
 register(JobKind("promote", PromoteJobConfig, _validate_promote, _run_promote))
 register(JobKind("bot-build", BotBuildConfig, _validate_bot_build, _run_bot_build, _bot_build_needs))

@@ -237,7 +237,9 @@ def run(job_id: str, worker_id: str | None = None, attempt: int | None = None) -
     ctx.log_start = log_start
     ctx.follow_log()
 
-    ctx.event(f"Started on worker {worker_id or '?'} (attempt {job.attempts})")
+    node = os.environ.get("MODELMILL_RAY_NODE")  # set by the Ray executor's task: the node it runs on
+    ctx.event(f"Started on worker {worker_id or '?'}" + (f", {node}" if node else "") + f" (attempt {job.attempts})",
+              data={"ray_node": node} if node else None)
     from modelmill.train.runs import TrainingInterrupted, TrainingKilled
 
     status, result, error, e = "failed", None, None, None

@@ -40,6 +40,11 @@ class WorkerConfig:
                 "kill -9): each resumes from the last checkpoint; then the job fails."})
     job_timeout: float = field(default=0.0, metadata={
         "help": "Stop a job that has run this many seconds in one attempt and mark it failed (0: no limit)."})
+    executor: str = field(default="local", metadata={
+        "help": "Where jobs run: local (subprocesses on this host) or ray (on the Ray cluster at --ray-address, "
+                "each job on a node with the CPUs and GPUs it asks for).", "choices": ("local", "ray")})
+    ray_address: str = field(default="", metadata={
+        "help": "The Ray cluster's head, HOST:PORT (with --executor ray; default: $RAY_ADDRESS)."})
 
     def __post_init__(self):
         if not 0 <= self.cpu_slots <= 256:
@@ -53,21 +58,36 @@ class WorkerConfig:
         if self.job_timeout < 0:
             raise InputError(f"must be >= 0 (0: no limit), got {self.job_timeout}", field="--job-timeout",
                              fix="e.g. --job-timeout 86400")
+        if self.executor not in ("local", "ray"):
+            raise InputError(f"unknown executor '{self.executor}'", field="--executor", fix="use local or ray")
+        if self.executor == "ray" and not self.ray_address:
+            self.ray_address = os.environ.get("RAY_ADDRESS", "")
+            if not self.ray_address:
+                raise InputError("--executor ray needs the cluster's address", field="--ray-address",
+                                 fix="give the head's HOST:PORT (`ray start --head` prints it), or set RAY_ADDRESS")
         if self.stale_after < 3 * self.poll:
             raise InputError(f"must be at least 3 x --poll ({3 * self.poll}), got {self.stale_after}",
                              field="--stale-after", fix="heartbeats come every --poll seconds")
 
 
+def make_worker(store, config: WorkerConfig | None = None, log=print) -> "Worker":
+    """The worker ``config.executor`` names: local subprocesses, or tasks on a Ray cluster."""
+    config = config or WorkerConfig()
+    if config.executor == "ray":
+        from modelmill.jobs.ray_executor import RayWorker
+
+        return RayWorker(store, config, log)
+    return Worker(store, config, log)
+
+
 class Worker:
     def __init__(self, store, config: WorkerConfig | None = None, log=print):
-        from modelmill.jobs.kinds import _gpu_count
         from modelmill.jobs.queue import JobQueue
 
         self.store = store
         self.config = config or WorkerConfig()
         self.queue = JobQueue(store)
-        gpus = _gpu_count() if self.config.gpus == -1 else self.config.gpus
-        self.resources = {"cpu": self.config.cpu_slots, "gpu": gpus}
+        self.resources = self._offer()
         self.running: dict[str, tuple[subprocess.Popen, dict]] = {}  # job id -> (runner, resources)
         self.started: dict[str, float] = {}  # job id -> when its runner started (monotonic)
         self.attempts: dict[str, int] = {}  # job id -> the attempt its runner runs (the fence)
@@ -77,6 +97,12 @@ class Worker:
         self.id = self.queue.register_worker(self.resources)
         self._beat_stop = threading.Event()
         self._beater: threading.Thread | None = None
+
+    def _offer(self) -> dict:
+        """The CPU slots and GPUs this worker offers."""
+        from modelmill.jobs.kinds import _gpu_count
+
+        return {"cpu": self.config.cpu_slots, "gpu": _gpu_count() if self.config.gpus == -1 else self.config.gpus}
 
     # -- the lease: beats from a thread of their own
 
@@ -188,7 +214,7 @@ class Worker:
                 continue
             sent = getattr(proc, "_mm_stop_sent", None)
             if sent is None:
-                if lost:
+                if lost and job.status in ("queued", "running"):  # not one that just finished as it left
                     self.log(f"worker {self.id}: job {job_id} was re-queued elsewhere; stopping our copy")
                 proc.send_signal(signal.SIGTERM)
                 proc._mm_stop_sent = time.monotonic()

@@ -161,7 +161,10 @@ class GracefulStop(TrainerCallback):
         self.requested = False
         self.stopped = False
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handler)
+            try:
+                signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (a Ray Train worker): Ray stops it, not a signal
+                break
 
     def _handler(self, signum, frame):
         if self.requested:  # a second Ctrl-C: give up at once

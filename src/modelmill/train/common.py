@@ -118,7 +118,7 @@ def trainer_args(job: TrainJob, dtype, *, has_eval: bool) -> dict:
         activation_checkpointing=cfg.gradient_checkpointing == "on" or (
             cfg.gradient_checkpointing == "auto" and cfg.full_weights and cuda),
         dataloader_num_workers=0,
-        ddp_find_unused_parameters=False if cfg.num_processes > 1 else None,
+        ddp_find_unused_parameters=False if cfg.world_size > 1 else None,
     )
 
 

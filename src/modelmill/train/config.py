@@ -69,6 +69,10 @@ class TrainConfig:
     gradient_checkpointing: str = _f("auto", "on, off, or auto (on only for full fine-tuning on CUDA).",
                                      choices=("auto", "on", "off"))
     num_processes: int = _f(1, "Training processes (CPU: gloo data parallel; GPU: one per device).")
+    num_workers: int = _f(0, "Ray Train workers, data parallel across a Ray cluster's nodes, one CPU each (a job "
+                             "on `modelmill worker --executor ray`, or RAY_ADDRESS set); 0: train on this host.")
+    num_nodes: int = _f(0, "With --gpus-per-node: Ray Train workers on N GPU nodes, one per GPU.")
+    gpus_per_node: int = _f(0, "GPUs used on each of --num-nodes nodes (one Ray Train worker each).")
     device: str = _f("auto", "auto, cpu or cuda.", choices=("auto", "cpu", "cuda"))
 
     def __post_init__(self):
@@ -91,6 +95,14 @@ class TrainConfig:
             (self.save_total_limit >= 1, "--save-total-limit", f"must be >= 1, got {self.save_total_limit}", "e.g. --save-total-limit 2"),
             (self.logging_steps >= 1, "--logging-steps", f"must be >= 1, got {self.logging_steps}", "e.g. --logging-steps 5"),
             (1 <= self.num_processes <= 64, "--num-processes", f"must be in [1, 64], got {self.num_processes}", "e.g. --num-processes 2"),
+            (0 <= self.num_workers <= 4096, "--num-workers", f"must be in [0, 4096], got {self.num_workers}", "e.g. --num-workers 2"),
+            (0 <= self.num_nodes <= 1024 and 0 <= self.gpus_per_node <= 64 and (self.num_nodes > 0) == (self.gpus_per_node > 0),
+             "--num-nodes", f"--num-nodes and --gpus-per-node go together, got {self.num_nodes} and {self.gpus_per_node}",
+             "e.g. --num-nodes 2 --gpus-per-node 8"),
+            (not (self.num_workers and self.num_nodes), "--num-workers", "give --num-workers (CPU workers) or "
+             "--num-nodes with --gpus-per-node (GPU workers), not both", "drop one of them"),
+            (not (self.ray_workers and self.num_processes > 1), "--num-processes", "--num-processes runs on one host; "
+             "--num-workers/--num-nodes run on a Ray cluster", "drop --num-processes"),
             (self.scheduler in ("cosine", "linear", "constant", "constant_with_warmup"), "--scheduler",
              f"unknown schedule '{self.scheduler}'", "use cosine, linear, constant or constant_with_warmup"),
             (self.gradient_checkpointing in ("auto", "on", "off"), "--gradient-checkpointing",
@@ -104,6 +116,15 @@ class TrainConfig:
             (not (self.from_adapter and self.full_weights), "--from",
              "a full fine-tune starts from the base's weights, not an adapter", "drop --from, or use --method lora"),
         ])
+
+    @property
+    def ray_workers(self) -> int:
+        """Ray Train workers this run uses (0: it runs on this host)."""
+        return self.num_workers or self.num_nodes * self.gpus_per_node
+
+    @property
+    def world_size(self) -> int:
+        return self.ray_workers or self.num_processes
 
     @property
     def full_weights(self) -> bool:

@@ -243,12 +243,21 @@ def _train_locked(store: Store, cfg: TrainConfig, resume: bool, log_file: Path |
     job_path = run_dir / "job.json"
     job.save(job_path)
     use_cuda = cfg.device != "cpu" and torch.cuda.is_available()
-    rc = launch(get_method(cfg.method).module, job_path, num_processes=cfg.num_processes, use_cuda=use_cuda,
-                log_file=log_file, accelerate_config=accelerate_config)
+    if cfg.ray_workers:  # across a Ray cluster's nodes: the same method code in each Ray Train worker
+        from modelmill.train import ray_train
+
+        rc = ray_train.launch(get_method(cfg.method).module, job_path, workers=cfg.ray_workers,
+                              use_gpu=cfg.gpus_per_node > 0)
+    else:
+        rc = launch(get_method(cfg.method).module, job_path, num_processes=cfg.num_processes, use_cuda=use_cuda,
+                    log_file=log_file, accelerate_config=accelerate_config)
     result_file = run_dir / "result.json"
     if rc == INTERRUPTED or (rc == 0 and not (run_dir / "final").is_dir()):
         raise TrainingInterrupted(f"training '{cfg.name}' was interrupted; checkpoints are in {run_dir / 'checkpoints'}",
                                   fix=f"continue with `modelmill train --name {cfg.name} --resume`")
+    if cfg.ray_workers and rc < 0:
+        raise TrainingKilled(f"a Ray Train worker of '{cfg.name}' was lost (its process or node died)",
+                             fix=f"continue with `modelmill train --name {cfg.name} --resume` (a job resumes by itself)")
     if rc < 0:
         import signal
 
