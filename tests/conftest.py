@@ -190,6 +190,19 @@ def register_random_adapter(home: Path, base_folder: Path, name: str, seed: int,
     return path
 
 
+def wait_until(pred, timeout: float, what: str, every: float = 0.5):
+    """``pred()``'s first truthy value, polled every ``every`` seconds; fails naming ``what`` after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = pred()
+        if out:
+            return out
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 def wait_for_job(client, job_id: str, timeout: float = 300) -> dict:
     """Poll GET /api/jobs/ID until the job succeeds or fails; the job, with its events' text when it failed."""
     import time

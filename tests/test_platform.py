@@ -13,20 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import MODELMILL, Server, write_jsonl
+from conftest import MODELMILL, Server, wait_until, write_jsonl
 
 CHAT = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
                       {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(24)]
 
 
-def _wait(pred, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = pred()
-        if out:
-            return out
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+_wait = wait_until
 
 
 def _alive(pid: int) -> bool:

@@ -13,13 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import MODELMILL, Server, postgres_server, write_jsonl
+from conftest import MODELMILL, Server, postgres_server, wait_until, write_jsonl
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'modelmill[ray]')")
 
@@ -68,14 +67,7 @@ class Cluster:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env={**os.environ, **ENV})
 
 
-def _wait(pred, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+_wait = wait_until
 
 
 @pytest.fixture(scope="module")

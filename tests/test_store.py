@@ -78,3 +78,18 @@ def test_postgres_by_url(postgres_url, home, tiny_model, reviews_file, monkeypat
         assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == head
         # the knowledge-base tables are there too (migration 0003)
         assert conn.execute(sa.text("select count(*) from knowledge_bases")).scalar() == 0
+
+
+def test_an_empty_home_setting_means_the_default_not_the_current_folder(monkeypatch, tmp_path):
+    """`MODELMILL_HOME=$UNSET_VAR modelmill ...` must not make a store in whatever folder the command ran in."""
+    from pathlib import Path
+
+    from modelmill.config import get_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("MODELMILL_HOME", "")
+    monkeypatch.setenv("MODELMILL_DATABASE_URL", " ")
+    s = get_settings()
+    assert s.home == Path.home() / ".modelmill" != Path(".").resolve()
+    assert s.db_url == f"sqlite:///{Path.home() / '.modelmill' / 'modelmill.db'}"

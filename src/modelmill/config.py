@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,15 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=512, description="Largest file the API accepts in one upload, in MiB.")
     max_body_mb: float = Field(default=8, description="Largest request body the API reads for any other route "
                                                       "(chat, completions, JSON calls), in MiB; larger ones get 413.")
+
+    @field_validator("home", "database_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v, info):
+        """MODELMILL_HOME= (set but empty, as a script's unset variable expands) means the default, not the
+        current directory (which would scatter a store wherever the command ran)."""
+        if isinstance(v, str) and not v.strip():
+            return Path.home() / ".modelmill" if info.field_name == "home" else None
+        return v
 
     @property
     def db_url(self) -> str:
