@@ -94,8 +94,8 @@ def platform(tmp_path_factory, tiny_model):
             cluster.stop()
 
 
-def _submit(h, kind, config) -> str:
-    r = h.post("/api/jobs", json={"kind": kind, "config": config})
+def _submit(h, kind, config, **extra) -> str:
+    r = h.post("/api/jobs", json={"kind": kind, "config": config, **extra})
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
@@ -189,6 +189,11 @@ def test_bad_input_says_which_setting_and_how_to_fix_it(platform):
         assert "2 GPUs (the cluster has 0)" in ev[0]["message"], ev
         assert h.get(f"/api/jobs/{jid}").json()["status"] == "queued"
         assert h.post(f"/api/jobs/{jid}/cancel").json()["status"] == "cancelled"
+        big = _submit(h, "eval", {"models": "tiny", "data": "rev", "limit": 2}, resources={"cpu": 1, "memory": 65536})
+        ev = _wait(lambda: [e for e in h.get(f"/api/jobs/{big}/events").json()["data"]
+                            if e["message"].startswith("Waiting:")], 60, "the waiting reason")
+        assert "65536 GiB of memory (the cluster has" in ev[0]["message"], ev
+        assert h.post(f"/api/jobs/{big}/cancel").json()["status"] == "cancelled"
         # a node that sees another folder at MODELMILL_HOME (its own disk, not the shared store)
         (home / STORE_ID).write_text("another-store")
         try:

@@ -344,9 +344,10 @@ def check_resources(res: dict) -> dict:
         raise InputError("must be an object like {\"cpu\": 1, \"gpu\": 0}", field="resources")
     out = {}
     for k, v in res.items():
-        if k not in ("cpu", "gpu"):
-            raise InputError(f"unknown resource '{k}'", field="resources", fix="use cpu and gpu")
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 64:
-            raise InputError(f"{k} must be a whole number from 0 to 64, got {v!r}", field="resources")
+        if k not in ("cpu", "gpu", "memory"):
+            raise InputError(f"unknown resource '{k}'", field="resources", fix="use cpu, gpu and memory (GiB)")
+        top = 65536 if k == "memory" else 64
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= top:
+            raise InputError(f"{k} must be a whole number from 0 to {top}, got {v!r}", field="resources")
         out[k] = v
     return out

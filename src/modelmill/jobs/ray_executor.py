@@ -207,9 +207,10 @@ def task_options(job) -> dict:
 
     need = dict(job.resources or {})
     cfg = get_kind(job.kind).config(job.spec)
+    memory = {"memory": need["memory"] * 2**30} if need.get("memory") else {}
     if getattr(cfg, "ray_workers", 0):
         return {"num_cpus": 0, "num_gpus": 0}
-    return {"num_cpus": need.get("cpu", 1), "num_gpus": need.get("gpu", 0)}
+    return {"num_cpus": need.get("cpu", 1), "num_gpus": need.get("gpu", 0), **memory}
 
 
 class RayWorker(Worker):
@@ -230,7 +231,8 @@ class RayWorker(Worker):
 
     def _cluster(self) -> dict:
         total = self.ray.cluster_resources()
-        return {"cpu": int(total.get("CPU", 0)), "gpu": int(total.get("GPU", 0))}
+        return {"cpu": int(total.get("CPU", 0)), "gpu": int(total.get("GPU", 0)),
+                "memory": int(total.get("memory", 0) / 2**30)}
 
     def free(self) -> dict:
         self.resources = self._cluster()
@@ -292,10 +294,12 @@ class RayWorker(Worker):
             short = {r: (n, total.get(r, 0)) for r, n in need.items() if n > total.get(r, 0)}
             if short and job.id not in self._warned:
                 self._warned.add(job.id)
-                what = ", ".join(f"{n} {r.upper()}s (the cluster has {t})" for r, (n, t) in short.items())
+                unit = {"cpu": "CPUs", "gpu": "GPUs", "memory": "GiB of memory"}
+                what = ", ".join(f"{n} {unit.get(r, r)} (the cluster has {t})" for r, (n, t) in short.items())
                 self.queue.event(job.id, f"Waiting: the job asks for {what} on the Ray cluster at "
                                          f"{self.config.ray_address}; it starts when nodes with them join (add "
-                                         "nodes, or cancel it and ask for less: --gpus-per-node, --num-workers)",
+                                         "nodes, or cancel it and ask for less: --gpus-per-node, --num-workers, "
+                                         "resources)",
                                  level="warn", data={"waiting_for": {r: n for r, (n, _) in short.items()}})
 
 

@@ -70,6 +70,14 @@ class WorkerConfig:
                              field="--stale-after", fix="heartbeats come every --poll seconds")
 
 
+def _memory_gib() -> int:
+    """This host's memory in whole GiB: what a job's ``memory`` resource is counted against."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def make_worker(store, config: WorkerConfig | None = None, log=print) -> "Worker":
     """The worker ``config.executor`` names: local subprocesses, or tasks on a Ray cluster."""
     config = config or WorkerConfig()
@@ -102,7 +110,8 @@ class Worker:
         """The CPU slots and GPUs this worker offers."""
         from modelmill.jobs.kinds import _gpu_count
 
-        return {"cpu": self.config.cpu_slots, "gpu": _gpu_count() if self.config.gpus == -1 else self.config.gpus}
+        return {"cpu": self.config.cpu_slots, "gpu": _gpu_count() if self.config.gpus == -1 else self.config.gpus,
+                "memory": _memory_gib()}
 
     # -- the lease: beats from a thread of their own
 
@@ -128,7 +137,7 @@ class Worker:
             self._beat_stop.wait(self.config.poll)
 
     def free(self) -> dict:
-        used = {"cpu": 0, "gpu": 0}
+        used = {k: 0 for k in self.resources}
         for _, need in self.running.values():
             for k in used:
                 used[k] += need.get(k, 0)
