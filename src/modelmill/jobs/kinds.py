@@ -183,8 +183,12 @@ def _run_train(ctx) -> dict:
         ctx.event("No checkpoint was saved before the worker stopped; starting again from step 0", level="warn")
     ctx.watch_training(run_dir)
     # publish only while this attempt still holds the job
+    def before_publish():
+        ctx.settle_training()  # every step's metrics are events before the run folder moves
+        ctx.still_ours()
+
     adapter = train(ctx.store, cfg, resume=resume, log_file=ctx.log_file, lock_wait=90.0,
-                    before_publish=ctx.still_ours, job_id=ctx.job.id)
+                    before_publish=before_publish, job_id=ctx.job.id)
     return _train_result(ctx, adapter)
 
 

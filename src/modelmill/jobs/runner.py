@@ -77,6 +77,8 @@ class JobContext:
         self.log_file = job_dir / "job.log"
         self.log_start = 0
         self._stop = threading.Event()
+        self._metrics_stop = threading.Event()  # the training run's metrics tail: its last pass
+        self._metrics_thread: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
 
     def event(self, message: str, *, level: str = "info", type: str = "message", data: dict | None = None):
@@ -96,15 +98,24 @@ class JobContext:
 
     def watch_training(self, run_dir: Path) -> None:
         """Metrics (metrics.jsonl) and checkpoints of a training run become events as they appear."""
-        self._start(self._tail_metrics, Path(run_dir))
+        self._metrics_thread = self._start(self._tail_metrics, Path(run_dir))
 
-    def _start(self, fn, *args) -> None:
+    def settle_training(self) -> None:
+        """The run has ended: its last metrics and checkpoints become events now, before publishing
+        moves its folder to adapters/ (the tail reads once a second and would miss the last lines)."""
+        self._metrics_stop.set()
+        if self._metrics_thread is not None:
+            self._metrics_thread.join(timeout=30)
+
+    def _start(self, fn, *args) -> threading.Thread:
         t = threading.Thread(target=fn, args=args, daemon=True)
         t.start()
         self._threads.append(t)
+        return t
 
     def stop(self) -> None:
         self._stop.set()
+        self._metrics_stop.set()
         for t in self._threads:
             t.join(timeout=5)
 
@@ -146,7 +157,7 @@ class JobContext:
         pos = 0
         last: dict = {}
         while True:
-            done = self._stop.is_set()
+            done = self._metrics_stop.is_set()
             try:
                 with open(path, "rb") as f:
                     f.seek(pos)
@@ -190,7 +201,7 @@ class JobContext:
                                data={"checkpoint": ck.name, "step": step, "metrics": {"train_loss": last.get("loss")}})
             if done:
                 return
-            self._stop.wait(1.0)
+            self._metrics_stop.wait(1.0)
 
 
 def _watchdog(parent: int) -> None:
