@@ -49,7 +49,7 @@ def _ray():
     return ray
 
 
-def connect(address: str, log=print):
+def connect(address: str):
     """Join the Ray cluster at ``address`` as a driver; a clear error when nobody answers there."""
     if not address:
         raise InputError("no Ray cluster address", field="--ray-address",
@@ -146,7 +146,7 @@ def run_on_node(job_id: str, worker_id: str, attempt: int, env: dict, sid: str, 
     where = f"{os.uname().nodename} (Ray node {node[:12]})"
     why = node_check(env["MODELMILL_HOME"], env.get("MODELMILL_DATABASE_URL"), sid, version)
     if why:
-        return {"rc": PRECHECK, "error": why, "node": where}
+        return {"rc": PRECHECK, "error": why}
     child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "MODELMILL_RAY_NODE": where}
     proc = subprocess.Popen([sys.executable, "-m", "modelmill.jobs.runner", job_id, worker_id, str(attempt)],
                             env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -158,7 +158,7 @@ def run_on_node(job_id: str, worker_id: str, attempt: int, env: dict, sid: str, 
                 time.sleep(0.2)
                 if stopped is not None and time.monotonic() - stopped > 60:
                     proc.kill()
-            return {"rc": proc.returncode, "node": where}
+            return {"rc": proc.returncode}
         except KeyboardInterrupt:  # ray.cancel: stop the runner the way the local worker does
             if stopped is None:
                 proc.send_signal(signal.SIGTERM)
@@ -168,15 +168,15 @@ def run_on_node(job_id: str, worker_id: str, attempt: int, env: dict, sid: str, 
 
 
 class RayProc:
-    """A job's Ray task seen through the calls the worker makes on a runner process."""
+    """A job's Ray task seen through the calls the worker makes on a runner process (``Worker._start_runner``)."""
 
-    pid = None
+    pid = None  # none on this host
 
-    def __init__(self, ray, ref, job_id: str):
-        self.ray, self.ref, self.job_id = ray, ref, job_id
+    def __init__(self, ray, ref):
+        self.ray, self.ref = ray, ref
         self.returncode: int | None = None
-        self.error: str | None = None
-        self.node: str | None = None
+        self.failure: tuple[str, str, str | None] | None = None  # the node could not run the job: why
+        self.lost: str | None = None  # the task died with its node or worker process: how
 
     def poll(self) -> int | None:
         if self.returncode is not None:
@@ -186,11 +186,16 @@ class RayProc:
             return None
         try:
             out = self.ray.get(self.ref)
-            self.returncode, self.error, self.node = out["rc"], out.get("error"), out.get("node")
+            self.returncode = out["rc"]
+            if self.returncode == PRECHECK:
+                why = out["error"]
+                setting = why.rsplit("[setting: ", 1)[-1].rstrip("]") if "[setting: " in why else None
+                self.failure = ("node_cannot_run", why, setting)
         except self.ray.exceptions.TaskCancelledError:
             self.returncode = -signal.SIGTERM
         except self.ray.exceptions.RayError as e:  # the node or its worker process died under the job
-            self.returncode, self.error = LOST, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            self.returncode = LOST
+            self.lost = f"its Ray task was lost: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
         return self.returncode
 
     def send_signal(self, sig) -> None:
@@ -219,10 +224,11 @@ class RayWorker(Worker):
     def __init__(self, store, config=None, log=print):
         import modelmill
 
-        self.ray = connect(config.ray_address, log)
+        self.ray = connect(config.ray_address)
         self._sid = store_id(store.home)
         self._version = modelmill.__version__
         self._warned: set[str] = set()
+        self._task = self.ray.remote(max_retries=0)(run_on_node)
         _check_database(store, self.ray)
         super().__init__(store, config, log)
 
@@ -238,42 +244,16 @@ class RayWorker(Worker):
         self.resources = self._cluster()
         return super().free()
 
-    def _spawn(self, job) -> None:
+    def _start_runner(self, job) -> RayProc:
         from modelmill.config import get_settings
 
         s = get_settings()
         env = {"MODELMILL_HOME": str(self.store.home), "MODELMILL_RAY_ADDRESS": self.config.ray_address}
         if s.database_url:
             env["MODELMILL_DATABASE_URL"] = s.database_url
-        task = self.ray.remote(max_retries=0)(run_on_node)
-        ref = task.options(name=f"modelmill-job-{job.id}", **task_options(job)).remote(
+        ref = self._task.options(name=f"modelmill-job-{job.id}", **task_options(job)).remote(
             job.id, self.id, job.attempts, env, self._sid, self._version)
-        self.running[job.id] = (RayProc(self.ray, ref, job.id), job.resources or {})
-        self.attempts[job.id] = job.attempts
-        self.started[job.id] = time.monotonic()
-        self.log(f"worker {self.id}: started {job.kind} job {job.id} on Ray (attempt {job.attempts})")
-
-    def _reap(self) -> None:
-        from modelmill.jobs.queue import FINISHED, held_by
-
-        for job_id, (proc, _) in list(self.running.items()):
-            if proc.poll() is None:
-                continue
-            if proc.returncode == PRECHECK:  # the node could not run it: the job fails with why
-                attempt = self.attempts.pop(job_id, None)
-                del self.running[job_id]
-                self.started.pop(job_id, None)
-                job = self.queue.get(job_id)
-                if job.status not in FINISHED and held_by(job, self.id, attempt):
-                    self.queue.event(job_id, f"The job failed: {proc.error}", level="error")
-                    setting = proc.error.rsplit("[setting: ", 1)[-1].rstrip("]") if "[setting: " in proc.error \
-                        else None
-                    self.queue.finish(job_id, "failed", error={"code": "node_cannot_run", "message": proc.error,
-                                                               "param": setting},
-                                      worker_id=self.id, attempt=attempt)
-            elif proc.returncode == LOST and proc.error:
-                self.queue.event(job_id, f"The job's Ray task was lost ({proc.error})", level="warn")
-        super()._reap()
+        return RayProc(self.ray, ref)
 
     def step(self) -> None:
         super().step()
@@ -286,7 +266,7 @@ class RayWorker(Worker):
 
         from modelmill.store.tables import Job
 
-        total = self._cluster()
+        total = self.resources  # the cluster's, as read for this step's claims
         with self.store.session() as s:
             queued = list(s.scalars(select(Job).where(Job.status == "queued").limit(200)))
         for job in queued:

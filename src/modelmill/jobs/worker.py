@@ -143,16 +143,25 @@ class Worker:
                 used[k] += need.get(k, 0)
         return {k: self.resources[k] - used[k] for k in self.resources}
 
-    def _spawn(self, job) -> None:
+    def _start_runner(self, job):
+        """Start the job's runner: a subprocess here (the Ray executor starts it on a node). What it
+        returns is polled, signalled and killed like a ``subprocess.Popen``; a ``pid`` of None is none
+        on this host, a ``failure`` (code, message, param) fails the job with that error and a ``lost``
+        says why a killed one was killed."""
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        proc = subprocess.Popen([sys.executable, "-m", "modelmill.jobs.runner", job.id, self.id, str(job.attempts)],
+        return subprocess.Popen([sys.executable, "-m", "modelmill.jobs.runner", job.id, self.id, str(job.attempts)],
                                 env=env, stdin=subprocess.DEVNULL)
+
+    def _spawn(self, job) -> None:
+        proc = self._start_runner(job)
         self.running[job.id] = (proc, job.resources or {})
         self.attempts[job.id] = job.attempts
         self.started[job.id] = time.monotonic()
-        self.queue.set_pid(job.id, proc.pid)
-        self.log(f"worker {self.id}: started {job.kind} job {job.id} (attempt {job.attempts}, pid {proc.pid})")
+        if proc.pid is not None:
+            self.queue.set_pid(job.id, proc.pid)
+        where = f"pid {proc.pid}" if proc.pid is not None else "a Ray task"
+        self.log(f"worker {self.id}: started {job.kind} job {job.id} (attempt {job.attempts}, {where})")
 
     def _reap(self) -> None:
         from modelmill.jobs.queue import FINISHED, held_by
@@ -181,9 +190,14 @@ class Worker:
                     self.queue.event(job_id, f"The job failed: {msg}", level="error")
                     self.queue.finish(job_id, "failed", error={"code": "timeout", "message": msg, "param": None},
                                       worker_id=self.id, attempt=attempt)
+                elif getattr(proc, "failure", None):  # it could not run there (a Ray node without the store)
+                    code, msg, param = proc.failure
+                    self.queue.event(job_id, f"The job failed: {msg}", level="error")
+                    self.queue.finish(job_id, "failed", error={"code": code, "message": msg, "param": param},
+                                      worker_id=self.id, attempt=attempt)
                 elif (rc < 0 or rc == KILLED) and not self.stopping and job.attempts < self.config.max_attempts:
                     # killed from outside (runner or trainer): resumes from its checkpoint, a bounded number of times
-                    how = f"signal {-rc}" if rc < 0 else "its trainer was killed"
+                    how = getattr(proc, "lost", None) or (f"signal {-rc}" if rc < 0 else "its trainer was killed")
                     self._give_back(job, f"Attempt {job.attempts} was killed ({how}); re-queued, attempt "
                                          f"{job.attempts + 1} of at most {self.config.max_attempts} resumes from the "
                                          "last checkpoint")

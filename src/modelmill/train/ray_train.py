@@ -66,7 +66,7 @@ def _lost(err: BaseException) -> bool:
                                    "The actor died"))
 
 
-def launch(module: str, job_path: Path, *, workers: int, use_gpu: bool = False, gpus_per_node: int = 0) -> int:
+def launch(module: str, job_path: Path, *, workers: int, use_gpu: bool = False) -> int:
     """Train ``job_path`` with ``workers`` Ray Train workers on the cluster at ``address()``."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
