@@ -85,8 +85,12 @@ def test_same_adapter_name_twice(trained):
     (["--base", "tiny", "--data", "reviews", "--max-length", "4096"], "--max-length"),
     (["--base", "tiny", "--data", "reviews", "--epochs", "-1"], "--epochs"),
     (["--base", "tiny"], "--data"),
+    (["--base", "tiny", "--data", "reviews", "--num-workers", "2"], "--num-workers: training on several nodes needs a Ray cluster"),
+    (["--base", "tiny", "--data", "reviews", "--num-nodes", "2"], "--num-nodes and --gpus-per-node go together"),
 ])
-def test_bad_train_input(cli_tiny: CLI, reviews_file, home, args, needle):
+def test_bad_train_input(cli_tiny: CLI, reviews_file, home, args, needle, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MODELMILL_RAY_ADDRESS", raising=False)
     cli_tiny("data", "import", reviews_file, "--name", "reviews")
     p = cli_tiny("train", *args, ok=False)
     assert needle in p.stderr and "Fix:" in p.stderr, p.stderr

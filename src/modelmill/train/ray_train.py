@@ -25,9 +25,17 @@ os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # the workers' lines reach the j
 LOST = -9
 
 
-def address() -> str | None:
-    """The Ray cluster a training run may use: the one the job's executor set, else RAY_ADDRESS."""
-    return os.environ.get("MODELMILL_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS") or None
+def address() -> str:
+    """The Ray cluster a training run uses: the one the job's executor set, else RAY_ADDRESS; an error
+    saying how to get one where neither is set (checked before the run's folder is made)."""
+    from modelmill.errors import InputError
+
+    where = os.environ.get("MODELMILL_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not where:
+        raise InputError("training on several nodes needs a Ray cluster", field="--num-workers",
+                         fix="run it as a job on `modelmill worker --executor ray --ray-address HEAD:PORT`, or set "
+                             "RAY_ADDRESS; on one host use --num-processes")
+    return where
 
 
 def _worker_loop(config: dict) -> None:
@@ -72,13 +80,7 @@ def launch(module: str, job_path: Path, *, workers: int, use_gpu: bool = False) 
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from modelmill.errors import InputError
-
     where = address()
-    if not where:
-        raise InputError("training on several nodes needs a Ray cluster", field="--num-workers",
-                         fix="run it as a job on `modelmill worker --executor ray --ray-address HEAD:PORT`, or set "
-                             "RAY_ADDRESS; on one host use --num-processes")
     if not ray.is_initialized():
         ray.init(address=where, namespace="modelmill", logging_level="WARNING", log_to_driver=True)
     run_dir = Path(job_path).parent

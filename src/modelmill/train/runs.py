@@ -237,6 +237,10 @@ def _train_locked(store: Store, cfg: TrainConfig, resume: bool, log_file: Path |
 
     from modelmill.train.launcher import INTERRUPTED, launch
 
+    if cfg.ray_workers:  # no cluster to train on: said before the run's folder is made
+        from modelmill.train import ray_train
+
+        ray_train.address()
     job = prepare(store, cfg, resume)
     cfg = job.config
     run_dir = Path(job.run_dir)
