@@ -118,6 +118,36 @@ def test_chat_carries_state_by_conversation_id(bot_home):
     assert "no conversation 'conv-nope'" in p.stderr and "leave conversation_id out" in p.stderr
 
 
+def test_a_bot_is_scored_and_ranked_like_any_model(bot_home, tmp_path):
+    """`modelmill eval --models bot:NAME`: each item's user messages are one new conversation, and
+    the reply to the last one is scored; the replies are the ones `apps bot chat` gives for the
+    same turns (state carried from the first turn to the second)."""
+    from conftest import write_jsonl
+
+    home, cli, data, _ = bot_home
+    items = [{"messages": [{"role": "user", "content": "你好，帮我找一家价格800-1000元的酒店。"}], "reference": "推荐您去北京饭店。"},
+             {"messages": [{"role": "user", "content": "我要打车去故宫"}, {"role": "assistant", "content": "请问从哪里出发？"},
+                           {"role": "user", "content": "从北京饭店出发"}], "reference": "已为您叫车。"}]
+    test = write_jsonl(tmp_path / "replies.jsonl", items)
+    cli("eval", "--data", test, "--kind", "generation", "--name", "trip-replies", "--models", "bot:trip")
+    from modelmill.config import Settings
+    from modelmill.evaluate.results import latest
+    from modelmill.evaluate.runner import read_items
+    from modelmill.store import Store
+
+    row = next(r for r in latest(Store(Settings(home=home)), "trip-replies") if r.candidate == "bot:trip")
+    assert row.candidate_kind == "bot" and row.n_done == 2 and "rouge_l" in row.metrics
+    got = [it["pred"] for it in read_items(row.path)]
+    one = json.loads(cli("apps", "bot", "chat", "trip", items[0]["messages"][0]["content"], "--json").stdout)
+    first = json.loads(cli("apps", "bot", "chat", "trip", "我要打车去故宫", "--json").stdout)
+    second = json.loads(cli("apps", "bot", "chat", "trip", "从北京饭店出发", "--conversation", first["conversation_id"],
+                            "--json").stdout)
+    assert got == [one["reply"], second["reply"]]
+    assert "bot:trip" in cli("leaderboard", "--task", "trip-replies").stdout
+    p = cli("eval", "--data", test, "--kind", "generation", "--name", "trip-replies", "--models", "bot:nope", ok=False)
+    assert "no bot named 'nope'" in p.stderr
+
+
 def test_served_over_rest_and_v1(bot_home):
     home, cli, data, _ = bot_home
     srv = Server(home)

@@ -1,7 +1,8 @@
 """Apps as evaluation candidates: ``modelmill eval --models support`` scores a router as it would
 a model (each item goes to the route the router chooses for it and is scored by that model), and
 ``--models flow:NAME`` a workflow (each item's conversation runs the workflow as a chat completion
-does; its answer is what is scored).
+does; its answer is what is scored) and ``--models bot:NAME`` a dialogue bot (each item's user
+turns are one new conversation; the reply to the last is what is scored).
 
 Registered with ``evaluate.candidates`` through the ``modelmill.candidates`` entry point (evaluate
 sits below apps, so it asks; it never imports this).
@@ -105,13 +106,73 @@ class FlowCandidate(Candidate):
         return asyncio.run(runs())
 
 
+class BotCandidate(Candidate):
+    """A dialogue bot, model id ``bot:NAME``: each item's conversation is replayed as one new
+    conversation (every user message a turn, the state carried from turn to turn as a chat
+    carries it, stored nowhere) and the bot's reply to the last user message is scored. Its
+    modules bring their own decoding settings: ``max_new_tokens`` does not apply."""
+
+    def __init__(self, store, row, *, device: str = "auto", dtype: str = "auto"):
+        from modelmill.apps.bots import BOT_PREFIX
+
+        super().__init__(name=f"{BOT_PREFIX}{row.name}", kind="bot", base=row.base_model,
+                         lineage={"app": row.name, "updated": str(row.updated_at), "spec": row.spec})
+        self.store, self.app, self.device, self.dtype = store, row.name, device, dtype
+
+    def generate(self, conversations, *, max_new_tokens, batch_size, progress):
+        import asyncio
+
+        from modelmill.apps import dialogue as dlg
+        from modelmill.apps.bots import get_bot, run_turn
+        from modelmill.apps.flows import FlowServices
+        from modelmill.errors import InputError, ModelmillError
+        from modelmill.serve.router import ServeConfig
+
+        bot = get_bot(self.store, self.app)
+
+        async def runs() -> list:
+            services = FlowServices.local(self.store, ServeConfig(device=self.device, dtype=self.dtype))
+            try:
+                room = asyncio.Semaphore(max(1, batch_size))  # conversations at once: their modules batch together
+
+                async def one(conversation):
+                    turns = [m["content"] for m in conversation
+                             if m.get("role") == "user" and isinstance(m.get("content"), str) and m["content"].strip()]
+                    if not turns:
+                        return InputError("the item has no user message for the bot to answer", field="messages")
+                    async with room:
+                        state, previous = dlg.new_state(), None
+                        try:
+                            for text in turns:
+                                previous = (await run_turn(services, bot, text, state, previous))["reply"]
+                        except ModelmillError as e:  # the item fails, the others go on
+                            return e
+                        return previous
+
+                return list(await asyncio.gather(*(one(c) for c in conversations)))
+            finally:
+                await services.close()
+
+        return asyncio.run(runs())
+
+
 @register_candidate_source
 def app_candidate(store, ref: str, *, device: str = "auto", dtype: str = "auto"):
-    """The candidate for an app's name (a router) or a workflow's model id (``flow:NAME``); None
-    for any other name."""
+    """The candidate for an app's name (a router) or a workflow's or bot's model id (``flow:NAME``,
+    ``bot:NAME``); None for any other name."""
     from modelmill.apps import Apps
+    from modelmill.apps.bots import bot_name
     from modelmill.apps.flows import flow_name
 
+    name = bot_name(ref)
+    if name is not None:
+        row = Apps(store).find(name)
+        if row is None or row.kind != "bot":
+            from modelmill.errors import NotFoundError
+
+            raise NotFoundError(f"no bot named '{name}'", field="--models",
+                                fix="`modelmill apps list` shows the bots (model id bot:NAME)")
+        return BotCandidate(store, row, device=device, dtype=dtype)
     name = flow_name(ref)
     if name is not None:
         row = Apps(store).find(name)
