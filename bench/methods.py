@@ -4,6 +4,7 @@ DPOTrainer with its defaults.
 
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes   # ~80 min on 2 AVX2 cores
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --sft-weight 1   # + DPO with SFT loss
+    .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1   # + pairs from right answers
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts cpt        # ~35 min
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts speed      # ~5 min
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --quick            # every part, small: checks the bench
@@ -103,6 +104,15 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
                                    name=f"m-drugs-dpo-sft{w}{q}", epochs=args.dpo_epochs, beta=args.beta,
                                    batch_size=8, sft_weight=args.sft_weight)
         extra.append(trained(rpo_cfg.name, rpo_cfg))
+    if args.right:  # DPO on the mistakes plus pairs from right answers (the least sure first), same epochs
+        w = f"{args.right:g}".replace(".", "p")
+        rep_r = mistakes(store, task=on_train.name, model=f"{base}:{sft.name}", name=f"m-drugs-fixes-right{w}{q}",
+                         right=args.right)
+        print(f"{rep_r.pairs} pairs ({rep_r.anchors} from right answers)", flush=True)
+        right_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes-right{w}{q}", from_adapter=sft.name,
+                                     name=f"m-drugs-dpo-right{w}{q}", epochs=args.dpo_epochs, beta=args.beta,
+                                     batch_size=8, sft_weight=args.sft_weight)
+        extra.append(trained(right_cfg.name, right_cfg))
     # one pass over the balanced set (3 x the largest class) costs what SFT's two passes over the
     # original cost: the two fixes are compared at equal compute
     bal = trained(f"m-drugs-balanced-sft{q}", SFTConfig(base=base, data=f"m-drugs-balanced{q}", epochs=1.0,
@@ -346,6 +356,8 @@ def main() -> int:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--sft-weight", type=float, default=0.0,
                     help="Also train DPO with this weight on the chosen answers' supervised loss (RPO).")
+    ap.add_argument("--right", type=float, default=0.0,
+                    help="+ DPO on the mistakes with this many pairs per mistake from right answers (data mistakes --right).")
     ap.add_argument("--cpt-docs", type=int, default=600, help="FiQA answers used (10%% held out).")
     ap.add_argument("--cpt-epochs", type=float, default=1.0)
     ap.add_argument("--trl-bf16", choices=("auto", "on", "off"), default="auto",

@@ -253,6 +253,20 @@ def test_mistakes_of_an_evaluation_become_pairs_for_dpo(cli_tiny: CLI, reviews_f
     assert [(r["chosen"], r["rejected"]) for r in recs] == [(w["gold"], w["pred"]) for w in wrong]
     assert recs[0]["prompt"][-1]["role"] == "user" and "(visit" in recs[0]["prompt"][-1]["content"]
     assert ds.origin["op"] == "mistakes" and ds.origin["model"] == "tiny:rev"
+    # --right 1: as many pairs again from right answers, the least sure first, the next label rejected
+    right = sorted((r for r in items if r["correct"]), key=lambda r: (
+        r["scores"][r["pred"]] - max(v for k, v in r["scores"].items() if k != r["pred"]), r["i"]))
+    assert right, "the tiny model gets some of them right"
+    out = cli("data", "mistakes", "--task", "reviews", "--model", "tiny:rev", "--name", "fixes-kept",
+              "--right", "1").stdout
+    k = min(len(right), len(wrong))
+    assert f"{len(wrong) + k} preference pairs from {len(wrong)} mistakes of 12 items ({k} of them from right" in out
+    recs = list(read_jsonl(DatasetCatalog(open_store()).resolve("fixes-kept").path))
+    assert [(r["chosen"], r["rejected"]) for r in recs[len(wrong):]] == [
+        (r["gold"], max((x for x in r["scores"] if x != r["pred"]), key=r["scores"].get)) for r in right[:k]]
+    assert all(r["chosen"] != r["rejected"] for r in recs)
+    p = cli("data", "mistakes", "--task", "reviews", "--model", "tiny:rev", "--name", "x", "--right", "11", ok=False)
+    assert "--right 11.0 is outside 0-10" in p.stderr
     cli("train", "--base", "tiny", "--method", "dpo", "--data", "fixes", "--from", "rev", "--name", "rev-dpo", *FAST)
     # bad input: a model never scored on the task, a task never run
     p = cli("data", "mistakes", "--task", "reviews", "--model", "tiny", "--name", "x", ok=False)

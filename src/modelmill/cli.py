@@ -432,13 +432,17 @@ def data_mix(name, sources, size, seed):
 @click.option("--below", type=float, default=None,
               help="Items scoring under this (0-1: ROUGE-L, a judge's grade scaled) count as mistakes; "
                    "needed for generation and judged tasks.")
-def data_mistakes(task, model, name, below):
+@click.option("--right", type=float, default=0.0, show_default=True,
+              help="Also this many pairs per mistake pair from right answers (gold chosen, the label ranked "
+                   "next rejected; the least sure first), so DPO keeps them in place. Classification only.")
+def data_mistakes(task, model, name, below, right):
     """Turn a model's wrong answers in a stored evaluation into preference pairs (gold answer chosen,
     its own answer rejected), ready for `modelmill train --method dpo --from ADAPTER`."""
     from modelmill.evaluate.mistakes import mistakes
 
-    r = mistakes(_store(), task=task, model=model, name=name, below=below)
+    r = mistakes(_store(), task=task, model=model, name=name, below=below, right=right)
     click.echo(f"{r.dataset.ref}: {r.pairs} preference pairs from {r.wrong} mistakes of {r.items} items"
+               + (f" ({r.anchors} of them from right answers)" if r.anchors else "")
                + ("" if r.created else " (the same pairs were already stored)"))
 
 

@@ -224,6 +224,7 @@ class MistakesRequest(BaseModel):
     model: str = Field(min_length=1, max_length=300)
     name: str = Field(min_length=1, max_length=200)
     below: float | None = Field(default=None, gt=0, le=1)
+    right: float = Field(default=0.0, ge=0, le=10)
 
 
 @router.post("/datasets/mistakes", status_code=201, tags=["datasets"])
@@ -235,8 +236,9 @@ def dataset_from_mistakes(request: Request, body: MistakesRequest):
 
     require_model(request, body.model)
     r = mistakes(_store(request), task=body.task, model=body.model, name=body.name,
-                 below=body.below)
-    return dataset_json(r.dataset, created=r.created, items=r.items, wrong=r.wrong, pairs=r.pairs)
+                 below=body.below, right=body.right)
+    return dataset_json(r.dataset, created=r.created, items=r.items, wrong=r.wrong, pairs=r.pairs,
+                        right_pairs=r.anchors)
 
 
 @router.delete("/datasets/{ref}", tags=["datasets"])

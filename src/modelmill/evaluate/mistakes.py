@@ -10,6 +10,12 @@ are saved as a preference dataset whose origin names the evaluation.
 
 Generation and judged tasks have no right or wrong per item, only a score (ROUGE-L; the judge's
 grade scaled to 0-1): there ``below`` (``--below 0.5``) says which items count as mistakes.
+
+Pairs from mistakes alone push the model only away from what it got wrong (on a skewed set: away
+from the majority class), and nothing holds its right answers in place. ``right`` (``--right 1``)
+adds that many pairs per mistake pair from items it got right, the gold answer chosen and the
+label it ranked next rejected, taking the right answers it was least sure of first (the smallest
+margin between the two; classification scored by likelihood, whose per-label scores are stored).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class MistakesReport:
     items: int  # items in the evaluation
     wrong: int  # items it got wrong
     pairs: int  # pairs saved (a wrong item without an answer of its own to reject is left out)
+    anchors: int = 0  # of them, pairs from right answers (``right``)
 
 
 def find_result(store, task: str, model: str):
@@ -43,10 +50,12 @@ def find_result(store, task: str, model: str):
     return rows[0]
 
 
-def mistakes(store, *, task: str, model: str, name: str, below: float | None = None) -> MistakesReport:
+def mistakes(store, *, task: str, model: str, name: str, below: float | None = None,
+             right: float = 0.0) -> MistakesReport:
     """Save the items ``model`` got wrong in its evaluation on ``task`` as preference pairs named ``name``.
     ``below``: an item whose per-item score (0-1) is under it counts as wrong; needed where the
-    task scores items without a right or wrong (generation, judge), optional elsewhere."""
+    task scores items without a right or wrong (generation, judge), optional elsewhere.
+    ``right``: also this many pairs per mistake pair from items it got right (see the module doc)."""
     from modelmill.data.catalog import DatasetCatalog
     from modelmill.data.formats import Where, get_format
     from modelmill.evaluate.tasks import TaskSpec, load_items
@@ -56,6 +65,9 @@ def mistakes(store, *, task: str, model: str, name: str, below: float | None = N
     if below is not None and not 0.0 < below <= 1.0:
         raise InputError(f"--below {below} is outside (0, 1]", field="--below",
                          fix="a per-item score threshold, e.g. --below 0.5")
+    if not 0.0 <= right <= 10.0:
+        raise InputError(f"--right {right} is outside 0-10", field="--right",
+                         fix="pairs from right answers per mistake pair, e.g. --right 1")
     row = find_result(store, task, model)
     known = {f.name for f in dataclasses.fields(TaskSpec)}
     spec = TaskSpec(**{k: v for k, v in row.lineage["task"].items() if k in known})
@@ -76,10 +88,12 @@ def mistakes(store, *, task: str, model: str, name: str, below: float | None = N
         raise InputError(f"task '{task}' ({spec.kind}) scores items without a right or wrong answer",
                          field="--below", fix="say which scores count as mistakes, e.g. --below 0.5 "
                          "(ROUGE-L, or the judge's grade scaled to 0-1)")
-    records, wrong = [], 0
+    records, wrong, anchors = [], 0, []
     for r in results:
         if "error" in r:
             continue
+        if right and below is None and r.get("correct") is True:
+            anchors.append(r)
         if below is not None:
             score = _item_score(r, lo, hi)
             if score is not None and score >= below:
@@ -101,8 +115,34 @@ def mistakes(store, *, task: str, model: str, name: str, below: float | None = N
                          fix="score it on harder or more data (its training set, say)")
     origin = {"op": "mistakes", "task": task, "model": row.candidate, "evaluation": row.id,
               "items": len(results), "wrong": wrong}
+    added = 0
+    if right:
+        scored = [(r, _runner_up(r)) for r in anchors]
+        scored = [(r, ru) for r, ru in scored if ru is not None]
+        if not scored:
+            raise InputError(f"task '{task}' keeps no per-label scores of '{model}''s right answers to pair them with",
+                             field="--right", fix="--right works on classification scored by likelihood "
+                             "(`scoring: loglik`); leave it out here")
+        scored.sort(key=lambda x: (x[1][1], x[0]["i"]))  # the least sure first
+        for r, (label, _) in scored[:round(right * len(records))]:
+            item = data.items[r["i"]]
+            raw = {"prompt": kind.conversation(item, spec, data), "chosen": str(kind.answer(item, spec, data)),
+                   "rejected": label, "task": task, "model": row.candidate, "item": r["i"], "right": True}
+            records.append(fmt.normalize(raw, Where(f"evaluation {row.id}", r["i"] + 1, "record")))
+            added += 1
+        origin["right"] = added
     saved, created = DatasetCatalog(store).save(name, records, "preference", "preference", None, origin)
-    return MistakesReport(saved, created, len(results), wrong, len(records))
+    return MistakesReport(saved, created, len(results), wrong, len(records), added)
+
+
+def _runner_up(result: dict) -> tuple[str, float] | None:
+    """(the label scored next after the right one, the margin between them) from an item's per-label scores."""
+    scores = result.get("scores")
+    pred = result.get("pred")
+    if not isinstance(scores, dict) or pred not in scores or len(scores) < 2:
+        return None
+    label = max((k for k in scores if k != pred), key=lambda k: scores[k])
+    return label, scores[pred] - scores[label]
 
 
 def _item_score(result: dict, lo: float, hi: float) -> float | None:
