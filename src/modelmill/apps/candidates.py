@@ -164,24 +164,17 @@ def app_candidate(store, ref: str, *, device: str = "auto", dtype: str = "auto")
     from modelmill.apps.bots import bot_name
     from modelmill.apps.flows import flow_name
 
-    name = bot_name(ref)
-    if name is not None:
+    for name, kind, cls, label in ((bot_name(ref), "bot", BotCandidate, "bot:NAME"),
+                                   (flow_name(ref), "workflow", FlowCandidate, "flow:NAME")):
+        if name is None:
+            continue
         row = Apps(store).find(name)
-        if row is None or row.kind != "bot":
+        if row is None or row.kind != kind:
             from modelmill.errors import NotFoundError
 
-            raise NotFoundError(f"no bot named '{name}'", field="--models",
-                                fix="`modelmill apps list` shows the bots (model id bot:NAME)")
-        return BotCandidate(store, row, device=device, dtype=dtype)
-    name = flow_name(ref)
-    if name is not None:
-        row = Apps(store).find(name)
-        if row is None or row.kind != "workflow":
-            from modelmill.errors import NotFoundError
-
-            raise NotFoundError(f"no workflow named '{name}'", field="--models",
-                                fix="`modelmill apps list` shows the workflows (model id flow:NAME)")
-        return FlowCandidate(store, row, device=device, dtype=dtype)
+            raise NotFoundError(f"no {kind} named '{name}'", field="--models",
+                                fix=f"`modelmill apps list` shows the {kind}s (model id {label})")
+        return cls(store, row, device=device, dtype=dtype)
     if ":" in ref:
         return None
     row = Apps(store).find(ref)
