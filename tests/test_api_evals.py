@@ -338,6 +338,8 @@ def test_mistakes_of_a_generation_task_need_a_score_threshold(client, scored):
     assert "without a right or wrong" in err["message"] and "--below 0.5" in err["message"]
     _error(client.post("/api/datasets/mistakes", json={**body, "below": 0}), 400, "below")
     _error(client.post("/api/datasets/mistakes", json={**body, "below": 1.5}), 400, "below")
+    err = _error(client.post("/api/datasets/mistakes", json={**body, "below": 0.5, "right": 1}), 400, "right")
+    assert "classification scored by likelihood" in err["message"]
     assert DatasetCatalog(scored).versions("gen-fixes") == []  # nothing stored by the refusals
     row = next(r for r in latest(scored, "gen"))
     items = [_json.loads(line) for line in open(f"{row.path}/items.jsonl")]

@@ -68,6 +68,10 @@ def mistakes(store, *, task: str, model: str, name: str, below: float | None = N
     if not 0.0 <= right <= 10.0:
         raise InputError(f"--right {right} is outside 0-10", field="--right",
                          fix="pairs from right answers per mistake pair, e.g. --right 1")
+    if right and below is not None:
+        raise InputError("--right pairs right answers with the label ranked next, which a task scored with --below "
+                         "(no right or wrong, no per-label scores) does not have", field="--right",
+                         fix="leave --right out here; it works on classification scored by likelihood")
     row = find_result(store, task, model)
     known = {f.name for f in dataclasses.fields(TaskSpec)}
     spec = TaskSpec(**{k: v for k, v in row.lineage["task"].items() if k in known})
