@@ -5,7 +5,7 @@ DPOTrainer with its defaults.
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes   # ~80 min on 2 AVX2 cores
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --sft-weight 1   # + DPO with SFT loss
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1   # + pairs from right answers
-    .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts cpt        # ~35 min
+    .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts cpt --cpt-docs 300   # ~60 min (600: ~90)
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts speed      # ~5 min
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --quick            # every part, small: checks the bench
 
