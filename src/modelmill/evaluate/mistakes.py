@@ -92,12 +92,10 @@ def mistakes(store, *, task: str, model: str, name: str, below: float | None = N
         raise InputError(f"task '{task}' ({spec.kind}) scores items without a right or wrong answer",
                          field="--below", fix="say which scores count as mistakes, e.g. --below 0.5 "
                          "(ROUGE-L, or the judge's grade scaled to 0-1)")
-    records, wrong, anchors = [], 0, []
+    records, wrong = [], 0
     for r in results:
         if "error" in r:
             continue
-        if right and below is None and r.get("correct") is True:
-            anchors.append(r)
         if below is not None:
             score = _item_score(r, lo, hi)
             if score is not None and score >= below:
@@ -119,24 +117,24 @@ def mistakes(store, *, task: str, model: str, name: str, below: float | None = N
                          fix="score it on harder or more data (its training set, say)")
     origin = {"op": "mistakes", "task": task, "model": row.candidate, "evaluation": row.id,
               "items": len(results), "wrong": wrong}
-    added = 0
+    kept = []
     if right:
-        scored = [(r, _runner_up(r)) for r in anchors]
-        scored = [(r, ru) for r, ru in scored if ru is not None]
+        scored = [(r, ru) for r in results if "error" not in r and r.get("correct") is True
+                  and (ru := _runner_up(r)) is not None]
         if not scored:
             raise InputError(f"task '{task}' keeps no per-label scores of '{model}''s right answers to pair them with",
                              field="--right", fix="--right works on classification scored by likelihood "
                              "(`scoring: loglik`); leave it out here")
         scored.sort(key=lambda x: (x[1][1], x[0]["i"]))  # the least sure first
-        for r, (label, _) in scored[:round(right * len(records))]:
+        kept = scored[:round(right * len(records))]
+        for r, (label, _) in kept:
             item = data.items[r["i"]]
             raw = {"prompt": kind.conversation(item, spec, data), "chosen": str(kind.answer(item, spec, data)),
                    "rejected": label, "task": task, "model": row.candidate, "item": r["i"], "right": True}
             records.append(fmt.normalize(raw, Where(f"evaluation {row.id}", r["i"] + 1, "record")))
-            added += 1
-        origin["right"] = added
+        origin["right"] = len(kept)
     saved, created = DatasetCatalog(store).save(name, records, "preference", "preference", None, origin)
-    return MistakesReport(saved, created, len(results), wrong, len(records), added)
+    return MistakesReport(saved, created, len(results), wrong, len(records), len(kept))
 
 
 def _runner_up(result: dict) -> tuple[str, float] | None:
