@@ -10,6 +10,8 @@ sits below apps, so it asks; it never imports this).
 
 from __future__ import annotations
 
+from modelmill.apps.bots import BOT_PREFIX  # light: no torch at import
+from modelmill.apps.flows import FLOW_PREFIX  # light: no torch at import
 from modelmill.evaluate.candidates import Candidate, LocalModel, register_candidate_source
 
 
@@ -65,39 +67,42 @@ class RouterCandidate(Candidate):
             m.close()
 
 
-class FlowCandidate(Candidate):
-    """A workflow, model id ``flow:NAME``: every conversation is one run on this process's engines,
-    as ``/v1/chat/completions`` runs it, and the answer node's text is scored (labels are parsed from
-    it, as from any generating model). A run that fails counts as a failed item, its error kept.
-    The workflow's llm nodes bring their own sampling and lengths: ``max_new_tokens`` does not apply."""
+class _OnLocalEngines(Candidate):
+    """An app run once per item on this process's engines, as ``/v1/chat/completions`` runs it;
+    ``batch_size`` items at a time, so their model calls share engine batches. An item whose run
+    fails (any ModelmillError) is a failed item with its error; the others go on. The app's model
+    calls bring their own sampling and lengths: ``max_new_tokens`` does not apply."""
+
+    prefix = kind = ""
 
     def __init__(self, store, row, *, device: str = "auto", dtype: str = "auto"):
-        from modelmill.apps.flows import FLOW_PREFIX
-
-        super().__init__(name=f"{FLOW_PREFIX}{row.name}", kind="workflow", base=row.base_model,
+        super().__init__(name=f"{self.prefix}{row.name}", kind=self.kind, base=row.base_model,
                          lineage={"app": row.name, "updated": str(row.updated_at), "spec": row.spec})
         self.store, self.app, self.device, self.dtype = store, row.name, device, dtype
+
+    async def _runner(self, services):
+        """The coroutine function that answers one conversation (its text), set up once per call."""
+        raise NotImplementedError
 
     def generate(self, conversations, *, max_new_tokens, batch_size, progress):
         import asyncio
 
-        from modelmill.apps.flows import FlowServices, chat_inputs, run_flow
+        from modelmill.apps.flows import FlowServices
         from modelmill.errors import ModelmillError
         from modelmill.serve.router import ServeConfig
 
         async def runs() -> list:
             services = FlowServices.local(self.store, ServeConfig(device=self.device, dtype=self.dtype))
             try:
-                wf = services.flow(self.app)
-                room = asyncio.Semaphore(max(1, batch_size))  # runs at once: their llm nodes batch together
+                answer = await self._runner(services)
+                room = asyncio.Semaphore(max(1, batch_size))
 
                 async def one(conversation):
                     async with room:
                         try:
-                            run = await run_flow(services, wf, chat_inputs(wf, conversation), store_run=False)
-                        except ModelmillError as e:  # FlowFailed too: the item fails, the others go on
+                            return await answer(conversation)
+                        except ModelmillError as e:
                             return e
-                        return run.output["text"]
 
                 return list(await asyncio.gather(*(one(c) for c in conversations)))
             finally:
@@ -106,54 +111,49 @@ class FlowCandidate(Candidate):
         return asyncio.run(runs())
 
 
-class BotCandidate(Candidate):
+class FlowCandidate(_OnLocalEngines):
+    """A workflow, model id ``flow:NAME``: every conversation is one run (its inputs as a chat
+    request fills them) and the answer node's text is scored (labels are parsed from it, as from
+    any generating model). A run that fails (FlowFailed too) counts as a failed item."""
+
+    prefix, kind = FLOW_PREFIX, "workflow"
+
+    async def _runner(self, services):
+        from modelmill.apps.flows import chat_inputs, run_flow
+
+        wf = services.flow(self.app)
+
+        async def answer(conversation):
+            return (await run_flow(services, wf, chat_inputs(wf, conversation), store_run=False)).output["text"]
+
+        return answer
+
+
+class BotCandidate(_OnLocalEngines):
     """A dialogue bot, model id ``bot:NAME``: each item's conversation is replayed as one new
     conversation (every user message a turn, the state carried from turn to turn as a chat
-    carries it, stored nowhere) and the bot's reply to the last user message is scored. Its
-    modules bring their own decoding settings: ``max_new_tokens`` does not apply."""
+    carries it, stored nowhere) and the bot's reply to the last user message is scored."""
 
-    def __init__(self, store, row, *, device: str = "auto", dtype: str = "auto"):
-        from modelmill.apps.bots import BOT_PREFIX
+    prefix, kind = BOT_PREFIX, "bot"
 
-        super().__init__(name=f"{BOT_PREFIX}{row.name}", kind="bot", base=row.base_model,
-                         lineage={"app": row.name, "updated": str(row.updated_at), "spec": row.spec})
-        self.store, self.app, self.device, self.dtype = store, row.name, device, dtype
-
-    def generate(self, conversations, *, max_new_tokens, batch_size, progress):
-        import asyncio
-
+    async def _runner(self, services):
         from modelmill.apps import dialogue as dlg
         from modelmill.apps.bots import get_bot, run_turn
-        from modelmill.apps.flows import FlowServices
-        from modelmill.errors import InputError, ModelmillError
-        from modelmill.serve.router import ServeConfig
+        from modelmill.errors import InputError
 
         bot = get_bot(self.store, self.app)
 
-        async def runs() -> list:
-            services = FlowServices.local(self.store, ServeConfig(device=self.device, dtype=self.dtype))
-            try:
-                room = asyncio.Semaphore(max(1, batch_size))  # conversations at once: their modules batch together
+        async def answer(conversation):
+            turns = [m["content"] for m in conversation
+                     if m.get("role") == "user" and isinstance(m.get("content"), str) and m["content"].strip()]
+            if not turns:
+                raise InputError("the item has no user message for the bot to answer", field="messages")
+            state, previous = dlg.new_state(), None
+            for text in turns:
+                previous = (await run_turn(services, bot, text, state, previous))["reply"]
+            return previous
 
-                async def one(conversation):
-                    turns = [m["content"] for m in conversation
-                             if m.get("role") == "user" and isinstance(m.get("content"), str) and m["content"].strip()]
-                    if not turns:
-                        return InputError("the item has no user message for the bot to answer", field="messages")
-                    async with room:
-                        state, previous = dlg.new_state(), None
-                        try:
-                            for text in turns:
-                                previous = (await run_turn(services, bot, text, state, previous))["reply"]
-                        except ModelmillError as e:  # the item fails, the others go on
-                            return e
-                        return previous
-
-                return list(await asyncio.gather(*(one(c) for c in conversations)))
-            finally:
-                await services.close()
-
-        return asyncio.run(runs())
+        return answer
 
 
 @register_candidate_source
