@@ -4,6 +4,7 @@ given adapter mix, in-process (no HTTP), alternating the mixes round by round.
     .venv/bin/python bench/decode_steps.py                                  # ~3 min on 2 AVX2 cores
     .venv/bin/python bench/decode_steps.py --mixes 1x1ad,32x1ad,32x8ad --profile 32x8ad
     .venv/bin/python bench/decode_steps.py --quantize int8
+    .venv/bin/python bench/decode_steps.py --unjoined      # q/k/v and gate/up joined vs not, same process
 
 A mix is ROWSx(1ad | 3ad+base | 8ad | base): ROWS requests decoded together, on one adapter, on
 three adapters and one on the base model, round-robin over eight, or all on the base. The adapters
@@ -62,51 +63,67 @@ async def measure(a) -> dict:
         sm.write_adapter(folder, 16, TARGETS, layers, shapes, model_path, i)
         adapters.append(AdapterRef(name=f"decode-steps-{i}", path=str(folder)))
     mixes = {m: mix_rows(m) for m in a.mixes.split(",")}
-    engine = HFEngine(a.base, model_path, dtype=a.dtype, quantize=a.quantize, prefix_cache_mb=0)
-    await engine.start()
+    from modelmill.serve import multilora
+
+    variants = ["ours"] + (["unjoined"] if a.unjoined else [])
+    engines = {}
+    for v in variants:  # "unjoined": every linear layer on its own, as before q/k/v and gate/up were joined
+        saved = multilora.SHARED_INPUT
+        multilora.SHARED_INPUT = () if v == "unjoined" else saved
+        try:
+            engines[v] = HFEngine(a.base, model_path, dtype=a.dtype, quantize=a.quantize, prefix_cache_mb=0)
+            await engines[v].start()
+        finally:
+            multilora.SHARED_INPUT = saved
     steps: list = []
     tables: dict = {}
     profile_now: list = [None]
-    decode = engine._decode
 
-    def timed_decode():  # runs on the engine's thread
-        mix = profile_now[0]
-        if mix and len(engine._running) == len(mixes[mix]) and len(steps) == 8:
-            from torch.profiler import ProfilerActivity, profile
+    def timed(engine):
+        decode = engine._decode
 
-            with profile(activities=[ProfilerActivity.CPU]) as pr:
-                t = time.perf_counter()
-                decode()
-            tables[mix] = pr.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
-            steps.append((time.perf_counter() - t, -1))
-            return
-        t = time.perf_counter()
-        decode()
-        steps.append((time.perf_counter() - t, len(engine._running)))
+        def timed_decode():  # runs on the engine's thread
+            mix = profile_now[0]
+            if mix and len(engine._running) == len(mixes[mix]) and len(steps) == 8:
+                from torch.profiler import ProfilerActivity, profile
 
-    engine._decode = timed_decode
-    prompt = engine.tokenizer("The quick brown fox jumps over the lazy dog. " * 10,
-                              add_special_tokens=False)["input_ids"][:80]
+                with profile(activities=[ProfilerActivity.CPU]) as pr:
+                    t = time.perf_counter()
+                    decode()
+                tables[mix] = pr.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
+                steps.append((time.perf_counter() - t, -1))
+                return
+            t = time.perf_counter()
+            decode()
+            steps.append((time.perf_counter() - t, len(engine._running)))
+        return timed_decode
 
-    async def one(adapter):
+    for engine in engines.values():
+        engine._decode = timed(engine)
+    prompt = engines["ours"].tokenizer("The quick brown fox jumps over the lazy dog. " * 10,
+                                       add_special_tokens=False)["input_ids"][:80]
+
+    async def one(engine, adapter):
         params = SamplingParams(max_tokens=a.tokens, temperature=0.0, ignore_eos=True)
         ref = None if adapter is None else adapters[adapter]
         async for _ in engine.generate(GenerationRequest(uuid.uuid4().hex, prompt, params, ref)):
             pass
 
-    async def run(mix: str) -> float:
+    async def run(mix: str, v: str = "ours") -> float:
         steps.clear()
-        await asyncio.gather(*(one(x) for x in mixes[mix]))
+        await asyncio.gather(*(one(engines[v], x) for x in mixes[mix]))
         full = [t for t, n in steps if n == len(mixes[mix])]
         return 1000 * statistics.median(full) if full else float("nan")
 
     try:
         for m in mixes:  # warm: adapters read, buffers grown
-            await run(m)
-        rounds = {m: [] for m in mixes}
+            for v in variants:
+                await run(m, v)
+        rounds = {(m, v): [] for m in mixes for v in variants}
         for _ in range(a.repeats):
             for m in mixes:
-                rounds[m].append(await run(m))
+                for v in variants:
+                    rounds[m, v].append(await run(m, v))
         for m in [x for x in a.profile.split(",") if x]:
             if m not in mixes:
                 raise SystemExit(f"--profile: '{m}' is not one of --mixes")
@@ -114,7 +131,8 @@ async def measure(a) -> dict:
             await run(m)
             profile_now[0] = None
     finally:
-        await engine.shutdown()
+        for engine in engines.values():
+            await engine.shutdown()
     return {"capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "rounds": rounds, "tables": tables}
 
@@ -129,6 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--quantize", default="none", choices=("none", "int8"))
     ap.add_argument("--profile", default="", help="Mixes to print an operator table for (one step each).")
+    ap.add_argument("--unjoined", action="store_true",
+                    help="Also time a second engine that serves q/k/v and gate/up as separate layers (the "
+                         "baseline of joining them), alternating with ours round by round.")
     a = ap.parse_args(argv)
     os.environ.setdefault("MODELMILL_HOME", a.home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -137,12 +158,18 @@ def main(argv=None) -> int:
     for m, t in r["tables"].items():
         print(f"\n== one decode step of {m}\n{t}")
     print(f"\nCPU capability {r['capability']}, {r['threads']} threads, {a.dtype}, quantize {a.quantize}")
-    print("| mix | decode step, ms by round | median | / first mix |\n|---|---|---|---|")
+    print("| mix | engine | decode step, ms by round | median | / first mix | unjoined / ours, by round |\n"
+          "|---|---|---|---|---|---|")
     first = None
-    for m, ts in r["rounds"].items():
+    for (m, v), ts in r["rounds"].items():
         med = statistics.median(ts)
         first = first or med
-        print(f"| {m} | {' / '.join(f'{t:.1f}' for t in ts)} | {med:.1f} | {med / first:.2f}x |")
+        ratio = ""
+        if v == "unjoined":
+            ours = r["rounds"][m, "ours"]
+            ratio = " / ".join(f"{u / o:.2f}" for u, o in zip(ts, ours)) + \
+                f" (median {statistics.median(u / o for u, o in zip(ts, ours)):.2f}x)"
+        print(f"| {m} | {v} | {' / '.join(f'{t:.1f}' for t in ts)} | {med:.1f} | {med / first:.2f}x | {ratio} |")
     return 0
 
 

@@ -467,14 +467,15 @@ def test_int8_serves_the_base_and_its_adapters_as_float32_does(tiny_model, adapt
                     max_tokens=1, temperature=0, ignore_eos=True, logprobs=5), ref)):
                 if o.logprobs:
                     out.append({t.token_id: t.logprob for t in o.logprobs[0][3]})
-        kinds = [type(m.base).__name__ for m in eng._lora.rows.layers.values()]
+        kinds = {n.rsplit(".", 1)[1]: type(m.base).__name__ for n, m in eng._lora.rows.layers.items()}
         await eng.shutdown()
         return out, kinds
 
     f32, kinds32 = run(top5("none"))
     i8, kinds8 = run(top5("int8"))
-    assert set(kinds32) == {"Linear"}
-    assert kinds8.count("Int8Linear") == 6 * kinds8.count("Linear")  # down_proj stays float32
+    # q/k/v and gate/up read one input each and are served as one layer each
+    assert kinds32 == dict.fromkeys(["q_proj+k_proj+v_proj", "o_proj", "gate_proj+up_proj", "down_proj"], "Linear")
+    assert kinds8 == {**dict.fromkeys(kinds32, "Int8Linear"), "down_proj": "Linear"}  # down_proj stays float32
     assert len({max(d, key=d.get) for d in f32}) > 1  # the adapters change the answer
     for want, got in zip(f32, i8):
         assert max(got, key=got.get) == max(want, key=want.get)
@@ -508,6 +509,57 @@ def test_an_int8_row_does_not_depend_on_the_rest_of_its_batch():
         near = lin(x)
     assert torch.allclose(alone, batched, rtol=0, atol=1e-6)
     assert (alone - near).abs().max() < 0.05 * near.abs().max()
+
+
+def test_int8_layers_side_by_side_compute_what_each_computes():
+    """q/k/v (and gate/up) are served as one int8 layer: each output channel keeps its own scale,
+    so the joined layer gives each part's own result."""
+    from modelmill.models.int8 import Int8Linear
+
+    torch.manual_seed(0)
+    parts = [Int8Linear(torch.nn.Linear(64, n, bias=b)) for n, b in ((48, True), (16, False), (16, True))]
+    joined = Int8Linear.stacked(parts)
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        want = torch.cat([p(x) for p in parts], dim=-1)
+        got = joined(x)
+    assert joined.out_features == 80 and joined.in_features == 64
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_layers_of_one_input_are_computed_once_and_any_call_gets_its_own_output(tiny_model):
+    """Wrapped, a decoder block's q/k/v and gate/up run as one layer each, computed once per block
+    call; the model's output is unchanged, and a part called with some other input still gets
+    what its own layer would give."""
+    from transformers import AutoModelForCausalLM
+
+    from modelmill.serve.multilora import LoraContext, SharedInputPart, wrap_linears
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    attn0 = plain.model.layers[0].self_attn
+    q, k = attn0.q_proj, attn0.k_proj
+    ctx = LoraContext()
+    wrapped = wrap_linears(model, ctx, 2, "cpu")
+    assert set(wrapped) == {n for n, m in plain.named_modules() if type(m) is torch.nn.Linear and ".layers." in n}
+    block = model.model.layers[0]
+    assert isinstance(block.self_attn.k_proj, SharedInputPart) and isinstance(block.mlp.up_proj, SharedInputPart)
+    calls = []
+    for layer in ctx.rows.layers.values():
+        layer.register_forward_hook(lambda m, i, o: calls.append(m.name))
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, plain(ids).logits, rtol=1e-5, atol=1e-5)
+        layers = len(model.model.layers)
+        assert len(calls) == 4 * layers and len(set(calls)) == 4 * layers  # each joined layer once
+        x, other = torch.randn(2, 3, q.in_features), torch.randn(2, 3, q.in_features)
+        got_q = block.self_attn.q_proj(x)                              # computes all three for x
+        got_k = block.self_attn.k_proj(other)                          # another input: computed again
+        torch.testing.assert_close(got_q, q(x))
+        torch.testing.assert_close(got_k, k(other))
+        torch.testing.assert_close(block.self_attn.v_proj(other), attn0.v_proj(other))
+    assert block.self_attn.k_proj.weight.shape == k.weight.shape
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())
 
 
 def test_logprobs_of_a_model_that_caps_its_logits_are_the_models_own(tmp_path):

@@ -417,7 +417,7 @@ class HFEngine(Engine):
         # the model's own forward caps its logits with this (Gemma 2: 30); sampling must see the same
         self.logit_softcap = getattr(cfg, "final_logit_softcapping", None)
         wrap_linears(model, self._lora, self.max_batch_size, self.device)
-        self.module_shapes = {n: (m.base.out_features, m.base.in_features) for n, m in self._lora.rows.layers.items()}
+        self.module_shapes = dict(self._lora.rows.shapes)
         self.num_layers = cfg.num_hidden_layers
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -516,7 +516,7 @@ class HFEngine(Engine):
         def work():
             try:
                 adapter = load_adapter(ref.name, ref.path, self.module_shapes, device=self.device,
-                                       input_scales=self.input_scales)
+                                       input_scales=self.input_scales, shared=self._lora.rows.shared)
                 result = (key, adapter, None)
             except EngineError as e:
                 result = (key, None, e)

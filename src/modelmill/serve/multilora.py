@@ -34,6 +34,11 @@ concatenation 339 tokens/s with one adapter and 274 with 8, per-row slots 260 an
 ~30 distinct adapters the slots win (222 vs 179). The per-row products run in float32 (CPU bmm
 in bfloat16 was 2-4x slower); ranks below the largest are zero-padded, which adds zeros, exactly.
 
+The layers of a decoder block that read one input (q/k/v, gate/up: :data:`SHARED_INPUT`) are
+served as one layer, weights side by side, and each adapter's matrices for them as one (A side by
+side, B block-diagonal): one base product and one LoRA product per group instead of one per layer.
+``bench/decode_steps.py --unjoined`` measures it against separate layers in one process.
+
 Adapters are peft folders (``adapter_config.json`` + ``adapter_model.safetensors``), read by
 :func:`load_adapter` into plain tensors keyed by our module names. Plain LoRA only: DoRA,
 LoRA biases, ``modules_to_save`` and embedding adapters are refused with a clear error.
@@ -56,6 +61,12 @@ from modelmill.serve.engine import EngineError
 LORA_DTYPE = torch.float32
 CONCAT_MAX_ADAPTERS = 12   # above this many distinct adapters in a forward: per-row slots
 GROUP_MIN_ADAPTERS = 2     # from this many: grouped products; below (one adapter): concatenated
+# Linear layers of a decoder block that read the same input. Each group is served as one layer,
+# their weights side by side, and so are the adapters' matrices for them (A side by side, B block-
+# diagonal): a decode step runs one base product and one LoRA product per group, not one per
+# layer. At a few rows a step's time goes to the number of small operations, not to arithmetic
+# (4 rows over 3 adapters and the base: ~1,050 LoRA operations a step, see bench/decode_steps.py).
+SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 @dataclass
@@ -95,6 +106,8 @@ class LoraRows:
         self.group_key = None                        # set when this forward groups rows by adapter
         self.group_adapters: list[LoadedAdapter] = []
         self.group_plan: tuple | None = None         # (row index [G * most], pad mask [G, most, 1, 1] | None, G, most)
+        self.shapes: dict[str, tuple[int, int]] = {}  # every wrapped model layer: (out, in), by its own name
+        self.shared: dict[str, list[tuple[str, int]]] = {}  # a SHARED_INPUT layer: its parts (name, out)
 
     def _grow(self, rank: int):
         for layer in self.layers.values():
@@ -202,11 +215,12 @@ class LoraContext:
 class MultiLoraLinear(torch.nn.Module):
     """``base(x)`` plus, per row, that row's adapter's LoRA product (see the module docstring)."""
 
-    def __init__(self, base: torch.nn.Linear, name: str, context: LoraContext):
+    def __init__(self, base: torch.nn.Linear, name: str, context: LoraContext, parts: int = 1):
         super().__init__()
         self.base = base
         self.name = name
         self.context = context
+        self.parts = parts                        # model layers it computes at once (SHARED_INPUT)
         self.a_rows: torch.Tensor | None = None   # [rows, in, rank]
         self.b_rows: torch.Tensor | None = None   # [rows, rank, out]
         self._cat_key = None
@@ -219,6 +233,7 @@ class MultiLoraLinear(torch.nn.Module):
         return getattr(self.base, "weight", None)
 
     def grow(self, rows: int, rank: int, device):
+        rank *= self.parts                        # each part's matrices side by side
         a = torch.zeros(rows, self.base.in_features, rank, dtype=LORA_DTYPE, device=device)
         b = torch.zeros(rows, rank, self.base.out_features, dtype=LORA_DTYPE, device=device)
         if self.a_rows is not None:
@@ -306,9 +321,77 @@ class MultiLoraLinear(torch.nn.Module):
         return cat
 
 
+class SharedInput:
+    """The one layer behind a :data:`SHARED_INPUT` group. The first of the group's model layers
+    called with an input computes every part's output; the others, called with that same tensor
+    (as a decoder block calls them), take theirs. A part called with another input computes again:
+    correct, only slower."""
+
+    def __init__(self, layer: MultiLoraLinear, sizes: list[int]):
+        self.layer = layer
+        self.sizes = sizes
+        self._x: torch.Tensor | None = None
+        self._waiting: dict[int, torch.Tensor] = {}
+
+    def output(self, part: int, x: torch.Tensor) -> torch.Tensor:
+        if x is self._x and part in self._waiting:
+            y = self._waiting.pop(part)
+            if not self._waiting:
+                self._x = None
+            return y
+        ys = self.layer(x).split(self.sizes, dim=-1)
+        self._x, self._waiting = x, {i: y for i, y in enumerate(ys) if i != part}
+        return ys[part]
+
+
+class SharedInputPart(torch.nn.Module):
+    """Where a model layer of a :data:`SHARED_INPUT` group was (``q_proj``, say): its columns of
+    the group's output."""
+
+    def __init__(self, shared: SharedInput, part: int, first: int, in_features: int, out_features: int):
+        super().__init__()
+        if part == 0:
+            self.shared_layer = shared.layer      # registered once, so .to() and parameters() see it
+        self.shared, self.part, self.first = shared, part, first
+        self.in_features, self.out_features = in_features, out_features
+
+    @property
+    def weight(self):  # some model code reads proj.weight (dtype, device checks)
+        w = self.shared.layer.weight
+        return None if w is None else w[self.first:self.first + self.out_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared.output(self.part, x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, part {self.part} of a shared input"
+
+
+def _side_by_side(parts: list) -> torch.nn.Module | None:
+    """One layer computing ``parts`` (layers of one input) at once; None where they cannot be joined."""
+    kinds = {type(p) for p in parts}
+    if len(kinds) != 1 or len({p.in_features for p in parts}) != 1:
+        return None
+    if kinds == {Int8Linear}:
+        return Int8Linear.stacked(parts)
+    if kinds != {torch.nn.Linear} or len({(p.weight.dtype, p.weight.device) for p in parts}) != 1:
+        return None
+    w = parts[0].weight
+    joined = torch.nn.Linear(w.shape[1], sum(p.out_features for p in parts),
+                             bias=any(p.bias is not None for p in parts), device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        joined.weight.copy_(torch.cat([p.weight for p in parts]))
+        if joined.bias is not None:
+            joined.bias.copy_(torch.cat([p.bias if p.bias is not None else w.new_zeros(p.out_features)
+                                         for p in parts]))
+    joined.requires_grad_(False)
+    return joined
+
+
 def wrap_linears(model: torch.nn.Module, context: LoraContext, rows: int, device) -> list[str]:
-    """Wrap every ``nn.Linear`` inside the decoder layers; return the wrapped module names
-    (the names peft uses, without its ``base_model.model.`` prefix)."""
+    """Wrap every ``nn.Linear`` inside the decoder layers (the layers of a :data:`SHARED_INPUT`
+    group as one); return the wrapped model layers' names (the names peft uses, without its
+    ``base_model.model.`` prefix)."""
     layers_root = None
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and name.endswith("layers"):
@@ -317,16 +400,38 @@ def wrap_linears(model: torch.nn.Module, context: LoraContext, rows: int, device
     if layers_root is None:
         raise EngineError("cannot find the decoder layers of this model to attach LoRA adapters", status=500)
     context.rows = LoraRows(rows, device, next(model.parameters()).dtype)
+    lora_rows = context.rows
     wrapped = []
     for name, module in list(model.named_modules()):
         if not name.startswith(layers_root + "."):
             continue
-        for child_name, child in list(module.named_children()):
+        children = dict(module.named_children())
+        for group in SHARED_INPUT:
+            parts = [children.get(c) for c in group]
+            if not all(type(p) is torch.nn.Linear or type(p) is Int8Linear for p in parts):
+                continue
+            joined = _side_by_side(parts)
+            if joined is None:
+                continue
+            full = f"{name}.{'+'.join(group)}"
+            layer = MultiLoraLinear(joined, full, context, parts=len(parts))
+            shared = SharedInput(layer, [p.out_features for p in parts])
+            first = 0
+            for i, (child_name, p) in enumerate(zip(group, parts)):
+                setattr(module, child_name, SharedInputPart(shared, i, first, p.in_features, p.out_features))
+                lora_rows.shapes[f"{name}.{child_name}"] = (p.out_features, p.in_features)
+                wrapped.append(f"{name}.{child_name}")
+                first += p.out_features
+                del children[child_name]
+            lora_rows.layers[full] = layer
+            lora_rows.shared[full] = [(f"{name}.{c}", p.out_features) for c, p in zip(group, parts)]
+        for child_name, child in children.items():
             if type(child) is torch.nn.Linear or type(child) is Int8Linear:
                 full = f"{name}.{child_name}"
                 layer = MultiLoraLinear(child, full, context)
                 setattr(module, child_name, layer)
-                context.rows.layers[full] = layer
+                lora_rows.layers[full] = layer
+                lora_rows.shapes[full] = (child.out_features, child.in_features)
                 wrapped.append(full)
     return wrapped
 
@@ -336,12 +441,16 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB]
 
 def load_adapter(name: str, path: str | Path, module_shapes: dict[str, tuple[int, int]],
                  dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                 input_scales: dict[str, torch.Tensor] | None = None) -> LoadedAdapter:
+                 input_scales: dict[str, torch.Tensor] | None = None,
+                 shared: dict[str, list[tuple[str, int]]] | None = None) -> LoadedAdapter:
     """Read a peft LoRA folder into per-module (A.T, (B * scaling).T) float32 tensors.
 
     ``input_scales``: per module, what the base model's smoothing (int8 serving) divided that
     linear's input by; the adapter's A is multiplied by it so that it sees the input it was
     trained on.
+
+    ``shared``: layers served as one (``LoraRows.shared``: name -> its parts' names and output
+    sizes); the parts' matrices become that layer's, A side by side and B block-diagonal.
 
     Raises EngineError (status 400, naming the adapter and the file) when the folder is
     missing, unreadable, of another kind, or does not fit the base model's shapes."""
@@ -397,7 +506,7 @@ def load_adapter(name: str, path: str | Path, module_shapes: dict[str, tuple[int
     # ranks come from the tensors' own shapes (rank_pattern included); alpha may vary by module
     alpha, alpha_pattern = cfg.get("lora_alpha", 8), cfg.get("alpha_pattern") or {}
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    nbytes = rank = 0
+    rank = 0
     for module, ab in pairs.items():
         if set(ab) != {"A", "B"}:
             raise EngineError(f"adapter '{name}': module {module} has lora_{''.join(ab)} only", status=400,
@@ -418,11 +527,31 @@ def load_adapter(name: str, path: str | Path, module_shapes: dict[str, tuple[int
         b_t = (b.to(LORA_DTYPE) * scale).to(device=device).t().contiguous()             # [r, out]
         out[module] = (a_t, b_t)
         rank = max(rank, r)
-        nbytes += a_t.numel() * a_t.element_size() + b_t.numel() * b_t.element_size()
     if not out:
         raise EngineError(f"adapter '{name}': {weights_file} holds no LoRA weights", status=400,
                           code="adapter_unavailable", param="model")
+    for joined, parts in (shared or {}).items():
+        mats = [out.pop(part, None) for part, _ in parts]
+        if any(m is not None for m in mats):
+            out[joined] = _block_diagonal(mats, [size for _, size in parts])
+    nbytes = sum(t.numel() * t.element_size() for ab in out.values() for t in ab)
     return LoadedAdapter(name=name, path=str(folder), weights=out, rank=rank, nbytes=nbytes)
+
+
+def _block_diagonal(mats: list, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Several layers' (A [in, r], B [r, out]) as one layer's: A side by side [in, sum r], B
+    block-diagonal [sum r, sum out]; a layer the adapter leaves alone adds no rank, only its
+    (zero) output columns."""
+    present = [m for m in mats if m is not None]
+    a = torch.cat([m[0] for m in present], dim=1)
+    b = present[0][1].new_zeros(a.shape[1], sum(sizes))
+    r = col = 0
+    for m, size in zip(mats, sizes):
+        if m is not None:
+            b[r:r + m[1].shape[0], col:col + size] = m[1]
+            r += m[1].shape[0]
+        col += size
+    return a.contiguous(), b
 
 
 def _pattern_value(pattern: dict, module: str, default):
