@@ -4,7 +4,7 @@ given adapter mix, in-process (no HTTP), alternating the mixes round by round.
     .venv/bin/python bench/decode_steps.py                                  # ~3 min on 2 AVX2 cores
     .venv/bin/python bench/decode_steps.py --mixes 1x1ad,32x1ad,32x8ad --profile 32x8ad
     .venv/bin/python bench/decode_steps.py --quantize int8
-    .venv/bin/python bench/decode_steps.py --unjoined      # q/k/v and gate/up joined vs not, same process
+    .venv/bin/python bench/decode_steps.py --compare unjoined,rows-first   # ours vs before each change
 
 A mix is ROWSx(1ad | 3ad+base | 8ad | base): ROWS requests decoded together, on one adapter, on
 three adapters and one on the base model, round-robin over eight, or all on the base. The adapters
@@ -65,17 +65,25 @@ async def measure(a) -> dict:
     mixes = {m: mix_rows(m) for m in a.mixes.split(",")}
     from modelmill.serve import multilora
 
-    variants = ["ours"] + (["unjoined"] if a.unjoined else [])
+    # baselines: a setting of the engine's multilora module as it was before a change
+    baselines = {"unjoined": {"SHARED_INPUT": ()},             # every linear layer on its own
+                 "rows-first": {"WEIGHTS_FIRST_MAX_ROWS": 0}}  # x @ W.T at every row count
+    variants = ["ours"] + [v for v in a.compare.split(",") if v]
     engines = {}
-    for v in variants:  # "unjoined": every linear layer on its own, as before q/k/v and gate/up were joined
-        saved = multilora.SHARED_INPUT
-        multilora.SHARED_INPUT = () if v == "unjoined" else saved
+    for v in variants:
+        if v != "ours" and v not in baselines:
+            raise SystemExit(f"--compare: unknown '{v}' (known: {', '.join(baselines)})")
+        saved = {k: getattr(multilora, k) for k in baselines.get(v, {})}
+        for k, val in baselines.get(v, {}).items():
+            setattr(multilora, k, val)
         try:
             engines[v] = HFEngine(a.base, model_path, dtype=a.dtype, quantize=a.quantize, prefix_cache_mb=0)
             await engines[v].start()
         finally:
-            multilora.SHARED_INPUT = saved
+            for k, val in saved.items():
+                setattr(multilora, k, val)
     steps: list = []
+    threads: set = set()                 # OpenMP threads of the engines' threads, where the steps run
     tables: dict = {}
     profile_now: list = [None]
 
@@ -93,6 +101,7 @@ async def measure(a) -> dict:
                 tables[mix] = pr.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
                 steps.append((time.perf_counter() - t, -1))
                 return
+            threads.add(torch.get_num_threads())
             t = time.perf_counter()
             decode()
             steps.append((time.perf_counter() - t, len(engine._running)))
@@ -133,7 +142,7 @@ async def measure(a) -> dict:
     finally:
         for engine in engines.values():
             await engine.shutdown()
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "threads": sorted(threads),
             "rounds": rounds, "tables": tables}
 
 
@@ -147,9 +156,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--quantize", default="none", choices=("none", "int8"))
     ap.add_argument("--profile", default="", help="Mixes to print an operator table for (one step each).")
-    ap.add_argument("--unjoined", action="store_true",
-                    help="Also time a second engine that serves q/k/v and gate/up as separate layers (the "
-                         "baseline of joining them), alternating with ours round by round.")
+    ap.add_argument("--compare", default="",
+                    help="Also time engines set as before a change, alternating with ours round by round: "
+                         "unjoined (q/k/v and gate/up as separate layers), rows-first (x @ W.T at every "
+                         "row count). Comma-separated.")
     a = ap.parse_args(argv)
     os.environ.setdefault("MODELMILL_HOME", a.home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -157,15 +167,15 @@ def main(argv=None) -> int:
     r = asyncio.run(measure(a))
     for m, t in r["tables"].items():
         print(f"\n== one decode step of {m}\n{t}")
-    print(f"\nCPU capability {r['capability']}, {r['threads']} threads, {a.dtype}, quantize {a.quantize}")
-    print("| mix | engine | decode step, ms by round | median | / first mix | unjoined / ours, by round |\n"
+    print(f"\nCPU capability {r['capability']}, engine threads {r['threads']}, {a.dtype}, quantize {a.quantize}")
+    print("| mix | engine | decode step, ms by round | median | / first mix | baseline / ours, by round |\n"
           "|---|---|---|---|---|---|")
     first = None
     for (m, v), ts in r["rounds"].items():
         med = statistics.median(ts)
         first = first or med
         ratio = ""
-        if v == "unjoined":
+        if v != "ours":
             ours = r["rounds"][m, "ours"]
             ratio = " / ".join(f"{u / o:.2f}" for u, o in zip(ts, ours)) + \
                 f" (median {statistics.median(u / o for u, o in zip(ts, ours)):.2f}x)"

@@ -527,6 +527,24 @@ def test_int8_layers_side_by_side_compute_what_each_computes():
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+def test_a_base_layer_gives_its_own_result_whichever_way_round_it_multiplies():
+    """Up to weights_first_max rows a float32 base layer on a CPU computes (W @ x.T).T (another,
+    faster MKL kernel at a few rows): the same numbers, bias included, for any row count."""
+    from modelmill.serve.multilora import LoraContext, MultiLoraLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 40)
+    ctx = LoraContext()
+    ctx.weights_first_max = 64
+    layer = MultiLoraLinear(lin, "x", ctx)
+    with torch.inference_mode():
+        for shape in [(1, 1, 48), (2, 3, 48), (64, 48), (5, 20, 48)]:     # 1, 6, 64 and 100 rows
+            x = torch.randn(*shape)
+            got = layer(x)
+            assert got.shape == (*shape[:-1], 40) and got.is_contiguous()
+            torch.testing.assert_close(got, lin(x))
+
+
 def test_layers_of_one_input_are_computed_once_and_any_call_gets_its_own_output(tiny_model):
     """Wrapped, a decoder block's q/k/v and gate/up run as one layer each, computed once per block
     call; the model's output is unchanged, and a part called with some other input still gets

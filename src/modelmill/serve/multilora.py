@@ -37,7 +37,7 @@ in bfloat16 was 2-4x slower); ranks below the largest are zero-padded, which add
 The layers of a decoder block that read one input (q/k/v, gate/up: :data:`SHARED_INPUT`) are
 served as one layer, weights side by side, and each adapter's matrices for them as one (A side by
 side, B block-diagonal): one base product and one LoRA product per group instead of one per layer.
-``bench/decode_steps.py --unjoined`` measures it against separate layers in one process.
+``bench/decode_steps.py --compare unjoined`` measures it against separate layers in one process.
 
 Adapters are peft folders (``adapter_config.json`` + ``adapter_model.safetensors``), read by
 :func:`load_adapter` into plain tensors keyed by our module names. Plain LoRA only: DoRA,
@@ -67,6 +67,11 @@ GROUP_MIN_ADAPTERS = 2     # from this many: grouped products; below (one adapte
 # layer. At a few rows a step's time goes to the number of small operations, not to arithmetic
 # (4 rows over 3 adapters and the base: ~1,050 LoRA operations a step, see bench/decode_steps.py).
 SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+# Up to this many rows (tokens) a float32 base layer on a CPU computes (W @ x.T).T, not x @ W.T:
+# MKL then picks another kernel for the same product. On AVX2 (2 threads, SmolLM2's layers) it
+# was 1.7-2.3x faster at 2-4 rows, slower at 8-12, mixed at 16-64 (a 4-row decode step: 1.29x,
+# bench/decode_steps.py --compare rows-first). 0: always x @ W.T.
+WEIGHTS_FIRST_MAX_ROWS = 4
 
 
 @dataclass
@@ -210,6 +215,7 @@ class LoraContext:
     def __init__(self):
         self.rows: LoraRows | None = None
         self.on = False            # outside the engine's forwards the wrapped layers are plain
+        self.weights_first_max = 0  # WEIGHTS_FIRST_MAX_ROWS where the model runs in float32 on a CPU
 
 
 class MultiLoraLinear(torch.nn.Module):
@@ -254,8 +260,18 @@ class MultiLoraLinear(torch.nn.Module):
         self.a_rows[row] = 0
         self.b_rows[row] = 0
 
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base
+        if type(base) is torch.nn.Linear:
+            x2 = x.reshape(-1, x.shape[-1])
+            if 1 < x2.shape[0] <= self.context.weights_first_max:
+                w = base.weight
+                yt = torch.mm(w, x2.t()) if base.bias is None else torch.addmm(base.bias[:, None], w, x2.t())
+                return yt.t().contiguous().view(*x.shape[:-1], w.shape[0])
+        return base(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = self._base(x)
         ctx = self.context
         rows = ctx.rows
         if not ctx.on or rows is None or self.name not in rows.used:
@@ -399,7 +415,10 @@ def wrap_linears(model: torch.nn.Module, context: LoraContext, rows: int, device
             break
     if layers_root is None:
         raise EngineError("cannot find the decoder layers of this model to attach LoRA adapters", status=500)
-    context.rows = LoraRows(rows, device, next(model.parameters()).dtype)
+    dtype = next(model.parameters()).dtype
+    context.rows = LoraRows(rows, device, dtype)
+    context.weights_first_max = WEIGHTS_FIRST_MAX_ROWS if (
+        torch.device(device).type == "cpu" and dtype == torch.float32) else 0
     lora_rows = context.rows
     wrapped = []
     for name, module in list(model.named_modules()):
