@@ -68,9 +68,10 @@ GROUP_MIN_ADAPTERS = 2     # from this many: grouped products; below (one adapte
 # (4 rows over 3 adapters and the base: ~1,050 LoRA operations a step, see bench/decode_steps.py).
 SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # Up to this many rows (tokens) a float32 base layer on a CPU computes (W @ x.T).T, not x @ W.T:
-# MKL then picks another kernel for the same product. On AVX2 (2 threads, SmolLM2's layers) it
-# was 1.7-2.3x faster at 2-4 rows, slower at 8-12, mixed at 16-64 (a 4-row decode step: 1.29x,
-# bench/decode_steps.py --compare rows-first). 0: always x @ W.T.
+# MKL then picks another kernel for the same product. Whole decode steps of SmolLM2 on AVX2 (2
+# threads, bench/decode_steps.py --compare rows-first) were 1.31x / 1.31x / 1.22x faster at 2 / 3 / 4
+# rows, the same at 6 and 8, 0.95x at 16. (Timing one layer in a loop, its weights stay in cache,
+# and said otherwise at 2-3 rows: a decode step reads them from memory.) 0: always x @ W.T.
 WEIGHTS_FIRST_MAX_ROWS = 4
 
 
