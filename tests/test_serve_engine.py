@@ -159,6 +159,30 @@ def test_many_adapters_with_a_small_cache_all_finish_and_match_alone(tiny_model,
     assert len({tuple(t) for t in alone}) > 1
 
 
+def test_an_engine_started_after_another_loaded_an_adapter_decodes_on_every_thread(tiny_model, adapters):
+    """The adapter loader runs with one OpenMP thread; a thread created after that would start with
+    one too. Each engine sets its own thread's count to the process default."""
+    from modelmill.serve import hf_engine
+
+    async def main():
+        first = HFEngine("tiny", str(tiny_model), max_batch_size=2, dtype="float32")
+        await first.start()
+        ids = first.tokenizer("hello")["input_ids"]
+        async for _ in first.generate(GenerationRequest("r", ids, SamplingParams(max_tokens=1, ignore_eos=True),
+                                                        AdapterRef("plain", str(adapters["plain"])))):
+            pass
+        assert first._loader.submit(torch.get_num_threads).result() == 1
+        second = HFEngine("tiny", str(tiny_model), max_batch_size=2, dtype="float32")
+        await second.start()
+        counts = first.threads, second.threads
+        await first.shutdown()
+        await second.shutdown()
+        return counts
+
+    assert run(main()) == (hf_engine.ENGINE_THREADS, hf_engine.ENGINE_THREADS)
+    assert hf_engine.ENGINE_THREADS == torch.get_num_threads()
+
+
 def test_length_groups_minimise_padded_tokens_plus_a_cost_per_group():
     """The dynamic programme against every way of cutting the sorted lengths into groups."""
     import itertools

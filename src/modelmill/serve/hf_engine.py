@@ -286,6 +286,7 @@ class HFEngine(Engine):
         self.adapter_evictions = 0
         self.decode_steps = 0
         self.decoded_rows = 0
+        self.threads = 0                       # OpenMP threads of the engine's thread, once started
 
     # -- public interface
 
@@ -310,6 +311,8 @@ class HFEngine(Engine):
 
     def _main(self, loaded: asyncio.Future):
         loop = loaded.get_loop()
+        torch.set_num_threads(ENGINE_THREADS)
+        self.threads = torch.get_num_threads()
         try:
             self._load()
         except BaseException as e:  # noqa: BLE001 - reported to start()'s caller
@@ -907,6 +910,10 @@ class HFEngine(Engine):
 
 
 HEAD_BLOCK = 1024          # vocabulary rows per block of the output layer on a CPU (see _logits)
+# OpenMP threads of an engine's thread: the process's default, read at import. A new thread starts
+# with whatever default the last torch.set_num_threads of any thread left (the adapter loader sets
+# 1 for its own thread), so an engine started after another had loaded an adapter decoded on one.
+ENGINE_THREADS = torch.get_num_threads()
 PREFILL_GROUP_COST = 64   # a forward's fixed cost, in padded tokens, when grouping prompts by length
 PREFIX_BLOCK = 8          # tokens per cached prefix block (see serve/prefix_cache.py)
 
