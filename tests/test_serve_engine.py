@@ -162,8 +162,6 @@ def test_many_adapters_with_a_small_cache_all_finish_and_match_alone(tiny_model,
 def test_an_engine_started_after_another_loaded_an_adapter_decodes_on_every_thread(tiny_model, adapters):
     """The adapter loader runs with one OpenMP thread; a thread created after that would start with
     one too. Each engine sets its own thread's count to the process default."""
-    from modelmill.serve import hf_engine
-
     async def main():
         first = HFEngine("tiny", str(tiny_model), max_batch_size=2, dtype="float32")
         await first.start()
@@ -179,8 +177,35 @@ def test_an_engine_started_after_another_loaded_an_adapter_decodes_on_every_thre
         await second.shutdown()
         return counts
 
-    assert run(main()) == (hf_engine.ENGINE_THREADS, hf_engine.ENGINE_THREADS)
-    assert hf_engine.ENGINE_THREADS == torch.get_num_threads()
+    assert run(main()) == (torch.get_num_threads(), torch.get_num_threads())
+
+
+def test_an_engine_built_on_a_thread_created_after_the_embeddings_thread_still_gets_every_thread(tiny_model):
+    """A server builds its engines on worker threads (asyncio.to_thread); a retrieval request before
+    the first chat one starts the one-thread embeddings thread first. The engine still gets the
+    process's count, not the one a thread created after that starts with."""
+    import threading
+
+    from modelmill.models.embedder import embedding_executor
+
+    embedding_executor().submit(lambda: None).result()
+    built = {}
+
+    def build():  # a thread created now starts with the count the embeddings thread left
+        built["start"] = torch.get_num_threads()
+        built["engine"] = HFEngine("tiny", str(tiny_model), max_batch_size=2, dtype="float32")
+
+    t = threading.Thread(target=build)
+    t.start()
+    t.join()
+
+    async def main():
+        await built["engine"].start()
+        await built["engine"].shutdown()
+        return built["engine"].threads
+
+    assert built["start"] == 1 < torch.get_num_threads() or torch.get_num_threads() == 1
+    assert run(main()) == torch.get_num_threads()
 
 
 def test_length_groups_minimise_padded_tokens_plus_a_cost_per_group():

@@ -175,6 +175,10 @@ def embedding_executor():
     if _EXECUTOR is None:
         from concurrent.futures import ThreadPoolExecutor
 
+        from modelmill.models.threads import default_threads
+
+        default_threads()  # read before this thread lowers it, for the engines started later
+
         def one_thread():
             import torch
 

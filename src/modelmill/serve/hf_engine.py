@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from modelmill.models.loading import native_dtype, pick_device
+from modelmill.models.threads import default_threads
 from modelmill.serve.engine import (
     AdapterRef,
     Engine,
@@ -277,6 +278,7 @@ class HFEngine(Engine):
         self._loading: set[tuple] = set()
         self._staged: dict[tuple, LoadedAdapter] = {}     # read from disk, not yet resident
         self._count_lock = threading.Lock()
+        self._threads = default_threads()     # read before the loader's thread lowers it
         # one OpenMP thread: a second multi-threaded pool slows the scheduler's every op (see start())
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelmill-adapter-loader",
                                           initializer=torch.set_num_threads, initargs=(1,))
@@ -311,7 +313,7 @@ class HFEngine(Engine):
 
     def _main(self, loaded: asyncio.Future):
         loop = loaded.get_loop()
-        torch.set_num_threads(ENGINE_THREADS)
+        torch.set_num_threads(self._threads)   # not what the last set_num_threads left (models/threads.py)
         self.threads = torch.get_num_threads()
         try:
             self._load()
@@ -910,10 +912,6 @@ class HFEngine(Engine):
 
 
 HEAD_BLOCK = 1024          # vocabulary rows per block of the output layer on a CPU (see _logits)
-# OpenMP threads of an engine's thread: the process's default, read at import. A new thread starts
-# with whatever default the last torch.set_num_threads of any thread left (the adapter loader sets
-# 1 for its own thread), so an engine started after another had loaded an adapter decoded on one.
-ENGINE_THREADS = torch.get_num_threads()
 PREFILL_GROUP_COST = 64   # a forward's fixed cost, in padded tokens, when grouping prompts by length
 PREFIX_BLOCK = 8          # tokens per cached prefix block (see serve/prefix_cache.py)
 
