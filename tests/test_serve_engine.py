@@ -564,10 +564,11 @@ def test_int8_layers_side_by_side_compute_what_each_computes():
     """q/k/v (and gate/up) are served as one int8 layer: each output channel keeps its own scale,
     so the joined layer gives each part's own result."""
     from modelmill.models.int8 import Int8Linear
+    from modelmill.serve.multilora import _side_by_side
 
     torch.manual_seed(0)
     parts = [Int8Linear(torch.nn.Linear(64, n, bias=b)) for n, b in ((48, True), (16, False), (16, True))]
-    joined = Int8Linear.stacked(parts)
+    joined = _side_by_side(parts)
     x = torch.randn(5, 64)
     with torch.inference_mode():
         want = torch.cat([p(x) for p in parts], dim=-1)

@@ -117,23 +117,17 @@ class Int8Linear(torch.nn.Module):
             y += self.bias
         return y.reshape(*shape[:-1], self.out_features)
 
-    @classmethod
-    def stacked(cls, parts: list[Int8Linear]) -> Int8Linear:
-        """One layer computing what ``parts`` (layers of the same input) compute, their outputs side
-        by side. Its weights are theirs: each output channel keeps its own scale, so requantizing
-        the dequantized rows gives back the same int8 values."""
-        weights, biases = [], []
-        for p in parts:
-            qw, _ = torch.ops.quantized.linear_unpack(p._packed)
-            weights.append(qw.dequantize()[:, :-2])                          # without the +1/-1 columns
-            biases.append(p.bias.detach() if p.bias is not None else torch.zeros(p.out_features))
-        w = torch.cat(weights)
-        linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=any(p.bias is not None for p in parts))
+    def dequantized(self) -> torch.nn.Linear:
+        """The float32 layer whose quantization this is (its int8 values times their scales). Each
+        output channel has its own scale, so quantizing its rows again, alone or stacked with another
+        layer's, gives back the same int8 values."""
+        qw, _ = torch.ops.quantized.linear_unpack(self._packed)
+        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         with torch.no_grad():
-            linear.weight.copy_(w)
-            if linear.bias is not None:
-                linear.bias.copy_(torch.cat(biases))
-        return cls(linear)
+            linear.weight.copy_(qw.dequantize()[:, :-2])                    # without the +1/-1 columns
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"

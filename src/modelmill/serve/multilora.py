@@ -390,7 +390,7 @@ def _side_by_side(parts: list) -> torch.nn.Module | None:
     if len(kinds) != 1 or len({p.in_features for p in parts}) != 1:
         return None
     if kinds == {Int8Linear}:
-        return Int8Linear.stacked(parts)
+        return Int8Linear(_side_by_side([p.dequantized() for p in parts]))
     if kinds != {torch.nn.Linear} or len({(p.weight.dtype, p.weight.device) for p in parts}) != 1:
         return None
     w = parts[0].weight
