@@ -48,6 +48,7 @@ from modelmill.serve.multilora import (
     LoadedAdapter,
     LoraContext,
     load_adapter,
+    weights_first,
     wrap_linears,
 )
 
@@ -422,7 +423,6 @@ class HFEngine(Engine):
         # the model's own forward caps its logits with this (Gemma 2: 30); sampling must see the same
         self.logit_softcap = getattr(cfg, "final_logit_softcapping", None)
         wrap_linears(model, self._lora, self.max_batch_size, self.device)
-        self.module_shapes = dict(self._lora.rows.shapes)
         self.num_layers = cfg.num_hidden_layers
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -520,7 +520,7 @@ class HFEngine(Engine):
 
         def work():
             try:
-                adapter = load_adapter(ref.name, ref.path, self.module_shapes, device=self.device,
+                adapter = load_adapter(ref.name, ref.path, self._lora.rows.shapes, device=self.device,
                                        input_scales=self.input_scales, shared=self._lora.rows.shared)
                 result = (key, adapter, None)
             except EngineError as e:
@@ -744,7 +744,7 @@ class HFEngine(Engine):
                 or w.shape[0] < 4 * HEAD_BLOCK or hidden.shape[0] < 2):
             out = head(hidden).float()
         elif hidden.shape[0] <= self._lora.weights_first_max and head.bias is None:
-            out = torch.mm(w, hidden.t()).t().contiguous()   # a few rows: weights first (see multilora)
+            out = weights_first(head, hidden)                 # a few rows: weights first (see multilora)
         else:
             out = torch.empty(hidden.shape[0], w.shape[0], dtype=torch.float32, device=hidden.device)
             bias = head.bias

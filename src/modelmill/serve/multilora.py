@@ -266,9 +266,7 @@ class MultiLoraLinear(torch.nn.Module):
         if type(base) is torch.nn.Linear:
             x2 = x.reshape(-1, x.shape[-1])
             if 1 < x2.shape[0] <= self.context.weights_first_max:
-                w = base.weight
-                yt = torch.mm(w, x2.t()) if base.bias is None else torch.addmm(base.bias[:, None], w, x2.t())
-                return yt.t().contiguous().view(*x.shape[:-1], w.shape[0])
+                return weights_first(base, x2).view(*x.shape[:-1], base.out_features)
         return base(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -336,6 +334,13 @@ class MultiLoraLinear(torch.nn.Module):
             cat = (a_cat, b_cat, rows.concat_mask(ranks))
         self._cat_key, self._cat = rows.concat_key, cat
         return cat
+
+
+def weights_first(linear: torch.nn.Linear, x2: torch.Tensor) -> torch.Tensor:
+    """``linear(x2)`` for 2D ``x2`` computed as (W @ x2.T).T: see WEIGHTS_FIRST_MAX_ROWS."""
+    w, bias = linear.weight, linear.bias
+    yt = torch.mm(w, x2.t()) if bias is None else torch.addmm(bias[:, None], w, x2.t())
+    return yt.t().contiguous()
 
 
 class SharedInput:
