@@ -283,6 +283,60 @@ def test_prompts_of_different_lengths_prefilled_together_match_each_alone(tiny_m
         assert sum(rows * length for _, (rows, length) in prefills) == sum(lengths)
 
 
+
+def test_newcomers_joining_a_mixed_batch_leave_its_stacked_adapters_in_place(tiny_model, adapters, tmp_path,
+                                                                             monkeypatch):
+    """Rows decoding over three adapters keep one stacked copy of them per layer: two newcomers on
+    two of those adapters, prefilled mid-decode, read their own adapters' matrices and do not make
+    the next decode step stack all three again. Every request still gets what it gets alone."""
+    import shutil
+
+    from modelmill.serve import multilora
+
+    builds = []
+    real_stacked = multilora.MultiLoraLinear._stacked
+
+    def counting(self, rows):
+        if self.name.endswith("layers.0.self_attn.o_proj") and self._stack_key != rows.group_key:
+            builds.append(rows.group_key)
+        return real_stacked(self, rows)
+
+    monkeypatch.setattr(multilora.MultiLoraLinear, "_stacked", counting)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"mix{i}"
+        shutil.copytree(adapters["plain" if i % 2 else "rslora"], p)
+        paths.append(p)
+
+    async def main():
+        eng = HFEngine("tiny", str(tiny_model), max_batch_size=8, max_loras=4, dtype="float32", prefix_cache_mb=0)
+        await eng.start()
+        ids = eng.tokenizer("hello there")["input_ids"]
+
+        async def one(i, tag, tokens, started=None):
+            toks = []
+            async for o in eng.generate(GenerationRequest(f"{tag}{i}", ids, SamplingParams(
+                    max_tokens=tokens, temperature=0, ignore_eos=True), AdapterRef(f"mix{i}", str(paths[i])))):
+                toks += o.token_ids
+                if started is not None and len(toks) >= 2:
+                    started.set()
+            return toks
+
+        alone = [await one(i, "a", 6) for i in range(3)]
+        builds.clear()
+        started = asyncio.Event()
+        long = [asyncio.ensure_future(one(i, "l", 24, started if i == 0 else None)) for i in range(3)]
+        await started.wait()
+        newcomers = await asyncio.gather(one(0, "n", 6), one(1, "n", 6))
+        joined = await asyncio.gather(*long)
+        await eng.shutdown()
+        return alone, newcomers, joined
+
+    alone, newcomers, joined = run(main())
+    assert newcomers == alone[:2] and [t[:6] for t in joined] == alone
+    assert len(builds) == 1 and len(builds[0]) == 3  # the three decoding adapters, stacked once
+
+
 PREFIX = ("You are a careful assistant for a pharmacy. Read the review, decide whether it is positive, "
           "neutral or negative, and say why in one sentence.\n\nReview: ")
 ENDINGS = ["it worked", "terrible side effects, I stopped after a week", "no change at all", "it worked",

@@ -15,7 +15,9 @@ wrapped layer then adds its LoRA product in one of three ways:
 
       y[rows of g] += (x[rows of g] @ A_g) @ B_g              # bmm over the groups, one index_add_
 
-  The adapters' matrices are stacked once per set of adapters, the row plan once per step.
+  The adapters' matrices are stacked once per set of adapters, the row plan once per step; a
+  prefill over another set (newcomers joining the decoding rows) multiplies adapter by adapter
+  instead, so the decode's stack stays in place.
   Concatenating the adapters along the rank axis instead (``x @ A_cat``, masked) reads each
   adapter once too but multiplies every row by every adapter: with 8 adapters of rank 16 that is
   37% of SmolLM2's base layers' work in a decode step: 8 mixed adapters ran at 0.77x of one
@@ -112,6 +114,7 @@ class LoraRows:
         self.group_key = None                        # set when this forward groups rows by adapter
         self.group_adapters: list[LoadedAdapter] = []
         self.group_plan: tuple | None = None         # (row index [G * most], pad mask [G, most, 1, 1] | None, G, most)
+        self.group_rows: list[torch.Tensor] = []     # each group's rows (index), in group_adapters' order
         self.shapes: dict[str, tuple[int, int]] = {}  # every wrapped model layer: (out, in), by its own name
         self.shared: dict[str, list[tuple[str, int]]] = {}  # a SHARED_INPUT layer: its parts (name, out)
 
@@ -190,6 +193,7 @@ class LoraRows:
             pad = torch.tensor([[1.0 if i < len(g) else 0.0 for i in range(most)] for g in groups],
                                dtype=LORA_DTYPE, device=self.device).view(len(groups), most, 1, 1)
         self.group_plan = (torch.tensor(index, dtype=torch.long, device=self.device), pad, len(groups), most)
+        self.group_rows = [torch.tensor(g, dtype=torch.long, device=self.device) for g in groups]
 
     def concat_mask(self, ranks: tuple[int, ...]) -> torch.Tensor | None:
         """[rows, 1, sum(ranks)] 0/1 keeping each row's own adapter's block; None when one adapter
@@ -292,16 +296,35 @@ class MultiLoraLinear(torch.nn.Module):
         return y.add_(torch.bmm(h, self.b_rows[a:b]).view(y.shape))
 
     def _grouped(self, x: torch.Tensor, y: torch.Tensor, rows: LoraRows) -> torch.Tensor:
-        a_st, b_st = self._stacked(rows)
-        index, pad, groups, most = rows.group_plan
         x3 = x.reshape(rows.n, -1, x.shape[-1])                       # [rows, tokens, in]
         tokens = x3.shape[1]
+        if tokens > 1 and self._stack_key != rows.group_key:
+            return self._by_adapter(x3, y, rows)
+        a_st, b_st = self._stacked(rows)
+        index, pad, groups, most = rows.group_plan
         xg = x3.index_select(0, index).to(LORA_DTYPE)                 # [groups * most, tokens, in]
         h = torch.bmm(xg.view(groups, most * tokens, -1), a_st)        # [groups, most * tokens, rank]
         if pad is not None:
             h.view(groups, most, tokens, -1).mul_(pad)
         out = torch.bmm(h, b_st).view(groups * most, tokens, -1)      # [groups * most, tokens, out]
         y.view(rows.n, tokens, -1).index_add_(0, index, out.to(y.dtype))
+        return y
+
+    def _by_adapter(self, x3: torch.Tensor, y: torch.Tensor, rows: LoraRows) -> torch.Tensor:
+        """A prefill's rows, one adapter at a time, each product reading that adapter's own matrices:
+        used where the layer's stacked weights are of another set of adapters. The newcomers' adapters
+        are often a few of the decoding rows': stacking them would replace the decode's stacked
+        weights, which the next step would then stack again (8 adapters of SmolLM2, every layer:
+        ~34 ms on AVX2, twice each time several newcomers over several adapters join)."""
+        tokens = x3.shape[1]
+        y3 = y.view(rows.n, tokens, -1)
+        for adapter, index in zip(rows.group_adapters, rows.group_rows):
+            w = adapter.weights.get(self.name)
+            if w is None:
+                continue
+            xs = x3.index_select(0, index).to(LORA_DTYPE)               # [its rows, tokens, in]
+            out = torch.matmul(torch.matmul(xs, w[0]), w[1])           # [its rows, tokens, out]
+            y3.index_add_(0, index, out.to(y.dtype))
         return y
 
     def _stacked(self, rows: LoraRows):
@@ -321,19 +344,25 @@ class MultiLoraLinear(torch.nn.Module):
         return self._stack
 
     def _concatenated(self, rows: LoraRows):
-        if self._cat_key == rows.concat_key:
-            return self._cat
-        parts = [a.weights.get(self.name) for a in rows.concat_adapters]
-        if all(p is None for p in parts):
+        """[in, R], [R, out] and the rows' mask for the forward's adapters side by side along the rank.
+        Kept by adapters, not rows: a prefill's newcomers and the decoding rows (other rows, often
+        the same adapters) then share one copy, and one adapter in the model's dtype is not copied."""
+        key = tuple(adapter_key(a) for a in rows.concat_adapters)
+        if self._cat_key != key:
+            parts = [a.weights.get(self.name) for a in rows.concat_adapters]
             cat = None
-        else:
-            dtype = rows.dtype
-            ranks = tuple(0 if p is None else p[0].shape[1] for p in parts)
-            a_cat = torch.cat([p[0] for p in parts if p is not None], dim=1).to(dtype).contiguous()  # [in, R]
-            b_cat = torch.cat([p[1] for p in parts if p is not None], dim=0).to(dtype).contiguous()  # [R, out]
-            cat = (a_cat, b_cat, rows.concat_mask(ranks))
-        self._cat_key, self._cat = rows.concat_key, cat
-        return cat
+            if any(p is not None for p in parts):
+                dtype = rows.dtype
+                ranks = tuple(0 if p is None else p[0].shape[1] for p in parts)
+                present = [p for p in parts if p is not None]
+                a_cat = torch.cat([p[0] for p in present], dim=1) if len(present) > 1 else present[0][0]
+                b_cat = torch.cat([p[1] for p in present], dim=0) if len(present) > 1 else present[0][1]
+                cat = (a_cat.to(dtype).contiguous(), b_cat.to(dtype).contiguous(), ranks)  # [in, R], [R, out]
+            self._cat_key, self._cat = key, cat
+        if self._cat is None:
+            return None
+        a_cat, b_cat, ranks = self._cat
+        return a_cat, b_cat, rows.concat_mask(ranks)
 
 
 def weights_first(linear: torch.nn.Linear, x2: torch.Tensor) -> torch.Tensor:
