@@ -111,6 +111,7 @@ class LoraRows:
         self.concat_adapters: list[LoadedAdapter] = []
         self.concat_rows: list[int] = []
         self._masks: dict = {}
+        self._forward_masks: dict = {}               # this forward's masks by ranks (concat_mask)
         self.group_key = None                        # set when this forward groups rows by adapter
         self.group_adapters: list[LoadedAdapter] = []
         self.group_plan: tuple | None = None         # (row index [G * most], pad mask [G, most, 1, 1] | None, G, most)
@@ -159,6 +160,7 @@ class LoraRows:
                 order[k] = (len(order), a)
         self.used = set().union(*(a.weights for _, a in order.values()))
         self.concat_key = self.group_key = None
+        self._forward_masks = {}
         if not order:
             return
         if GROUP_MIN_ADAPTERS <= len(order) <= CONCAT_MAX_ADAPTERS:
@@ -197,8 +199,11 @@ class LoraRows:
 
     def concat_mask(self, ranks: tuple[int, ...]) -> torch.Tensor | None:
         """[rows, 1, sum(ranks)] 0/1 keeping each row's own adapter's block; None when one adapter
-        covers every row."""
+        covers every row. Every layer of a forward asks: answered from this forward's own few."""
+        if ranks in self._forward_masks:
+            return self._forward_masks[ranks]
         if len(ranks) == 1 and all(r == 0 for r in self.concat_rows):
+            self._forward_masks[ranks] = None
             return None
         key = (self.concat_key, ranks)
         m = self._masks.get(key)
@@ -211,6 +216,7 @@ class LoraRows:
                 if a >= 0:
                     m[i, 0, offsets[a]:offsets[a + 1]] = 1
             self._masks[key] = m
+        self._forward_masks[ranks] = m
         return m
 
 
