@@ -5,6 +5,8 @@ DPOTrainer with its defaults.
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes   # ~80 min on 2 AVX2 cores
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --sft-weight 1   # + DPO with SFT loss
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1   # + pairs from right answers
+    .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1 --sft-weight 1 --fixes right
+                                                  # only that fix beside the SFT adapter (the others: an earlier run)
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts cpt --cpt-docs 300   # ~60 min (600: ~90)
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts speed      # ~5 min
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --quick            # every part, small: checks the bench
@@ -94,17 +96,19 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
     report["mistakes"]["train_accuracy"] = 1 - rep.wrong / rep.items
     print(f"{rep.pairs} pairs from {rep.wrong} mistakes of {rep.items}", flush=True)
     # 2. DPO from the SFT adapter on those pairs; rebalanced SFT from scratch
-    dpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name, name=f"m-drugs-dpo{q}",
-                               epochs=args.dpo_epochs, beta=args.beta, batch_size=8)
-    dpo = trained(dpo_cfg.name, dpo_cfg)
+    fixes = {f.strip() for f in args.fixes.split(",") if f.strip()}
     extra = []
-    if args.sft_weight:  # DPO with the chosen answers' supervised loss added (RPO), same pairs and epochs
+    if "dpo" in fixes:
+        dpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name, name=f"m-drugs-dpo{q}",
+                                   epochs=args.dpo_epochs, beta=args.beta, batch_size=8)
+        extra.append(trained(dpo_cfg.name, dpo_cfg))
+    if args.sft_weight and "rpo" in fixes:  # DPO with the chosen answers' supervised loss added (RPO), same pairs and epochs
         w = f"{args.sft_weight:g}".replace(".", "p")
         rpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name,
                                    name=f"m-drugs-dpo-sft{w}{q}", epochs=args.dpo_epochs, beta=args.beta,
                                    batch_size=8, sft_weight=args.sft_weight)
         extra.append(trained(rpo_cfg.name, rpo_cfg))
-    if args.right:  # DPO on the mistakes plus pairs from right answers (the least sure first), same epochs
+    if args.right and "right" in fixes:  # DPO on the mistakes plus pairs from right answers (the least sure first)
         w = f"{args.right:g}".replace(".", "p")
         rep_r = mistakes(store, task=on_train.name, model=f"{base}:{sft.name}", name=f"m-drugs-fixes-right{w}{q}",
                          right=args.right)
@@ -115,18 +119,18 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
         extra.append(trained(right_cfg.name, right_cfg))
     # one pass over the balanced set (3 x the largest class) costs what SFT's two passes over the
     # original cost: the two fixes are compared at equal compute
-    bal = trained(f"m-drugs-balanced-sft{q}", SFTConfig(base=base, data=f"m-drugs-balanced{q}", epochs=1.0,
-                                                        name=f"m-drugs-balanced-sft{q}"))
-    report["mistakes"]["settings"] = {"dpo": {"epochs": args.dpo_epochs, "beta": args.beta,
-                                              "learning_rate": dpo.config.get("learning_rate"),
-                                              "steps": dpo.metrics.get("global_step")},
-                                      "balanced_sft": {"records": len(balanced), "epochs": 1.0,
-                                                       "steps": bal.metrics.get("global_step")},
-                                      "sft_steps": sft.metrics.get("global_step")}
-    # 3. all three on the held-out reviews
+    if "balanced" in fixes:
+        extra.append(trained(f"m-drugs-balanced-sft{q}", SFTConfig(base=base, data=f"m-drugs-balanced{q}", epochs=1.0,
+                                                                   name=f"m-drugs-balanced-sft{q}")))
+    report["mistakes"]["settings"] = {"dpo": {"epochs": args.dpo_epochs, "beta": args.beta},
+                                      "balanced_sft": {"records": len(balanced), "epochs": 1.0},
+                                      "sft_steps": sft.metrics.get("global_step"),
+                                      "steps": {a.name: a.metrics.get("global_step") for a in extra},
+                                      "learning_rates": {a.name: a.config.get("learning_rate") for a in extra}}
+    # 3. the SFT adapter and each fix on the held-out reviews
     held = task_from_dict({"name": f"m-drugs-test{q}", "kind": "classification", "data": f"q-drugs-test{q}"})
     print(f"\n== scoring on {len(te)} held-out reviews", flush=True)
-    rows = evaluate(store, held, [LocalModel(store, a.name) for a in (sft, dpo, bal, *extra)], progress=False)
+    rows = evaluate(store, held, [LocalModel(store, a.name) for a in (sft, *extra)], progress=False)
     res = {}
     for r in rows:
         m = r.metrics
@@ -138,7 +142,7 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
         print(f"| {name} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['neutral_f1']:.3f} |")
     s = res[sft.name]
     goals = []
-    for fix in (dpo.name, bal.name, *(a.name for a in extra)):
+    for fix in (a.name for a in extra):
         f = res[fix]
         goals.append((f"{fix}: macro-F1 {100 * (f['macro_f1'] - s['macro_f1']):+.1f} points vs SFT (goal +5), "
                       f"neutral F1 {f['neutral_f1']:.3f} (goal > 0.25), accuracy "
@@ -358,6 +362,9 @@ def main() -> int:
                     help="Also train DPO with this weight on the chosen answers' supervised loss (RPO).")
     ap.add_argument("--right", type=float, default=0.0,
                     help="+ DPO on the mistakes with this many pairs per mistake from right answers (data mistakes --right).")
+    ap.add_argument("--fixes", default="dpo,rpo,right,balanced",
+                    help="Which fixes of the SFT adapter to train and score beside it (rpo needs --sft-weight, "
+                         "right needs --right), e.g. --fixes right to add one row to an earlier run's table.")
     ap.add_argument("--cpt-docs", type=int, default=600, help="FiQA answers used (10%% held out).")
     ap.add_argument("--cpt-epochs", type=float, default=1.0)
     ap.add_argument("--trl-bf16", choices=("auto", "on", "off"), default="auto",
