@@ -49,6 +49,9 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 # ---- learning from mistakes ----------------------------------------------------------------------
 
+FIXES = {"dpo", "rpo", "right", "balanced"}  # mistakes_part's fixes of the SFT adapter (--fixes)
+
+
 def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
     from modelmill.adapters import AdapterRegistry
     from modelmill.data.catalog import DatasetCatalog
@@ -372,6 +375,9 @@ def main() -> int:
                          "(on an AVX2 host bfloat16 training runs many times slower than float32).")
     ap.add_argument("--block", type=int, default=256, help="CPT block and perplexity window, tokens.")
     args = ap.parse_args()
+    unknown = {f.strip() for f in args.fixes.split(",") if f.strip()} - FIXES
+    if unknown:
+        ap.error(f"--fixes: unknown {', '.join(sorted(unknown))} (choose from {', '.join(sorted(FIXES))})")
     if not SHARED.is_dir():
         print(f"needs the shared datasets at {SHARED}", file=sys.stderr)
         return 2

@@ -109,6 +109,7 @@ class LoraRows:
         self.used: set[str] = set()                  # layers some row of the forward has an adapter for
         self.concat_key = None                       # set when this forward concatenates (few adapters)
         self.concat_adapters: list[LoadedAdapter] = []
+        self.concat_set: tuple = ()                  # their keys: what a layer's concatenated copy is kept by
         self.concat_rows: list[int] = []
         self._masks: dict = {}
         self._forward_masks: dict = {}               # this forward's masks by ranks (concat_mask)
@@ -171,6 +172,7 @@ class LoraRows:
             # adapter on 32 rows, 274 vs 244 with 8; with ~30 distinct adapters the slots win, 222 vs 179).
             self.concat_key = (first, tuple(keys))
             self.concat_adapters = [a for _, a in order.values()]
+            self.concat_set = tuple(order)
             self.concat_rows = [-1 if k is None else order[k][0] for k in keys]
             if len(self._masks) > 64:
                 self._masks.clear()
@@ -353,7 +355,7 @@ class MultiLoraLinear(torch.nn.Module):
         """[in, R], [R, out] and the rows' mask for the forward's adapters side by side along the rank.
         Kept by adapters, not rows: a prefill's newcomers and the decoding rows (other rows, often
         the same adapters) then share one copy, and one adapter in the model's dtype is not copied."""
-        key = tuple(adapter_key(a) for a in rows.concat_adapters)
+        key = rows.concat_set
         if self._cat_key != key:
             parts = [a.weights.get(self.name) for a in rows.concat_adapters]
             cat = None
