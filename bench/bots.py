@@ -118,14 +118,16 @@ def main() -> int:
     ap.add_argument("--bot", default="cw")
     ap.add_argument("--dialogues", type=int, default=40, help="Held-out dialogues scored by the models.")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--parts", default="nlu,replay,latency")
+    ap.add_argument("--parts", default="nlu,prompted,replay,latency",
+                    help="nlu: TF-IDF and the fine-tuned modules; prompted: the base with a few examples a module.")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "bots.json"))
     args = ap.parse_args()
     os.environ["MODELMILL_HOME"] = args.home
     import torch
 
     from modelmill.apps import bot_data
-    from modelmill.apps.bot_eval import TfidfActs, evaluate_dialogues, evaluate_nlu, prf, table_lexicon, turns_of
+    from modelmill.apps.bot_eval import (TfidfActs, evaluate_dialogues, evaluate_nlu, prf, prf_by_act, table_lexicon,
+                                         turns_of)
     from modelmill.apps.bots import Module, get_bot
     from modelmill.apps.flows import FlowServices
     from modelmill.store import open_store
@@ -153,10 +155,13 @@ def main() -> int:
                 base = TfidfActs.fit(train, lexicon=table_lexicon(store, {d: s.table for d, s in bot.domains.items()}))
                 pred = [base.predict(p, u) for p, u, _ in turns_of(test)]
                 result["tfidf"] = prf(pred, [g for _, _, g in turns_of(test)])
+                result["tfidf"]["by_act"] = prf_by_act(pred, [g for _, _, g in turns_of(test)])
                 every = turns_of(test_all)
                 result["tfidf_all_test"] = prf([base.predict(p, u) for p, u, _ in every], [g for _, _, g in every])
                 print(f"  TF-IDF + one-vs-rest: F1 {result['tfidf']['f1']:.3f} (every held-out turn: "
                       f"{result['tfidf_all_test']['f1']:.3f}) [{time.perf_counter() - t:.0f} s]")
+                print("    by act: " + ", ".join(f"{k} F1 {v['f1']:.3f}" for k, v in result["tfidf"]["by_act"].items()))
+            if "prompted" in parts:
                 data = bot_data.examples(train)
                 prompted = type(bot)(bot.name, bot.base, dict(bot.modules), bot.domains, bot.description, bot.max_rows)
                 for m in ("intent", "extract"):
@@ -165,11 +170,14 @@ def main() -> int:
                 result["prompted"] = await evaluate_nlu(services, prompted, test)
                 print(f"  prompted {bot.base} (4 examples a module): F1 {result['prompted']['f1']:.3f} "
                       f"[{time.perf_counter() - t:.0f} s]")
+            if "nlu" in parts:
                 t = time.perf_counter()
-                result["fine_tuned"] = await evaluate_nlu(services, bot, test)
+                result["fine_tuned"] = await evaluate_nlu(services, bot, test, examples=len(turns_of(test)))
                 print(f"  fine-tuned modules: F1 {result['fine_tuned']['f1']:.3f} "
                       f"(P {result['fine_tuned']['precision']:.3f} R {result['fine_tuned']['recall']:.3f}) "
                       f"[{time.perf_counter() - t:.0f} s]")
+                print("    by act: " + ", ".join(f"{k} F1 {v['f1']:.3f} (P {v['precision']:.3f} R {v['recall']:.3f})"
+                                            for k, v in result["fine_tuned"]["by_act"].items()))
                 for ex in result["fine_tuned"]["examples"][:3]:
                     print(f"    {ex['user'][:50]}\n      gold: {ex['gold'].replace(chr(10), '; ')}\n"
                           f"      ours: {ex['predicted'].replace(chr(10), '; ')}")
@@ -197,7 +205,7 @@ def main() -> int:
     ok = True
     if "fine_tuned" in result:
         f = result["fine_tuned"]["f1"]
-        for name in ("prompted", "tfidf"):
+        for name in (n for n in ("prompted", "tfidf") if n in result):
             gain = (f - result[name]["f1"]) * 100
             met = gain >= 10
             ok &= met

@@ -244,6 +244,17 @@ def test_acts_round_trip_and_intent_labels():
     assert dlg.parse_acts("Sure! Here they are:\n- Inform 酒店 价格 300元\nnonsense") == [["Inform", "酒店", "价格", "300元"]]
 
 
+def test_act_f1_counts_each_act_once_and_splits_by_act_type():
+    from modelmill.apps.bot_eval import prf, prf_by_act
+
+    gold = [[["Inform", "酒店", "价格", "300元"], ["Request", "酒店", "地址", ""]], [["General", "thank", "none", "none"]]]
+    pred = [[["Inform", "酒店", "价格", "300 元"], ["Request", "酒店", "电话", ""]], [["General", "thank", "none", "none"]]]
+    assert prf(pred, gold) == {"precision": 0.6667, "recall": 0.6667, "f1": 0.6667, "turns": 2}  # spaces ignored
+    by = prf_by_act(pred, gold)
+    assert sorted(by) == ["General", "Inform", "Request"]
+    assert by["Inform"]["f1"] == by["General"]["f1"] == 1.0 and by["Request"]["f1"] == 0.0
+
+
 def test_constraints_match_cells_as_crosswoz_writes_them():
     assert dlg.cell_matches(120, "100-150元") and not dlg.cell_matches(68, "100-150元")
     assert dlg.cell_matches(4.7, "4.5分以上") and not dlg.cell_matches(4.3, "4.5分以上")

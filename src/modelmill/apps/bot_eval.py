@@ -42,6 +42,13 @@ def prf(pred: list[list], gold: list[list]) -> dict:
             "turns": len(gold)}
 
 
+def prf_by_act(pred: list[list], gold: list[list]) -> dict:
+    """``prf`` for each act type (Inform, Request, General, ...) on its own."""
+    kinds = sorted({a[0] for acts in [*gold, *pred] for a in acts})
+    return {k: prf([[a for a in p if a[0] == k] for p in pred], [[a for a in g if a[0] == k] for g in gold])
+            for k in kinds}
+
+
 def turns_of(dialogues: list[dict]) -> list[tuple[str | None, str, list]]:
     return [(prev, m["content"], m["dialog_act"]) for d in dialogues for prev, m in user_turns(d)]
 
@@ -126,8 +133,9 @@ def table_lexicon(store, tables: dict[str, str]) -> dict:
 # ----------------------------------------------------------------------------- the bot's modules, turn by turn
 
 
-async def evaluate_nlu(services, bot, dialogues: list[dict], concurrency: int = 16) -> dict:
-    """Dialogue-act F1 of the bot's intent and extract modules on every user turn."""
+async def evaluate_nlu(services, bot, dialogues: list[dict], concurrency: int = 16, examples: int = 5) -> dict:
+    """Dialogue-act F1 of the bot's intent and extract modules on every user turn, overall and by act
+    type (``by_act``), with the first ``examples`` turns' gold and predicted acts."""
     from modelmill.apps.bots import understand
 
     turns = turns_of(dialogues)
@@ -139,9 +147,10 @@ async def evaluate_nlu(services, bot, dialogues: list[dict], concurrency: int = 
             return acts
 
     pred = await asyncio.gather(*(one(prev, text) for prev, text, _ in turns))
-    return {**prf(pred, [g for _, _, g in turns]), "examples": [
+    gold = [g for _, _, g in turns]
+    return {**prf(pred, gold), "by_act": prf_by_act(pred, gold), "examples": [
         {"user": t, "gold": dlg.acts_text(g), "predicted": dlg.acts_text(p)} for (_, t, g), p in
-        list(zip(turns, pred))[:5]]}
+        list(zip(turns, pred))[:examples]]}
 
 
 def _norm(v) -> str:
