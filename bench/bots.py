@@ -116,6 +116,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", required=True)
     ap.add_argument("--bot", default="cw")
+    ap.add_argument("--split-of", default="", help="The built bot whose train/test split to use (default: --bot), "
+                                                 "for a bot made with `apps bot create` from another's modules.")
     ap.add_argument("--dialogues", type=int, default=40, help="Held-out dialogues scored by the models.")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--parts", default="nlu,prompted,replay,latency",
@@ -126,15 +128,22 @@ def main() -> int:
     import torch
 
     from modelmill.apps import bot_data
-    from modelmill.apps.bot_eval import (TfidfActs, evaluate_dialogues, evaluate_nlu, prf, prf_by_act, table_lexicon,
-                                         turns_of)
+    from modelmill.apps.bot_eval import (
+        TfidfActs,
+        evaluate_dialogues,
+        evaluate_nlu,
+        prf,
+        prf_by_act,
+        table_lexicon,
+        turns_of,
+    )
     from modelmill.apps.bots import Module, get_bot
     from modelmill.apps.flows import FlowServices
     from modelmill.store import open_store
 
     store = open_store()
     bot = get_bot(store, args.bot)
-    folder = Path(args.home) / "files" / "bots" / args.bot
+    folder = Path(args.home) / "files" / "bots" / (args.split_of or args.bot)
     train = bot_data.read_dialogues(folder / "train.jsonl")
     test_all = bot_data.read_dialogues(folder / "test.jsonl")
     test = test_all[: args.dialogues]

@@ -84,7 +84,8 @@ class TfidfActs:
         vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
         x = vec.fit_transform(texts)
         clf = OneVsRestClassifier(LogisticRegression(C=10.0, max_iter=2000), n_jobs=1).fit(x, y)
-        out = cls(vec, clf, list(binarizer.classes_), {k: sorted(v, key=len, reverse=True) for k, v in lex.items()})
+        longest_first = {k: sorted(v, key=lambda s: (-len(s), s)) for k, v in lex.items()}  # ties: the same every run
+        out = cls(vec, clf, list(binarizer.classes_), longest_first)
         out.threshold = threshold
         return out
 
