@@ -255,6 +255,23 @@ def test_act_f1_counts_each_act_once_and_splits_by_act_type():
     assert by["Inform"]["f1"] == by["General"]["f1"] == 1.0 and by["Request"]["f1"] == 0.0
 
 
+def test_tfidf_baseline_reads_values_from_its_lexicon_the_same_way_every_time():
+    from modelmill.apps.bot_eval import TfidfActs
+
+    def dialogue(i, text, acts):
+        return {"id": str(i), "messages": [{"role": "user", "content": text, "dialog_act": acts}]}
+
+    train = [dialogue(i, t, a) for i, (t, a) in enumerate(2 * [
+        ("我想找一家价格在300-400元的酒店", [["Inform", "酒店", "价格", "300-400元"]]),
+        ("酒店的地址是哪里", [["Request", "酒店", "地址", ""]]),
+        ("谢谢你", [["General", "thank", "none", "none"]])])]
+    # two values as long as each other, both in the utterance: the first in sorted order, whatever the set's order
+    model = TfidfActs.fit(train, lexicon={("酒店", "价格"): {"500-600元", "400-500元", "1000元以上"}})
+    assert model.lexicon[("酒店", "价格")] == ["300-400元", "400-500元", "500-600元", "1000元以上"]
+    assert model.predict(None, "价格在400-500元或者500-600元的酒店") == [["Inform", "酒店", "价格", "400-500元"]]
+    assert model.predict(None, "谢谢你") == [["General", "thank", "none", "none"]]
+
+
 def test_constraints_match_cells_as_crosswoz_writes_them():
     assert dlg.cell_matches(120, "100-150元") and not dlg.cell_matches(68, "100-150元")
     assert dlg.cell_matches(4.7, "4.5分以上") and not dlg.cell_matches(4.3, "4.5分以上")
