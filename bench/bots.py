@@ -147,14 +147,16 @@ def main() -> int:
     train = bot_data.read_dialogues(folder / "train.jsonl")
     test_all = bot_data.read_dialogues(folder / "test.jsonl")
     test = test_all[: args.dialogues]
+    test_turns = turns_of(test)
+    gold = [g for _, _, g in test_turns]
     parts = set(args.parts.split(","))
     cap = torch.backends.cpu.get_cpu_capability()
     print(f"CPU capability {cap}, {os.cpu_count()} CPUs; bot {args.bot} on {bot.base}: "
           + ", ".join(f"{m.name}={m.model}{' (prompt)' if m.examples else ''}" for m in bot.modules.values()))
     print(f"{len(train)} training dialogues, {len(test_all)} held out; models scored on the first {len(test)} "
-          f"({len(turns_of(test))} user turns)")
+          f"({len(test_turns)} user turns)")
     result: dict = {"cpu": cap, "bot": args.bot, "train_dialogues": len(train), "test_dialogues": len(test),
-                    "test_turns": len(turns_of(test))}
+                    "test_turns": len(test_turns)}
 
     async def run():
         services = FlowServices.local(store)
@@ -162,9 +164,8 @@ def main() -> int:
             if "nlu" in parts:
                 t = time.perf_counter()
                 base = TfidfActs.fit(train, lexicon=table_lexicon(store, {d: s.table for d, s in bot.domains.items()}))
-                pred = [base.predict(p, u) for p, u, _ in turns_of(test)]
-                result["tfidf"] = prf(pred, [g for _, _, g in turns_of(test)])
-                result["tfidf"]["by_act"] = prf_by_act(pred, [g for _, _, g in turns_of(test)])
+                pred = [base.predict(p, u) for p, u, _ in test_turns]
+                result["tfidf"] = {**prf(pred, gold), "by_act": prf_by_act(pred, gold)}
                 every = turns_of(test_all)
                 result["tfidf_all_test"] = prf([base.predict(p, u) for p, u, _ in every], [g for _, _, g in every])
                 print(f"  TF-IDF + one-vs-rest: F1 {result['tfidf']['f1']:.3f} (every held-out turn: "
@@ -181,7 +182,7 @@ def main() -> int:
                       f"[{time.perf_counter() - t:.0f} s]")
             if "nlu" in parts:
                 t = time.perf_counter()
-                result["fine_tuned"] = await evaluate_nlu(services, bot, test, examples=len(turns_of(test)))
+                result["fine_tuned"] = await evaluate_nlu(services, bot, test, examples=len(test_turns))
                 print(f"  fine-tuned modules: F1 {result['fine_tuned']['f1']:.3f} "
                       f"(P {result['fine_tuned']['precision']:.3f} R {result['fine_tuned']['recall']:.3f}) "
                       f"[{time.perf_counter() - t:.0f} s]")

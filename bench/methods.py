@@ -99,7 +99,7 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
     report["mistakes"]["train_accuracy"] = 1 - rep.wrong / rep.items
     print(f"{rep.pairs} pairs from {rep.wrong} mistakes of {rep.items}", flush=True)
     # 2. DPO from the SFT adapter on those pairs; rebalanced SFT from scratch
-    fixes = {f.strip() for f in args.fixes.split(",") if f.strip()}
+    fixes = args.fixes
     extra = []
     if "dpo" in fixes:
         dpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name, name=f"m-drugs-dpo{q}",
@@ -375,7 +375,8 @@ def main() -> int:
                          "(on an AVX2 host bfloat16 training runs many times slower than float32).")
     ap.add_argument("--block", type=int, default=256, help="CPT block and perplexity window, tokens.")
     args = ap.parse_args()
-    unknown = {f.strip() for f in args.fixes.split(",") if f.strip()} - FIXES
+    args.fixes = sorted({f.strip() for f in args.fixes.split(",") if f.strip()})  # a list: the report is JSON
+    unknown = set(args.fixes) - FIXES
     if unknown:
         ap.error(f"--fixes: unknown {', '.join(sorted(unknown))} (choose from {', '.join(sorted(FIXES))})")
     if not SHARED.is_dir():
