@@ -7,6 +7,8 @@ DPOTrainer with its defaults.
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1   # + pairs from right answers
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1 --sft-weight 1 --fixes right
                                                   # only that fix beside the SFT adapter (the others: an earlier run)
+    .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1 --sft-weight 1 --fixes right \
+        --dpo-epochs 5 [--seed 7]                 # 5 passes: the setting that meets all three goals (~60 min)
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts cpt --cpt-docs 300   # ~60 min (600: ~90)
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts speed      # ~5 min
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --quick            # every part, small: checks the bench
@@ -101,15 +103,18 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
     # 2. DPO from the SFT adapter on those pairs; rebalanced SFT from scratch
     fixes = args.fixes
     extra = []
+    # adapters are reused by name: a fix trained with other epochs or beta than the defaults gets its own
+    ep = "".join(f"-{k}{v:g}".replace(".", "p") for k, v, d in (("e", args.dpo_epochs, 3.0), ("b", args.beta, 0.1),
+                                                                   ("s", args.seed, 42)) if v != d)
     if "dpo" in fixes:
-        dpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name, name=f"m-drugs-dpo{q}",
-                                   epochs=args.dpo_epochs, beta=args.beta, batch_size=8)
+        dpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name, name=f"m-drugs-dpo{ep}{q}",
+                                   epochs=args.dpo_epochs, beta=args.beta, batch_size=8, seed=args.seed)
         extra.append(trained(dpo_cfg.name, dpo_cfg))
     if args.sft_weight and "rpo" in fixes:  # DPO with the chosen answers' supervised loss added (RPO), same pairs and epochs
         w = f"{args.sft_weight:g}".replace(".", "p")
         rpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name,
-                                   name=f"m-drugs-dpo-sft{w}{q}", epochs=args.dpo_epochs, beta=args.beta,
-                                   batch_size=8, sft_weight=args.sft_weight)
+                                   name=f"m-drugs-dpo-sft{w}{ep}{q}", epochs=args.dpo_epochs, beta=args.beta,
+                                   batch_size=8, sft_weight=args.sft_weight, seed=args.seed)
         extra.append(trained(rpo_cfg.name, rpo_cfg))
     if args.right and "right" in fixes:  # DPO on the mistakes plus pairs from right answers (the least sure first)
         w = f"{args.right:g}".replace(".", "p")
@@ -117,15 +122,15 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
                          right=args.right)
         print(f"{rep_r.pairs} pairs ({rep_r.anchors} from right answers)", flush=True)
         right_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes-right{w}{q}", from_adapter=sft.name,
-                                     name=f"m-drugs-dpo-right{w}{q}", epochs=args.dpo_epochs, beta=args.beta,
-                                     batch_size=8, sft_weight=args.sft_weight)
+                                     name=f"m-drugs-dpo-right{w}{ep}{q}", epochs=args.dpo_epochs, beta=args.beta,
+                                     batch_size=8, sft_weight=args.sft_weight, seed=args.seed)
         extra.append(trained(right_cfg.name, right_cfg))
     # one pass over the balanced set (3 x the largest class) costs what SFT's two passes over the
     # original cost: the two fixes are compared at equal compute
     if "balanced" in fixes:
         extra.append(trained(f"m-drugs-balanced-sft{q}", SFTConfig(base=base, data=f"m-drugs-balanced{q}", epochs=1.0,
                                                                    name=f"m-drugs-balanced-sft{q}")))
-    report["mistakes"]["settings"] = {"dpo": {"epochs": args.dpo_epochs, "beta": args.beta},
+    report["mistakes"]["settings"] = {"dpo": {"epochs": args.dpo_epochs, "beta": args.beta, "seed": args.seed},
                                       "balanced_sft": {"records": len(balanced), "epochs": 1.0},
                                       "sft_steps": sft.metrics.get("global_step"),
                                       "steps": {a.name: a.metrics.get("global_step") for a in extra},
@@ -361,6 +366,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="Small subsets: checks the bench, measures little.")
     ap.add_argument("--dpo-epochs", type=float, default=3.0, help="Passes over the mistake pairs.")
     ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=42, help="Seed of the DPO fixes (data order, dropout); 42: the default.")
     ap.add_argument("--sft-weight", type=float, default=0.0,
                     help="Also train DPO with this weight on the chosen answers' supervised loss (RPO).")
     ap.add_argument("--right", type=float, default=0.0,
