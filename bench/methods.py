@@ -8,7 +8,7 @@ DPOTrainer with its defaults.
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1 --sft-weight 1 --fixes right
                                                   # only that fix beside the SFT adapter (the others: an earlier run)
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1 --sft-weight 1 --fixes right \
-        --dpo-epochs 5 [--seed 7]                 # 5 passes: all three goals with seed 42, neutral on the line with 7 (~60 min)
+        --dpo-epochs 5 [--seed 7]                 # ~60 min: all 3 goals met with seed 42; seed 7 on the line
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts cpt --cpt-docs 300   # ~60 min (600: ~90)
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts speed      # ~5 min
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --quick            # every part, small: checks the bench
