@@ -52,6 +52,13 @@ def write(path: Path, rows: list[dict]) -> Path:
 # ---- learning from mistakes ----------------------------------------------------------------------
 
 FIXES = {"dpo", "rpo", "right", "balanced"}  # mistakes_part's fixes of the SFT adapter (--fixes)
+# the DPO fixes' settings that name their adapters when not these (--dpo-epochs, --beta, --seed)
+DPO_DEFAULTS = {"e": ("dpo_epochs", 3.0), "b": ("beta", 0.1), "s": ("seed", 42)}
+
+
+def tag(x: float) -> str:
+    """A number as part of an adapter's name: 0.5 -> 0p5."""
+    return f"{x:g}".replace(".", "p")
 
 
 def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
@@ -103,21 +110,21 @@ def mistakes_part(store, args, report: dict) -> list[tuple[str, bool]]:
     # 2. DPO from the SFT adapter on those pairs; rebalanced SFT from scratch
     fixes = args.fixes
     extra = []
-    # adapters are reused by name: a fix trained with other epochs or beta than the defaults gets its own
-    ep = "".join(f"-{k}{v:g}".replace(".", "p") for k, v, d in (("e", args.dpo_epochs, 3.0), ("b", args.beta, 0.1),
-                                                                   ("s", args.seed, 42)) if v != d)
+    # adapters are reused by name: a fix trained with other epochs, beta or seed than the defaults gets its own
+    ep = "".join(f"-{k}{tag(getattr(args, a))}" for k, (a, d) in DPO_DEFAULTS.items() if getattr(args, a) != d)
     if "dpo" in fixes:
-        dpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name, name=f"m-drugs-dpo{ep}{q}",
-                                   epochs=args.dpo_epochs, beta=args.beta, batch_size=8, seed=args.seed)
+        dpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name,
+                                   name=f"m-drugs-dpo{ep}{q}", epochs=args.dpo_epochs, beta=args.beta,
+                                   batch_size=8, seed=args.seed)
         extra.append(trained(dpo_cfg.name, dpo_cfg))
     if args.sft_weight and "rpo" in fixes:  # DPO with the chosen answers' supervised loss added (RPO), same pairs and epochs
-        w = f"{args.sft_weight:g}".replace(".", "p")
+        w = tag(args.sft_weight)
         rpo_cfg = PreferenceConfig(base=base, data=f"m-drugs-fixes{q}", from_adapter=sft.name,
                                    name=f"m-drugs-dpo-sft{w}{ep}{q}", epochs=args.dpo_epochs, beta=args.beta,
                                    batch_size=8, sft_weight=args.sft_weight, seed=args.seed)
         extra.append(trained(rpo_cfg.name, rpo_cfg))
     if args.right and "right" in fixes:  # DPO on the mistakes plus pairs from right answers (the least sure first)
-        w = f"{args.right:g}".replace(".", "p")
+        w = tag(args.right)
         rep_r = mistakes(store, task=on_train.name, model=f"{base}:{sft.name}", name=f"m-drugs-fixes-right{w}{q}",
                          right=args.right)
         print(f"{rep_r.pairs} pairs ({rep_r.anchors} from right answers)", flush=True)
@@ -364,9 +371,11 @@ def main() -> int:
     ap.add_argument("--base", default="smollm2-135m-instruct")
     ap.add_argument("--parts", default="mistakes,cpt,speed", help="Comma-separated: mistakes, cpt, speed.")
     ap.add_argument("--quick", action="store_true", help="Small subsets: checks the bench, measures little.")
-    ap.add_argument("--dpo-epochs", type=float, default=3.0, help="Passes over the mistake pairs.")
-    ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--seed", type=int, default=42, help="Seed of the DPO fixes (data order, dropout); 42: the default.")
+    ap.add_argument("--dpo-epochs", type=float, default=DPO_DEFAULTS["e"][1],
+                    help="Passes over the mistake pairs.")
+    ap.add_argument("--beta", type=float, default=DPO_DEFAULTS["b"][1])
+    ap.add_argument("--seed", type=int, default=DPO_DEFAULTS["s"][1],
+                    help="Seed of the DPO fixes (data order, dropout); default %(default)s.")
     ap.add_argument("--sft-weight", type=float, default=0.0,
                     help="Also train DPO with this weight on the chosen answers' supervised loss (RPO).")
     ap.add_argument("--right", type=float, default=0.0,
