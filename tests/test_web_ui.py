@@ -188,6 +188,11 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, cli_tiny, tmp_pa
 
     # ---- playground: base and adapter side by side, preselected from the job page
     page.go_back()
+    # the finished job arrives twice (the page's fetch, then the event stream's `end`): the second must not
+    # redraw the links under the pointer (a click between mousedown and mouseup was lost that way in CI)
+    link = by("job-playground-link").element_handle()
+    expect(by("job-stream-mode")).to_have_text("finished")
+    assert link.evaluate("e => e.isConnected"), "the result card was redrawn though the job had not changed"
     by("job-playground-link").click()
     expect(by("pg-form")).to_be_visible()
     for model in ("tiny", "tiny:faq-lora"):

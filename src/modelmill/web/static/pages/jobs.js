@@ -60,10 +60,14 @@ export async function jobsPage(ctx) {
         h("a", { class: "btn btn-primary", href: "#/train" }, "New training job"))),
       listBox)));
 
+  let drawn = null; // the list as last drawn: an unchanged, settled list is not redrawn under the pointer
   async function load() {
     try {
       const { data } = await api(withQuery("/api/jobs", { status, limit: 100 }));
       if (!ctx.alive) return;
+      const key = data.every((j) => FINISHED.has(j.status)) ? JSON.stringify(data) : null; // running: clocks tick
+      if (key !== null && key === drawn) return;
+      drawn = key;
       replace(listBox, table([
         { label: "Job", get: (j) => h("a", { href: `#/jobs/${encodeURIComponent(j.id)}`, testid: "job-link" }, h("code", {}, j.id)) },
         { label: "Kind", get: (j) => j.kind },
@@ -79,7 +83,9 @@ export async function jobsPage(ctx) {
           onclick: (e) => { if (!e.target.closest("a")) location.hash = `#/jobs/${encodeURIComponent(j.id)}`; } }),
       }));
     } catch (e) {
-      if (ctx.alive) replace(listBox, errorBox(e));
+      if (!ctx.alive) return;
+      replace(listBox, errorBox(e));
+      drawn = null;
     }
   }
   await load();
@@ -120,9 +126,18 @@ export async function jobPage(ctx) {
   let drawQueued = false;
   let eventsDone = false;
 
+  // Redraw only what changed: the event stream's `end` and the 2-second refresh resend a finished job
+  // unchanged, and replacing its links or the cancel button under the pointer would swallow a click
+  // that falls between mousedown and mouseup.
+  let drawnHead = null;
+  let drawnResult = null;
   function draw() {
-    replace(head, header(job));
-    replace(resultBox, result(job));
+    const headKey = FINISHED.has(job.status) ? JSON.stringify(job) : null; // a running job's clock ticks
+    if (headKey === null || headKey !== drawnHead) replace(head, header(job));
+    drawnHead = headKey;
+    const resultKey = JSON.stringify([job.status, job.kind, job.model, job.fine_tuned_model, job.result, job.error]);
+    if (resultKey !== drawnResult) replace(resultBox, result(job));
+    drawnResult = resultKey;
     if (!specBox.firstChild && job.spec) {
       replace(specBox, h("details", { class: "card" }, h("summary", {}, "Job settings"),
         h("pre", { class: "code", testid: "job-spec" }, JSON.stringify(job.spec, null, 2))));
@@ -167,7 +182,9 @@ export async function jobPage(ctx) {
       job = fresh;
       draw();
     } catch (e) {
-      if (ctx.alive) replace(resultBox, errorBox(e));
+      if (!ctx.alive) return;
+      replace(resultBox, errorBox(e));
+      drawnResult = null; // the next good refresh draws the result again
     }
   }
 
