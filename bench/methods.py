@@ -8,7 +8,7 @@ DPOTrainer with its defaults.
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1 --sft-weight 1 --fixes right
                                                   # only that fix beside the SFT adapter (the others: an earlier run)
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts mistakes --right 1 --sft-weight 1 --fixes right \
-        --dpo-epochs 5 [--seed 7]                 # ~60 min: all 3 goals met with seed 42; seed 7 on the line
+        --dpo-epochs 5 [--seed 7]                 # ~60 min: all 3 goals met with seed 42, not with 7 or 1
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts cpt --cpt-docs 300   # ~60 min (600: ~90)
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --parts speed      # ~5 min
     .venv/bin/python bench/methods.py --home /tmp/mm-methods --quick            # every part, small: checks the bench
