@@ -34,13 +34,26 @@ export function s(tag, attrs, ...children) {
   return build(document.createElementNS(SVG_NS, tag), attrs, children);
 }
 
+const drawnKeys = new WeakMap(); // element -> the key replaceChanged last drew it with
+
 export function clear(el) {
+  drawnKeys.delete(el); // whatever is drawn next, the last key no longer describes it
   while (el.firstChild) el.firstChild.remove();
   return el;
 }
 
 export function replace(el, ...children) {
   return append(clear(el), children);
+}
+
+/** replace(el, make()) unless el still shows what `key` last drew there. Content a timer or a resent
+ * event would redraw unchanged stays the same elements, so a click in progress on it is not lost
+ * (between mousedown and mouseup). A null key always redraws (e.g. a running job's ticking clock). */
+export function replaceChanged(el, key, make) {
+  if (key !== null && drawnKeys.get(el) === key) return el;
+  replace(el, make());
+  if (key !== null) drawnKeys.set(el, key);
+  return el;
 }
 
 /** A plain-words error box; `details` are the per-line problems the API adds. */

@@ -5,7 +5,7 @@
 
 import { api, storedKey, withQuery } from "../api.js";
 import { lineChart } from "../charts.js";
-import { badge, errorBox, fmtNum, fmtTime, h, loading, notice, replace, table } from "../dom.js";
+import { badge, errorBox, fmtNum, fmtTime, h, loading, notice, replace, replaceChanged, table } from "../dom.js";
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const STATUSES = ["", "validating_files", "queued", "running", "succeeded", "failed", "cancelled"];
@@ -60,15 +60,13 @@ export async function jobsPage(ctx) {
         h("a", { class: "btn btn-primary", href: "#/train" }, "New training job"))),
       listBox)));
 
-  let drawn = null; // the list as last drawn: an unchanged, settled list is not redrawn under the pointer
   async function load() {
     try {
       const { data } = await api(withQuery("/api/jobs", { status, limit: 100 }));
       if (!ctx.alive) return;
-      const key = data.every((j) => FINISHED.has(j.status)) ? JSON.stringify(data) : null; // running: clocks tick
-      if (key !== null && key === drawn) return;
-      drawn = key;
-      replace(listBox, table([
+      // a settled, unchanged list is not redrawn under the pointer; a running job's clock ticks
+      const key = data.every((j) => FINISHED.has(j.status)) ? JSON.stringify(data) : null;
+      replaceChanged(listBox, key, () => table([
         { label: "Job", get: (j) => h("a", { href: `#/jobs/${encodeURIComponent(j.id)}`, testid: "job-link" }, h("code", {}, j.id)) },
         { label: "Kind", get: (j) => j.kind },
         { label: "What", get: (j) => jobTitle(j) },
@@ -83,9 +81,7 @@ export async function jobsPage(ctx) {
           onclick: (e) => { if (!e.target.closest("a")) location.hash = `#/jobs/${encodeURIComponent(j.id)}`; } }),
       }));
     } catch (e) {
-      if (!ctx.alive) return;
-      replace(listBox, errorBox(e));
-      drawn = null;
+      if (ctx.alive) replace(listBox, errorBox(e));
     }
   }
   await load();
@@ -126,18 +122,12 @@ export async function jobPage(ctx) {
   let drawQueued = false;
   let eventsDone = false;
 
-  // Redraw only what changed: the event stream's `end` and the 2-second refresh resend a finished job
-  // unchanged, and replacing its links or the cancel button under the pointer would swallow a click
-  // that falls between mousedown and mouseup.
-  let drawnHead = null;
-  let drawnResult = null;
+  // The event stream's `end` and the 2-second refresh resend a finished job unchanged: redraw only what
+  // changed (replaceChanged), so its links and buttons stay put under the pointer.
   function draw() {
-    const headKey = FINISHED.has(job.status) ? JSON.stringify(job) : null; // a running job's clock ticks
-    if (headKey === null || headKey !== drawnHead) replace(head, header(job));
-    drawnHead = headKey;
-    const resultKey = JSON.stringify([job.status, job.kind, job.model, job.fine_tuned_model, job.result, job.error]);
-    if (resultKey !== drawnResult) replace(resultBox, result(job));
-    drawnResult = resultKey;
+    replaceChanged(head, FINISHED.has(job.status) ? JSON.stringify(job) : null, () => header(job)); // running: clock
+    replaceChanged(resultBox, JSON.stringify([job.status, job.kind, job.model, job.fine_tuned_model, job.result,
+      job.error]), () => result(job));
     if (!specBox.firstChild && job.spec) {
       replace(specBox, h("details", { class: "card" }, h("summary", {}, "Job settings"),
         h("pre", { class: "code", testid: "job-spec" }, JSON.stringify(job.spec, null, 2))));
@@ -182,9 +172,7 @@ export async function jobPage(ctx) {
       job = fresh;
       draw();
     } catch (e) {
-      if (!ctx.alive) return;
-      replace(resultBox, errorBox(e));
-      drawnResult = null; // the next good refresh draws the result again
+      if (ctx.alive) replace(resultBox, errorBox(e)); // the next good refresh draws the result again
     }
   }
 
