@@ -30,6 +30,28 @@ def test_import_versions_by_content(cli: CLI, home, reviews_file):
     assert "23 records" in shown and "versions:" in shown and '"label"' in shown
 
 
+def test_reimporting_an_older_version_makes_it_current_again(cli: CLI, tmp_path, reviews_file):
+    """A reverted file re-imported said "unchanged" while NAME still resolved to the newer version."""
+    cli("data", "import", reviews_file, "--name", "reviews")
+    original = reviews_file.read_text()
+    reviews_file.write_text("".join(original.splitlines(keepends=True)[:-1]))
+    cli("data", "import", reviews_file, "--name", "reviews")
+    reviews_file.write_text(original)
+    out = cli("data", "import", reviews_file, "--name", "reviews").stdout
+    assert "unchanged, already stored as reviews@" in out and "now the current version" in out
+    assert "24 records" in cli("data", "show", "reviews").stdout.splitlines()[0]
+
+
+def test_reports_for_clean_that_drops_everything_and_import_help(cli: CLI, tmp_path):
+    f = write_jsonl(tmp_path / "blank.jsonl", [{"text": " ", "label": "a"}, {"text": "", "label": "b"}])
+    cli("data", "import", f, "--name", "blank")
+    p = cli("data", "clean", "blank", ok=False)
+    assert "the cleaning filters dropped every record (0 over length, 2 empty)" in p.stderr
+    assert "--name" not in p.stderr
+    help_ = cli("data", "import", "--help").stdout
+    assert "openai-dpo" in help_ and "feedback" in help_
+
+
 def test_import_warns_about_the_fields_it_does_not_train_on(cli: CLI, tmp_path):
     """A record with text and entities is read as plain text: the import says so, naming the field."""
     rows = [{"text": f"张伟在北京工作了{i}年。", "entities": {"person": ["张伟"], "city": ["北京"]}} for i in range(3)]
@@ -103,7 +125,7 @@ def test_split_stratified_and_seeded(cli: CLI, reviews_file):
     assert "reviews-train@" in out and "18 records" in out
     assert "reviews-test@" in out and "6 records" in out
     again = cli("data", "split", "reviews", "--test-size", "0.25", "--seed", "7").stdout
-    assert again == out  # same seed, same versions
+    assert again == out.replace(" records\n", " records (now the current version)\n")  # same seed, same versions
     shown = cli("data", "show", "reviews-test", "-n", "10").stdout
     labels = [json.loads(l)["label"] for l in shown.splitlines() if l.startswith("{")]
     assert sorted(set(labels)) == ["negative", "neutral", "positive"]

@@ -125,6 +125,51 @@ def test_parquet(tmp_path):
     assert load_file(p).labels == ["0", "1"]
 
 
+def test_csv_stray_quote_is_an_error_where_its_row_starts(tmp_path):
+    """A quote that never closes used to swallow the next lines into one cell (3 rows read as 1)."""
+    p = tmp_path / "d.csv"
+    p.write_text('text,label\nfine,pos\n"Hmm not sure,neg\nworks fine,pos\nok,pos\n', encoding="utf-8")
+    e = error_of(p)
+    assert e.line == 3 and str(e).startswith(f"{p}:3: not readable as CSV") and "quote" in e.fix
+    p.write_text('text,label\n"quoted" and not,pos\n', encoding="utf-8")  # the leading quote was dropped
+    assert error_of(p).line == 2
+
+
+def test_tsv_quotes_are_text(tmp_path):
+    p = tmp_path / "d.tsv"
+    p.write_text('text\tlabel\n"Hmm... not sure\tneg\nworks fine\tpos\n', encoding="utf-8")
+    assert load_file(p).records == [{"text": '"Hmm... not sure', "label": "neg", "meta": {}},
+                                    {"text": "works fine", "label": "pos", "meta": {}}]
+
+
+def test_csv_spaces_after_the_delimiter_are_not_part_of_cells(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text('text, label\nGreat, positive\n"Bad, really", "negative"\n', encoding="utf-8")
+    assert load_file(p).labels == ["negative", "positive"]
+    assert load_file(p).records[1]["text"] == "Bad, really"
+
+
+def test_csv_repeated_column_is_an_error(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("text,label,text\na,pos,b\n", encoding="utf-8")
+    e = error_of(p)
+    assert str(e).startswith(f"{p}:1: column 'text' appears more than once") and "rename one" in e.fix
+
+
+def test_csv_lines_after_blank_lines_and_long_cells(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\n\n\na,pos\n\nb,pos,extra\n", encoding="utf-8")
+    assert str(error_of(p)).startswith(f"{p}:6: 3 cells but the header has 2")
+    p.write_text("text,label\n" + "x" * 200_000 + ",pos\n", encoding="utf-8")  # over csv's default 128 KiB
+    assert len(load_file(p).records[0]["text"]) == 200_000
+
+
+def test_jsonl_line_holding_a_json_array_says_rename_to_json(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('[{"text": "a"}, {"text": "b"}]\n', encoding="utf-8")
+    assert "rename the file to .json" in error_of(p).fix
+
+
 # ---- load_file --------------------------------------------------------------------------
 
 def test_auto_requires_every_record_to_fit_the_first(tmp_path):
@@ -148,7 +193,7 @@ def test_field_map_imports_other_columns_as_classification(tmp_path):
     assert data.records[0] == {"text": "Loved it", "label": "5", "meta": {"shop": "A"}}
     assert data.labels == ["1", "3", "5", "10"]
     e = error_of(p, field_map={"reveiw": "text"})
-    assert e.field == "--field" and "column 'reveiw' is not in the first record" in str(e)
+    assert e.field == "--field" and "column 'reveiw' is not in the header" in str(e)
 
 
 def test_skip_invalid_keeps_going_and_lists_what_it_left_out(tmp_path):
@@ -158,6 +203,42 @@ def test_skip_invalid_keeps_going_and_lists_what_it_left_out(tmp_path):
     data = load_file(p, skip_invalid=True)
     assert len(data.records) == 2 and [n for n, _ in data.skipped] == [2]
     assert "has no user turn" in data.skipped[0][1]
+
+
+def test_tabular_format_comes_from_the_header_not_the_first_row(tmp_path):
+    """An empty label in row 1 used to make the whole file plain text, its labels moved to meta."""
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\nfine,\nbad,neg\n", encoding="utf-8")
+    e = error_of(p)
+    assert str(e).startswith(f"{p}:2: field 'label': missing or empty")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    q = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["a", "b"], "label": [None, "x"]}), q)
+    assert str(error_of(q)).startswith(f"{q}:1: field 'label': missing or empty")
+
+
+def test_field_map_checks_the_header_or_every_record(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("ticket,team,shop\nPrinter broken,it,\nRefund please,billing,A\n", encoding="utf-8")
+    data = load_file(p, field_map={"ticket": "text", "team": "label", "shop": "store"})
+    assert data.records[1]["meta"] == {"store": "A"}
+    p.write_text("ticket,team\nPrinter broken,\nRefund please,billing\n", encoding="utf-8")
+    e = error_of(p, field_map={"ticket": "text", "team": "label"})  # no longer "not in the first record"
+    assert str(e).startswith(f"{p}:2: field 'label': missing or empty")
+    j = jsonl(tmp_path / "t.jsonl", {"ticket": "a", "team": "it"}, {"ticket": "b", "team": "it", "shop": "A"})
+    data = load_file(j, field_map={"ticket": "text", "team": "label", "shop": "store"})
+    assert data.kind == "classification" and data.records[1]["meta"] == {"store": "A"}
+    e = error_of(j, field_map={"ticket": "text", "tema": "label"})
+    assert e.field == "--field" and "column 'tema' is in no record" in str(e)
+    j = jsonl(tmp_path / "t.jsonl", {"ticket": "a"}, {"ticket": "b", "team": "it"})
+    assert error_of(j, field_map={"ticket": "text", "team": "label"}).line == 1  # a label was asked for
+
+
+def test_odd_numeric_looking_labels(tmp_path):
+    p = jsonl(tmp_path / "d.jsonl", *({"text": str(i), "label": lab} for i, lab in enumerate(["--1", "²", "2", "-3"])))
+    assert load_file(p).labels == ["-3", "2", "--1", "²"]
 
 
 # ---- hashing and writing ----------------------------------------------------------------
@@ -224,3 +305,18 @@ def test_real_sharegpt_sample():
     data = load_file(path, skip_invalid=True)
     assert (data.format, len(data.records), len(data.skipped)) == ("sharegpt", 988, 12)
     assert all(r["messages"][-1]["role"] == "assistant" for r in data.records)
+
+
+def test_saving_the_content_of_an_older_version_makes_it_current_again(home):
+    """What clean, split and mix save goes through this too: NAME must resolve to what was saved last."""
+    from modelmill.data.catalog import DatasetCatalog
+    from modelmill.store import open_store
+
+    cat = DatasetCatalog(open_store())
+    old, _ = cat.save("d", [{"text": "a"}], "text", "text", None, {"op": "clean"})
+    new, _ = cat.save("d", [{"text": "b"}], "text", "text", None, {"op": "clean"})
+    assert cat.resolve("d").version == new.version
+    again, created = cat.save("d", [{"text": "a"}], "text", "text", None, {"op": "clean"})
+    assert not created and again.version == old.version
+    assert cat.resolve("d").version == old.version and cat.list()[0].version == old.version
+    assert len(cat.versions("d")) == 2

@@ -108,7 +108,15 @@ def test_mix_refuses_kinds_that_are_not_chat(kind):
 
 
 def test_mix_bad_ratio_and_size():
-    with pytest.raises(InputError, match="source 'a': ratio must be a number > 0"):
+    with pytest.raises(InputError, match="source 'a': ratio must be a finite number > 0"):
         mix([("a", chats(3), "chat", 0)])
+    with pytest.raises(InputError, match="source 'b': ratio must be a finite number > 0"):
+        mix([("a", chats(3), "chat", 1), ("b", chats(3), "chat", float("inf"))])
+
+
+def test_mix_refuses_a_source_whose_share_rounds_to_nothing():
+    with pytest.raises(InputError, match="source 'b': its share of 10 records rounds to 0") as e:
+        mix([("a", chats(10), "chat", 1), ("b", chats(10), "chat", 0.01)], size=10)
+    assert "--size" in e.value.fix
     with pytest.raises(InputError, match="--size"):
         mix([("a", chats(3), "chat", 1)], size=0)

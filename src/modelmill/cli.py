@@ -243,6 +243,9 @@ def models_remove(name):
 
 # ---------------------------------------------------------------- data
 
+from modelmill.data.formats import FORMATS as DATA_FORMATS  # noqa: E402  (light; the built-ins, plugins load later)
+
+
 @main.group(cls=Group)
 def data():
     """Datasets: import, inspect, clean, split and mix. Each version is a content hash."""
@@ -262,12 +265,12 @@ def _parse_field_map(items: tuple[str, ...]) -> dict[str, str] | None:
 @click.argument("file", type=click.Path())
 @click.option("--name", required=True, help="Dataset name; a new version is added when the content changes.")
 @click.option("--format", "fmt", default="auto",
-              help="auto, alpaca, sharegpt, messages, preference, text or classification.")
+              help="auto (from the columns or the first record), or one of: " + ", ".join(DATA_FORMATS) + ".")
 @click.option("--field", "fields_", multiple=True, metavar="COLUMN=FIELD",
               help="Rename a column first, e.g. --field review=text --field rating=label.")
 @click.option("--skip-invalid", is_flag=True, help="Leave out records that do not fit (listed), instead of stopping.")
 def data_import(file, name, fmt, fields_, skip_invalid):
-    """Import a JSONL, JSON, CSV or Parquet file."""
+    """Import a JSONL, JSON, CSV, TSV or Parquet file."""
     from modelmill.data.catalog import DatasetCatalog
 
     row, created, skipped = DatasetCatalog(_store()).import_file(file, name, fmt, _parse_field_map(fields_),
@@ -283,7 +286,12 @@ def data_import(file, name, fmt, fields_, skip_invalid):
         click.echo(f"warning: {note}", err=True)
     what = "imported" if created else "unchanged, already stored as"
     labels = f", labels: {', '.join(row.labels)}" if row.labels else ""
-    click.echo(f"{what} {row.ref}: {row.num_records} {row.kind} records ({row.format}){labels}")
+    click.echo(f"{what} {row.ref}: {row.num_records} {row.kind} records ({row.format}){labels}{_current(created)}")
+
+
+def _current(created: bool) -> str:
+    """Said of a save whose content an older version already held: that version is current again."""
+    return "" if created else " (now the current version)"
 
 
 @data.command("list")
@@ -360,8 +368,9 @@ def data_split(ref, test_size, seed, no_stratify):
     train, test = split(cat.records(row), test_size=size, seed=seed, stratify=not no_stratify, kind=row.kind)
     origin = {"op": "split", "from": row.ref, "test_size": test_size, "seed": seed}
     for suffix, recs in (("train", train), ("test", test)):
-        out, _ = cat.save(f"{row.name}-{suffix}", recs, row.kind, row.format, row.labels, {**origin, "part": suffix})
-        click.echo(f"{out.ref}: {out.num_records} records")
+        out, created = cat.save(f"{row.name}-{suffix}", recs, row.kind, row.format, row.labels,
+                                {**origin, "part": suffix})
+        click.echo(f"{out.ref}: {out.num_records} records{_current(created)}")
 
 
 @data.command("clean")
@@ -393,7 +402,7 @@ def data_clean(ref, name, max_tokens, model, near_dup, show):
               "near_dup": near_dup}
     out, created = cat.save(name or row.name, res.kept, row.kind, row.format, row.labels, origin)
     click.echo(f"kept {len(res.kept)} of {row.num_records} records -> {out.ref}"
-               + ("" if created else " (unchanged)"))
+               + ("" if created else " (already stored; now the current version)"))
 
 
 @data.command("mix")
@@ -415,14 +424,15 @@ def data_mix(name, sources, size, seed):
             r = float(ratio)
         except ValueError:
             r = -1
-        if not sep or not ref or r <= 0:
-            raise InputError(f"'{item}' is not DATASET:RATIO with a ratio > 0", field="--from",
+        if not sep or not ref or not 0 < r < float("inf"):
+            raise InputError(f"'{item}' is not DATASET:RATIO with a finite ratio > 0", field="--from",
                              fix="e.g. --from general:0.3")
         parts.append((ref, r))
-    out, _, warnings, counts = mix_datasets(cat, name, parts, size=size, seed=seed)
+    out, created, warnings, counts = mix_datasets(cat, name, parts, size=size, seed=seed)
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
-    click.echo(f"{out.ref}: {out.num_records} records (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
+    click.echo(f"{out.ref}: {out.num_records} records (" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")"
+               + _current(created))
 
 
 @data.command("mistakes")

@@ -2,7 +2,7 @@
 
     cat = DatasetCatalog(open_store())
     ds, created = cat.import_file("train.jsonl", "reviews")   # reviews@3f2a9c1b0d4e
-    cat.resolve("reviews")            # newest version; "reviews@3f2a9c1b0d4e" picks one
+    cat.resolve("reviews")            # current (newest saved) version; "reviews@3f2a9c1b0d4e" picks one
     cat.records(ds)                   # canonical records
 
 Derived datasets (clean, split, mix) are saved the same way and remember their parents
@@ -20,7 +20,7 @@ from modelmill.data.load import content_hash, load_file, read_jsonl
 from modelmill.errors import ConflictError, InputError, NotFoundError
 from modelmill.names import check_name
 from modelmill.store import Store
-from modelmill.store.tables import Adapter, DatasetVersion
+from modelmill.store.tables import Adapter, DatasetVersion, utcnow
 
 VERSION_LEN = 12
 
@@ -48,7 +48,8 @@ class DatasetCatalog:
 
     def save(self, name: str, records: list[dict], kind: str, format: str, labels: list[str] | None,
              origin: dict) -> tuple[DatasetVersion, bool]:
-        """Store records as a version of ``name``; the same content twice is stored once."""
+        """Store records as a version of ``name``; the same content twice is stored once. Saving the
+        content of an older version makes that version the current one again (``created`` is False)."""
         check_name(name, "--name")
         if not records:
             raise InputError("no records to save", field="--name", fix="check the filters and ratios you gave")
@@ -65,8 +66,13 @@ class DatasetCatalog:
         with self.store.session() as s:
             existing = s.scalar(select(DatasetVersion).where(DatasetVersion.name == name,
                                                              DatasetVersion.version == version))
-        if existing is not None:
-            return existing, False
+            if existing is not None:
+                # A reverted file re-imported must be what NAME resolves to (the newest), as if new.
+                current = s.scalar(select(DatasetVersion).where(DatasetVersion.name == name)
+                                   .order_by(DatasetVersion.created_at.desc(), DatasetVersion.id.desc()).limit(1))
+                if current.id != existing.id:
+                    existing.created_at = utcnow()
+                return existing, False
         final = self.store.datasets_dir / name / version
         if final.exists():  # a folder left by a crash between rename and insert
             self.store.remove_tree(final)

@@ -125,6 +125,12 @@ def clean(records: list[dict], kind: str, *, tokenizer=None, max_tokens: int | N
             lsh.insert(n, hashes[n])
         seen[text] = n
         kept.append(record)
+    if records and not kept:  # the first non-empty record is never a duplicate: length or emptiness
+        over = sum(why.startswith("over length") for _, why in dropped)
+        raise InputError(f"the cleaning filters dropped every record ({over} over length, "
+                         f"{len(dropped) - over} empty)", field="--max-tokens" if over else None,
+                         fix="raise --max-tokens or leave it out" if over else
+                         "the records have no text to learn from; check the dataset you imported")
     return CleanResult(kept, dropped)
 
 

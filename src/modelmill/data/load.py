@@ -16,7 +16,7 @@ from pathlib import Path
 
 from modelmill.errors import InputError
 from modelmill.data.formats import Where, detect_format, get_format, labels_of
-from modelmill.data.readers import iter_jsonl, read_records, record_unit
+from modelmill.data.readers import iter_jsonl, read_records, record_columns, record_unit
 
 
 @dataclass
@@ -42,9 +42,10 @@ def load_file(path: str | Path, format: str = "auto", field_map: dict[str, str] 
     """Read ``path`` and normalize every record to the canonical shape of its format's kind.
 
     ``field_map`` renames input fields first (``{"review": "text"}``). With ``format="auto"``
-    the first record decides the format and every other record must fit it. With
-    ``skip_invalid`` records that do not fit are left out and listed in ``skipped``
-    instead of stopping the load.
+    the columns of a CSV, TSV or Parquet file decide the format (an empty cell does not hide
+    its column), and for JSON(L) the first record with the fields ``field_map`` maps to; every
+    other record must fit it. With ``skip_invalid`` records that do not fit are left out and
+    listed in ``skipped`` instead of stopping the load.
     """
     path = Path(path)
     fmt = None if format == "auto" else get_format(format)
@@ -55,17 +56,25 @@ def load_file(path: str | Path, format: str = "auto", field_map: dict[str, str] 
         from modelmill.data.readers import jsonl_items
 
         items = jsonl_items(path)
+    header = record_columns(path)
+    if field_map:
+        if header is None:  # JSON(L): a mapped column has to be in some record, not in the first
+            items = list(items)
+            columns = {k for _, raw in items if isinstance(raw, dict) for k in raw}
+        _check_field_map(field_map, path, header if header is not None else columns, header is not None)
+    if fmt is None and header:
+        fmt = detect_format(_rename(dict.fromkeys(header, ""), field_map or {}),
+                            Where(str(path), 1 if unit == "line" else None))
     for n, raw in items:
         if isinstance(raw, InputError):
             skipped.append((n, str(raw)))
             continue
         where = Where(str(path), n, unit)
         if field_map:
-            if not records and not skipped:
-                _check_field_map(field_map, raw, where)
             raw = _rename(raw, field_map)
         try:
-            fmt = fmt or detect_format(raw, where)
+            # the fields named by --field count as present: mapping a column says the format has it
+            fmt = fmt or detect_format({**dict.fromkeys((field_map or {}).values(), ""), **raw}, where)
             records.append(fmt.normalize(raw, where))
         except InputError as e:
             if not skip_invalid or fmt is None:
@@ -110,14 +119,17 @@ def _rename(record: dict, field_map: dict[str, str]) -> dict:
     return out
 
 
-def _check_field_map(field_map: dict[str, str], first: dict, where: Where) -> None:
+def _check_field_map(field_map: dict[str, str], path: Path, columns, header: bool) -> None:
+    """Names only, and every mapped column among the file's ``columns`` (its header, or all records' keys)."""
     for old, new in field_map.items():
         if not (isinstance(old, str) and isinstance(new, str)):
             raise InputError(f"expected names, got {old!r} -> {new!r}", field="--field",
                              fix="map input column names to format field names, e.g. review=text")
-        if old not in first and new not in first:
-            raise where.error("--field", f"column '{old}' is not in the first record "
-                              f"(it has: {', '.join(sorted(first))})", fix="map a column the file has")
+        if old not in columns and new not in columns:
+            where = "not in the header" if header else "in no record"
+            raise InputError(f"column '{old}' is {where} (the file has: {', '.join(sorted(columns))})",
+                             file=str(path), line=1 if header else None, field="--field",
+                             fix="map a column the file has")
 
 
 def _line(record: dict) -> str:

@@ -41,8 +41,8 @@ def mix(sources: list[tuple[str, list[dict], str, float]], *, size: int | None =
         if kind not in MIXABLE:
             raise InputError(f"source '{name}' is {kind} data, which cannot be mixed into chat data",
                              field="--source", fix="mix only chat and classification datasets")
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0:
-            raise InputError(f"source '{name}': ratio must be a number > 0, got {ratio!r}", field="--ratio",
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf:
+            raise InputError(f"source '{name}': ratio must be a finite number > 0, got {ratio!r}", field="--ratio",
                              fix="give each source a positive weight, e.g. 0.7 and 0.3")
         if not records:
             raise InputError(f"source '{name}' has no records", field="--source", fix="drop it from the mix")
@@ -54,6 +54,10 @@ def mix(sources: list[tuple[str, list[dict], str, float]], *, size: int | None =
     if size is None:  # the biggest N where every source has ratio * N distinct records
         size = max(1, math.floor(min(len(s[1]) / p for s, p in zip(sources, shares)) + 1e-9))
     counts = _apportion(size, shares)
+    for (name, *_), count in zip(sources, counts):
+        if count == 0:  # leaving it out silently would not be the mix asked for
+            raise InputError(f"source '{name}': its share of {size} records rounds to 0", field="--size",
+                             fix=f"give a larger --size, or a larger ratio for '{name}'")
 
     rng = random.Random(seed)
     out, warnings = [], []
@@ -97,8 +101,8 @@ def mix_datasets(catalog, name: str, sources: list[tuple[str, float]], *, size: 
 
     parts = []
     for ref, ratio in sources:
-        if not ref or not ratio > 0:
-            raise InputError(f"'{ref}:{ratio}' is not DATASET:RATIO with a ratio > 0", field=flag,
+        if not ref or not 0 < ratio < math.inf:
+            raise InputError(f"'{ref}:{ratio}' is not DATASET:RATIO with a finite ratio > 0", field=flag,
                              fix="e.g. general:0.3")
         row = catalog.resolve(ref, flag)
         parts.append((row.ref, catalog.records(row), row.kind, ratio))

@@ -27,6 +27,7 @@ UTF8_FIX = ("convert the file to UTF-8, e.g. `iconv -f GBK -t UTF-8 in.jsonl > o
 class Reader:
     read: Callable[[Path], Iterator[tuple[int, dict]]]
     unit: str  # "line" or "record": what the position counts
+    columns: Callable[[Path], list[str]] | None = None  # tabular files: the column names every record has
 
 
 def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -55,6 +56,14 @@ def _nonempty(items: Iterator[tuple[int, dict]], path: Path) -> Iterator[tuple[i
 def record_unit(path: str | Path) -> str:
     """"line" or "record": what the positions from ``read_records(path)`` count."""
     return _reader_for(Path(path)).unit
+
+
+def record_columns(path: str | Path) -> list[str] | None:
+    """The columns of a tabular file (CSV, TSV, Parquet), from its header or schema; None for
+    JSON and JSONL, whose records each name their own fields."""
+    path = Path(path)
+    columns = _reader_for(path).columns
+    return columns(path) if columns is not None and path.is_file() else None
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -92,8 +101,11 @@ def jsonl_items(path: Path) -> Iterator[tuple[int, "dict | InputError"]]:
                                     "not text", file=str(path), line=n, fix="remove or repair that escape")
                 continue
             if not isinstance(record, dict):
+                fix = 'write each line as an object like {"text": "..."}'
+                if isinstance(record, list) and record and all(isinstance(r, dict) for r in record):
+                    fix = "this line is a JSON array of records: rename the file to .json"
                 yield n, InputError(f"expected a JSON object, got {type_name(record)}", file=str(path), line=n,
-                                    fix='write each line as an object like {"text": "..."}')
+                                    fix=fix)
                 continue
             yield n, record
 
@@ -139,48 +151,84 @@ def _read_json(path: Path) -> Iterator[tuple[int, dict]]:
         yield i, record
 
 
+# CSV quotes cells ("a, b"; strict: a stray quote is an error, not a cell that swallows the next
+# lines); TSV has no quoting convention, so its quotes are text. Both skip spaces after a delimiter
+# ("text, label"). Cells may be as long as a JSONL line may be.
+_DIALECTS = {",": dict(delimiter=",", strict=True, skipinitialspace=True),
+             "\t": dict(delimiter="\t", quoting=csv.QUOTE_NONE, skipinitialspace=True)}
+_FIELD_LIMIT = 2**31 - 1
+
+
 def _csv_reader(delimiter: str) -> Callable[[Path], Iterator[tuple[int, dict]]]:
     def read(path: Path) -> Iterator[tuple[int, dict]]:
-        # Decode up front (utf-8-sig drops Excel's BOM) so a bad byte gets its line number.
-        text = _decode(path.read_bytes(), path, 1)
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-        reader.fieldnames = [h.strip() for h in reader.fieldnames or []]  # "text, label" works too
-        start = 2  # the header is line 1; a quoted cell may span lines, so track where rows start
-        for row in _csv_rows(reader, path):
-            if None in row:
-                raise InputError(f"{len(reader.fieldnames) + len(row[None])} cells but the header has "
-                                 f"{len(reader.fieldnames)}", file=str(path), line=start,
+        header = None
+        for start, row in _csv_rows(path, delimiter):
+            if header is None:
+                header = _header(row, path, start)
+                continue
+            if len(row) > len(header):
+                raise InputError(f"{len(row)} cells but the header has {len(header)}", file=str(path), line=start,
                                  fix="quote cells that contain the delimiter, or name every column")
-            record = {k: v for k, v in row.items() if v not in (None, "")}  # empty cell = absent
+            record = {k: v for k, v in zip(header, row) if v != ""}  # empty cell = absent
             if record:
                 yield start, record
-            start = reader.line_num + 1
     return read
 
 
-def _csv_rows(reader, path: Path):
-    """The reader's rows; a CSV error (a cell over the field size limit, a stray quote) names its line."""
+def _header(row: list[str], path: Path, line: int) -> list[str]:
+    header = [h.strip() for h in row]
+    repeated = sorted({h for h in header if h and header.count(h) > 1})
+    if repeated:
+        raise InputError(f"column '{repeated[0]}' appears more than once in the header", file=str(path), line=line,
+                         fix="rename one of them: each column needs its own name")
+    return header
+
+
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line the row starts on, cells)`` of each non-blank row; a CSV error (a stray quote) names
+    the line its row started on."""
+    # Decode up front (utf-8-sig drops Excel's BOM) so a bad byte gets its line number.
+    text = _decode(path.read_bytes(), path, 1)
+    reader = csv.reader(io.StringIO(text, newline=""), **_DIALECTS[delimiter])
+    csv.field_size_limit(_FIELD_LIMIT)
     while True:
+        start = reader.line_num + 1  # a quoted cell may span lines
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as e:
-            raise InputError(f"not readable as CSV: {e}", file=str(path), line=reader.line_num,
-                             fix="check the quoting on that line (cells over 128 KiB are refused)") from None
-        yield row
+            raise InputError(f"not readable as CSV: {e}", file=str(path), line=start,
+                             fix="check the quotes in the row that starts here: a quote that opens a cell must "
+                                 "close it, and a quote inside a quoted cell is written twice (\"\")") from None
+        if row:
+            yield start, row
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
+def _csv_columns(delimiter: str) -> Callable[[Path], list[str]]:
+    def columns(path: Path) -> list[str]:
+        line, row = next(_csv_rows(path, delimiter), (1, []))
+        return _header(row, path, line)
+    return columns
+
+
+def _parquet_file(path: Path):
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a damaged or non-Parquet file
         raise InputError(f"not a readable Parquet file ({e})", file=str(path),
                          fix="re-export the file as Parquet, or use JSONL or CSV") from None
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    return list(_parquet_file(path).schema_arrow.names)
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
     i = 0
-    for batch in pf.iter_batches(batch_size=4096):
+    for batch in _parquet_file(path).iter_batches(batch_size=4096):
         for row in batch.to_pylist():
             i += 1
             yield i, {k: v for k, v in row.items() if v is not None}
@@ -189,9 +237,9 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
 READERS: dict[str, Reader] = {
     ".jsonl": Reader(iter_jsonl, "line"),
     ".json": Reader(_read_json, "record"),
-    ".csv": Reader(_csv_reader(","), "line"),
-    ".tsv": Reader(_csv_reader("\t"), "line"),
-    ".parquet": Reader(_read_parquet, "record"),
+    ".csv": Reader(_csv_reader(","), "line", _csv_columns(",")),
+    ".tsv": Reader(_csv_reader("\t"), "line", _csv_columns("\t")),
+    ".parquet": Reader(_read_parquet, "record", _parquet_columns),
 }
 
 

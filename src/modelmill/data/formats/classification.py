@@ -6,6 +6,8 @@ answer; evaluation scores each label's likelihood after the same prompt.
 
 from __future__ import annotations
 
+import re
+
 from .base import Format, Where, extras, get_str, register_format, type_name
 
 
@@ -17,7 +19,7 @@ def classification_prompt(text: str, labels: list[str]) -> str:
 def labels_of(records: list[dict]) -> list[str]:
     """The distinct labels in the one order prompts list them: numbers numerically, then names."""
     def order(label: str):
-        return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+        return (0, int(label), "") if re.fullmatch(r"-?[0-9]+", label) else (1, 0, label)
     return sorted({r["label"] for r in records}, key=order)
 
 
@@ -33,7 +35,7 @@ class Classification(Format):
         text = get_str(record, "text", where)
         label = record.get("label")
         if label is None:
-            raise where.error("label", "missing", fix="give every record a 'label'")
+            raise where.error("label", "missing or empty", fix="give every record a 'label'")
         if isinstance(label, bool) or not isinstance(label, (str, int)):
             raise where.error("label", f"expected a string or an integer, got {type_name(label)}",
                               fix="write labels as names like \"positive\" or whole numbers like 1")
