@@ -170,6 +170,22 @@ def test_metrics_known_values():
     assert "accuracy 0.500" in text and "macro-F1 0.389" in text and "unparsed 1" in text
 
 
+def test_macro_f1_leaves_out_a_label_no_item_has_and_no_answer_names():
+    """Labels come from the task (the training set, the spec): one the scored items lack and no
+    answer names has no F1 to average (it used to count as 0: 0.267 here instead of 0.4)."""
+    m = classification_metrics(["a", "a", "b"], ["a", "a", "a"], ["a", "b", "c"])
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.0) / 2)
+    assert m["per_class"]["c"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}  # missed: counts
+    # a label only predicted (a false positive) is a class of the average, with F1 0
+    m = classification_metrics(["a", "a"], ["a", "c"], ["a", "b", "c"])
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2) and m["per_class"]["b"]["f1"] is None
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    text = format_metrics("demo", m)
+    assert "macro-F1 0.333" in text and any(line.split()[:4] == ["b", "n/a", "n/a", "n/a"]
+                                            for line in text.splitlines())
+
+
 def test_metrics_perfect_and_errors():
     m = classification_metrics(["x", "y"], ["x", "y"], ["x", "y"])
     assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0 and m["confusion"] == [[1, 0], [0, 1]]

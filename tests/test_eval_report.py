@@ -167,3 +167,18 @@ def test_empty_results_render_a_page():
     assert "<svg" not in text
     page = _parse(text)
     assert page.tables == [] and page.sections == [None]
+
+
+def test_results_on_other_data_are_ranked_in_a_section_of_their_own():
+    """A candidate scored on fewer items (--limit) or another dataset is not ranked with the rest:
+    its own section, named with the dataset and the item count. Absent classes (F1 None) draw."""
+    base, _, tfidf, lora = _results()
+    lora["n"], lora["dataset"] = 2, "drugs-test@2"  # the best score, on other data
+    tfidf["metrics"]["per_class"]["neutral"] = {"precision": None, "recall": None, "f1": None, "support": 0}
+    text = build_report([base, tfidf, lora])
+    page = _parse(text)
+    assert page.sections == ["task-0", "task-1"]
+    assert "drugs · drugs-test@1c598f426b32 · 6 items" in text and "drugs · drugs-test@2 · 2 items" in text
+    first, second = page.tables[0], page.tables[2]
+    assert [row[1] for row in first[1:]] == ["tfidf-logreg", "smollm2-135m-instruct"]
+    assert [row[1] for row in second[1:]] == ["smollm2-135m-instruct:drugs-lora"]

@@ -38,6 +38,86 @@ def test_text_metrics_known_values():
     assert 0.5 < zh["rouge_l"] < 1.0 and zh["bleu"] > 0
 
 
+def test_text_metrics_of_other_scripts():
+    """Identical answers score 1 in every script: rouge-score's tokenizer keeps ASCII only (ROUGE-L
+    was 0 for Cyrillic and Arabic), and sacrebleu's zh tokenizer leaves kana whole (BLEU was 0 for
+    Japanese without Han characters)."""
+    for text in ["Привет мир как дела", "مرحبا بالعالم", "これはペンです", "Bonjour à tous, ça va"]:
+        assert text_metrics([text], [text])["rouge_l"] == pytest.approx(1.0), text
+    assert text_metrics(["Привет мир"], ["Пока друг"])["rouge_l"] == 0.0
+    assert text_metrics(["ПРИВЕТ, мир!"], ["привет мир"])["rouge_l"] == pytest.approx(1.0)  # lowercased
+    ja = "わたしはきのうとしょかんでほんをよみました"
+    assert text_metrics([ja], [ja])["bleu"] == pytest.approx(1.0)
+    assert 0.5 < text_metrics([ja.replace("よみ", "かい")], [ja])["bleu"] < 1.0
+    # the script is judged over every reference, not the first 50
+    from modelmill.evaluate.generation import bleu_tokenizer
+
+    assert bleu_tokenizer(["plain English"] * 60 + ["これはペンです"]) == "char"
+    assert bleu_tokenizer(["plain English"] * 60 + ["退货需要七天内申请"]) == "zh"
+    assert bleu_tokenizer(["plain English", "Привет мир"]) == "13a"
+
+
+def test_letter_answers_are_not_the_article_a():
+    ch = ["Paris", "Rome", "Berlin", "Madrid"]
+    assert parse_letter("The answer is a city in Italy: Rome", ch) == "B"  # was A
+    assert parse_letter("Answer: c", ch) == "C" and parse_letter("the answer is (b).", ch) == "B"
+    assert parse_letter("The answer is d.", ch) == "D" and parse_letter("ANSWER: B", ch) == "B"
+    assert parse_letter("The answer is C", ch) == "C" and parse_letter("A. Paris", ch) == "A"
+
+
+def test_grades_behind_markdown_and_beside_the_scale():
+    assert parse_grade("**Score:** 4. Good", 1, 5) == 4  # was None: counted as the lowest grade
+    assert parse_grade("I'd give it 3 out of 5", 1, 5) == 3  # was 5: the scale's top
+    assert parse_grade("Score: 5 (out of 5)", 1, 5) == 5 and parse_grade("Score: 4/5", 1, 5) == 4
+    assert parse_grade("I rate it 2/5.", 1, 5) == 2 and parse_grade("## Score\n\n3", 1, 5) == 3
+    assert parse_grade("On a scale of 1 to 5 I give it a 4.", 1, 5) == 4
+    assert parse_grade("Score (1-5): 4", 1, 5) == 4
+
+
+def _result(store, key, candidate, dataset, n, score, minutes, status="done"):
+    from datetime import datetime, timedelta, timezone
+
+    from modelmill.store.tables import EvalResult
+
+    with store.session() as s:
+        s.add(EvalResult(key=key, task="drugs", kind="classification", dataset=dataset, dataset_hash=dataset,
+                         candidate=candidate, candidate_kind="model", status=status, n=n, n_done=n, primary="accuracy",
+                         metrics={"accuracy": score, "macro_f1": score, "unparsed": 0}, lineage={}, seconds=1.0,
+                         path="/nonexistent", score=score,
+                         finished_at=datetime(2026, 12, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)))
+
+
+def test_the_leaderboard_ranks_only_results_on_the_same_data(home, cli):
+    """A candidate scored on 20 items, or on an older dataset version, is not ranked above (or
+    beside) the others' scores on 500 items of the new version: each data has its own board."""
+    from modelmill.evaluate.results import latest, leaderboard
+    from modelmill.store import open_store
+
+    store = open_store()
+    _result(store, "k1", "drugs-lora", "drugs-test@1", 500, 0.95, 1)
+    _result(store, "k2", "smollm2", "drugs-test@2", 500, 0.70, 2)
+    _result(store, "k3", "other-lora", "drugs-test@2", 500, 0.80, 3)
+    _result(store, "k4", "other-lora", "drugs-test@2", 20, 0.99, 4)  # --limit 20: newest, yet not comparable
+    _result(store, "k5", "smollm2", "drugs-test@2", 500, 0.10, 5, status="failed")
+    boards = leaderboard(store, "drugs")
+    assert [(b.dataset, b.n, [r.candidate for r in b.rows]) for b in boards] == [
+        ("drugs-test@2", 20, ["other-lora"]),  # the newest data first
+        ("drugs-test@2", 500, ["other-lora", "smollm2"]),  # other-lora's full run stays on its board
+        ("drugs-test@1", 500, ["drugs-lora"])]
+    assert [r.score for r in boards[1].rows] == [0.80, 0.70]
+    assert len(latest(store, "drugs")) == 3  # still the newest per candidate
+
+    out = cli("leaderboard", "--task", "drugs").stdout
+    heads = [line for line in out.splitlines() if line.startswith("drugs (")]
+    assert heads == ["drugs (classification, drugs-test@2, 20 items), ranked by accuracy (ranked apart from 2 board(s) "
+                     "of this task on other data)",
+                     "drugs (classification, drugs-test@2, 500 items), ranked by accuracy (ranked apart from 2 "
+                     "board(s) of this task on other data)",
+                     "drugs (classification, drugs-test@1, 500 items), ranked by accuracy (ranked apart from 2 "
+                     "board(s) of this task on other data)"]
+    assert [r[1] for r in _rows(out.split(heads[1])[1].split(heads[2])[0])] == ["other-lora", "smollm2"]
+
+
 def test_answer_parsers():
     assert parse_letter("The answer is (C).", ["a", "b", "c", "d"]) == "C"
     assert parse_letter("I think Paris", ["Rome", "Paris"]) == "B"

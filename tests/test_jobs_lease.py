@@ -120,7 +120,73 @@ def test_a_cancel_recorded_while_a_watcher_re_queues_wins(store, monkeypatch):
     assert fired and back == []
     job = api.get("ftjob-race")
     assert job.status == "cancelled" and job.finished_at is not None
-    assert any("cancelled" in e.message for e in api.events("ftjob-race"))
+    # the worker that was read, not the column the UPDATE cleared ("Worker None ...")
+    assert any(e.message == "Worker gone-host:1 stopped heartbeating; the job was cancelled"
+               for e in api.events("ftjob-race"))
+
+
+def test_the_requeue_event_names_the_dead_worker_and_only_a_requeue_marks_it_lost(store, monkeypatch):
+    from sqlalchemy import event
+
+    from modelmill.store.tables import Worker
+
+    q = JobQueue(store)
+    with store.session() as s:
+        s.add(Worker(id="dead-host:1", host="dead-host", pid=1, resources={}))
+        s.add(Worker(id="live-host:2", host="live-host", pid=2, resources={}))
+    _running_job(store, "ftjob-dead", "dead-host:1", attempts=1)
+    for _ in range(2):
+        assert q.requeue_stale(0.0) == []
+    assert q.requeue_stale(0.0) == ["ftjob-dead"]
+    msgs = [e.message for e in q.events("ftjob-dead")]
+    assert any(m.startswith("Worker dead-host:1 stopped heartbeating for 0s; job re-queued (attempt 2 ")
+               for m in msgs), msgs
+    assert not any("None" in m for m in msgs)
+
+    # a beat lands between the watcher's read and its UPDATE: nothing is re-queued, and the
+    # worker, alive after all, is not marked lost
+    _running_job(store, "ftjob-live", "live-host:2")
+    watcher, beater = JobQueue(store), JobQueue(store)
+    for _ in range(2):
+        watcher.requeue_stale(0.0)
+    fired = []
+
+    def beat_first(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE JOBS") and not fired:
+            fired.append(1)
+            with beater.store.session() as s2:
+                s2.get(Job, "ftjob-live").heartbeat_at = now()
+
+    event.listen(store.engine, "before_cursor_execute", beat_first)
+    try:
+        back = watcher.requeue_stale(0.0)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", beat_first)
+    assert fired and back == []
+    assert {w.id: w.status for w in q.workers()} == {"dead-host:1": "lost", "live-host:2": "alive"}
+    assert q.get("ftjob-live").status == "running" and q.get("ftjob-live").worker == "live-host:2"
+
+
+def test_jobs_show_prints_every_event_past_the_first_page(store, cli):
+    """1,501 events: the last one (the failure) is shown, with and without --follow."""
+    from modelmill.store.tables import JobEvent
+
+    q = JobQueue(store)
+    with store.session() as s:
+        s.add(Job(id="ftjob-long", kind="train", status="failed", spec={}, resources={}, attempts=1,
+                  cancel_requested=False, result={}))
+        s.add_all([JobEvent(job_id="ftjob-long", message=f"line {i}", level="info", type="message")
+                   for i in range(1500)])
+        s.add(JobEvent(job_id="ftjob-long", message="The job failed: CUDA out of memory", level="error",
+                       type="message"))
+    assert len(q.events("ftjob-long")) == 1000  # one page
+    for args in ((), ("-f",)):
+        out = cli("jobs", "show", "ftjob-long", *args, timeout=60).stdout.splitlines()
+        logged = [line for line in out if " line " in line or "The job failed" in line]
+        assert len(logged) == 1501 and logged[-1].endswith("error The job failed: CUDA out of memory"), args
+    assert [e.message for e in q.all_events("ftjob-long", page=7)][-2:] == [
+        "line 1499", "The job failed: CUDA out of memory"]
+    assert len(list(q.all_events("ftjob-long", page=7))) == 1501
 
 
 def test_a_worker_giving_back_a_cancelled_job_cancels_it(store):

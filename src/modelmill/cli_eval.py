@@ -112,19 +112,21 @@ def _write_report(store, task_names, out) -> None:
 @main.command("leaderboard")
 @click.option("--task", default=None, help="One task's board (default: every task).")
 def leaderboard_cmd(task):
-    """Rank every scored candidate per task by the task's headline metric."""
-    from modelmill.evaluate.results import latest
+    """Rank every scored candidate per task by the task's headline metric; results on other data
+    (another dataset version, a --limit) get a board of their own, the newest data first."""
+    from modelmill.evaluate.results import leaderboard
     from modelmill.evaluate.tasks import get_kind
 
-    rows = latest(_store(), task)
-    if not rows:
+    boards = leaderboard(_store(), task)
+    if not boards:
         click.echo("no results yet: score models with `modelmill eval`")
         return
-    for t in sorted({r.task for r in rows}):
-        mine = [r for r in rows if r.task == t]
-        kind = get_kind(mine[0].kind)
-        click.echo(f"\n{t} ({mine[0].kind}, {mine[0].dataset}), ranked by {kind.primary}")
-        _print_results(mine, list(kind.metric_names))
+    for b in boards:
+        kind = get_kind(b.kind)
+        others = sum(1 for x in boards if x.task == b.task) - 1
+        note = f" (ranked apart from {others} board(s) of this task on other data)" if others else ""
+        click.echo(f"\n{b.task} ({b.kind}, {b.dataset}, {b.n} items), ranked by {kind.primary}{note}")
+        _print_results(b.rows, list(kind.metric_names))
 
 
 @main.command("report")

@@ -217,10 +217,13 @@ def jobs_show(job_id, follow):
                            "fine_tuned_model": job.fine_tuned_model, "error": job.error}, indent=2, default=str))
     last = None
     while True:
-        for e in q.events(job_id, after=last):
+        # the state first, then every event: a job's last events are written before it finishes,
+        # so once it has finished, this drain holds them all
+        finished = not follow or q.get(job_id).status in FINISHED
+        for e in q.all_events(job_id, after=last):
             last = e.id
             click.echo(f"{e.created_at:%H:%M:%S} {e.level:5} {e.message}")
-        if not follow or q.get(job_id).status in FINISHED:
+        if finished:
             return
         time.sleep(1.0)
 

@@ -436,7 +436,10 @@ def classification_metrics(golds: list[str], preds: list[str | None], labels: li
 
     ``confusion[i][j]`` counts records of gold ``labels[i]`` predicted ``labels[j]``; a None
     prediction is wrong: it lowers accuracy and its gold class's recall, is counted in
-    ``unparsed``, and appears in no column of the matrix.
+    ``unparsed``, and appears in no column of the matrix. Macro-F1 averages over the classes
+    that occur: in the scored items or in the predictions. A label of the task that is neither
+    (a class the test set, or a ``--limit``, left out) has no F1: its per-class scores are None
+    ("n/a") and it does not pull the average down.
     """
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
@@ -449,23 +452,28 @@ def classification_metrics(golds: list[str], preds: list[str | None], labels: li
                          fix="pass every label of the test set")
     y_true = [str(g) for g in golds]
     y_pred = [NONE_LABEL if p is None else str(p) for p in preds]
+    absent = {"precision": None, "recall": None, "f1": None, "support": 0}
     if not y_true:
         return {"n": 0, "accuracy": 0.0, "macro_f1": 0.0, "unparsed": 0, "labels": labels,
-                "per_class": {x: {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0} for x in labels},
+                "per_class": {x: dict(absent) for x in labels},
                 "confusion": [[0] * len(labels) for _ in labels]}
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    _, _, macro_f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
-                                                         zero_division=0)
+    seen = set(y_true) | set(y_pred)
+    present = [i for i, x in enumerate(labels) if x in seen]
     return {
         "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(macro_f1),
+        "macro_f1": sum(float(f[i]) for i in present) / len(present),  # y_true is not empty: present neither
         "unparsed": sum(p is None for p in preds),
         "labels": labels,
         "per_class": {x: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, x in enumerate(labels)},
+                      if x in seen else dict(absent) for i, x in enumerate(labels)},
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def _cell(v, width: int) -> str:
+    return f"{'n/a':>{width}}" if v is None else f"{v:{width}.3f}"
 
 
 def format_metrics(name: str, metrics: dict) -> str:
@@ -477,8 +485,9 @@ def format_metrics(name: str, metrics: dict) -> str:
              f"n={metrics['n']}" + (f"  unparsed {metrics['unparsed']}" if metrics.get("unparsed") else ""),
              f"  {'label':<{w}}  precision  recall     f1  support"]
     for x in labels:
-        c = metrics["per_class"][x]
-        lines.append(f"  {x:<{w}}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}  {c['support']:7d}")
+        c = metrics["per_class"].get(x) or {}
+        lines.append(f"  {x:<{w}}  {_cell(c.get('precision'), 9)}  {_cell(c.get('recall'), 6)}  {_cell(c.get('f1'), 5)}"
+                     f"  {c.get('support', 0):7d}")
     cw = max([len(x) for x in labels] + [len(str(v)) for row in metrics["confusion"] for v in row])
     lines.append("  confusion (rows: gold, columns: predicted)")
     lines.append(f"  {'':<{w}}  " + "  ".join(f"{x:>{cw}}" for x in labels))
@@ -532,6 +541,7 @@ class ClassificationTask(TaskKind):
 
     name = "classification"
     metric_names = ("accuracy", "macro_f1", "unparsed")
+    version = 2  # 2: macro-F1 over the classes that occur (1 counted a label absent from items and answers as F1 0)
     max_new_tokens = 16
 
     def labels_for(self, spec, items, dataset_labels):

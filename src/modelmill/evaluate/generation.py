@@ -7,30 +7,52 @@
                                 # {"prompt" | "instruction" (+ "input") | "messages", "reference" | "output"}
 
 Metrics (all 0..1): ``rouge_l`` (F-measure, rouge-score), ``bleu`` and ``chrf`` (sacrebleu, corpus
-level). Chinese and Japanese text is segmented with jieba for ROUGE and tokenized with sacrebleu's
-``zh`` tokenizer for BLEU, so CJK answers are not scored as one long word.
+level). Chinese and Japanese text is segmented with jieba for ROUGE, and other non-ASCII text
+(Cyrillic, Arabic, accented Latin ...) split into lowercased words; BLEU uses sacrebleu's ``zh``
+tokenizer for Chinese and Korean and ``char`` for Japanese (kana), so CJK answers are not scored
+as one long word.
 """
 
 from __future__ import annotations
+
+import re
 
 from modelmill.evaluate.tasks import TaskKind, register_task_kind
 from modelmill.text import has_cjk
 
 
+_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script: what rouge-score keeps of ASCII text
+
+
 class _Tokenizer:
-    """rouge-score's tokenizer drops every non-ASCII letter; this one keeps CJK words (jieba)."""
+    """rouge-score's tokenizer drops every non-ASCII letter; this one keeps them: CJK words
+    (jieba), and the words of other scripts (Cyrillic, Arabic, accented Latin ...) lowercased."""
 
     def tokenize(self, text: str) -> list[str]:
         from rouge_score import tokenize
 
-        if not has_cjk(text):
+        if text.isascii():
             return tokenize.tokenize(text, None)
+        if not has_cjk(text):
+            return _WORD.findall(text.lower())
         import logging
 
         import jieba
 
         jieba.setLogLevel(logging.WARNING)
         return [t for t in jieba.lcut(text.lower()) if t.strip() and any(ch.isalnum() for ch in t)]
+
+
+def bleu_tokenizer(refs: list[str]) -> str:
+    """sacrebleu's tokenizer for these references (all of them): ``char`` where any has kana
+    (Japanese: the ``zh`` tokenizer splits Han characters only, so kana-only text would be one
+    word), ``zh`` where any has other CJK characters, else ``13a``."""
+    if any(_KANA.search(r) for r in refs):
+        return "char"
+    return "zh" if any(has_cjk(r) for r in refs) else "13a"
+
+
+_KANA = re.compile(r"[\u3040-\u30ff]")
 
 
 def text_metrics(preds: list[str], refs: list[str]) -> dict:
@@ -40,8 +62,7 @@ def text_metrics(preds: list[str], refs: list[str]) -> dict:
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokenizer())
     per = [scorer.score(r, p)["rougeL"].fmeasure if r.strip() else 0.0 for p, r in zip(preds, refs)]
-    cjk = any(has_cjk(r) for r in refs[:50])
-    bleu = sacrebleu.corpus_bleu(preds, [refs], tokenize="zh" if cjk else "13a").score / 100 if preds else 0.0
+    bleu = sacrebleu.corpus_bleu(preds, [refs], tokenize=bleu_tokenizer(refs)).score / 100 if preds else 0.0
     chrf = sacrebleu.corpus_chrf(preds, [refs]).score / 100 if preds else 0.0
     return {"rouge_l": sum(per) / len(per) if per else 0.0, "bleu": bleu, "chrf": chrf, "per_item": per}
 
@@ -77,6 +98,7 @@ def reference_of(record: dict, where, required: bool = True) -> str | None:
 class GenerationTask(TaskKind):
     name = "generation"
     metric_names = ("rouge_l", "bleu", "chrf")
+    version = 2  # 2: ROUGE keeps the words of non-Latin scripts; BLEU splits Japanese into characters
     max_new_tokens = 256
 
     def from_raw(self, record, where, spec):

@@ -37,19 +37,30 @@ Answer to grade:
 Give a grade from {lo} (worst) to {hi} (best). Reply with one line: "Score: N", then one sentence of reason."""
 
 
+# "Score: 4", "**Score:** 4. Good", "score = 4/5": markdown and punctuation may sit between the word
+# and the number (not a bracket: "Score (1-5): 4" is read by the fallback)
+_SCORE = re.compile(r"score[\s:=*_#]{0,8}(-?\d+)(?!\d)", re.I)
+# a whole number ("4." ending a sentence counts, "4.5" does not); one after "out of", "of" or "/"
+# is the scale's end, not a grade
+_NUMBER = re.compile(r"(?<![\d.])(?<!/)(?<!/ )(?<!\bof )(-?\d+)(?!\d|\.\d)", re.I)
+
+
 def parse_grade(text: str, lo: int, hi: int) -> int | None:
-    m = re.search(r"score\s*[:=]?\s*(-?\d+)", text, re.I)
+    """The grade a judge gave: after "Score", else the last whole number in ``lo..hi`` that is not
+    the scale's top ("I'd give it 3 out of 5" -> 3). None when there is none (or it is out of range)."""
+    m = _SCORE.search(text)
     if m:
         g = int(m.group(1))
         return g if lo <= g <= hi else None
     # No "Score:": the last number in range ("on a scale of 1 to 5 I give it a 4" -> 4)
-    found = [int(x) for x in re.findall(r"(?<![\d.])(-?\d+)(?![\d.])", text) if lo <= int(x) <= hi]
+    found = [int(x) for x in _NUMBER.findall(text) if lo <= int(x) <= hi]
     return found[-1] if found else None
 
 
 class JudgeTask(GenerationTask):
     name = "judge"
     metric_names = ("score", "mean_grade", "unjudged")
+    version = 2  # 2: "**Score:** 4." is read; "3 out of 5" is 3, not 5
     max_new_tokens = 256
 
     def check_spec(self, spec):

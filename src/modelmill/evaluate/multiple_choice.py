@@ -30,11 +30,15 @@ def parse_letter(output: str, choices: list[str]) -> str | None:
     """The letter the answer names: "B", "(B)", "B.", "Answer: B", or the text of a choice."""
     letters = LETTERS[:len(choices)]
     text = output.strip()
-    for pat in (rf"answer\s*(?:is|:)?\s*\(?([{letters}])\b",  # "The answer is C", "Answer: (B)"
+    lower = letters.lower()
+    for pat in (rf"(?i:answer)\s*(?:is|:)?\s*\(?([{letters}])\b",  # "The answer is C", "Answer: (B)"
+                # a small letter only where it cannot be the article: "answer: c", "answer is (b)" but
+                # not "the answer is a city"
+                rf"(?i:answer)\s*(?:is|:)?\s*\(?([{lower}])(?=\s*[).:]|\s*$)",
                 rf"^\(?([{letters}])(?:[.):]|$|\s*$)",  # "B", "B.", "(B)" first
                 rf"\(([{letters}])\)",  # "(C)" anywhere
                 rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])(?!\s+[a-z])"):  # a lone letter, not the article "A good"
-        m = re.search(pat, text, re.I if pat.startswith("answer") else 0)
+        m = re.search(pat, text)
         if m:
             return m.group(1).upper()
     low = output.lower()
@@ -47,6 +51,7 @@ def parse_letter(output: str, choices: list[str]) -> str | None:
 class MultipleChoiceTask(TaskKind):
     name = "multiple_choice"
     metric_names = ("accuracy", "unparsed")
+    version = 2  # 2: "the answer is a ..." is not read as choice A (generated answers)
     max_new_tokens = 8
 
     def from_raw(self, record, where, spec):

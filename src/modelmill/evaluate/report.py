@@ -7,7 +7,8 @@
 One file, nothing fetched: CSS is inline and charts are inline SVG drawn by matplotlib, so
 the page opens offline and can be mailed or archived as is. Each ``results`` entry holds
 "task", "kind", "candidate", "candidate_kind", "primary", "metrics", "n", "parameters",
-"latency_ms", "seconds", "dataset", "created_at" and "items" (see ``tests/test_eval_report.py``).
+"latency_ms", "seconds", "dataset", "created_at" and "items" (see ``tests/test_eval_report.py``),
+and optionally "data_hash" (results on the same dataset name but other content rank apart).
 The output depends only on the input (no clock, salted SVG ids), so the same results give
 the same bytes and reports can be diffed or cached.
 """
@@ -86,11 +87,19 @@ footer{text-align:center;color:#8a919c;font-size:12px}
 
 def build_report(results: list[dict], *, title: str = "modelmill benchmark report",
                  max_disagreements: int = 50) -> str:
-    """Return the HTML text: a header, one overview card per task, then one section per task."""
-    tasks: dict[str, list[dict]] = {}
+    """Return the HTML text: a header, one overview card per task, then one section per task.
+
+    A task's results on other data (another dataset, or another number of items) are ranked in a
+    section of their own, named with the dataset and item count: their scores do not compare."""
+    groups: dict[tuple, list[dict]] = {}
     for r in results:
-        tasks.setdefault(str(r["task"]), []).append(r)
-    ranked = {name: _ranked(rows) for name, rows in tasks.items()}
+        key = (str(r["task"]), str(r.get("dataset")), str(r.get("data_hash") or ""), r.get("n"))
+        groups.setdefault(key, []).append(r)
+    per_task: dict[str, int] = {}
+    for key in groups:
+        per_task[key[0]] = per_task.get(key[0], 0) + 1
+    ranked = {(k[0] if per_task[k[0]] == 1 else f"{k[0]} · {k[1]} · {_fmt(k[3])} items"): _ranked(rows)
+              for k, rows in groups.items()}
     body = [_header(title, results)]
     if not results:
         body.append('<main><section class="empty">No benchmark results yet. Evaluate some candidates and '
@@ -223,10 +232,8 @@ def _cards(ranked: dict[str, list[dict]]) -> str:
 
 def _task_section(t: int, name: str, rows: list[dict], max_dis: int) -> str:
     colors = {r["candidate"]: _PALETTE[i % len(_PALETTE)] for i, r in enumerate(rows)}
-    datasets = sorted({str(r.get("dataset")) for r in rows})
+    datasets = sorted({str(r.get("dataset")) for r in rows})  # one: results on other data have their own section
     sub = " · ".join(x for x in (_e(", ".join(datasets)), _e(_when(rows))) if x)
-    if len(datasets) > 1:
-        sub += ' <span class="warn">(candidates were scored on different datasets)</span>'
     parts = [(f'<section id="task-{t}"><h2>{_e(name)}<span class="badge">{_e(rows[0]["kind"])}</span></h2>'
               f'<div class="muted">{sub}</div>'), "<h3>Ranking</h3>" + _rank_table(rows, colors),
              "<h3>Headline metric</h3>", _figure(_svg(_bar_primary(rows, colors), f"t{t}-bar"))]

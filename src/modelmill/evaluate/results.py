@@ -16,6 +16,7 @@ within its dimension, and the dimensions weighted into an overall score::
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelmill.errors import InputError, NotFoundError
@@ -24,43 +25,104 @@ from modelmill.store.tables import EvalResult
 
 
 def latest(store: Store, task: str | None = None, *, status: str = "done") -> list[EvalResult]:
-    """The newest result per (task, candidate), best first within each task."""
+    """The newest result per (task, candidate), best first within each task.
+
+    Not a ranking: a candidate's newest result may be on other data (another dataset version,
+    a ``--limit``) than the others'. Rank with ``leaderboard``, which keeps such results apart."""
+    out = list(_newest(_finished(store, task, status), lambda r: (r.task, r.candidate)).values())
+    out.sort(key=lambda r: (r.task, -(r.score if r.score is not None else float("-inf")), r.candidate))
+    if task and not out:
+        raise _no_results(task)
+    return out
+
+
+@dataclass
+class Board:
+    """One leaderboard: a task's results on the same data (the same dataset version and the same
+    number of items), each candidate's newest, best first. Only these scores compare."""
+
+    task: str
+    kind: str
+    primary: str
+    dataset: str  # NAME@VERSION or the file path
+    data_hash: str  # the test set's content hash (for a file path, its version)
+    n: int  # items scored
+    rows: list[EvalResult] = field(default_factory=list)
+
+    @property
+    def finished_at(self):
+        return max((r.finished_at for r in self.rows if r.finished_at is not None), default=None)
+
+
+def leaderboard(store: Store, task: str | None = None) -> list[Board]:
+    """The leaderboards: one per task and data (dataset version, item count), so that a candidate
+    scored with ``--limit 20`` or on an older version is never ranked against results on other
+    data. Ordered by task, then the most recently scored data first. What ``modelmill
+    leaderboard``, ``GET /api/leaderboard`` and the web page show."""
+    newest = _newest(_finished(store, task, "done"), lambda r: (*_data_key(r), r.candidate))
+    boards: dict[tuple, Board] = {}
+    for r in newest.values():
+        k = _data_key(r)
+        if k not in boards:
+            boards[k] = Board(task=r.task, kind=r.kind, primary=r.primary, dataset=r.dataset, data_hash=k[2], n=r.n)
+        boards[k].rows.append(r)
+    for b in boards.values():
+        b.rows.sort(key=lambda r: (-(r.score if r.score is not None else float("-inf")), r.candidate))
+    out = sorted(boards.values(), key=lambda b: b.finished_at.timestamp() if b.finished_at else float("-inf"),
+                 reverse=True)
+    out.sort(key=lambda b: b.task)  # stable: newest data first within each task
+    if task and not out:
+        raise _no_results(task)
+    return out
+
+
+def _data_key(r: EvalResult) -> tuple:
+    # the test set's own hash where stored (results since it was); else the hash of test + training set
+    return (r.task, r.dataset, (r.lineage or {}).get("test_hash") or r.dataset_hash, r.n)
+
+
+def _finished(store: Store, task: str | None, status: str) -> list[EvalResult]:
     from sqlalchemy import select
 
     with store.session() as s:
         q = select(EvalResult).where(EvalResult.status == status)
         if task:
             q = q.where(EvalResult.task == task)
-        rows = list(s.scalars(q.order_by(EvalResult.finished_at)))
+        rows = list(s.scalars(q.order_by(EvalResult.finished_at, EvalResult.id)))
         for r in rows:
             s.expunge(r)
-    newest: dict[tuple[str, str], EvalResult] = {}
-    for r in rows:
-        newest[(r.task, r.candidate)] = r
-    out = list(newest.values())
-    out.sort(key=lambda r: (r.task, -(r.score if r.score is not None else float("-inf")), r.candidate))
-    if task and not out:
-        raise NotFoundError(f"no finished results for task '{task}'", field="--task",
-                            fix="score some models first: modelmill eval --task ... --models ...")
-    return out
+    return rows
+
+
+def _newest(rows: list[EvalResult], key) -> dict:
+    newest: dict = {}
+    for r in rows:  # oldest first: the newest wins
+        newest[key(r)] = r
+    return newest
+
+
+def _no_results(task: str) -> NotFoundError:
+    return NotFoundError(f"no finished results for task '{task}'", field="--task",
+                         fix="score some models first: modelmill eval --task ... --models ...")
 
 
 def report_data(store: Store, task_names: list[str] | None = None) -> list[dict]:
-    """What ``evaluate.report.build_report`` takes: one dict per stored result."""
+    """What ``evaluate.report.build_report`` takes: one dict per result of ``leaderboard``."""
     from modelmill.evaluate.runner import read_items
 
     rows = []
-    for name in task_names or [None]:
-        rows += latest(store, name)
+    for name in task_names or [None]:  # per task and data: results on other data are not ranked together
+        rows += [(b, r) for b in leaderboard(store, name) for r in b.rows]
     out = []
-    for r in rows:
+    for b, r in rows:
         items = [{"i": it["i"], "input": it.get("input", ""), "gold": _text(it.get("gold")),
                   "pred": None if it.get("pred") is None else _text(it["pred"]), "correct": it.get("correct")}
                  for it in read_items(r.path)]
         out.append({"task": r.task, "kind": r.kind, "candidate": r.candidate, "candidate_kind": r.candidate_kind,
                     "primary": r.primary, "metrics": r.metrics, "n": r.n_done, "parameters": r.parameters,
                     "latency_ms": 1000 * r.seconds / r.n_done if r.n_done else None, "seconds": r.seconds,
-                    "dataset": r.dataset, "created_at": r.finished_at.isoformat() if r.finished_at else None,
+                    "dataset": r.dataset, "data_hash": b.data_hash,
+                    "created_at": r.finished_at.isoformat() if r.finished_at else None,
                     "items": items})
     return out
 

@@ -94,7 +94,7 @@ def _fresh_row(store, key, spec, data, cand, folder: Path, replace: EvalResult |
     kind = spec.task_kind
     lineage = {"task": {**spec.scoring_key(), "name": spec.name, "limit": spec.limit, "source": spec.source},
                "candidate": cand.key(), "candidate_info": cand.info, "dataset": data.dataset, "dataset_hash": data.dataset_hash,
-               "labels": data.labels, "versions": library_versions()}
+               "test_hash": data.test_hash, "labels": data.labels, "versions": library_versions()}
     with store.session() as s:
         if replace is not None:
             s.delete(s.get(EvalResult, replace.id))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
@@ -62,21 +63,23 @@ class JobQueue:
     # -- submitting and reading
 
     def submit(self, kind: str, spec: dict, *, resources: dict | None = None, created_by: str | None = None,
-               **columns) -> Job:
-        """Check ``spec`` with the kind's own config and checks, then queue it.
+               metadata: dict[str, str] | None = None, **columns) -> Job:
+        """Check ``spec`` with the kind's own config and checks, then queue it. ``metadata`` (the
+        submitter's labels, e.g. OpenAI's fine-tuning ``metadata``) is kept in the spec under "metadata".
 
         Bad parameters, unknown names and invalid files raise an error naming the field, and
         nothing of the job is kept.
         """
-        from modelmill.jobs.kinds import get_kind
+        from modelmill.jobs.kinds import METADATA, get_kind
 
         k = get_kind(kind)
         cfg = k.config(spec)  # raises InputError naming the field
+        labels = {METADATA: dict(metadata)} if metadata else {}
         # what the caller asked for is checked now; what the kind needs is worked out once the spec is
         # valid (counting GPUs imports torch: seconds on a busy host, not to be spent on a refusal)
         res = check_resources(resources) if resources is not None else {}
-        job = Job(id=new_job_id(), kind=kind, status="validating_files", spec=k.to_spec(cfg), resources=res,
-                  attempts=0, cancel_requested=False, result={}, created_by=created_by, **columns)
+        job = Job(id=new_job_id(), kind=kind, status="validating_files", spec={**k.to_spec(cfg), **labels},
+                  resources=res, attempts=0, cancel_requested=False, result={}, created_by=created_by, **columns)
         with self.store.session() as s:
             s.add(job)
         try:
@@ -84,7 +87,7 @@ class JobQueue:
             cfg, extra = k.validate(self.store, cfg, job)
             with self.store.session() as s:
                 row = s.get(Job, job.id)
-                row.spec = k.to_spec(cfg)
+                row.spec = {**k.to_spec(cfg), **labels}
                 if resources is None:
                     row.resources = k.resources(cfg)
                 for key, value in extra.items():
@@ -151,6 +154,17 @@ class JobQueue:
         q = q.order_by(JobEvent.id.desc() if newest_first else JobEvent.id)
         with self.store.session() as s:
             return list(s.scalars(q.limit(limit)))
+
+    def all_events(self, job_id: str, *, after: int | None = None, type: str | None = None,
+                   page: int = 1000) -> Iterator[JobEvent]:
+        """Every event after ``after``, oldest first, however many: ``events`` a page at a time
+        until a page comes back empty (one page holds ``page`` events)."""
+        while True:
+            rows = self.events(job_id, after=after, limit=page, type=type)
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1].id
 
     # -- state changes
 
@@ -266,19 +280,22 @@ class JobQueue:
         self._beats = beats
         back = []
         for job in stale:
+            worker = job.worker  # as read above: the UPDATE below clears it
             with self.store.session() as s:
                 n = s.execute(update(Job).where(Job.id == job.id, Job.status == "running",
                                                 Job.heartbeat_at == job.heartbeat_at)
                               .values(worker=None, pid=None, **requeue_values())).rowcount
-                s.execute(update(Worker).where(Worker.id == job.worker).values(status="lost"))
-            if n:
-                job = self.get(job.id)
-            if n and job.status == "cancelled":
-                self.event(job.id, f"Worker {job.worker} stopped heartbeating; the job was cancelled", level="warn")
+                if n and worker is not None:  # a job that beat meanwhile says nothing of its worker
+                    s.execute(update(Worker).where(Worker.id == worker).values(status="lost"))
+            if not n:
+                continue
+            job = self.get(job.id)
+            if job.status == "cancelled":
+                self.event(job.id, f"Worker {worker} stopped heartbeating; the job was cancelled", level="warn")
                 self.drop_run(job)
-            elif n:
+            else:
                 back.append(job.id)
-                self.event(job.id, f"Worker {job.worker} stopped heartbeating for {stale_after:.0f}s; job re-queued "
+                self.event(job.id, f"Worker {worker} stopped heartbeating for {stale_after:.0f}s; job re-queued "
                                    f"(attempt {job.attempts + 1} resumes from its last checkpoint)", level="warn")
         return back
 
