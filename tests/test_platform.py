@@ -126,9 +126,18 @@ def test_fine_tuning_bad_input_is_refused_with_what_and_where(up, tmp_path):
         assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
         r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": "file-nope"})
         assert r.status_code == 404 and "file-nope" in r.json()["error"]["message"]
-        r = h.post("/v1/fine_tuning/jobs", json={"model": "no-such-model", "training_file": "file-nope"})
-        assert r.status_code == 404
+        assert r.json()["error"]["param"] == "training_file"
         good = client.files.create(file=write_jsonl(tmp_path / "ok.jsonl", CHAT).open("rb"), purpose="fine-tune")
+        r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": good.id,
+                                                 "validation_file": "file-nope"})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "validation_file"
+        r = h.post("/v1/fine_tuning/jobs", json={"model": "no-such-model", "training_file": good.id})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+        # metadata: OpenAI's limits (16 pairs, keys up to 64 characters, values up to 512)
+        for metadata, param in (({f"k{i}": "v" for i in range(17)}, "metadata"), ({"k" * 65: "v"}, "metadata"),
+                                ({"team": "x" * 513}, "metadata.team")):
+            r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": good.id, "metadata": metadata})
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
         r = h.post("/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": good.id,
                                                  "hyperparameters": {"n_epochs": 0}})
         assert r.status_code == 400 and r.json()["error"]["param"] == "hyperparameters.n_epochs"
@@ -280,9 +289,38 @@ def test_api_keys_scopes_and_model_limits(cli_tiny, home):
                 "name": "b", "dialogues": "/etc/passwd", "database": "/etc", "base": "tiny"}})
             assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", r.text
             assert h.post("/api/keys", json={"name": "x", "scopes": ["train"]}, headers=as_infer).status_code == 403
+
+            # a key limited to other models touches neither this model's jobs nor another key's files
+            def upload(headers, name):
+                r = h.post("/v1/files", headers=headers, data={"purpose": "fine-tune"},
+                           files={"file": (name, "".join(json.dumps(x) + "\n" for x in CHAT[:8]))})
+                assert r.status_code == 200, r.text
+                return r.json()["id"]
+
+            fid = upload(as_train, "a.jsonl")
+            r = h.post("/v1/fine_tuning/jobs", headers=as_train, json={
+                "model": "tiny", "training_file": fid, "metadata": {"team": "support", "ticket": "T-1"}})
+            assert r.status_code == 200 and r.json()["metadata"] == {"team": "support", "ticket": "T-1"}, r.text
+            jid = r.json()["id"]  # no workers: it stays queued
+            assert h.get(f"/v1/fine_tuning/jobs/{jid}", headers=as_train).json()["metadata"]["team"] == "support"
+            assert h.get("/v1/fine_tuning/jobs", headers=as_train).json()["data"][0]["metadata"]["ticket"] == "T-1"
+            r = h.post("/api/keys", json={"name": "other", "scopes": ["train"], "models": ["smollm2-135m-instruct"]},
+                       headers=as_admin)
+            as_other = {"Authorization": f"Bearer {r.json()['key']}"}
+            for method, url in (("POST", f"/v1/fine_tuning/jobs/{jid}/cancel"), ("POST", f"/api/jobs/{jid}/cancel"),
+                                ("DELETE", f"/v1/files/{fid}"), ("GET", f"/v1/files/{fid}/content")):
+                r = h.request(method, url, headers=as_other)
+                assert r.status_code == 403, (method, url, r.text)
+            assert h.get(f"/v1/fine_tuning/jobs/{jid}", headers=as_train).json()["status"] == "queued"
+            own = upload(as_other, "b.jsonl")  # its own upload it may read and delete
+            assert h.get(f"/v1/files/{own}/content", headers=as_other).status_code == 200
+            assert h.delete(f"/v1/files/{own}", headers=as_other).json()["deleted"] is True
+            # an unlimited key keeps full access
+            assert h.post(f"/v1/fine_tuning/jobs/{jid}/cancel", headers=as_train).json()["status"] == "cancelled"
+            assert h.delete(f"/v1/files/{fid}", headers=as_admin).json()["deleted"] is True
             cli_tiny("keys", "revoke", "app")
             assert h.get("/v1/models", headers=as_infer).status_code == 401
-            for name in ("root", "ci"):  # every key gone: the server still asks for one (fails closed)
+            for name in ("root", "ci", "other"):  # every key gone: the server still asks for one (fails closed)
                 cli_tiny("keys", "revoke", name)
             time.sleep(2.5)
             assert h.get("/api/keys").status_code == 401

@@ -125,6 +125,13 @@ def test_n_seed_and_sampling_controls(server):
     assert c.choices[0].message.content != a.choices[0].message.content
 
 
+def test_top_p_zero_is_greedy(server):
+    greedy = chat(server.client(), "ad1", PROMPTS[1], max_tokens=6).choices[0].message.content
+    for seed in (1, 2):
+        r = chat(server.client(), "ad1", PROMPTS[1], max_tokens=6, temperature=1.0, top_p=0, seed=seed)
+        assert r.choices[0].message.content == greedy
+
+
 def test_stop_strings_cut_the_text(server):
     client = server.client()
     # a model/prompt whose greedy text has plain characters after its start (random weights: look for one)
@@ -178,12 +185,53 @@ def test_completions_batch_echo_and_logprobs(server):
     assert [c.index for c in r.choices] == [0, 1]
     assert r.choices[0].text.startswith("The quick brown fox") and r.choices[1].text.startswith("The capital")
     lp = r.choices[1].logprobs
-    assert len(lp.tokens) == 5 and all(len(t) <= 2 for t in lp.top_logprobs)
+    # echo: the prompt's 4 tokens (the first without a logprob), then the 5 generated
+    assert len(lp.tokens) == 4 + 5 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(len(t) <= 2 for t in lp.top_logprobs[1:])
     alone = client.completions.create(model="ad3", prompt="The capital of France", max_tokens=5, temperature=0)
     assert r.choices[1].text == "The capital of France" + alone.choices[0].text
     streamed = "".join(c.choices[0].text for c in client.completions.create(
         model="ad3", prompt="The capital of France", max_tokens=5, temperature=0, stream=True))
     assert streamed == alone.choices[0].text
+
+
+def test_echo_with_logprobs_scores_the_prompt_tokens(server, tiny_model):
+    """What lm-evaluation-harness reads (token_logprobs[ctxlen:-1]): each prompt token's logprob given the
+    ones before it, equal to transformers' own; the echoed text is the prompt as sent, with no <bos>."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = "The capital of France"
+    ids = tok(prompt)["input_ids"]
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(tiny_model)(torch.tensor([ids])).logits[0]
+    want = torch.log_softmax(logits.float(), -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
+    bos = tok.bos_token_id
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 1, "echo": True}
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+    lp = r["choices"][0]["logprobs"]
+    assert r["choices"][0]["text"].startswith(prompt) and len(lp["tokens"]) == len(ids) + 1
+    assert "".join(lp["tokens"][:len(ids)]) == prompt and lp["token_logprobs"][0] is None
+    assert lp["token_logprobs"][1:len(ids)] == pytest.approx(want, abs=1e-3)
+    assert lp["text_offset"] == [0, 3, 11, 14, len(prompt)]
+    assert all(len(t) == 1 for t in lp["top_logprobs"][1:])
+    # token ids with a special token: decoded without it, but its token (no logprob) is still listed
+    r = httpx.post(server.url + "/v1/completions", json={**body, "prompt": [bos, *ids]}, timeout=60).json()
+    c = r["choices"][0]
+    assert c["text"].startswith(prompt) and tok.bos_token not in c["text"]
+    assert c["logprobs"]["tokens"][0] == tok.bos_token and c["logprobs"]["token_logprobs"][0] is None
+    assert len(c["logprobs"]["token_logprobs"]) == len(ids) + 2
+    # streamed: the first chunk is the prompt, with its logprobs
+    with httpx.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    first = events[0]["choices"][0]
+    assert first["text"] == prompt and first["logprobs"]["token_logprobs"][1:] == pytest.approx(want, abs=1e-3)
+    # without logprobs, echo of token ids has no <bos> either, and text prompts come back as sent
+    for sent, echoed in (([[bos, *ids]], prompt), (["a  b", prompt], "a  b")):
+        r = httpx.post(server.url + "/v1/completions", json={**body, "prompt": sent, "logprobs": None},
+                       timeout=60).json()
+        assert r["choices"][0]["text"].startswith(echoed) and r["choices"][0]["logprobs"] is None, r
 
 
 def test_embeddings_float_and_base64(server):
@@ -222,6 +270,12 @@ def test_bad_requests_get_openai_errors(server):
     assert e.status_code == 400 and e.param == "response_format"
     e = error_of(lambda: chat(client, "tiny", "hi", temperature=3))
     assert e.status_code == 400 and e.param == "temperature"
+    # the field the client sent is the one named
+    e = error_of(lambda: chat(client, "tiny", "hi", max_tokens=None, max_completion_tokens=510))
+    assert e.status_code == 400 and e.code == "context_length_exceeded" and e.param == "max_completion_tokens"
+    # more generations than the engine ever holds (16 running + 256 waiting): 400, never a 429 to retry
+    e = error_of(lambda: client.completions.create(model="tiny", prompt=["a", "b", "c"], max_tokens=1, n=100))
+    assert e.status_code == 400 and e.param == "n" and "272" in e.message
     r = httpx.post(server.url + "/v1/chat/completions", content=b'{"model": "tiny", "messages": [',
                    headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
@@ -397,16 +451,30 @@ def test_full_queue_answers_429_with_retry_after(home):
         assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
         assert all(h and int(h) >= 1 for h in headers)
         assert httpx.get(s.url + "/health").json()["engines"]["tiny"]["running"] == 0
-        # n choices that do not all fit: 429, and the ones already queued are withdrawn, not left running
+        # more choices or prompts than 1 running + 1 waiting, on an idle server: 400 (a retry cannot help)
+        r = httpx.post(s.url + "/v1/chat/completions", json={**body, "n": 3, "max_tokens": 1}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n" and "at most 2" in r.text, r.text
+        r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": ["a", "b", "c"], "max_tokens": 1},
+                       timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+        # n choices that do not all fit beside another client's request: 429, and the ones already queued
+        # are withdrawn, not left running
         rows0 = s.metric("modelmill_decoded_rows_total", model="tiny")
-        r = httpx.post(s.url + "/v1/chat/completions", json={**body, "n": 3, "max_tokens": 480}, timeout=600)
+        other = threading.Thread(target=fire)
+        other.start()
+        deadline = time.monotonic() + 120
+        while not httpx.get(s.url + "/health", timeout=60).json()["engines"]["tiny"]["running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = httpx.post(s.url + "/v1/chat/completions", json={**body, "n": 2, "max_tokens": 480}, timeout=600)
         assert r.status_code == 429
+        other.join(600)
         deadline = time.monotonic() + 120  # the withdrawn choices leave the engine: wait for that, not a fixed time
         while (engine := httpx.get(s.url + "/health", timeout=60).json()["engines"]["tiny"])["running"] \
                 or engine["waiting"]:
             assert time.monotonic() < deadline, engine
             time.sleep(0.2)
-        assert s.metric("modelmill_decoded_rows_total", model="tiny") - rows0 < 100
+        assert s.metric("modelmill_decoded_rows_total", model="tiny") - rows0 < 300 + 100  # the other's 300
     finally:
         s.stop()
 

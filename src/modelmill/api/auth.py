@@ -218,3 +218,31 @@ def require_model(request, model: str | None) -> None:
         raise InputError(f"must be a model name, got {type(model).__name__}", field="model")
     if not allowed_model(key, model):
         raise ApiError(403, f"key '{key.name}' may not use model '{model}'", field="model", code="model_not_allowed")
+
+
+def require_job(request, job) -> None:
+    """A key limited to models may act (cancel) on a job of one of its models, or one it submitted;
+    an unlimited key on any. A job that names no model is its submitter's."""
+    from modelmill.api.errors import ApiError
+
+    key = getattr(request.state, "api_key", None)
+    if key is None or not key.models or (job.created_by is not None and job.created_by == key.id):
+        return
+    if not job.model:
+        raise ApiError(403, f"key '{key.name}' may not act on job {job.id}: the key is limited to models "
+                            f"({', '.join(key.models)}) and the job names none and was submitted by another key",
+                       field="job_id", code="model_not_allowed")
+    if not allowed_model(key, job.model):
+        raise ApiError(403, f"key '{key.name}' may not act on job {job.id}, which trains model '{job.model}' (it "
+                            f"may use: {', '.join(key.models)})", field="job_id", code="model_not_allowed")
+
+
+def require_uploader(request, f) -> None:
+    """A key limited to models may read or delete only the files it uploaded; an unlimited key any."""
+    from modelmill.api.errors import ApiError
+
+    key = getattr(request.state, "api_key", None)
+    if key is None or not key.models or (f.info or {}).get("uploaded_by") == key.id:
+        return
+    raise ApiError(403, f"key '{key.name}' may not touch file {f.id}: a key limited to models may use only "
+                        "the files it uploaded", field="file_id", code="file_not_allowed")

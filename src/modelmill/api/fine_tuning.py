@@ -45,13 +45,13 @@ def file_json(f) -> dict:
             "purpose": f.purpose, "status": f.status, "status_details": None, "expires_at": None}
 
 
-def _file(store, file_id: str):
+def _file(store, file_id: str, field: str = "file_id"):
     from modelmill.store.tables import UploadedFile
 
     with store.session() as s:
         f = s.get(UploadedFile, file_id)
     if f is None:
-        raise NotFoundError(f"no file with id '{file_id}'", field="file_id", fix="list files with GET /v1/files")
+        raise NotFoundError(f"no file with id '{file_id}'", field=field, fix="list files with GET /v1/files")
     return f
 
 
@@ -84,13 +84,15 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
                              fix="give chat examples (one {\"messages\": [...]} object per line) or, for DPO, "
                                  "preference pairs")
         fid = "file-" + uuid.uuid4().hex[:24]
+        key = getattr(request.state, "api_key", None)
         final = store.home / "files" / fid
         size = path.stat().st_size
         with store.staging(final) as tmp:
             shutil.move(str(path), tmp / "data.jsonl")
         row = UploadedFile(id=fid, filename=file.filename, purpose=purpose, bytes=size,
                            path=str(final / "data.jsonl"), status="processed",
-                           info={k: report[k] for k in ("format", "kind", "num_records")})
+                           info={**{k: report[k] for k in ("format", "kind", "num_records")},
+                                 **({"uploaded_by": key.id} if key is not None else {})})
         try:
             with store.session() as s:
                 s.add(row)
@@ -128,7 +130,10 @@ def get_file(request: Request, file_id: str):
 
 @router.get("/files/{file_id}/content")
 def file_content(request: Request, file_id: str):
+    from modelmill.api.auth import require_uploader
+
     f = _file(_store(request), file_id)
+    require_uploader(request, f)
     return FileResponse(f.path, media_type="application/jsonl", filename=f.filename)
 
 
@@ -136,10 +141,12 @@ def file_content(request: Request, file_id: str):
 def delete_file(request: Request, file_id: str):
     from pathlib import Path
 
+    from modelmill.api.auth import require_uploader
     from modelmill.store.tables import UploadedFile
 
     store = _store(request)
     f = _file(store, file_id)
+    require_uploader(request, f)
     with store.session() as s:
         row = s.get(UploadedFile, file_id)
         if row is not None:
@@ -188,6 +195,19 @@ class FineTuningJobRequest(BaseModel):
     integrations: list[dict] | None = None
     metadata: dict[str, str] | None = None
 
+    def check_metadata(self) -> None:
+        """OpenAI's limits: up to 16 pairs, keys up to 64 characters, values up to 512."""
+        md = self.metadata or {}
+        if len(md) > 16:
+            raise InputError(f"has {len(md)} keys; at most 16", field="metadata", fix="keep 16 key-value pairs or fewer")
+        for k, v in md.items():
+            if not k or len(k) > 64:
+                raise InputError(f"key '{k[:80]}' has {len(k)} characters; keys take 1 to 64", field="metadata",
+                                 fix="shorten the key")
+            if len(v) > 512:
+                raise InputError(f"the value of '{k}' has {len(v)} characters; at most 512", field=f"metadata.{k}",
+                                 fix="shorten the value")
+
 
 def _base_lr(method: str) -> float:
     """The learning rate a multiplier of 1 means: the method's default on chat data."""
@@ -223,7 +243,7 @@ def ft_job_json(job) -> dict:
             "validation_file": job.validation_file, "training_file": job.training_file or "",
             "hyperparameters": hyper, "trained_tokens": job.trained_tokens, "error": error,
             "user_provided_suffix": job.suffix, "seed": spec.get("seed", 42), "estimated_finish": None,
-            "integrations": [], "metadata": None, "method": method}
+            "integrations": [], "metadata": spec.get("metadata") or None, "method": method}
 
 
 def _train_job(store, job_id: str):
@@ -246,6 +266,7 @@ def create_fine_tuning_job(request: Request, body: FineTuningJobRequest):
 
     store = _store(request)
     require_model(request, body.model)
+    body.check_metadata()
     method = body.method or Method()
     if method.type == "reinforcement":
         raise InputError("method 'reinforcement' is not supported by this server yet", field="method.type",
@@ -256,13 +277,17 @@ def create_fine_tuning_job(request: Request, body: FineTuningJobRequest):
         h = body.hyperparameters or (method.supervised.hyperparameters if method.supervised else None) or Hyperparameters()
     if body.suffix is not None:
         check_name(body.suffix, "suffix")
-    _file(store, body.training_file)  # 404 before anything is queued
+    _file(store, body.training_file, "training_file")  # 404 before anything is queued
     if body.validation_file:
-        _file(store, body.validation_file)
+        _file(store, body.validation_file, "validation_file")
     # A fine-tuned model (BASE:ADAPTER or ADAPTER) is trained further from its adapter: DPO after SFT
     from modelmill.adapters import AdapterRegistry
+    from modelmill.errors import ConflictError
 
-    base, adapter = AdapterRegistry(store).resolve_ref(body.model)
+    try:
+        base, adapter = AdapterRegistry(store).resolve_ref(body.model)
+    except (NotFoundError, ConflictError) as e:  # the registry names no request field: this one is "model"
+        raise type(e)(e.message, field="model", fix=e.fix) from None
     spec: dict = {"base": base.name, **({"from_adapter": adapter.name} if adapter else {})}
     if method.type == "dpo":
         spec["method"] = "dpo"
@@ -290,7 +315,7 @@ def create_fine_tuning_job(request: Request, body: FineTuningJobRequest):
     key = getattr(request.state, "api_key", None)
     job = JobQueue(store).submit("train", spec, training_file=body.training_file,
                                  validation_file=body.validation_file, suffix=body.suffix or "ft",
-                                 created_by=key.id if key else None)
+                                 created_by=key.id if key else None, metadata=body.metadata)
     return ft_job_json(job)
 
 
@@ -309,10 +334,11 @@ def get_fine_tuning_job(request: Request, fine_tuning_job_id: str):
 
 @router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel")
 def cancel_fine_tuning_job(request: Request, fine_tuning_job_id: str):
+    from modelmill.api.auth import require_job
     from modelmill.jobs.queue import JobQueue
 
     store = _store(request)
-    _train_job(store, fine_tuning_job_id)
+    require_job(request, _train_job(store, fine_tuning_job_id))
     return ft_job_json(JobQueue(store).cancel(fine_tuning_job_id))
 
 

@@ -386,9 +386,12 @@ def get_job(request: Request, job_id: str):
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
 def cancel_job(request: Request, job_id: str):
+    from modelmill.api.auth import require_job
     from modelmill.jobs.queue import JobQueue
 
-    return job_json(JobQueue(_store(request)).cancel(job_id))
+    q = JobQueue(_store(request))
+    require_job(request, q.get(job_id))
+    return job_json(q.cancel(job_id))
 
 
 @router.get("/jobs/{job_id}/events", tags=["jobs"])

@@ -81,7 +81,7 @@ class _Sampling(_Body):
     model: str
     max_tokens: int | None = Field(default=None, ge=1, le=INT32)
     temperature: float = Field(default=1.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_p: float = Field(default=1.0, ge=0, le=1)     # 0: greedy, as OpenAI takes it
     n: int = Field(default=1, ge=1, le=128)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -389,7 +389,8 @@ async def _prepare(s: Serving, model_id: str, messages: list[dict] | None) -> tu
 
 
 def _params(body: _Sampling, max_tokens: int | None, prompt_len: int, engine: Engine, logprobs: int | None,
-            schema: dict | None, prompt_param: str) -> SamplingParams:
+            schema: dict | None, prompt_param: str, max_tokens_param: str = "max_tokens",
+            prompt_logprobs: int | None = None) -> SamplingParams:
     if body.logit_bias:
         raise EngineError("logit_bias is not supported", param="logit_bias", code="unsupported_parameter")
     limit = engine.max_context
@@ -403,14 +404,16 @@ def _params(body: _Sampling, max_tokens: int | None, prompt_len: int, engine: En
         raise EngineError(f"This model's maximum context length is {limit} tokens. However, you requested "
                           f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} in the "
                           "completion). Please reduce the length of the prompt or the completion.",
-                          param="max_tokens", code="context_length_exceeded")
+                          param=max_tokens_param, code="context_length_exceeded")
+    # top_p 0 keeps only the most likely token: greedy (a nucleus of no probability would hold nothing)
+    greedy = body.top_p == 0
     return SamplingParams(
-        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+        max_tokens=max_tokens, temperature=0.0 if greedy else body.temperature, top_p=1.0 if greedy else body.top_p,
         top_k=max(0, body.top_k), min_p=body.min_p, repetition_penalty=body.repetition_penalty,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
         seed=body.seed, stop=_stops(body.stop), stop_token_ids=list(body.stop_token_ids or []),
         ignore_eos=body.ignore_eos, logprobs=logprobs, json_schema=schema,
-        skip_special_tokens=body.skip_special_tokens)
+        skip_special_tokens=body.skip_special_tokens, prompt_logprobs=prompt_logprobs)
 
 
 async def _start(s: Serving, engine: Engine, target: Target, endpoint: str, rid: str, prompts: list[list[int]],
@@ -420,6 +423,7 @@ async def _start(s: Serving, engine: Engine, target: Target, endpoint: str, rid:
     a broken stream. Returns [(prompt index, first output, stream)] and when they arrived."""
     import dataclasses
 
+    _check_capacity(engine, target, len(prompts), n)
     streams, ids_sent = [], []
     try:
         for p_i, ids in enumerate(prompts):
@@ -443,6 +447,22 @@ async def _start(s: Serving, engine: Engine, target: Target, endpoint: str, rid:
             _record(s.metrics, target, endpoint, str(e.status), t0)
         raise
     return [(p_i, f, s) for (p_i, s), f in zip(streams, firsts)], time.monotonic()
+
+
+def _check_capacity(engine: Engine, target: Target, prompts: int, n: int) -> None:
+    """400, not 429, for a request with more generations (prompts x n) than the engine can ever hold at
+    once: retrying it would never succeed, and clients retry a 429."""
+    batch, waiting = getattr(engine, "max_batch_size", None), getattr(engine, "max_waiting", None)
+    if not isinstance(batch, int) or not isinstance(waiting, int):
+        return
+    cap = batch + waiting
+    if prompts * n <= cap:
+        return
+    param = "n" if n > 1 else "prompt"
+    raise EngineError(f"this request asks for {prompts * n} generations ({prompts} prompt(s) x n={n}), but the "
+                      f"engine serving '{target.base_name}' holds at most {cap} at once ({batch} running + {waiting} "
+                      "waiting; serve --max-batch-size/--max-waiting); send fewer prompts or a smaller n",
+                      param=param, code="invalid_value")
 
 
 async def _collect(started) -> list[list[TokenOutput]]:
@@ -674,7 +694,8 @@ async def chat_completions(body: ChatRequest, request: Request):
     # a long prompt takes the tokenizer seconds: off the event loop, so other clients go on
     ids, items = await asyncio.to_thread(prompt_ids, items)
     params = _params(body, max_tokens, len(ids), engine, (body.top_logprobs or 0) if body.logprobs else None,
-                     _json_schema(body.response_format), "messages")
+                     _json_schema(body.response_format), "messages",
+                     "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
     rid = _new_id("chatcmpl")
     started, first_at = await _start(s, engine, target, "chat", rid, [ids], params, body.n, t0)
 
@@ -714,16 +735,20 @@ async def completions(body: CompletionRequest, request: Request):
     first = p if isinstance(p, str) else p[0] if isinstance(p, list) and p and isinstance(p[0], str) else None
     target, engine = await _prepare(s, body.model, None if first is None else [{"role": "user", "content": first}])
     tok = engine.tokenizer
+    texts: list[str | None]     # each prompt as sent, when it was text (what echo returns)
     if isinstance(p, str):
-        prompts = [(await asyncio.to_thread(tok, p, add_special_tokens=True))["input_ids"]]
+        texts = [p]
     elif p and all(isinstance(x, str) for x in p):
-        prompts = await asyncio.to_thread(lambda: [tok(x, add_special_tokens=True)["input_ids"] for x in p])
+        texts = list(p)
     elif p and all(isinstance(x, int) for x in p):
-        prompts = [list(p)]
+        prompts, texts = [list(p)], [None]
     elif p and all(isinstance(x, list) for x in p):
         prompts = [list(x) for x in p]
+        texts = [None] * len(prompts)
     else:
         raise EngineError("prompt must be a non-empty string, list of strings, or token ids", param="prompt")
+    if texts[0] is not None:
+        prompts = await asyncio.to_thread(lambda: [tok(x, add_special_tokens=True)["input_ids"] for x in texts])
     vocab = max(len(tok), getattr(engine, "vocab_size", 0))
     for i, ids in enumerate(prompts):
         if not ids:
@@ -732,12 +757,43 @@ async def completions(body: CompletionRequest, request: Request):
         if bad is not None:
             raise EngineError(f"prompt {i} has token id {bad}, outside the vocabulary", param="prompt")
     longest = max(len(x) for x in prompts)
+    # echo with logprobs returns the prompt's tokens with their logprobs too (the first has none: null),
+    # as OpenAI's legacy API and vLLM do; evaluation harnesses score a continuation from them
+    prompt_lp = body.echo and body.logprobs is not None
+    if prompt_lp and not getattr(engine, "supports_prompt_logprobs", False):
+        raise EngineError(f"echo with logprobs needs the logprobs of the prompt's tokens, which the {engine.name} "
+                          "engine does not compute; send echo or logprobs, not both", param="echo",
+                          code="unsupported_parameter")
     params = _params(body, body.max_tokens, longest, engine, body.logprobs,
-                     _json_schema(body.response_format), "prompt")
+                     _json_schema(body.response_format), "prompt",
+                     prompt_logprobs=body.logprobs if prompt_lp else None)
     rid = _new_id("cmpl")
     started, first_at = await _start(s, engine, target, "completions", rid, prompts, params, body.n, t0)
     prompt_tokens = sum(len(x) for x in prompts)
-    prompt_texts = [tok.decode(x) for x in prompts] if body.echo else None
+    # the prompt as sent; token ids decoded without the tokenizer's own markers (<bos>)
+    prompt_texts = ([t if t is not None else tok.decode(ids, skip_special_tokens=True)
+                     for t, ids in zip(texts, prompts)] if body.echo else None)
+    prompt_offsets = (await asyncio.to_thread(lambda: [_text_offsets(tok, t, ids, pt) for t, ids, pt
+                                                        in zip(texts, prompts, prompt_texts)])
+                      if prompt_lp else None)
+
+    def prompt_logprobs(i: int) -> dict:
+        """Choice i's prompt tokens in the legacy shape (echo with logprobs)."""
+        p_i, first_out, _ = started[i]
+        entries = list((first_out.prompt_logprobs if first_out is not None else None) or [])
+        tokens, lps, tops = [], [], []
+        for j, tid in enumerate(prompts[p_i]):
+            e = entries[j] if j < len(entries) else None
+            if e is None:
+                tokens.append(tok.decode([tid]))
+                lps.append(None)
+                tops.append(None)
+            else:
+                tokens.append(e[1])
+                lps.append(e[2])
+                tops.append({t.token: t.logprob for t in e[3]} if body.logprobs else None)
+        return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops,
+                "text_offset": list(prompt_offsets[p_i])}
 
     def legacy_logprobs(outs: list[TokenOutput], offset0: int) -> dict:
         tokens, lps, tops, offsets = [], [], [], []
@@ -755,8 +811,10 @@ async def completions(body: CompletionRequest, request: Request):
 
     def choice(i, o):
         prefix = prompt_texts[started[i][0]] if prompt_texts else ""
-        return {"index": i, "text": prefix + "".join(x.text for x in o),
-                "logprobs": legacy_logprobs(o, len(prefix)) if body.logprobs is not None else None,
+        lp = legacy_logprobs(o, len(prefix)) if body.logprobs is not None else None
+        if prompt_lp:
+            lp = {k: v + lp[k] for k, v in prompt_logprobs(i).items()}
+        return {"index": i, "text": prefix + "".join(x.text for x in o), "logprobs": lp,
                 "finish_reason": o[-1].finish_reason if o else "stop"}
 
     def chunk(i, o):
@@ -770,9 +828,24 @@ async def completions(body: CompletionRequest, request: Request):
     if prompt_texts:
         for i, (p_i, _, _) in enumerate(started):
             sent[i] = len(prompt_texts[p_i])
-            preamble.append({"index": i, "text": prompt_texts[p_i], "logprobs": None, "finish_reason": None})
+            preamble.append({"index": i, "text": prompt_texts[p_i],
+                             "logprobs": prompt_logprobs(i) if prompt_lp else None, "finish_reason": None})
     return await _respond(s, request, body, "completions", target, rid, ("text_completion", "text_completion"),
                           started, prompt_tokens, t0, first_at, choice, chunk, preamble)
+
+
+def _text_offsets(tok, text: str | None, ids: list[int], echoed: str) -> list[int]:
+    """Where each prompt token starts in the echoed text: the tokenizer's own offsets for a text
+    prompt, else (token ids) the running length of each token's text. Special tokens take no room."""
+    if text is not None and getattr(tok, "is_fast", False):
+        enc = tok(text, add_special_tokens=True, return_offsets_mapping=True)
+        if list(enc["input_ids"]) == list(ids):
+            return [int(a) for a, _ in enc["offset_mapping"]]
+    offsets, pos = [], 0
+    for tid in ids:
+        offsets.append(min(pos, len(echoed)))
+        pos += len(tok.decode([tid], skip_special_tokens=True))
+    return offsets
 
 
 # -- workflows

@@ -24,6 +24,13 @@ from modelmill.train import methods as train_methods  # light: no torch at impor
 
 KINDS: dict[str, "JobKind"] = {}
 
+METADATA = "metadata"   # a stored spec's key for the submitter's own labels (JobQueue.submit), not config
+
+
+def without_metadata(spec: dict | None) -> dict:
+    """A stored spec as its kind's config reads it: without the submitter's labels."""
+    return {k: v for k, v in (spec or {}).items() if k != METADATA}
+
 
 @dataclass
 class JobKind:
@@ -34,7 +41,7 @@ class JobKind:
     needs: Callable = lambda cfg: {"cpu": 1, "gpu": 0}
 
     def config(self, spec: dict):
-        return from_mapping(self.config_cls, spec or {})
+        return from_mapping(self.config_cls, without_metadata(spec))
 
     def to_spec(self, cfg) -> dict:
         return asdict(cfg)
@@ -48,7 +55,7 @@ class TrainKind(JobKind):
     """Training: the config class is the one its ``method`` names (train.methods)."""
 
     def config(self, spec: dict):
-        return train_methods.from_mapping(spec or {})
+        return train_methods.from_mapping(without_metadata(spec))
 
 
 def register(kind: JobKind) -> JobKind:

@@ -41,6 +41,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None     # None: no logprobs; k >= 0: the chosen token's plus the top k
+    prompt_logprobs: int | None = None  # the same for each prompt token (echo): sent on the first output
     json_schema: dict | None = None  # constrain output to JSON; {} means any JSON object
     skip_special_tokens: bool = True
 
@@ -76,6 +77,9 @@ class TokenOutput:
     token_ids: list[int]
     text: str
     logprobs: list[tuple[int, str, float, list[TopLogprob]]] | None = None  # per token: id, text, lp, top
+    # on a request's first output when params.prompt_logprobs is set: one entry per prompt token, the
+    # first None (nothing precedes it), the others as in logprobs
+    prompt_logprobs: list[tuple[int, str, float, list[TopLogprob]] | None] | None = None
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None    # the stop string or token that ended it
     prompt_tokens: int = 0
@@ -105,6 +109,7 @@ class Engine(abc.ABC):
     name: str               # engine kind: "transformers" or "vllm"
     model_name: str         # the registry name of the base model
     max_context: int        # prompt + completion tokens
+    supports_prompt_logprobs: bool = False   # honours SamplingParams.prompt_logprobs
 
     @property
     @abc.abstractmethod

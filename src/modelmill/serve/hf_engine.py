@@ -55,6 +55,7 @@ from modelmill.serve.multilora import (
 log = logging.getLogger("modelmill.serve")
 
 ATTENTION_NAME = "modelmill_serve"
+PROMPT_LOGPROB_CHUNK = 256     # prompt positions whose logits are computed at once (echo with logprobs)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -217,6 +218,7 @@ class _Seq:
     counts: dict[int, int] | None = None                # generated token counts (presence/frequency)
     constraint: object = None
     prefix_blocks: list | None = None                   # cached prefix blocks found at admission
+    prompt_lp: list | None = None                       # the prompt's logprobs (params.prompt_logprobs)
     done: bool = False
 
     def __post_init__(self):
@@ -237,6 +239,7 @@ class HFEngine(Engine):
     """Serve one base model and its LoRA adapters with transformers (see the module docstring)."""
 
     name = "transformers"
+    supports_prompt_logprobs = True
 
     def __init__(self, model_name: str, model_path: str, chat_template: str | None = None,
                  tokenizer_path: str | None = None, device: str = "auto", dtype: str = "auto", max_batch_size: int = 32, max_waiting: int = 256,
@@ -631,7 +634,8 @@ class HFEngine(Engine):
         ordered: list[_Seq] = []
         for part in (leaders, rest):
             for s in part:
-                s.prefix_blocks = pc.match(s.adapter_key, s.ids)
+                # prompt logprobs need every prompt position's hidden state: computed, not copied
+                s.prefix_blocks = [] if s.req.params.prompt_logprobs is not None else pc.match(s.adapter_key, s.ids)
                 s.cached = len(s.prefix_blocks) * pc.block
             part.sort(key=lambda s: len(s.ids) - s.cached)
             if part:
@@ -708,6 +712,9 @@ class HFEngine(Engine):
                 positions = torch.arange(length, device=self.device)[None, :].expand(len(group), -1)
                 state = _StepState(self, "prefill", first + start, len(group), length)
             hidden = self._forward(ids, positions, state)
+            for i, s in enumerate(group):
+                if s.req.params.prompt_logprobs is not None:
+                    s.prompt_lp = self._prompt_logprobs(s, hidden[i])
             last = torch.tensor([len(s.ids) - s.cached - 1 for s in group], device=self.device)
             last_hidden.append(hidden[torch.arange(len(group), device=self.device), last])
             start = end
@@ -716,6 +723,25 @@ class HFEngine(Engine):
             if pc.enabled:
                 pc.insert(s.adapter_key, s.ids, self.k_cache[:, s.row], self.v_cache[:, s.row])
         return torch.cat(last_hidden)
+
+    def _prompt_logprobs(self, s: _Seq, hidden: torch.Tensor) -> list:
+        """Each prompt token's logprob given the tokens before it (the first has none: None), with the
+        top ``prompt_logprobs`` alternatives. ``hidden``: [length, d], this row's prefill (s.cached == 0)."""
+        k = s.req.params.prompt_logprobs
+        ids = s.ids[:s.prompt_len]
+        dec = self._tokenizer.decode
+        out: list = [None]
+        for a in range(0, len(ids) - 1, PROMPT_LOGPROB_CHUNK):   # [chunk, vocab] at a time, not [length, vocab]
+            b = min(len(ids) - 1, a + PROMPT_LOGPROB_CHUNK)
+            lp = torch.log_softmax(self._logits(hidden[a:b]), dim=-1)
+            nxt = torch.tensor(ids[a + 1:b + 1], device=lp.device)
+            chosen = lp.gather(1, nxt[:, None])[:, 0].tolist()
+            tops = torch.topk(lp, k) if k else None
+            for j, tid in enumerate(ids[a + 1:b + 1]):
+                top = [] if tops is None else [TopLogprob(int(t), dec([int(t)]), float(v)) for v, t in
+                                               zip(tops.values[j].tolist(), tops.indices[j].tolist())]
+                out.append((tid, dec([tid]), float(chosen[j]), top))
+        return out
 
     def _decode(self):
         seqs = self._running
@@ -841,6 +867,7 @@ class HFEngine(Engine):
                           completion_tokens=s.generated)
         if first:
             out.queue_time = (s.admitted or s.arrival) - s.arrival
+            out.prompt_logprobs, s.prompt_lp = s.prompt_lp, None
         self._send(s, out)
         if finish is not None:
             s.done = True
