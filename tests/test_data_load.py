@@ -241,6 +241,20 @@ def test_odd_numeric_looking_labels(tmp_path):
     assert load_file(p).labels == ["-3", "2", "--1", "²"]
 
 
+def test_labels_are_trimmed_and_one_class_is_not_spelled_two_ways(tmp_path):
+    p = jsonl(tmp_path / "d.jsonl", {"text": "a", "label": "pos"}, {"text": "b", "label": " pos "},
+              {"text": "c", "label": "neg"})
+    assert load_file(p).labels == ["neg", "pos"]
+    p = jsonl(tmp_path / "e.jsonl", {"text": "a", "label": "pos"}, {"text": "b", "label": "neg"},
+              {"text": "c", "label": "Pos"})
+    with pytest.raises(InputError) as e:
+        load_file(p)
+    assert (e.value.line, e.value.field) == (3, "label")
+    assert "'Pos' differs from 'pos' (line 1) only in case" in str(e.value)
+    with pytest.raises(InputError, match="missing or empty"):
+        load_file(jsonl(tmp_path / "f.jsonl", {"text": "a", "label": "  "}))
+
+
 # ---- hashing and writing ----------------------------------------------------------------
 
 def test_content_hash_ignores_key_order_not_content():

@@ -65,6 +65,7 @@ def load_file(path: str | Path, format: str = "auto", field_map: dict[str, str] 
     if fmt is None and header:
         fmt = detect_format(_rename(dict.fromkeys(header, ""), field_map or {}),
                             Where(str(path), 1 if unit == "line" else None))
+    spelled: dict[str, tuple[str, int | None]] = {}
     for n, raw in items:
         if isinstance(raw, InputError):
             skipped.append((n, str(raw)))
@@ -75,7 +76,13 @@ def load_file(path: str | Path, format: str = "auto", field_map: dict[str, str] 
         try:
             # the fields named by --field count as present: mapping a column says the format has it
             fmt = fmt or detect_format({**dict.fromkeys((field_map or {}).values(), ""), **raw}, where)
-            records.append(fmt.normalize(raw, where))
+            record = fmt.normalize(raw, where)
+            if fmt.kind == "classification":  # "Pos" beside "pos" would be two classes, silently
+                first, line = spelled.setdefault(record["label"].casefold(), (record["label"], where.n))
+                if first != record["label"]:
+                    raise where.error("label", f"'{record['label']}' differs from '{first}' ({where.unit} {line}) "
+                                      "only in case", fix="write each label the same way in every record")
+            records.append(record)
         except InputError as e:
             if not skip_invalid or fmt is None:
                 raise

@@ -34,6 +34,8 @@ class Classification(Format):
     def normalize(self, record: dict, where: Where) -> dict:
         text = get_str(record, "text", where)
         label = record.get("label")
+        if isinstance(label, str):  # "pos " and "pos" are one class; an all-space label is none
+            label = label.strip() or None
         if label is None:
             raise where.error("label", "missing or empty", fix="give every record a 'label'")
         if isinstance(label, bool) or not isinstance(label, (str, int)):
