@@ -186,14 +186,17 @@ def test_problems_of_a_workflow_file_are_named_by_line_and_nothing_is_stored(flo
                    "  - id: b\n    type: frobnicate\n"                                     # 6-7
                    "  - id: c\n    type: answer\n    text: '{{ d.text }} {{ e }}'\n"      # 8-10
                    "  - id: d\n    type: lookup\n    table: nope\n"                        # 11-13
-                   "  - id: f\n    type: llm\n    model: tiny\n    prompt: '{{ c.text }}'\n")
+                   "  - id: f\n    type: llm\n    model: tiny\n    prompt: '{{ c.text }}'\n"  # 14-17
+                   "  - id: v\n    type: check\n    sources: [d]\n")                  # 18-20: no draft
     p = cli("apps", "flow", "create", "broken", bad, ok=False)
     err = p.stderr
     assert "bad.yaml:2: field 'nodes.a.prompt': node 'a' (llm) is missing 'prompt'" in err
     assert "bad.yaml:4: node 'a': model 'no-such-model' does not exist" in err
     assert "bad.yaml:5: node 'a' (llm) has unknown field 'promt'" in err
     assert "bad.yaml:7: node 'b' has unknown type 'frobnicate'" in err
-    assert "bad.yaml:8: node 'c' uses 'e', which is not an input or a node" in err
+    assert "bad.yaml:10: node 'c' uses 'e', which is not an input or a node" in err  # the line of `text:`
+    assert "bad.yaml:18: node 'v' (check) is missing 'draft' Fix: add 'draft:' to node 'v'" in err
+    assert "Traceback" not in err
     assert "bad.yaml:13: node 'd': no lookup table named 'nope'" in err
     assert "flow:broken" not in cli("apps", "list").stdout
     cycle = tmp_path / "cycle.yaml"
@@ -372,12 +375,18 @@ def test_the_ssrf_guard_refuses_every_inner_address():
 
     inner = ["127.0.0.1", "127.255.0.9", "0.0.0.0", "10.1.2.3", "172.16.0.1", "172.31.255.254", "192.168.1.1",
              "169.254.169.254", "169.254.0.1", "100.64.0.1", "100.127.255.254", "224.0.0.1", "255.255.255.255",
-             "192.0.2.1", "198.18.0.1", "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1",
+             "192.0.0.192", "192.0.0.1", "192.0.2.1", "192.88.99.1", "198.18.0.1", "198.51.100.7", "203.0.113.9",
+             "240.0.0.1", "0.1.2.3", "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1",
              "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "64:ff9b::a9fe:a9fe",
-             "2002:7f00:1::1", "2002:a9fe:a9fe::", "2001:db8::1"]
+             "2002:7f00:1::1", "2002:a9fe:a9fe::", "2001:db8::1", "::ffff:192.0.0.192", "64:ff9b::c000:c0",
+             "64:ff9b:1::1", "fec0::1", "100::1", "::a9fe:a9fe", "3fff::1"]
     public = ["8.8.8.8", "1.1.1.1", "151.101.1.69", "2606:4700:4700::1111", "2a00:1450:4001:81c::200e"]
     assert [a for a in inner if why_refused(ipaddress.ip_address(a)) is None] == []
     assert [a for a in public if why_refused(ipaddress.ip_address(a)) is not None] == []
+    assert "Oracle Cloud" in why_refused(ipaddress.ip_address("192.0.0.192"))
+    # an IPv6 form reads as a sentence after "... resolves to ADDR, which is"
+    assert why_refused(ipaddress.ip_address("::ffff:169.254.169.254")) == (
+        "an IPv4-mapped address carrying 169.254.169.254, which is link-local (where cloud metadata services answer)")
 
     async def refused(url: str, allow: str = "") -> str:
         try:
@@ -393,6 +402,11 @@ def test_the_ssrf_guard_refuses_every_inner_address():
         msg = asyncio.run(refused(url))
         assert "loopback" in msg or "does not resolve" in msg, url
     assert "metadata" in asyncio.run(refused("http://169.254.169.254/latest/"))
+    assert "address 192.0.0.192 is reserved for IETF protocol assignments (Oracle Cloud" in asyncio.run(
+        refused("http://192.0.0.192/opc/v2/instance/"))
+    msg = asyncio.run(refused("http://[::ffff:169.254.169.254]/latest/"))
+    assert "resolves to ::ffff:a9fe:a9fe, which is an IPv4-mapped address carrying 169.254.169.254, which is " \
+           "link-local" in msg and "MODELMILL_HTTP_ALLOW=[::ffff:169.254.169.254]:80" in msg
     assert "not an http(s) URL" in asyncio.run(refused("file:///etc/passwd"))
     assert "not an http(s) URL" in asyncio.run(refused("gopher://127.0.0.1:6379/_INFO"))
     assert "user name or password" in asyncio.run(refused("http://evil.example@127.0.0.1/"))

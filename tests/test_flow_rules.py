@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import json
 import threading
 
 import pytest
@@ -197,3 +198,137 @@ def test_redirects_leave_credentials_behind_and_are_bounded():
     finally:
         for s in servers:
             s.shutdown()
+
+
+# every required field of every node type, and a file that has it (node 'v'; 'reply' answers)
+_NEEDS = {"llm": {"model": "m", "prompt": "hi"},
+          "extract": {"model": "m", "text": "hi", "schema": "{type: object, properties: {a: {type: string}}}"},
+          "retrieve": {"knowledge": "[policies]", "query": "q"},
+          "lookup": {"table": "orders"},
+          "http": {"url": "http://example.com/"},
+          "switch": {"value": "x", "cases": "{x: [reply]}"},
+          "check": {"draft": "d", "sources": "[reply]"},
+          "answer": {"text": "hi"}}
+
+
+@pytest.mark.parametrize("ntype, missing", [(t, k) for t, fields in _NEEDS.items() for k in fields])
+def test_a_node_missing_a_required_field_is_one_problem_with_its_line(store, ntype, missing):
+    """Every node type, every required field: the loader reports it (line, field, fix) and goes on
+    checking the rest of the file without reading the field it lacks (no KeyError)."""
+    from modelmill.apps.flow_spec import TYPES
+
+    assert set(_NEEDS[ntype]) == set(TYPES[ntype][0])
+    fields = "".join(f"    {k}: {v}\n" for k, v in _NEEDS[ntype].items() if k != missing)
+    text = f"nodes:\n  - id: v\n    type: {ntype}\n{fields}"
+    if ntype != "answer":
+        text += "  - id: reply\n    type: answer\n    text: '{{ v.text }}'\n"
+    if ntype == "check":
+        text += "  - id: d\n    type: llm\n    model: m\n    prompt: hi\n"
+    with pytest.raises(FlowError) as e:
+        load_workflow(text, "f.yaml", store)
+    got = [d for d in e.value.details if d["field"] == f"nodes.v.{missing}"]
+    assert [(d["line"], d["message"]) for d in got] == [(2, f"node 'v' ({ntype}) is missing '{missing}'")]
+    assert f"add '{missing}:' to node 'v'" in got[0]["fix"]
+    assert str(e.value).startswith(f"f.yaml:2: field 'nodes.v.{missing}': node 'v' ({ntype}) is "
+                                             f"missing '{missing}'")
+
+
+def test_problems_in_templates_point_at_the_line_and_field_that_has_them():
+    got = [(d["line"], d["field"], d["message"]) for d in _details(
+        "nodes:\n"                     # 1
+        "  - id: reply\n"              # 2
+        "    type: answer\n"           # 3
+        "    text: |\n"                # 4
+        "      Hello\n"                # 5
+        "      {{ nope }}\n")]         # 6
+    assert got == [(6, "nodes.reply.text", "node 'reply' uses 'nope', which is not an input or a node")]
+    for style in "|>":  # a template error, counted from where the text starts (not from `text:`)
+        got = [(d["line"], d["field"]) for d in _details(
+            f"nodes:\n  - id: reply\n    type: answer\n    text: {style}-\n      {{{{ a + }}}}\n")]
+        assert got == [(5, "nodes.reply.text")], style
+    got = [(d["line"], d["field"]) for d in _details(
+        "nodes:\n  - id: reply\n    type: answer\n    text: |\n      Hello\n\n      {% for x in y %}{{ a + }}\n")]
+    assert got == [(7, "nodes.reply.text")]
+    got = [(d["line"], d["field"], d["message"]) for d in _details(
+        "nodes:\n  - id: find\n    type: lookup\n    table: orders\n    where:\n"   # 1-5
+        "      order_id: '{{ question }}'\n      status: '{{ stat }}'\n"             # 6-7
+        "  - id: reply\n    type: answer\n    text: '{{ find.text }} {{ reply.x }}'\n")]  # 8-10
+    assert got == [(7, "nodes.find.where", "node 'find' uses 'stat', which is not an input or a node"),
+                   (10, "nodes.reply.text", "node 'reply' refers to itself")]
+
+
+def _details(text: str) -> list[dict]:
+    with pytest.raises(FlowError) as e:
+        load_workflow(text, "f.yaml")
+    return e.value.details
+
+
+def test_a_trace_never_shows_credentials_in_headers(store, monkeypatch):
+    """The headers an http node sent are kept in the run's trace (CLI, REST and web show it): every
+    credential-bearing one as ***, by the same rule that keeps them from another origin on redirect."""
+    from modelmill.apps.flows import FlowRuns
+    from modelmill.apps.ssrf import SECRET_HEADERS, is_secret_header
+
+    assert all(is_secret_header(h.upper()) for h in SECRET_HEADERS)
+    assert not any(is_secret_header(h) for h in ("Accept", "Content-Type", "User-Agent", "X-Request-Id"))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hops)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    monkeypatch.setenv("MODELMILL_HTTP_ALLOW", f"127.0.0.1:{port}")
+    secret = {"Authorization": "Bearer A1", "Proxy-Authorization": "Basic B2", "Api-Key": "C3",
+              "X-Auth-Token": "D4", "Cookie": "s=E5", "X-Session-Secret": "F6", "X-Client-Password": "G7",
+              "x-upstream-token": "H8", "X-API-KEY": "I9"}
+    headers = "{" + ", ".join(f"{k}: {v}" for k, v in {**secret, "Accept": "text/plain"}.items()) + "}"
+    try:
+        run = _run(store, f"inputs: []\nnodes:\n  - id: call\n    type: http\n    url: http://127.0.0.1:{port}/echo\n"
+                          f"    headers: {headers}\n  - id: reply\n    type: answer\n    text: '{{{{ call.text }}}}'\n",
+                   {})
+    finally:
+        srv.shutdown()
+    assert run.output["text"] == "Bearer A1"  # sent as given
+    for trace in (run.trace, FlowRuns(store).get(run.id).trace):
+        shown = trace[0]["inputs"]["headers"]
+        assert shown == {**{k: "***" for k in secret}, "Accept": "text/plain"}
+        assert not any(v in json.dumps(trace[0]["inputs"]) for v in secret.values())
+
+
+class _Answers:
+    """Retrieval at our own seam (apps.rag.KnowledgeAnswers.retrieve): fixed hits per knowledge base."""
+
+    def __init__(self, hits: dict):
+        self.hits = hits
+
+    async def retrieve(self, names, messages, k, mode):
+        from modelmill.kb.base import Hit
+
+        return [(n, Hit(id=f"{doc}#{i}", doc=doc, title=doc, section="", page=None, start=0, end=len(text),
+                        text=text, score=1.0 - i / 10))
+                for n in names for i, (doc, text) in enumerate(self.hits[n])][:k]
+
+
+def test_citations_of_several_retrieve_nodes_are_numbered_as_the_model_saw_them(store):
+    """An answer citing [pol, zh]: each retrieve node's text shows its items under the numbers the
+    answer's citations give them, so the [n] a draft copies from zh's text is zh's item."""
+    from modelmill.apps.flows import FlowServices, run_flow
+
+    flow = ("inputs: [question]\nnodes:\n"
+            "  - id: zh\n    type: retrieve\n    knowledge: [warranty]\n    query: '{{ question }}'\n    k: 2\n"
+            "  - id: pol\n    type: retrieve\n    knowledge: [policies]\n    query: '{{ question }}'\n    k: 3\n"
+            "  - id: draft\n    type: answer\n    citations: [pol, zh]\n"
+            "    text: \"{{ zh.text | regex_search('\\\\[\\\\d+\\\\]') }} and {{ pol.text | regex_search('\\\\[\\\\d+\\\\]') }}\"\n")
+    answers = _Answers({"policies": [("refunds.md", "Refunds take 14 days."), ("shipping.md", "Shipping is 4.90.")],
+                        "warranty": [("warranty.txt", "电池保修六个月。"), ("care.txt", "保修期内免费维修。")]})
+    wf = load_workflow(flow, "f.yaml", None, "cites")
+
+    async def go():
+        return await run_flow(FlowServices(store, None, None, answers), wf, {"question": "电池保修多久？"})
+
+    run = asyncio.run(go())
+    by = {t["node"]: t["output"] for t in run.trace}
+    # pol (listed first) numbers from 1 and found 2 of its k=3; zh numbers from 4
+    assert [i["index"] for i in by["pol"]["items"]] == [1, 2] and by["pol"]["text"].startswith("[1] (refunds.md")
+    assert [i["index"] for i in by["zh"]["items"]] == [4, 5] and by["zh"]["text"].startswith("[4] (warranty.txt")
+    assert run.output["text"] == "[4] and [1]"
+    cites = {c["index"]: (c["document"], c["cited"]) for c in run.output["citations"]}
+    assert cites == {1: ("refunds.md", True), 2: ("shipping.md", False), 4: ("warranty.txt", True),
+                     5: ("care.txt", False)}

@@ -263,3 +263,25 @@ def test_rerank_reorders_the_fused_candidates(cli, docs, tmp_path):
     assert all("rerank" not in h["ranks"] for h in plain)
     p = cli("kb", "query", "shop", "refund", "--rerank", tmp_path / "nothing-here", ok=False)
     assert "--rerank" in p.stderr and "config.json" in p.stderr
+
+
+@pytest.mark.parametrize("text", [
+    "，".join(["退货申请需要在收到商品后三十天内提交", "并保留原始包装和购物发票", "电池属于易耗品"] * 40),  # only "，"
+    " ".join(f"word{i % 7} and then some more plain words" for i in range(120)),          # no sentence ends
+], ids=["chinese-commas", "unpunctuated-english"])
+def test_long_text_without_sentence_ends_still_overlaps(text):
+    """Text with nothing to cut at but words or characters is cut into runs that leave room for the
+    overlap, so consecutive chunks share about --chunk-overlap tokens there too."""
+    from modelmill.kb.chunk import chunk
+    from modelmill.kb.tokens import count_tokens
+    from modelmill.kb.types import Document, Unit
+
+    doc = Document("T", [Unit(text, "S")])
+    chunks = chunk(doc, max_tokens=64, overlap=12)
+    assert len(chunks) > 5
+    for a, b in zip(chunks, chunks[1:]):
+        assert a.start < b.start < a.end < b.end  # overlapping, moving on
+        shared = count_tokens(doc.text[b.start:a.end])
+        assert 6 <= shared <= 12, (a.start, a.end, b.start, shared)
+    assert all(count_tokens(c.text) <= 64 for c in chunks)
+    assert chunks[-1].end == len(doc.text)

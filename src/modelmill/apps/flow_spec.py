@@ -82,7 +82,8 @@ class FlowError(InputError):
 
 class _Map(dict):
     line: int = 1
-    lines: dict
+    lines: dict            # key -> line of the key
+    value_lines: dict      # key -> line where the value's text starts (the line after `key: |` or `key: >`)
 
 
 def _loader():
@@ -105,7 +106,7 @@ def _loader():
         loader.flatten_mapping(node)
         seen: dict = {}
         out = _Map()
-        out.line, out.lines = node.start_mark.line + 1, {}
+        out.line, out.lines, out.value_lines = node.start_mark.line + 1, {}, {}
         for k_node, v_node in node.value:
             key = loader.construct_object(k_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) or key is None:
@@ -115,6 +116,9 @@ def _loader():
             seen[key] = k_node.start_mark.line + 1
             out[key] = loader.construct_object(v_node, deep=True)
             out.lines[key] = k_node.start_mark.line + 1
+            # a block scalar's mark is its | or > indicator; its text starts on the next line
+            block = isinstance(v_node, yaml.ScalarNode) and v_node.style in ("|", ">")
+            out.value_lines[key] = v_node.start_mark.line + 1 + (1 if block else 0)
         return out
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
@@ -232,8 +236,10 @@ class Node:
     fields: dict                                   # every field, defaults filled in
     lines: dict                                    # field -> line
     templates: dict = field(default_factory=dict)  # field -> compiled structure (see _compile)
-    refs: set = field(default_factory=set)         # names its templates use
+    refs: dict = field(default_factory=dict)       # name its templates use -> (field, line of its first use)
     deps: set = field(default_factory=set)         # nodes it runs after
+    missing: tuple = ()                            # required fields the file leaves out (a problem reported)
+    cite_from: int = 1                             # a retrieve node's first item number (see _number_citations)
 
 
 @dataclass
@@ -273,15 +279,25 @@ class _Tpl:
 
 
 def _compile(env, value, problems: list, where: dict):
-    """``value`` with each string holding ``{{`` or ``{%`` compiled; the names used collected in where['refs']."""
-    from jinja2 import TemplateSyntaxError, meta
+    """``value`` with each string holding ``{{`` or ``{%`` compiled; each name used is recorded in
+    where['refs'] as name -> (field, line of its first use). where['line'] is the line the value's
+    text starts on; a nested mapping's values start on their own lines."""
+    from jinja2 import TemplateSyntaxError, meta, nodes
 
     if isinstance(value, str):
         if "{{" not in value and "{%" not in value:
             return value
         try:
             ast = env.parse(value)
-            where["refs"] |= meta.find_undeclared_variables(ast)
+            used = meta.find_undeclared_variables(ast)
+            first: dict = {}
+            for n in ast.find_all(nodes.Name):
+                if n.name in used and n.ctx == "load":
+                    first[n.name] = min(first.get(n.name, n.lineno), n.lineno)
+            for name in used:  # the use nearest the top of the file is the one reported
+                at = (where["field"], where["line"] + first.get(name, 1) - 1)
+                if name not in where["refs"] or at[1] < where["refs"][name][1]:
+                    where["refs"][name] = at
             return _Tpl(value, env.from_string(value))
         except TemplateSyntaxError as e:
             problems.append({"message": f"template error: {e.message}", "line": where["line"] + (e.lineno or 1) - 1,
@@ -292,7 +308,12 @@ def _compile(env, value, problems: list, where: dict):
                              "field": where["field"]})
             return value
     if isinstance(value, dict):
-        return {k: _compile(env, v, problems, where) for k, v in value.items()}
+        out, line = {}, where["line"]
+        for k, v in value.items():
+            where["line"] = getattr(value, "value_lines", {}).get(k, line)
+            out[k] = _compile(env, v, problems, where)
+        where["line"] = line
+        return out
     if isinstance(value, list):
         return [_compile(env, v, problems, where) for v in value]
     return value
@@ -394,15 +415,20 @@ def load_workflow(text: str, source: str | None = None, store=None, name: str | 
             if k not in COMMON and k not in required and k not in optional:
                 bad(f"node '{nid}' ({ntype}) has unknown field '{k}'", lines.get(k, line), f"nodes.{nid}.{k}",
                     f"a {ntype} node takes {', '.join(required + tuple(optional))}")
-        missing = [k for k in required if raw.get(k) in (None, "", [], {})]
+        missing = tuple(k for k in required if raw.get(k) in (None, "", [], {}))
         for k in missing:
-            bad(f"node '{nid}' ({ntype}) is missing '{k}'", line, f"nodes.{nid}.{k}")
-        fields = {**optional, **{k: v for k, v in raw.items() if k not in ("id", "type")}}
-        node = Node(nid, ntype, line, fields, {k: lines.get(k, line) for k in raw})
-        where = {"refs": set(), "line": line, "field": None}
-        for k in TEMPLATED:
+            bad(f"node '{nid}' ({ntype}) is missing '{k}'", lines.get(k, line), f"nodes.{nid}.{k}",
+                f"add '{k}:' to node '{nid}'; a {ntype} node needs {', '.join(required)}")
+        # the node stays (so the nodes that name it are checked too) with every field present: a
+        # missing one is None, and the checks below leave a field in `missing` alone
+        fields = {**optional, **{k: v for k, v in raw.items() if k not in ("id", "type")},
+                  **{k: None for k in missing}}
+        node = Node(nid, ntype, line, fields, {k: lines.get(k, line) for k in raw}, missing=missing)
+        value_lines = getattr(raw, "value_lines", {})
+        where = {"refs": {}, "line": line, "field": None}
+        for k in sorted(TEMPLATED):
             if fields.get(k) is not None:
-                where["line"], where["field"] = lines.get(k, line), f"nodes.{nid}.{k}"
+                where["line"], where["field"] = value_lines.get(k, lines.get(k, line)), f"nodes.{nid}.{k}"
                 node.templates[k] = _compile(env, fields[k], problems, where)
         node.refs = where["refs"]
         nodes[nid] = node
@@ -414,19 +440,19 @@ def load_workflow(text: str, source: str | None = None, store=None, name: str | 
             "end with - id: reply / type: answer / text: '{{ ... }}'")
     names = set(inputs) | {"messages", "inputs"}
     for n in nodes.values():
-        for ref in sorted(n.refs):
+        for ref, (where_field, where_line) in sorted(n.refs.items()):
             if ref in nodes:
                 if ref != n.id:
                     n.deps.add(ref)
                 else:
-                    bad(f"node '{n.id}' refers to itself", n.line, f"nodes.{n.id}")
+                    bad(f"node '{n.id}' refers to itself", where_line, where_field)
             elif ref not in names:
-                bad(f"node '{n.id}' uses '{ref}', which is not an input or a node", n.line, f"nodes.{n.id}",
+                bad(f"node '{n.id}' uses '{ref}', which is not an input or a node", where_line, where_field,
                     f"inputs: {', '.join(inputs) or 'none'}; nodes: {', '.join(nodes)}")
         listed = {"after": _ids(n.fields.get("after"))}
         if n.type == "check":
-            listed["draft"] = _ids(n.fields["draft"])
-            listed["sources"] = _ids(n.fields["sources"])
+            listed["draft"] = _ids(n.fields.get("draft"))
+            listed["sources"] = _ids(n.fields.get("sources"))
         if n.type == "answer" and n.fields.get("citations"):
             listed["citations"] = _ids(n.fields["citations"])
         for k, ids in listed.items():
@@ -438,7 +464,7 @@ def load_workflow(text: str, source: str | None = None, store=None, name: str | 
                     n.deps.add(ref)
         _check_fields(n, nodes, bad)
     for n in nodes.values():  # a switch's case nodes run after it
-        if n.type == "switch" and isinstance(n.fields["cases"], dict):
+        if n.type == "switch" and isinstance(n.fields.get("cases"), dict):
             for label in n.fields["cases"]:
                 if not isinstance(label, str):
                     bad(f"switch '{n.id}' has case label {label!r}, which YAML read as a {type(label).__name__}",
@@ -455,6 +481,8 @@ def load_workflow(text: str, source: str | None = None, store=None, name: str | 
                     else:
                         nodes[ref].deps.add(n.id)
     _guard_drafts(nodes)
+    if answers:
+        _number_citations(answers[0], nodes)
     try:
         graphlib.TopologicalSorter({k: v.deps for k, v in nodes.items()}).prepare()
     except graphlib.CycleError as e:
@@ -494,8 +522,30 @@ def _guard_drafts(nodes: dict) -> None:
                 n.deps.add(c.id)
 
 
+def _number_citations(answer: Node, nodes: dict) -> None:
+    """Give each retrieve node an answer cites its own range of item numbers, in the order the
+    citations list them, so the [n] a model reads next to an item is the [n] the answer's
+    citations call it: with citations [pol, zh] and k 4 each, pol numbers its items from [1] and
+    zh from [5] (a node that finds fewer than k leaves a gap). The ranges come from k, known when
+    the file loads, so the retrieve nodes still run side by side."""
+    first = 1
+    for c in dict.fromkeys(_ids(answer.fields.get("citations"))):
+        node = nodes.get(c)
+        if node is None or node.type != "retrieve":
+            continue
+        node.cite_from = first
+        k = node.fields.get("k")
+        first += k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else 0
+
+
 def _check_fields(n: Node, nodes: dict, bad) -> None:
     f, at = n.fields, n.lines
+    if n.missing:  # a missing field is reported once, as missing, not again as a wrong value
+        said, skip = bad, {f"nodes.{n.id}.{k}" for k in n.missing}
+
+        def bad(message, line, field=None, fix=None):
+            if field not in skip:
+                said(message, line, field, fix)
 
     def number(k, lo, hi, integer=False):
         v = f.get(k)
@@ -611,13 +661,13 @@ def _check_names(store, nodes: dict, bad) -> None:
                 bad(f"node '{n.id}': {why}", n.lines.get("model", n.line), f"nodes.{n.id}.model",
                     "`modelmill models list`, `adapters list` and `apps list` show what exists")
         if n.type == "retrieve":
-            for kb in _ids(n.fields["knowledge"]):
+            for kb in _ids(n.fields.get("knowledge")):
                 try:
                     kbs.get(str(kb))
                 except NotFoundError as e:
                     bad(f"node '{n.id}': {e.message}", n.lines.get("knowledge", n.line), f"nodes.{n.id}.knowledge",
                         e.fix)
-        if n.type == "lookup":
+        if n.type == "lookup" and "table" not in n.missing:
             try:
                 t = tables.get(str(n.fields["table"]))
             except NotFoundError as e:

@@ -422,12 +422,15 @@ async def _retrieve(services, wf, node, ctx, private):
     f = node.fields
     query = await _r(node.templates["query"], ctx)
     names = [str(x) for x in _ids(f["knowledge"])]
-    items = await services.answers.retrieve(names, [{"role": "user", "content": query}], f["k"], f["mode"])
-    private[node.id] = {"items": items}
+    items = (await services.answers.retrieve(names, [{"role": "user", "content": query}], f["k"], f["mode"]))[:f["k"]]
+    # numbered from the node's place among the answer's citations (flow_spec._number_citations), so the
+    # [n] the model sees is the [n] of the answer's citations
+    numbered = list(enumerate(items, node.cite_from))
+    private[node.id] = {"items": items, "numbered": numbered}
     listed = [{"index": n, "kb": kb, "doc": hit.doc, "section": hit.section, "text": hit.text,
-               "score": round(hit.score, 4)} for n, (kb, hit) in enumerate(items, 1)]
+               "score": round(hit.score, 4)} for n, (kb, hit) in numbered]
     text = "\n\n".join(f"[{n}] ({rag.item_label(kb, hit)}) {' '.join(hit.text.split())}"
-                       for n, (kb, hit) in enumerate(items, 1))
+                         for n, (kb, hit) in numbered)
     return {"text": text, "items": listed, "count": len(items)}, {"inputs": {"query": query, "knowledge": names}}
 
 
@@ -450,7 +453,7 @@ async def _lookup(services, wf, node, ctx, private):
 
 
 async def _http(services, wf, node, ctx, private):
-    from modelmill.apps.ssrf import fetch
+    from modelmill.apps.ssrf import fetch, is_secret_header
 
     f = node.fields
     url = (await _r(node.templates["url"], ctx)).strip()
@@ -463,7 +466,7 @@ async def _http(services, wf, node, ctx, private):
         body = str(await _r(node.templates["body"], ctx)).encode()
     resp = await fetch(str(f["method"]), url, headers=headers, body=body, timeout=float(f["timeout"]),
                        max_bytes=int(f["max_bytes"]), allow=services.http_allow)
-    shown = {k: ("***" if k.lower() in ("authorization", "cookie", "x-api-key") else v) for k, v in headers.items()}
+    shown = {k: ("***" if is_secret_header(k) else v) for k, v in headers.items()}
     return ({"status": resp.status, "text": resp.text, "json": resp.json, "url": resp.url},
             {"inputs": {"method": str(f["method"]).upper(), "url": url, "headers": shown, "bytes": resp.bytes}})
 
@@ -565,10 +568,12 @@ async def _answer(services, wf, node, ctx, private):
 
     text = str(await _r(node.templates["text"], ctx)).strip()
     out: dict = {"text": text}
-    cites = [str(c) for c in _ids(node.fields.get("citations"))]
+    cites = [str(c) for c in dict.fromkeys(_ids(node.fields.get("citations")))]
     if cites:
-        items = [it for c in cites for it in (private.get(c) or {}).get("items", [])]
-        out["citations"] = rag.citations(text, items)
+        # each item keeps the number its retrieve node showed it with (the ranges follow this list's order)
+        cited = rag.cited_numbers(text)
+        out["citations"] = [{"index": n, **hit.citation(kb), "score": hit.score, "cited": n in cited}
+                            for c in cites for n, (kb, hit) in (private.get(c) or {}).get("numbered", [])]
     return out, {}
 
 

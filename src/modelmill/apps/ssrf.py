@@ -9,9 +9,13 @@ own admin routes, the cloud's metadata service (169.254.169.254, which hands out
 databases on the private network. So every request is checked before it leaves:
 
 - the host is resolved here, and every address it resolves to must be a public unicast address:
-  loopback, private (RFC 1918, unique-local IPv6), shared (100.64/10), link-local (the metadata
-  services live there), multicast, reserved and documentation ranges are refused, and so are
-  IPv6 addresses that carry one of those (IPv4-mapped, NAT64, 6to4, Teredo);
+  the ranges of IANA's special-purpose registries are refused by a list kept here (so the answer
+  does not depend on the Python version's ``ipaddress``): loopback, private (RFC 1918,
+  unique-local IPv6), shared (100.64/10), link-local (169.254/16, fe80::/10: the metadata services
+  live there), IETF protocol assignments (192.0.0.0/24, where Oracle Cloud's metadata service
+  answers at 192.0.0.192), benchmarking, documentation, multicast, reserved, and every IPv6
+  address outside global unicast (2000::/3); and so are IPv6 addresses that carry one of those
+  (IPv4-mapped, NAT64, 6to4, Teredo);
 - the connection goes to the address that was checked (the name is not resolved a second time,
   so a DNS answer that changes between check and connect, "rebinding", cannot slip through);
   TLS still verifies the certificate against the name;
@@ -39,7 +43,44 @@ from modelmill.errors import InputError
 ALLOW_ENV = "MODELMILL_HTTP_ALLOW"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
+
+_METADATA = "link-local (where cloud metadata services answer)"
+# IANA's IPv4 and IPv6 special-purpose address registries (and multicast, reserved): no workflow
+# calls these. Checked in this order, so a smaller range's reason wins over the one around it.
+_DENY = [(ipaddress.ip_network(net), why) for net, why in [
+    ("0.0.0.0/32", "unspecified"),
+    ("0.0.0.0/8", "'this network' (0.0.0.0/8)"),
+    ("10.0.0.0/8", "private"),
+    ("100.64.0.0/10", "shared address space (carrier-grade NAT)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", _METADATA),
+    ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "reserved for IETF protocol assignments (Oracle Cloud's metadata service answers at "
+                     "192.0.0.192)"),
+    ("192.0.2.0/24", "documentation (TEST-NET-1)"),
+    ("192.88.99.0/24", "reserved (6to4 relay anycast)"),
+    ("192.168.0.0/16", "private"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation (TEST-NET-2)"),
+    ("203.0.113.0/24", "documentation (TEST-NET-3)"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("240.0.0.0/4", "reserved"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("::/96", "an IPv4-compatible address (deprecated)"),
+    ("64:ff9b:1::/48", "local-use NAT64"),
+    ("100::/64", "discard-only"),
+    ("2001::/23", "reserved for IETF protocol assignments"),
+    ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),
+    ("5f00::/16", "reserved (SRv6)"),
+    ("fc00::/7", "private (unique-local)"),
+    ("fe80::/10", _METADATA),
+    ("fec0::/10", "site-local"),
+    ("ff00::/8", "multicast"),
+]]
+_GLOBAL_V6 = ipaddress.ip_network("2000::/3")  # IPv6 global unicast; everything outside it is refused
 
 
 class Refused(InputError):
@@ -67,29 +108,27 @@ class Response:
 
 
 def why_refused(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why ``addr`` is not a public unicast address (None when it is)."""
+    """Why ``addr`` is not a public unicast address (None when it is), worded to follow "is"."""
     if isinstance(addr, ipaddress.IPv6Address):
-        inner = addr.ipv4_mapped or addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
-        if inner is None and addr in _NAT64:
-            inner = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        kind, inner = None, None
+        if addr.ipv4_mapped:
+            kind, inner = "an IPv4-mapped", addr.ipv4_mapped
+        elif addr.sixtofour:
+            kind, inner = "a 6to4", addr.sixtofour
+        elif addr.teredo:
+            kind, inner = "a Teredo", addr.teredo[1]
+        elif addr in _NAT64:
+            kind, inner = "a NAT64", ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
         if inner is not None:
             why = why_refused(inner)
-            return f"it carries {inner}, which is {why}" if why else None
-    if addr.is_loopback:
-        return "loopback"
-    if addr.is_link_local:
-        return "link-local (where cloud metadata services answer)"
-    if isinstance(addr, ipaddress.IPv6Address) and addr.is_site_local:
-        return "site-local"
-    if addr.is_multicast:
-        return "multicast"
-    if addr.is_unspecified:
-        return "unspecified"
-    if isinstance(addr, ipaddress.IPv4Address) and addr in _SHARED:
-        return "shared address space (carrier-grade NAT)"
-    if addr.is_private:
-        return "private"
-    if addr.is_reserved or not addr.is_global:
+            return f"{kind} address carrying {inner}, which is {why}" if why else None
+    for net, why in _DENY:
+        if addr.version == net.version and addr in net:
+            return why
+    if isinstance(addr, ipaddress.IPv6Address) and addr not in _GLOBAL_V6:
+        return "reserved (outside IPv6 global unicast, 2000::/3)"
+    # what a newer registry adds that the list above lacks, as far as this Python knows it
+    if addr.is_private or addr.is_reserved or not addr.is_global:
         return "reserved"
     return None
 
@@ -161,7 +200,7 @@ async def check_url(url: str, allow: str | None = None) -> tuple[str, int, str]:
             shown = f"address {addr}" if host == str(addr) else f"'{host}' resolves to {addr}, which"
             raise Refused(f"{shown} is {why}; workflows may not call such addresses", field="url",
                           fix=f"if this service is meant to be called, the server's operator allows it with "
-                              f"{ALLOW_ENV}={host}:{port}")
+                              f"{ALLOW_ENV}={f'[{host}]' if ':' in host else host}:{port}")
     return host, port, str(addrs[0])
 
 
@@ -188,7 +227,7 @@ async def fetch(method: str, url: str, *, headers: dict | None = None, body: byt
             if origin[0] == "https" and parts.scheme == "http":
                 raise FetchFailed(f"a redirect from https to http ({url[:200]}) is refused", field="url")
             # another origin: credentials meant for the first one stay behind
-            headers = {k: v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
+            headers = {k: v for k, v in headers.items() if not is_secret_header(k)}
         origin = (parts.scheme, host, port)
         netloc = f"[{addr}]" if ":" in addr else addr
         pinned = parts._replace(netloc=f"{netloc}:{port}").geturl()
@@ -233,7 +272,17 @@ async def fetch(method: str, url: str, *, headers: dict | None = None, body: byt
     raise FetchFailed(f"more than {max_redirects} redirects", field="url")
 
 
-_SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token"}
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
+                            "x-auth-token"})
+_SECRET_WORDS = ("token", "secret", "auth", "cookie", "key", "password")
+
+
+def is_secret_header(name: str) -> bool:
+    """Whether a header carries a credential: one of :data:`SECRET_HEADERS`, or a name with token,
+    secret, auth, cookie, key or password in it (any case). Such headers stay behind when a redirect
+    leaves the origin, and a run's trace shows them as ***."""
+    name = str(name).lower()
+    return name in SECRET_HEADERS or any(w in name for w in _SECRET_WORDS)
 
 
 def _clean_headers(headers: dict) -> dict:

@@ -12,7 +12,8 @@ How:
 - A table row or FAQ pair (kind ``row``/``qa``) is a chunk of its own, so one answer is
   never mixed with the next.
 - A unit over the budget is cut at sentence ends (``. ! ?`` before a space, ``。！？；…``),
-  then at line breaks, then between words or CJK characters.
+  then at line breaks, then between words or CJK characters; those last runs take at most
+  ``max_tokens - overlap`` tokens, so the overlap below fits beside them.
 - When a section needs several chunks, each next one repeats up to ``overlap`` tokens of
   the previous one's end, starting at a sentence where one fits, else at a word.
 
@@ -44,7 +45,7 @@ def chunk(doc: Document, *, max_tokens: int = 200, overlap: int = 40) -> list[Ch
     check_chunking(max_tokens, overlap)
     chunks: list[Chunk] = []
     for units in _sections(doc.units):
-        pieces = [p for u in units for p in _split(doc.text, u.start, u.end, max_tokens)]
+        pieces = [p for u in units for p in _split(doc.text, u.start, u.end, max_tokens, overlap=overlap)]
         for start, end in _pack(doc.text, pieces, max_tokens, overlap):
             chunks.append(Chunk(text=doc.text[start:end], title=doc.title, section=units[0].section,
                                 page=_page_at(units, start), start=start, end=end, ordinal=len(chunks)))
@@ -90,9 +91,10 @@ def _strip(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def _split(text: str, start: int, end: int, budget: int, level: int = 0) -> list[Piece]:
+def _split(text: str, start: int, end: int, budget: int, level: int = 0, *, overlap: int = 0) -> list[Piece]:
     """Spans of ``text[start:end]`` that each fit the budget: the whole span if it fits, else
-    its sentences, else its lines, else cuts between words."""
+    its sentences, else its lines, else cuts between words of ``budget - overlap`` tokens (a run
+    of the full budget would leave no room for the next chunk to repeat the end of this one)."""
     start, end = _strip(text, start, end)
     if start >= end:
         return []
@@ -101,9 +103,9 @@ def _split(text: str, start: int, end: int, budget: int, level: int = 0) -> list
         return [(start, end, n)]
     splitters = (_SENTENCE_END, _LINE_END)
     if level == len(splitters):
-        return _hard_split(text, start, end, budget)
+        return _hard_split(text, start, end, budget - overlap)
     cuts = [start] + [m.end() for m in splitters[level].finditer(text, start, end)] + [end]
-    return [p for a, b in zip(cuts, cuts[1:]) for p in _split(text, a, b, budget, level + 1)]
+    return [p for a, b in zip(cuts, cuts[1:]) for p in _split(text, a, b, budget, level + 1, overlap=overlap)]
 
 
 def _is_word_start(text: str, p: int) -> bool:
