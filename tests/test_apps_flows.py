@@ -191,13 +191,13 @@ def test_problems_of_a_workflow_file_are_named_by_line_and_nothing_is_stored(flo
     p = cli("apps", "flow", "create", "broken", bad, ok=False)
     err = p.stderr
     assert "bad.yaml:2: field 'nodes.a.prompt': node 'a' (llm) is missing 'prompt'" in err
-    assert "bad.yaml:4: node 'a': model 'no-such-model' does not exist" in err
-    assert "bad.yaml:5: node 'a' (llm) has unknown field 'promt'" in err
-    assert "bad.yaml:7: node 'b' has unknown type 'frobnicate'" in err
-    assert "bad.yaml:10: node 'c' uses 'e', which is not an input or a node" in err  # the line of `text:`
-    assert "bad.yaml:18: node 'v' (check) is missing 'draft' Fix: add 'draft:' to node 'v'" in err
+    assert "bad.yaml:4: field 'nodes.a.model': node 'a': model 'no-such-model' does not exist" in err
+    assert "bad.yaml:5: field 'nodes.a.promt': node 'a' (llm) has unknown field 'promt'" in err
+    assert "bad.yaml:7: field 'nodes.b.type': node 'b' has unknown type 'frobnicate'" in err
+    assert "bad.yaml:10: field 'nodes.c.text': node 'c' uses 'e', which is not an input or a node" in err  # the line of `text:`
+    assert "bad.yaml:18: field 'nodes.v.draft': node 'v' (check) is missing 'draft' Fix: add 'draft:' to node 'v'" in err
     assert "Traceback" not in err
-    assert "bad.yaml:13: node 'd': no lookup table named 'nope'" in err
+    assert "bad.yaml:13: field 'nodes.d.table': node 'd': no lookup table named 'nope'" in err
     assert "flow:broken" not in cli("apps", "list").stdout
     cycle = tmp_path / "cycle.yaml"
     cycle.write_text("nodes:\n  - id: a\n    type: llm\n    model: tiny\n    prompt: '{{ b.text }}'\n"

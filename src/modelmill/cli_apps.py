@@ -183,7 +183,9 @@ def _read_flow_file(path: str) -> str:
 def _problems(e) -> None:
     for d in getattr(e, "details", [])[1:]:
         where = f"{d['file']}:{d['line']}" if d.get("file") and d.get("line") else f"line {d.get('line')}"
-        click.echo(f"  also {where}: {d['message']}" + (f" Fix: {d['fix']}" if d.get("fix") else ""), err=True)
+        field = f" field '{d['field']}':" if d.get("field") else ""
+        click.echo(f"  also {where}:{field} {d['message']}" + (f" Fix: {d['fix']}" if d.get("fix") else ""),
+                   err=True)
 
 
 @flow.command("check")
