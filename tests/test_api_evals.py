@@ -94,6 +94,87 @@ def test_leaderboard_ranks_like_the_library(client, scored):
     assert "nope" in _error(client.get("/api/leaderboard", params={"task": "nope"}), 404, "task")["message"]
 
 
+def _stored(store, tmp, key, candidate, dataset, n, score, minute, preds=None, task="drugs"):
+    """A finished classification result written straight to the store (no scoring), its items
+    (gold 'pos' every time; ``preds`` the answers) in a folder of its own."""
+    from datetime import datetime, timedelta, timezone
+
+    from modelmill.store.tables import EvalResult
+
+    folder = tmp / key
+    folder.mkdir(parents=True)
+    write_jsonl(folder / "items.jsonl", [{"i": i, "input": f"item {i}", "gold": "pos", "pred": p, "correct": p == "pos"}
+                                         for i, p in enumerate(preds or [])])
+    with store.session() as s:
+        s.add(EvalResult(key=key, task=task, kind="classification", dataset=dataset, dataset_hash=dataset,
+                         candidate=candidate, candidate_kind="model", status="done", n=n, n_done=n, primary="accuracy",
+                         metrics={"accuracy": score, "macro_f1": score}, lineage={}, seconds=1.0, path=str(folder),
+                         score=score, finished_at=datetime(2026, 12, 1, tzinfo=timezone.utc) + timedelta(minutes=minute)))
+
+
+@pytest.fixture()
+def versions(tmp_path):
+    """Task 'drugs' scored on two dataset versions and with --limit 2: three boards. 'lora' is
+    best on the newest data (2 items), and its older full run on v2 outscores nothing there."""
+    store = Store(Settings(home=tmp_path / "home"))
+    _stored(store, tmp_path, "k1", "old-lora", "drugs-test@1", 4, 0.95, 1, ["pos"] * 4)
+    _stored(store, tmp_path, "k2", "base", "drugs-test@2", 4, 0.50, 2, ["pos", "neg", "pos", "neg"])
+    _stored(store, tmp_path, "k3", "lora", "drugs-test@2", 4, 0.75, 3, ["pos", "pos", "pos", "neg"])
+    _stored(store, tmp_path, "k4", "lora", "drugs-test@2", 2, 1.00, 4, ["pos", "pos"])  # --limit 2: newest
+    _stored(store, tmp_path, "k5", "base", "drugs-test@2", 2, 0.50, 5, ["pos", "neg"])
+    return store
+
+
+def test_leaderboard_has_a_board_per_data_newest_first(versions):
+    """Results on another dataset version or with --limit are not ranked together: one entry per
+    board, each naming its dataset and item count, the task's newest data first (as the library)."""
+    from modelmill.evaluate.results import leaderboard
+
+    c = _client(versions)
+    boards = c.get("/api/leaderboard").json()["tasks"]
+    assert [(b["task"], b["dataset"], b["n"], [r["candidate"] for r in b["rows"]]) for b in boards] == [
+        ("drugs", "drugs-test@2", 2, ["lora", "base"]),
+        ("drugs", "drugs-test@2", 4, ["lora", "base"]),
+        ("drugs", "drugs-test@1", 4, ["old-lora"])]
+    assert [(b["dataset"], b["n"]) for b in boards] == [(b.dataset, b.n) for b in leaderboard(versions, "drugs")]
+    assert [r["score"] for r in boards[1]["rows"]] == [0.75, 0.50] and [r["rank"] for r in boards[1]["rows"]] == [1, 2]
+    assert all(r["n"] == b["n"] for b in boards for r in b["rows"])
+    assert {b["boards_of_task"] for b in boards} == {3} and boards[0]["data_hash"] == "drugs-test@2"
+    assert c.get("/api/leaderboard", params={"task": "drugs"}).json()["tasks"] == boards
+    assert "nope" in _error(c.get("/api/leaderboard", params={"task": "nope"}), 404, "task")["message"]
+
+
+def test_compare_takes_both_results_from_one_board(versions):
+    c = _client(versions)
+    out = c.get("/api/compare", params={"task": "drugs"}).json()  # the newest board, its top two
+    assert (out["dataset"], out["n"], out["a"]["candidate"], out["b"]["candidate"]) == ("drugs-test@2", 2, "lora", "base")
+    assert out["a"]["n"] == out["b"]["n"] == 2 and out["compared"] == 2 and out["total_disagreements"] == 1
+    full = c.get("/api/compare", params={"task": "drugs", "a": "base", "b": "lora", "n": 4}).json()
+    assert (full["n"], full["a"]["score"], full["b"]["score"], full["compared"]) == (4, 0.50, 0.75, 4)
+    assert [d["i"] for d in full["disagreements"]] == [1]
+    # never scored on the same data: refused; a board that does not exist: 404 naming the parameter
+    assert "same data" in _error(c.get("/api/compare", params={"task": "drugs", "a": "old-lora", "b": "lora"}),
+                                 400, "b")["message"]
+    _error(c.get("/api/compare", params={"task": "drugs", "dataset": "drugs-test@9"}), 404, "dataset")
+    _error(c.get("/api/compare", params={"task": "drugs", "n": 3}), 404, "n")
+    _error(c.get("/api/compare", params={"task": "drugs", "dataset": "drugs-test@1"}), 400, "task")  # one candidate
+
+
+def test_scorecard_ranks_each_task_on_its_newest_board(versions, tmp_path):
+    """A candidate's score on other data (old-lora's 0.95 on version 1) does not enter the ranking."""
+    from modelmill.evaluate.results import scorecard
+
+    _stored(versions, tmp_path, "k6", "lora", "mmlu@1", 10, 0.40, 6, task="mmlu")
+    _stored(versions, tmp_path, "k7", "old-lora", "mmlu@1", 10, 0.30, 7, task="mmlu")
+    card = {"dimensions": {"business": {"drugs": 1.0}, "knowledge": {"mmlu": 1.0}},
+            "weights": {"business": 1.0, "knowledge": 1.0}}
+    rows = {r["candidate"]: r for r in scorecard(versions, card)}
+    assert rows["lora"]["dimensions"] == {"business": 1.00, "knowledge": 0.40} and rows["lora"]["complete"]
+    assert rows["base"]["dimensions"] == {"business": 0.50, "knowledge": None} and not rows["base"]["complete"]
+    assert rows["old-lora"]["dimensions"] == {"business": None, "knowledge": 0.30}  # was 0.95: another version
+    assert [r["candidate"] for r in scorecard(versions, card)] == ["lora", "base", "old-lora"]
+
+
 def test_evaluations_list_and_filter(client):
     data = client.get("/api/evaluations").json()["data"]
     assert sorted((r["task"], r["candidate"]) for r in data) == [("cls", "tfidf-lr"), ("cls", "tiny"), ("gen", "tiny")]

@@ -308,3 +308,44 @@ def test_a_checkpoint_its_trainer_was_killed_writing_is_not_resumed_from(tmp_pat
     (ckpts / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"half")
     assert _last_checkpoint(ckpts) == str(ckpts / "checkpoint-2")
     assert not (ckpts / "checkpoint-4").exists()
+
+
+def test_a_resumed_training_job_reports_only_what_is_new_after_a_long_first_attempt(store, tmp_path):
+    """Attempt 1 reported 1,200 steps, validation at step 1,200 and checkpoint-1200 (over 2,400
+    events with its log lines). Attempt 2 re-reads metrics.jsonl from the top: it reports steps
+    1,201 to 1,250, their validation and checkpoint-1250 only (it read the first 1,000 events and
+    reported 1,000 steps and checkpoint-1200 again)."""
+    import json
+
+    from modelmill.jobs.runner import JobContext
+    from modelmill.store.tables import JobEvent
+
+    _running_job(store, "ftjob-resumed", "w:1", attempts=2, kind="train")
+    with store.session() as s:
+        for step in range(1, 1201):
+            s.add(JobEvent(job_id="ftjob-resumed", type="metrics", message=f"Step {step}",
+                           data={"step": step, "loss": 1.0}))
+            s.add(JobEvent(job_id="ftjob-resumed", type="message", message=f"log line {step}"))
+            if step % 600 == 0:
+                s.add(JobEvent(job_id="ftjob-resumed", type="metrics", message=f"Step {step}: validation",
+                               data={"step": step, "valid_loss": 2.0}))
+        s.add(JobEvent(job_id="ftjob-resumed", type="message", message="Saved checkpoint at step 1200",
+                       data={"checkpoint": "checkpoint-1200", "step": 1200, "metrics": {}}))
+        s.add_all([JobEvent(job_id="ftjob-resumed", type="message", message=f"late line {i}") for i in range(50)])
+    q = JobQueue(store)
+    before = max(e.id for e in q.all_events("ftjob-resumed"))
+    run = tmp_path / "run"
+    for step in (1200, 1250):
+        (run / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+        (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    rows = [{"step": n, "loss": 0.5, "max_steps": 1250} for n in range(1, 1251)]
+    rows += [{"step": n, "eval_loss": 0.4} for n in (600, 1200, 1250)] + [{"step": 1250, "max_steps": 1250}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx = JobContext(store, q.get("ftjob-resumed"), None, tmp_path / "job", "w:1", 2)
+    ctx.watch_training(run)
+    ctx.settle_training()
+    new = list(q.all_events("ftjob-resumed", after=before))
+    steps = [e.data["step"] for e in new if e.type == "metrics" and "valid_loss" not in e.data]
+    assert steps == list(range(1201, 1251)), (steps[:3], len(steps))
+    assert [e.data["step"] for e in new if e.type == "metrics" and "valid_loss" in e.data] == [1250]
+    assert [e.message for e in new if e.type == "message"] == ["Saved checkpoint at step 1250"]

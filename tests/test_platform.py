@@ -481,3 +481,44 @@ def test_a_job_past_the_workers_job_timeout_is_stopped_and_fails(cli_tiny, home,
     assert any(e.message.startswith("Running for more than --job-timeout") for e in q.events(job.id))
     assert list((home / "runs" / "endless" / "checkpoints").glob("checkpoint-*"))  # kept, resumable
     assert not _pids_with(str(home / "runs" / "endless")), "no trainer left running"
+
+
+def test_fine_tuning_checkpoints_are_all_listed_past_the_newest_1000_events(home):
+    """A long job: 1,200 log lines came after its first checkpoints. Every checkpoint is listed,
+    newest first, one step once (a later attempt's report of it counts), and `after`/`limit` page
+    through them as OpenAI's API does (the list read only the newest 1,000 events)."""
+    from fastapi.testclient import TestClient
+
+    from modelmill.api.app import create_app
+    from modelmill.jobs.queue import JobQueue
+    from modelmill.store import open_store
+    from modelmill.store.tables import Job, JobEvent
+
+    store = open_store()
+    with store.session() as s:
+        s.add(Job(id="ftjob-long", kind="train", status="running", spec={"name": "long"}, model="tiny", resources={},
+                  attempts=2, cancel_requested=False, result={}))
+        for step in (10, 20, 30):
+            s.add(JobEvent(job_id="ftjob-long", type="message", message=f"Saved checkpoint at step {step}",
+                           data={"checkpoint": f"checkpoint-{step}", "step": step, "metrics": {"train_loss": step / 10}}))
+        s.add(JobEvent(job_id="ftjob-long", type="message", message="Resuming from checkpoint-30",
+                       data={"checkpoint": "checkpoint-30"}))  # no step: not a checkpoint saved
+        s.add(JobEvent(job_id="ftjob-long", type="message", message="Saved checkpoint at step 30",
+                       data={"checkpoint": "checkpoint-30", "step": 30, "metrics": {"train_loss": None}}))
+        s.add_all([JobEvent(job_id="ftjob-long", type="message", message=f"line {i}") for i in range(1200)])
+        s.add(JobEvent(job_id="ftjob-long", type="message", message="Saved checkpoint at step 40",
+                       data={"checkpoint": "checkpoint-40", "step": 40, "metrics": {"train_loss": 4.0}}))
+    assert len(JobQueue(store).events("ftjob-long", newest_first=True)) == 1000  # one read: 40 and the rest
+    c = TestClient(create_app(store), base_url="http://localhost")
+    url = "/v1/fine_tuning/jobs/ftjob-long/checkpoints"
+    every = c.get(url).json()
+    assert [d["step_number"] for d in every["data"]] == [40, 30, 20, 10] and every["has_more"] is False
+    assert [d["id"] for d in every["data"]] == [f"ftckpt-long-{n}" for n in (40, 30, 20, 10)]
+    assert every["data"][1]["metrics"] == {} and every["data"][2]["metrics"] == {"train_loss": 2.0}
+    assert every["data"][0]["fine_tuned_model_checkpoint"] == "tiny:long:ckpt-step-40"
+    first = c.get(url, params={"limit": 2}).json()
+    assert [d["step_number"] for d in first["data"]] == [40, 30] and first["has_more"] is True
+    assert (first["first_id"], first["last_id"]) == ("ftckpt-long-40", "ftckpt-long-30")
+    rest = c.get(url, params={"limit": 2, "after": first["last_id"]}).json()
+    assert [d["step_number"] for d in rest["data"]] == [20, 10] and rest["has_more"] is False
+    assert c.get(url, params={"after": "ftckpt-long-999"}).json()["data"] == []

@@ -57,13 +57,18 @@ def platform(cli_tiny, home, tmp_path):
     cli_tiny("data", "import", reviews, "--name", "reviews")
     cli_tiny("eval", "--data", "reviews", "--models", "tiny,tfidf", "--train", "reviews", "--limit", "8")
 
+    yield from _up(home, workers=1)
+
+
+def _up(home: Path, workers: int):
+    """`modelmill up` on a free port over ``home``: yields its URL, stops it with Ctrl-C after."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     log = Path(tempfile.mkstemp(prefix="up-", suffix=".log")[1])
     env = {**os.environ, "MODELMILL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([*MODELMILL, "up", "--port", str(port), "--workers", "1"], env=env,
+    proc = subprocess.Popen([*MODELMILL, "up", "--port", str(port), "--workers", str(workers)], env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -353,4 +358,109 @@ def test_web_ui_upload_train_watch_compare_chat(platform, page, cli_tiny, tmp_pa
     assert by("log-line").count() >= 1
     assert page.evaluate("localStorage.getItem('modelmill.apiKey')") == key
 
+    assert page.crashes == [], page.crashes
+
+
+# ---- cheap pages over a store written directly (no training, no scoring) ------------------------
+
+@pytest.fixture()
+def bare(cli, home):
+    """`modelmill up` without workers over an empty home, with the store it reads, and an API key
+    (the job page then polls: EventSource cannot send the key)."""
+    from modelmill.store import open_store
+
+    key = cli("keys", "create", "ui", "--scope", "train", "--scope", "infer").stdout.strip()
+    for url in _up(home, workers=0):
+        yield url, open_store(), key
+
+
+def _board_result(store, folder: Path, key, candidate, dataset, n, preds, minute):
+    from datetime import datetime, timedelta, timezone
+
+    from modelmill.store.tables import EvalResult
+
+    (folder / key).mkdir(parents=True)
+    write_jsonl(folder / key / "items.jsonl", [{"i": i, "input": f"item {i}", "gold": "pos", "pred": p,
+                                                "correct": p == "pos"} for i, p in enumerate(preds)])
+    acc = sum(p == "pos" for p in preds) / len(preds)
+    with store.session() as s:
+        s.add(EvalResult(key=key, task="drugs", kind="classification", dataset=dataset, dataset_hash=dataset,
+                         candidate=candidate, candidate_kind="model", status="done", n=n, n_done=n, primary="accuracy",
+                         metrics={"accuracy": acc}, lineage={}, seconds=1.0, path=str(folder / key), score=acc,
+                         finished_at=datetime(2026, 12, 1, tzinfo=timezone.utc) + timedelta(minutes=minute)))
+
+
+def test_compare_shows_each_board_of_a_task_with_its_data(bare, page, tmp_path):
+    """Scores on another dataset version or with --limit are ranked apart: every board of the task
+    is shown with its dataset and item count, the newest first, and the side by side compares two
+    candidates on one board (was: the first result per candidate, whatever its data)."""
+    url, store, key = bare
+    expect = sync_api.expect
+    by = page.get_by_test_id
+    _board_result(store, tmp_path, "k1", "old-lora", "drugs-test@1", 4, ["pos"] * 4, 1)
+    _board_result(store, tmp_path, "k2", "base", "drugs-test@2", 4, ["pos", "neg", "pos", "neg"], 2)
+    _board_result(store, tmp_path, "k3", "lora", "drugs-test@2", 4, ["pos", "pos", "pos", "neg"], 3)
+    _board_result(store, tmp_path, "k4", "lora", "drugs-test@2", 2, ["pos", "pos"], 4)  # --limit 2: the newest
+    _board_result(store, tmp_path, "k5", "base", "drugs-test@2", 2, ["neg", "neg"], 5)
+    page.add_init_script(f"localStorage.setItem('modelmill.apiKey', {json.dumps(key)})")
+    page.goto(url + "/ui/#/compare")
+    boards = by("leaderboard-board")
+    expect(boards).to_have_count(3)
+    assert [(b.get_attribute("data-dataset"), b.get_attribute("data-n")) for b in boards.all()] == [
+        ("drugs-test@2", "2"), ("drugs-test@2", "4"), ("drugs-test@1", "4")]
+    heads = by("board-head").all_inner_texts()
+    assert "drugs-test@2 · 2 items" in heads[0] and "drugs-test@1 · 4 items" in heads[2] and "other data" in heads[2]
+    rows = [[r.get_attribute("data-candidate") for r in b.get_by_test_id("leaderboard-row").all()] for b in boards.all()]
+    assert rows == [["lora", "base"], ["lora", "base"], ["old-lora"]]  # old-lora's 1.0 is not ranked beside them
+    expect(by("compare-boards-note")).to_contain_text("3 different test data")
+    # side by side on the newest board; then on the full run's board, picked from the list
+    expect(by("compare-data")).to_have_text("On drugs-test@2 · 2 items.")
+    expect(by("disagreement-summary")).to_contain_text("2 of 2 test items")
+    by("compare-board").select_option(label="drugs-test@2 · 4 items")
+    expect(by("compare-data")).to_have_text("On drugs-test@2 · 4 items.")
+    expect(by("disagreement-summary")).to_contain_text("1 of 4 test items")
+    expect(page.locator('[data-testid="leaderboard-board"][data-selected="true"]')).to_have_attribute("data-n", "4")
+    assert page.crashes == [], page.crashes
+
+
+def test_a_polled_job_page_shows_the_events_written_before_the_job_finished(bare, page):
+    """The job page polls (a key is stored). Its events request is held while the job writes its last
+    event and finishes, and the page's other timer sees the final state meanwhile: the page still
+    shows that last event (it used to stop polling on the state read after the request was sent)."""
+    from modelmill.jobs.queue import JobQueue, now
+    from modelmill.store.tables import Job
+
+    url, store, key = bare
+    expect = sync_api.expect
+    by = page.get_by_test_id
+    with store.session() as s:
+        s.add(Job(id="ftjob-race", kind="eval", status="running", spec={}, resources={}, attempts=1,
+                  cancel_requested=False, result={}, started_at=now(), heartbeat_at=now()))
+    q = JobQueue(store)
+    q.event("ftjob-race", "first words")
+    held = []
+
+    def hold_first(route):
+        if held:
+            route.continue_()
+        else:  # answered now (what the server had then), delivered later
+            held.append((route, route.fetch()))
+
+    page.route(re.compile(r"/api/jobs/ftjob-race/events\?"), hold_first)
+    page.add_init_script(f"localStorage.setItem('modelmill.apiKey', {json.dumps(key)})")
+    page.goto(url + "/ui/#/jobs/ftjob-race")
+    deadline = time.monotonic() + 30
+    while not held:
+        assert time.monotonic() < deadline, "the job page asked for no events"
+        page.wait_for_timeout(100)
+    expect(by("job-stream-mode")).to_contain_text("updating")
+    q.event("ftjob-race", "last words")  # written before the job finishes, as the runner does
+    with store.session() as s:
+        job = s.get(Job, "ftjob-race")
+        job.status, job.finished_at = "succeeded", now()
+    expect(by("job-status")).to_have_attribute("data-status", "succeeded", timeout=15_000)
+    route, answer = held[0]
+    route.fulfill(response=answer)
+    expect(page.locator('[data-testid="log-line"]', has_text="last words")).to_have_count(1, timeout=15_000)
+    expect(by("log-line")).to_have_count(2)
     assert page.crashes == [], page.crashes

@@ -1,8 +1,8 @@
 """Evaluations over HTTP: results, leaderboards, comparisons, reports; playground judgements.
 
     GET  /api/evaluations?task=drugs           the stored results (every status)
-    GET  /api/leaderboard?task=drugs           what `modelmill leaderboard` prints, as JSON
-    GET  /api/compare?task=drugs&a=X&b=Y       per-class scores of two candidates and where they disagree
+    GET  /api/leaderboard?task=drugs           what `modelmill leaderboard` prints, as JSON: a board per data
+    GET  /api/compare?task=drugs&a=X&b=Y       per-class scores of two candidates on one board, where they disagree
     GET  /api/reports?task=drugs               the HTML of `modelmill report`
     POST /api/preferences                      one judgement from the playground: this answer beat that one
     GET  /api/preferences
@@ -142,15 +142,16 @@ def _text(value: str, field: str) -> str:
 
 # ---- results ------------------------------------------------------------------------------------
 
-def _latest(store, task: str | None):
-    """The newest finished result per (task, candidate), best first: the leaderboard's rows."""
-    from modelmill.evaluate.results import latest
+def _boards(store, task: str | None):
+    """The task's leaderboards (``evaluate.results.leaderboard``): one per data scored on, by task,
+    the newest data first. An unknown task is a 404 naming the parameter."""
+    from modelmill.evaluate.results import leaderboard
 
     task = task or None
     try:
         if task is not None and not _storable(task):  # no such task, and not a question for the database
             raise NotFoundError("")
-        return latest(store, task)
+        return leaderboard(store, task)
     except NotFoundError:
         raise NotFoundError(f"no finished results for task '{task}'", field="task",
                             fix="see GET /api/leaderboard for the tasks scored, or score some with `modelmill eval`") from None
@@ -192,22 +193,25 @@ def list_evaluations(request: Request,
     return {"data": [result_json(r) for r in rows if status is None or r.status == status]}
 
 
-@router.get("/leaderboard", summary="Candidates ranked per task")
-def leaderboard(request: Request, task: str | None = Query(None, description="One task's board (default: every task).")):
-    """Per task, the newest finished result of each candidate, ranked by the task's headline metric
-    (what `modelmill leaderboard` prints)."""
-    rows = _latest(request.app.state.store, task)
-    tasks = []
-    for t in sorted({r.task for r in rows}):
-        mine = [r for r in rows if r.task == t]  # best first already
-        tasks.append({"task": t, "kind": mine[0].kind, "primary": mine[0].primary, "dataset": mine[0].dataset,
-                      "metric_names": _metric_names(mine[0].kind, mine),
-                      "rows": [{"rank": i + 1, "candidate": r.candidate, "kind": r.candidate_kind, "score": _num(r.score),
-                                "metrics": _finite(r.metrics or {}), "n": r.n_done, "seconds": _num(r.seconds),
-                                "ms_per_item": 1000 * r.seconds / r.n_done if r.n_done and _num(r.seconds) is not None else None,
-                                "dataset": r.dataset, "result_id": r.id, "finished_at": _iso(r.finished_at)}
-                               for i, r in enumerate(mine)]})
-    return {"tasks": tasks}
+@router.get("/leaderboard", summary="Candidates ranked per task and data")
+def leaderboard(request: Request, task: str | None = Query(None, description="One task's boards (default: every task).")):
+    """One board per task and data (dataset version, content hash, item count): each candidate's
+    newest finished result on that data, ranked by the task's headline metric (what `modelmill
+    leaderboard` prints). Results on other data (an older version, a ``--limit``) get a board of
+    their own and are never ranked together. By task, then the newest data first."""
+    boards = _boards(request.app.state.store, task)
+    out = []
+    for b in boards:
+        out.append({"task": b.task, "kind": b.kind, "primary": b.primary, "dataset": b.dataset,
+                    "data_hash": b.data_hash, "n": b.n, "finished_at": _iso(b.finished_at),
+                    "boards_of_task": sum(1 for x in boards if x.task == b.task),
+                    "metric_names": _metric_names(b.kind, b.rows),
+                    "rows": [{"rank": i + 1, "candidate": r.candidate, "kind": r.candidate_kind, "score": _num(r.score),
+                              "metrics": _finite(r.metrics or {}), "n": r.n_done, "seconds": _num(r.seconds),
+                              "ms_per_item": 1000 * r.seconds / r.n_done if r.n_done and _num(r.seconds) is not None else None,
+                              "dataset": r.dataset, "result_id": r.id, "finished_at": _iso(r.finished_at)}
+                             for i, r in enumerate(b.rows)]})
+    return {"tasks": out}
 
 
 # ---- comparing two candidates -------------------------------------------------------------------
@@ -254,21 +258,40 @@ def compare(request: Request,
             task: str = Query(..., min_length=1, description="The task both candidates were scored on."),
             a: str | None = Query(None, description="A candidate (default: the leader)."),
             b: str | None = Query(None, description="Another candidate (default: the best other than a)."),
+            dataset: str | None = Query(None, description="Only the board of this data (a board's `dataset` in "
+                                                          "GET /api/leaderboard)."),
+            data_hash: str | None = Query(None, description="Only the board of this data (a board's `data_hash`)."),
+            n: int | None = Query(None, ge=0, description="Only the board of this many items (a board's `n`)."),
             limit: int = Query(50, ge=0, le=1000, description="At most this many disagreements.")):
     """Per-class metrics of each candidate and the items where their answers differ (input,
-    reference, a's answer, b's answer), from the stored scored items."""
-    rows = _latest(request.app.state.store, task)
-    by_name = {r.candidate: r for r in rows}  # best first
+    reference, a's answer, b's answer), from the stored scored items. Both results come from one
+    board (the same data): the newest board that holds the candidates named and another to compare
+    with, among the boards that ``dataset``, ``data_hash`` and ``n`` pick (default: all)."""
+    boards = [x for x in _boards(request.app.state.store, task)
+              if (dataset is None or x.dataset == dataset) and (data_hash is None or x.data_hash == data_hash)
+              and (n is None or x.n == n)]
+    if not boards:
+        field = "n" if n is not None else "data_hash" if data_hash is not None else "dataset"
+        raise NotFoundError(f"task '{task}' has no results on that data", field=field,
+                            fix="use a board's dataset, data_hash and n from GET /api/leaderboard")
+    everyone = list(dict.fromkeys(r.candidate for x in boards for r in x.rows))
     for field, name in (("a", a), ("b", b)):
-        if name is not None and name not in by_name:
-            raise NotFoundError(f"no finished result of '{name}' on task '{task}' (candidates: {', '.join(by_name)})",
+        if name is not None and name not in everyone:
+            raise NotFoundError(f"no finished result of '{name}' on task '{task}' (candidates: {', '.join(everyone)})",
                                 field=field, fix="use a candidate name from GET /api/leaderboard")
     if a is not None and a == b:
         raise InputError("a and b are the same candidate", field="b", fix="name two different candidates")
-    a = a or next((n for n in by_name if n != b), None)
-    b = b or next((n for n in by_name if n != a), None)
+    named = {x for x in (a, b) if x is not None}
+    holding = [x for x in boards if named <= {r.candidate for r in x.rows}]
+    board = next((x for x in holding if len(x.rows) > 1), holding[0] if holding else None)  # one to compare with
+    if board is None:
+        raise InputError(f"'{a}' and '{b}' were never scored on the same data of task '{task}': their scores do not "
+                         "compare", field="b", fix="score both on the same dataset version and --limit")
+    by_name = {r.candidate: r for r in board.rows}  # best first
+    a = a or next((x for x in by_name if x != b), None)
+    b = b or next((x for x in by_name if x != a), None)
     if a is None or b is None:
-        raise InputError(f"task '{task}' has one candidate scored: nothing to compare", field="task",
+        raise InputError(f"task '{task}' has one candidate scored on this data: nothing to compare", field="task",
                          fix="score another candidate on it with `modelmill eval`")
     ra, rb = by_name[a], by_name[b]
     items_a, items_b = _items(ra), _items(rb)
@@ -291,7 +314,8 @@ def compare(request: Request,
     labels: list[str] = []
     for pc in per_class.values():
         labels += [str(k) for k in (pc or {}) if str(k) not in labels]
-    return {"task": task, "kind": ra.kind, "primary": ra.primary, "a": _side(ra), "b": _side(rb),
+    return {"task": task, "kind": ra.kind, "primary": ra.primary, "dataset": board.dataset,
+            "data_hash": board.data_hash, "n": board.n, "a": _side(ra), "b": _side(rb),
             "labels": labels, "per_class": per_class, "compared": paired, "total_disagreements": total,
             "has_more": total > len(shown), "disagreements": shown}
 
@@ -313,7 +337,7 @@ def report(request: Request,
     store = request.app.state.store
     names = list(dict.fromkeys(t for t in task or [] if t))
     for t in names:
-        _latest(store, t)  # an unknown task is a 404 naming it
+        _boards(store, t)  # an unknown task is a 404 naming it
     return HTMLResponse(build_report(report_data(store, names or None), max_disagreements=max_disagreements))
 
 

@@ -374,25 +374,29 @@ def list_fine_tuning_checkpoints(request: Request, fine_tuning_job_id: str, afte
     """The checkpoints training saved (newest first). Only the final model is served: intermediate
     checkpoints are resume points, deleted when the run finishes."""
     from modelmill.jobs.queue import JobQueue
+    from modelmill.jobs.runner import saved_checkpoints
 
     store = _store(request)
     job = _train_job(store, fine_tuning_job_id)
-    events = [e for e in JobQueue(store).events(job.id, newest_first=True) if (e.data or {}).get("checkpoint")
-              and "step" in (e.data or {})]
-    seen, data = set(), []
+    seen, data, found = set(), [], after is None
     name = job.fine_tuned_model or f"{job.model}:{(job.spec or {}).get('name', '')}"
-    for e in events:
+    # every checkpoint event, newest first, read back page by page only as far as this page needs
+    # (a long job has far more events than one read holds)
+    for e in saved_checkpoints(JobQueue(store), job.id):
         step = e.data["step"]
-        if step in seen:
+        if step in seen:  # reported again by a later attempt: the newest report counts
             continue
         seen.add(step)
-        data.append({"object": "fine_tuning.job.checkpoint", "id": f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}",
+        cid = f"ftckpt-{job.id.removeprefix('ftjob-')}-{step}"
+        if not found:  # OpenAI's `after`: the last checkpoint id of the page before
+            found = cid == after
+            continue
+        data.append({"object": "fine_tuning.job.checkpoint", "id": cid,
                      "created_at": _ts(e.created_at), "fine_tuned_model_checkpoint": f"{name}:ckpt-step-{step}",
                      "step_number": step, "metrics": {k: v for k, v in (e.data.get("metrics") or {}).items()
                                                       if v is not None},
                      "fine_tuning_job_id": job.id})
-    if after:
-        ids = [d["id"] for d in data]
-        data = data[ids.index(after) + 1:] if after in ids else []
+        if len(data) > limit:
+            break
     return {"object": "list", "data": data[:limit], "has_more": len(data) > limit,
             "first_id": data[0]["id"] if data else None, "last_id": data[:limit][-1]["id"] if data else None}

@@ -164,11 +164,21 @@ def load_scorecard(path: str | Path) -> dict:
 
 def scorecard(store: Store, card: dict) -> list[dict]:
     """Per candidate: each dimension's weighted score (None when it has no result for any of its
-    tasks), the overall score over the dimensions it has, and how many dimensions that was."""
+    tasks), the overall score over the dimensions it has, and how many dimensions that was.
+
+    A task's scores come from its newest board (``leaderboard``: the data scored most recently),
+    so the candidates ranked here were scored on the same data per task; a candidate scored only
+    on other data (an older dataset version, a ``--limit``) has no score for that task."""
+    tasks_ = {t for dim in card["dimensions"].values() for t in dim}
     best: dict[tuple[str, str], float] = {}
-    for r in latest(store):
-        if r.score is not None:
-            best[(r.task, r.candidate)] = float(r.score)
+    newest_board: set[str] = set()
+    for b in leaderboard(store):  # by task, the newest data first
+        if b.task not in tasks_ or b.task in newest_board:
+            continue
+        newest_board.add(b.task)
+        for r in b.rows:
+            if r.score is not None:
+                best[(r.task, r.candidate)] = float(r.score)
     candidates = sorted({c for _, c in best})
     rows = []
     for c in candidates:

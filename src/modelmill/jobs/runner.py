@@ -148,12 +148,15 @@ class JobContext:
 
     def _tail_metrics(self, run_dir: Path) -> None:
         path, ckdir = run_dir / "metrics.jsonl", run_dir / "checkpoints"
-        # a resumed attempt: steps already reported stay reported
-        earlier = self.queue.events(self.job.id)
-        metrics = [e.data or {} for e in earlier if e.type == "metrics"]
-        seen_step = max([d.get("step", 0) for d in metrics if "valid_loss" not in d] or [0])
-        seen_eval = max([d.get("step", 0) for d in metrics if "valid_loss" in d] or [0])
-        seen_ckpt = {(e.data or {}).get("checkpoint") for e in earlier if (e.data or {}).get("checkpoint")}
+        # A resumed attempt re-reads metrics.jsonl from the top and finds the checkpoints saved before:
+        # what an earlier attempt reported stays reported. Steps and checkpoints are reported in
+        # increasing order, so the newest such event says how far that went; it is read back from the
+        # newest event (a long run has far more events than one page), and only when needed.
+        first = (self.job.attempts or 0) <= 1  # nothing reported before this attempt
+        seen_step = 0 if first else self._earlier_step("metrics", lambda d: "valid_loss" not in d)
+        seen_eval: int | None = None  # at the first validation row (most runs have none)
+        earlier_ckpt: int | None = None  # at the first whole checkpoint
+        seen_ckpt: set[str] = set()  # this attempt's
         pos = 0
         last: dict = {}
         while True:
@@ -169,6 +172,8 @@ class JobContext:
                 rows = []
             for row in rows:
                 if "eval_loss" in row:  # the held-out loss (--eval-data, or the job's validation_file)
+                    if seen_eval is None:
+                        seen_eval = 0 if first else self._earlier_step("metrics", lambda d: "valid_loss" in d)
                     if row.get("step", 0) > seen_eval:
                         seen_eval = row["step"]
                         self.event(f"Step {row['step']}/{row.get('max_steps', '?')}: validation loss="
@@ -197,11 +202,40 @@ class JobContext:
                 if ck.name not in seen_ckpt and (ck / "trainer_state.json").is_file():
                     seen_ckpt.add(ck.name)
                     step = int(ck.name.split("-")[-1])
+                    if earlier_ckpt is None:
+                        earlier_ckpt = 0 if first else next(
+                            (e.data["step"] for e in saved_checkpoints(self.queue, self.job.id)), 0)
+                    if step <= earlier_ckpt:  # reported by an earlier attempt
+                        continue
                     self.event(f"Saved checkpoint at step {step}",
                                data={"checkpoint": ck.name, "step": step, "metrics": {"train_loss": last.get("loss")}})
             if done:
                 return
             self._metrics_stop.wait(1.0)
+
+    def _earlier_step(self, type: str, want) -> int:
+        """The step of the newest event of ``type`` whose data ``want`` accepts (0: none)."""
+        return next(((e.data or {}).get("step", 0) for e in _newest_first(self.queue, self.job.id, type)
+                     if want(e.data or {})), 0)
+
+
+def _newest_first(queue, job_id: str, type: str | None = None, page: int = 1000):
+    """The job's events of ``type``, newest first, a page at a time for as long as the caller reads."""
+    before = None
+    while True:
+        rows = queue.events(job_id, after=before, limit=page, type=type, newest_first=True)
+        if not rows:
+            return
+        yield from rows
+        before = rows[-1].id
+
+
+def saved_checkpoints(queue, job_id: str):
+    """The job's "Saved checkpoint" events (data: ``checkpoint``, ``step``, ``metrics``), newest
+    first, however many events the job has: what the fine-tuning API lists, and what a resumed
+    attempt does not report again."""
+    return (e for e in _newest_first(queue, job_id, "message")
+            if (e.data or {}).get("checkpoint") and isinstance((e.data or {}).get("step"), int))
 
 
 def _watchdog(parent: int) -> None:

@@ -40,25 +40,40 @@ export async function comparePage(ctx) {
     return;
   }
   if (!ctx.alive) return;
-  const tasks = board.tasks || [];
-  if (!tasks.length) {
+  // one board per task and data (dataset version, item count), the newest data of a task first:
+  // scores on other data (an older version, a --limit run) are shown apart, never ranked together
+  const boards = board.tasks || [];
+  if (!boards.length) {
     replace(body, notice("No evaluation results yet. Score models on a test set with `modelmill eval --data TEST --models tiny,my-adapter`, then come back.", "info", "compare-empty"));
     return;
   }
   const q = ctx.query;
-  const t = tasks.find((x) => x.task === q.get("task")) || tasks[0];
-  const names = t.rows.map((r) => r.candidate);
+  const taskNames = [...new Set(boards.map((x) => x.task))];
+  const taskName = taskNames.includes(q.get("task")) ? q.get("task") : taskNames[0];
+  const mine = boards.filter((x) => x.task === taskName);
+  const t = mine[0]; // the task's newest data
+  // the board compared side by side: the one in the link, else the newest with two candidates
+  const picked = mine.find((x) => x.dataset === q.get("dataset") && String(x.n) === q.get("n")
+    && (!q.get("hash") || x.data_hash === q.get("hash")));
+  const sel = picked || mine.find((x) => x.rows.length > 1) || t;
+  const names = sel.rows.map((r) => r.candidate);
   let a = names.includes(q.get("a")) ? q.get("a") : names[0];
   let b = names.includes(q.get("b")) && q.get("b") !== a ? q.get("b") : names.find((n) => n !== a);
 
-  const go = (params) => { location.hash = withQuery("#/compare", { task: t.task, a, b, ...params }); };
-  const taskSelect = h("select", { id: "compare-task", testid: "compare-task", onchange: (e) => go({ task: e.target.value, a: "", b: "" }) },
-    tasks.map((x) => h("option", { value: x.task, selected: x.task === t.task }, `${x.task} (${x.kind})`)));
+  const here = { task: taskName, dataset: sel.dataset, hash: sel.data_hash, n: sel.n };
+  const go = (params) => { location.hash = withQuery("#/compare", { ...here, a, b, ...params }); };
+  const taskSelect = h("select", { id: "compare-task", testid: "compare-task",
+    onchange: (e) => go({ task: e.target.value, dataset: "", hash: "", n: "", a: "", b: "" }) },
+  taskNames.map((name) => h("option", { value: name, selected: name === taskName },
+    `${name} (${boards.find((x) => x.task === name).kind})`)));
+  const boardSelect = mine.length < 2 ? null : h("select", { id: "compare-board", testid: "compare-board",
+    onchange: (e) => { const x = mine[Number(e.target.value)]; go({ dataset: x.dataset, hash: x.data_hash, n: x.n, a: "", b: "" }); } },
+  mine.map((x, i) => h("option", { value: String(i), selected: x === sel }, `${x.dataset || "?"} · ${fmtNum(x.n)} items`)));
   // picking for A the candidate already in B swaps them, so A and B never name the same one
   const pick = (id, value, choose) => h("select", { id, testid: id, onchange: (e) => go(choose(e.target.value)) },
     names.map((n) => h("option", { value: n, selected: n === value }, n)));
 
-  const reportHref = withQuery("/api/reports", { task: t.task });
+  const reportHref = withQuery("/api/reports", { task: taskName });
   const reportLink = h("a", { class: "btn", href: reportHref, target: "_blank", rel: "noopener", testid: "report-link",
     onclick: async (e) => {
       if (!storedKey()) return; // a plain link works while the server needs no key
@@ -74,38 +89,33 @@ export async function comparePage(ctx) {
       }
     } }, "Open the full report");
 
-  const metricNames = (t.metric_names || []).filter((m) => t.rows.some((r) => typeof (r.metrics || {})[m] === "number"));
   const compareBox = h("div", {});
   replace(body,
     h("div", { class: "card" },
       h("div", { class: "card-head" },
         h("div", { class: "field inline-field" }, h("label", { for: "compare-task" }, "Task"), taskSelect),
         reportLink),
-      h("p", { class: "muted" }, `Test set ${t.dataset || "?"} · ranked by ${t.primary || "score"}.`),
-      table([
-        { label: "#", get: (r) => r.rank, class: "num" },
-        { label: "Candidate", get: (r) => h("strong", {}, r.candidate) },
-        { label: "Kind", get: (r) => r.kind },
-        ...metricNames.map((m) => ({ label: m.replace(/_/g, " "), class: "num",
-          get: (r) => score(m, (r.metrics || {})[m]) })),
-        ...(metricNames.includes(t.primary) ? [] : [{ label: t.primary || "score", get: (r) => score(t.primary, r.score), class: "num" }]),
-        { label: "Items", get: (r) => fmtNum(r.n), class: "num" },
-        { label: "ms / item", get: (r) => fmtNum(r.ms_per_item, 0), class: "num" },
-      ], t.rows, { testid: "leaderboard-table", rowAttrs: (r) => ({ testid: "leaderboard-row", "data-candidate": r.candidate }) })),
+      mine.length > 1
+        ? notice(`This task was scored on ${mine.length} different test data (another dataset version or item count): `
+          + "each has its own ranking below, the newest first. Only scores on the same data compare.", "info", "compare-boards-note")
+        : null,
+      mine.map((x, i) => boardTable(x, i === 0, x === sel))),
     names.length < 2
-      ? notice("Only one candidate is scored on this task: score another one to compare.", "info", "compare-single")
+      ? notice("Only one candidate is scored on this data: score another one on it to compare.", "info", "compare-single")
       : h("div", { class: "card" },
         h("div", { class: "card-head" }, h("h2", {}, "Side by side"),
           h("div", { class: "inline" },
+            boardSelect ? h("div", { class: "field inline-field" }, h("label", { for: "compare-board" }, "Data"), boardSelect) : null,
             h("div", { class: "field inline-field" }, h("label", { for: "compare-a" }, "A"), pick("compare-a", a, (v) => ({ a: v, b: v === b ? a : b }))),
             h("div", { class: "field inline-field" }, h("label", { for: "compare-b" }, "B"), pick("compare-b", b, (v) => ({ b: v, a: v === a ? b : a }))))),
+        h("p", { class: "muted", testid: "compare-data" }, `On ${sel.dataset || "?"} · ${fmtNum(sel.n)} items.`),
         compareBox));
   if (names.length < 2) return;
 
   replace(compareBox, loading());
   let cmp;
   try {
-    cmp = await api(withQuery("/api/compare", { task: t.task, a, b }));
+    cmp = await api(withQuery("/api/compare", { task: taskName, a, b, dataset: sel.dataset, data_hash: sel.data_hash, n: sel.n }));
   } catch (e) {
     if (ctx.alive) replace(compareBox, errorBox(e, "compare-error"));
     return;
@@ -114,6 +124,26 @@ export async function comparePage(ctx) {
   a = cmp.a && cmp.a.candidate ? cmp.a.candidate : a;
   b = cmp.b && cmp.b.candidate ? cmp.b.candidate : b;
   replace(compareBox, perClass(cmp, a, b), disagreements(cmp, a, b));
+}
+
+/** One board: a task's candidates ranked on one test data, headed with that data and its size. */
+function boardTable(t, newest, selected) {
+  const metricNames = (t.metric_names || []).filter((m) => t.rows.some((r) => typeof (r.metrics || {})[m] === "number"));
+  return h("div", { class: "board", testid: "leaderboard-board", "data-dataset": t.dataset, "data-n": String(t.n),
+    "data-selected": selected ? "true" : "false" },
+  h("p", { class: newest ? "" : "muted", testid: "board-head" },
+    `Test set ${t.dataset || "?"} · ${fmtNum(t.n)} items · ranked by ${t.primary || "score"}`,
+    newest ? "" : " · other data: ranked apart from the boards above"),
+  table([
+    { label: "#", get: (r) => r.rank, class: "num" },
+    { label: "Candidate", get: (r) => h("strong", {}, r.candidate) },
+    { label: "Kind", get: (r) => r.kind },
+    ...metricNames.map((m) => ({ label: m.replace(/_/g, " "), class: "num",
+      get: (r) => score(m, (r.metrics || {})[m]) })),
+    ...(metricNames.includes(t.primary) ? [] : [{ label: t.primary || "score", get: (r) => score(t.primary, r.score), class: "num" }]),
+    { label: "Items", get: (r) => fmtNum(r.n), class: "num" },
+    { label: "ms / item", get: (r) => fmtNum(r.ms_per_item, 0), class: "num" },
+  ], t.rows, { testid: "leaderboard-table", rowAttrs: (r) => ({ testid: "leaderboard-row", "data-candidate": r.candidate }) }));
 }
 
 function perClass(cmp, a, b) {

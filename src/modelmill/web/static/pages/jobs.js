@@ -181,13 +181,22 @@ export async function jobPage(ctx) {
     const stop = ctx.every(2000, async () => {
       if (eventsDone) return;
       try {
+        // The state first, then every event (as `modelmill jobs show -f`): a job's last events are
+        // written before it finishes, so once the state read here is final, the drain below holds them
+        // all. A state read by the other timer may turn final while an events request is in flight
+        // and miss the last events: this tick decides on its own read only.
+        const fresh = await api(`/api/jobs/${encodeURIComponent(id)}`);
+        if (!ctx.alive) return;
+        job = fresh;
+        draw(); // redraws only what changed
+        const finished = FINISHED.has(fresh.status);
         for (;;) { // drain: a long job has more events than one page holds
           const r = await api(withQuery(`/api/jobs/${encodeURIComponent(id)}/events`, { after: lastId || "", limit: 500 }));
           if (!ctx.alive) return;
           (r.data || []).forEach(onEvent);
           if (!r.has_more || !(r.data || []).length) break;
         }
-        if (FINISHED.has(job.status)) {
+        if (finished) {
           eventsDone = true;
           stop();
         }
