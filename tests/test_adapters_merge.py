@@ -86,6 +86,7 @@ def test_lineage_lists_parents_all_the_way_up(cli3: CLI):
     (["--from", "a:0,b"], 2, "other than 0"),
     (["--from", "a"], 2, "a merge needs two adapters or more"),
     (["--from", "a,a"], 2, "'a' is named twice"),
+    (["--from", "a:0.6,tiny:a:0.4"], 2, "--from: 'tiny:a' names the adapter 'a' again"),
     (["--from", "a,b", "--density", "0"], 2, "--density: must be in (0, 1]"),
     (["--from", "a,b", "--how", "mean"], 2, "Invalid value for '--how'"),
 ])
@@ -135,3 +136,61 @@ def test_a_merge_job_over_rest_and_the_merged_adapter_served_beside_its_parents(
                 assert r.status_code == 200 and r.json()["model"] == model, r.text
     finally:
         server.stop()
+
+
+def test_adapters_and_models_share_one_namespace(cli3: CLI, home, tiny_model):
+    p = cli3("adapters", "merge", "tiny", "--from", "a,b", ok=False)  # it would hide the base 'tiny'
+    assert p.returncode == 4 and "NAME" in p.stderr and "'tiny' is the name of a base model" in p.stderr, p.stderr
+    assert not (home / "adapters" / "tiny").exists() and "Traceback" not in p.stderr
+    p = cli3("models", "add", "a", tiny_model, ok=False)  # it would be unreachable behind the adapter 'a'
+    assert p.returncode == 4 and "'a' is the name of an adapter" in p.stderr and "Traceback" not in p.stderr
+    p = cli3("models", "add", "b", "--endpoint", "http://127.0.0.1:9/v1", ok=False)
+    assert p.returncode == 4 and "'b' is the name of an adapter" in p.stderr
+    from modelmill.adapters import check_name_free
+    from modelmill.errors import ConflictError
+    from modelmill.models.registry import ModelRegistry
+    from modelmill.store import open_store
+
+    assert {"a", "b"}.isdisjoint(r.name for r in ModelRegistry(open_store()).list(include_remote=True))
+
+    with pytest.raises(ConflictError, match="--name: 'smollm2-135m-instruct' is the name of a base model"):
+        check_name_free(open_store(), "smollm2-135m-instruct")  # a built-in, converted or not
+
+
+def test_no_export_into_the_store_and_no_merge_over_a_folder_nobody_owns(cli3: CLI, home, tmp_path):
+    for inside in (home / "adapters" / "newdir", home / "models", home / "runs" / "x"):
+        p = cli3("adapters", "export", "a", inside, ok=False)
+        assert p.returncode == 2 and "inside the modelmill store" in p.stderr and "Traceback" not in p.stderr
+    assert not (home / "adapters" / "newdir").exists() and not (home / "runs" / "x").exists()
+    mine = home / "adapters" / "newdir"  # a folder someone put there by hand: kept, and the name refused
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    p = cli3("adapters", "merge", "newdir", "--from", "a,b", ok=False)
+    assert p.returncode == 4 and "field 'NAME': the store already holds a folder" in p.stderr, p.stderr
+    assert (mine / "notes.txt").read_text() == "mine" and "newdir" not in cli3("adapters", "list").stdout
+    from modelmill.errors import ConflictError
+    from modelmill.store import open_store
+
+    with pytest.raises(ConflictError, match="the store already holds a folder"):  # the last guard, for every writer
+        with open_store().staging(mine):
+            pass
+    assert (mine / "notes.txt").read_text() == "mine" and not list((home / "tmp").glob("newdir.*"))
+
+
+def test_export_and_merge_refuse_an_adapter_of_replaced_base_weights(cli3: CLI, home, tmp_path):
+    from modelmill.adapters import AdapterRegistry
+    from modelmill.adapters.export import export
+    from modelmill.adapters.merge import MergeConfig, merge
+    from modelmill.errors import InputError
+    from modelmill.store import open_store
+    from modelmill.store.tables import Adapter
+
+    store = open_store()
+    with store.session() as s:  # trained on weights of 'tiny' that are not the ones registered now
+        for name in ("a", "b"):
+            s.get(Adapter, AdapterRegistry(store).get(name).id).base_model_hash = "f" * 64
+    with pytest.raises(InputError, match="adapter 'a' was trained on other weights of 'tiny'"):
+        export(store, "a", tmp_path / "out")
+    with pytest.raises(InputError, match="--from: adapter 'a' was trained on other weights of 'tiny'"):
+        merge(store, MergeConfig(name="ab", sources="a,b"))
+    assert not (tmp_path / "out").exists() and AdapterRegistry(store).find("ab") is None

@@ -76,3 +76,9 @@ def test_corrupt_gguf_is_refused_and_leaves_nothing(cli: CLI, home, tmp_path):
     assert str(bad) in p.stderr
     assert "broken" not in cli("models", "list").stdout
     assert not (home / "models" / "broken").exists()
+
+
+def test_removing_a_builtin_not_converted_yet_says_there_is_nothing_to_remove(cli: CLI):
+    p = cli("models", "remove", "gemma3-270m", ok=False)
+    assert p.returncode == 2 and "built-in model not converted yet" in p.stderr and "removed" not in p.stdout
+    assert "gemma3-270m" in cli("models", "list").stdout

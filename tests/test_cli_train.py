@@ -84,6 +84,7 @@ def test_same_adapter_name_twice(trained):
     (["--base", "tiny", "--data", "reviews", "--lora-r", "0"], "--lora-r: must be in [1, 1024]"),
     (["--base", "tiny", "--data", "reviews", "--max-length", "4096"], "--max-length"),
     (["--base", "tiny", "--data", "reviews", "--epochs", "-1"], "--epochs"),
+    (["--base", "tiny", "--data", "reviews", "--epochs", "inf"], "--epochs: must be a number of passes"),
     (["--base", "tiny"], "--data"),
     (["--base", "tiny", "--data", "reviews", "--num-workers", "2"], "--num-workers: training on several nodes needs a Ray cluster"),
     (["--base", "tiny", "--data", "reviews", "--num-nodes", "2"], "--num-nodes and --gpus-per-node go together"),
@@ -119,6 +120,30 @@ def test_held_out_loss_during_training_and_its_bad_input(cli_tiny: CLI, reviews_
                      ok=False)
         assert needle in p.stderr and "--eval-data" in p.stderr and "Fix:" in p.stderr, p.stderr
     assert not (home / "runs" / "x").exists()
+
+
+@pytest.mark.parametrize("setting, flag", [
+    ({"epochs": float("inf")}, "--epochs"), ({"epochs": float("nan")}, "--epochs"),
+    ({"warmup": float("inf")}, "--warmup"), ({"weight_decay": float("inf")}, "--weight-decay"),
+    ({"weight_decay": -5.0}, "--weight-decay"),
+])
+def test_settings_must_be_finite(setting, flag):
+    from modelmill.errors import InputError
+    from modelmill.train.sft import SFTConfig
+
+    with pytest.raises(InputError, match=f"^{flag}: must be"):
+        SFTConfig(data="x", **setting)
+
+
+def test_a_yaml_value_its_config_refuses_names_the_file():
+    from modelmill.errors import InputError
+    from modelmill.train.methods import from_mapping
+
+    for spec, says in (({"lora_r": 0}, "c1.yaml: field 'lora_r': must be in [1, 1024]"),
+                       ({"method": "bogus"}, "c1.yaml: field 'method': unknown training method 'bogus'")):
+        with pytest.raises(InputError) as err:
+            from_mapping(spec, file="c1.yaml")
+        assert str(err.value).startswith(says), err.value
 
 
 def test_epochs_default_follows_the_data():

@@ -79,3 +79,20 @@ def test_grid_method_and_step_data_errors_name_the_flag(cli_tiny: CLI, reviews_f
     p = cli("grid", "--bases", "tiny", "--data", "rev", "--task", gen, *FAST, "--methods", "lora-then-dpo", ok=False)
     assert "a generation task cannot tell" in p.stderr and "training" not in p.stdout
     assert "rev-tiny" not in cli("adapters", "list").stdout
+
+
+def test_a_chained_step_trained_from_an_adapter_is_reused_whatever_shape_the_template_has():
+    """Trained --from an adapter, a step records that adapter's LoRA shape, not the grid template's:
+    the grid still finds it as done (and a step without --from still compares its shape)."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from modelmill.evaluate.grid import _same
+    from modelmill.train.sft import SFTConfig
+
+    template = SFTConfig(base="tiny", data="chat", name="step2", from_adapter="step1")
+    recorded = {**asdict(template), "lora_r": 4, "lora_alpha": 8, "target_modules": "q_proj,v_proj",
+                "learning_rate": template.lr_for("chat"), "epochs": template.epochs_for("chat")}
+    assert _same(SimpleNamespace(config=recorded, dataset_hash="h"), template, "h", "chat")
+    plain = SFTConfig(base="tiny", data="chat", name="step1")
+    assert not _same(SimpleNamespace(config={**recorded, "from_adapter": None}, dataset_hash="h"), plain, "h", "chat")

@@ -458,3 +458,58 @@ def test_loaded_models_hand_their_output_layer_contiguous_rows(tiny, tmp_path, m
         full = model(input_ids=ids).logits[:, -3:, :]
     assert seen == [True, True]
     torch.testing.assert_close(kept, full)
+
+
+def test_validate_hf_folder_loads_the_config_and_the_tokenizer(tiny, tmp_path):
+    bad_tok = _copy(tiny, tmp_path / "bad-tok")
+    (bad_tok / "tokenizer.json").write_text("{ not json", encoding="utf-8")
+    with pytest.raises(InputError) as err:
+        validate_hf_folder(bad_tok, None)
+    assert str(bad_tok / "tokenizer.json") in str(err.value) and "does not load" in str(err.value)
+    bad_type = _copy(tiny, tmp_path / "bad-type")
+    cfg = json.loads((bad_type / "config.json").read_text())
+    (bad_type / "config.json").write_text(json.dumps({**cfg, "model_type": "nonexistent"}))
+    with pytest.raises(InputError) as err:
+        validate_hf_folder(bad_type, None)
+    assert str(bad_type / "config.json") in str(err.value) and "nonexistent" in str(err.value)
+
+
+def test_tokenizers_leave_out_a_model_whose_tokenizer_broke(tiny, tmp_path, monkeypatch, caplog):
+    from modelmill.models.registry import ModelRegistry
+    from modelmill.store import open_store
+
+    monkeypatch.setenv("MODELMILL_HOME", str(tmp_path / "home"))
+    reg = ModelRegistry(open_store())
+    reg.add("good", tiny)
+    reg.add("broken", _copy(tiny, tmp_path / "broken"))
+    (tmp_path / "broken" / "tokenizer.json").write_text("{ not json", encoding="utf-8")  # damaged after adding
+    with caplog.at_level("WARNING", logger="modelmill.models"):
+        assert list(reg.tokenizers()) == ["good"]
+    assert "left out model 'broken'" in caplog.text
+
+
+def test_convert_gguf_says_a_vocab_only_or_adapter_file_is_no_model(tmp_path):
+    import gguf
+    import numpy as np
+
+    from modelmill.models import convert_gguf
+
+    vocab = tmp_path / "vocab.gguf"
+    lora = tmp_path / "lora.gguf"
+    for path, kv, tensors in ((vocab, {}, {}),
+                              (lora, {"general.type": "adapter", "adapter.type": "lora"},
+                               {"blk.0.attn_q.weight.lora_a": np.zeros((4, 4), dtype=np.float32)})):
+        writer = gguf.GGUFWriter(str(path), "llama")
+        for k, v in kv.items():
+            writer.add_string(k, v)
+        for name, t in tensors.items():
+            writer.add_tensor(name, t)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    with pytest.raises(InputError, match="holds no model weights"):
+        convert_gguf(vocab, tmp_path / "out", progress=False)
+    with pytest.raises(InputError, match="is a LoRA adapter, not a model"):
+        convert_gguf(lora, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

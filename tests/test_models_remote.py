@@ -308,3 +308,20 @@ def test_train_chat_and_token_counts_refuse_a_remote_model(cli: CLI, reviews_fil
             fn()
     with pytest.raises(InputError, match="local model"):
         RemoteModel.from_row(reg.get("smollm2-135m-instruct"))
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("http://ho st/v1", "white space"),
+    ("http://host:0/v1", "port 0"),
+    ("http://a..b/v1", "empty part in its host name"),
+    ("http://.host/v1", "empty part in its host name"),
+    ("http://host:8000/v1/models", "use http://host:8000/v1"),
+    ("http://host/v1/models/", "use http://host/v1"),
+])
+def test_endpoints_with_spaces_empty_labels_port_0_or_a_route_are_refused(url, needle):
+    from modelmill.models.remote import normalize_endpoint
+
+    with pytest.raises(InputError) as err:
+        normalize_endpoint(url)
+    assert needle in str(err.value) and "--endpoint" in str(err.value) and "Fix:" in str(err.value)
+    assert normalize_endpoint("http://[::1]:8000/v1/") == "http://[::1]:8000/v1"

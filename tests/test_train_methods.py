@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import MODELMILL, CLI, Server, write_jsonl
+from conftest import MODELMILL, CLI, Server, register_random_adapter, write_jsonl
 
 PREFS = [{"prompt": f"Is review {i} positive?", "chosen": f"Yes, review {i} is positive.",
           "rejected": f"No, review {i} is negative."} for i in range(12)]
@@ -283,3 +283,57 @@ def test_jobs_run_library_calls_not_the_command_line():
             "bad = [m for m in sys.modules if m.startswith('modelmill.cli') or m == 'click']\n"
             "assert not bad, bad\n")
     subprocess.run([MODELMILL[0], "-c", code], check=True)
+
+
+def test_training_from_an_adapter_keeps_and_records_its_lora_shape(cli_tiny: CLI, home, tiny_model, tmp_path):
+    from modelmill.errors import InputError
+    from modelmill.store import open_store
+    from modelmill.train.runs import prepare
+    from modelmill.train.sft import SFTConfig
+
+    register_random_adapter(home, tiny_model, "start", 1, ["q_proj", "v_proj"], rank=4)  # r4, alpha 8, q,v
+    cli_tiny("data", "import", write_jsonl(tmp_path / "chat.jsonl", CHAT), "--name", "chat")
+    p = cli_tiny("train", "--base", "tiny", "--data", "chat", "--from", "start", "--name", "x", "--lora-r", "8",
+                 ok=False)
+    assert p.returncode == 2 and "--lora-r: 8 differs from the rank of the starting adapter 'start' (4)" in p.stderr
+    assert "Fix: drop --lora-r" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    store = open_store()
+    for setting, flag in (({"lora_alpha": 64}, "--lora-alpha"), ({"target_modules": "q_proj"}, "--target-modules"),
+                          ({"lora_dropout": 0.2}, "--lora-dropout")):
+        with pytest.raises(InputError, match=f"{flag}: .* differs from the .* of the starting adapter 'start'"):
+            prepare(store, SFTConfig(base="tiny", data="chat", from_adapter="start", name="x", **setting))
+    assert not (home / "runs" / "x").exists()
+    # the adapter's own shape is what the run trains with and what its lineage records (asdict(config))
+    job = prepare(store, SFTConfig(base="tiny", data="chat", from_adapter="start", name="y",
+                                   target_modules="v_proj,q_proj"))
+    assert (job.config.lora_r, job.config.lora_alpha, job.config.target_modules) == (4, 8, "q_proj,v_proj")
+    # queued (REST, web): refused at submit, naming the config field the request sent
+    from modelmill.jobs.queue import JobQueue
+
+    with pytest.raises(InputError, match="field 'lora_r': 8 differs from the rank"):
+        JobQueue(store).submit("train", {"base": "tiny", "data": "chat", "from_adapter": "start", "name": "q",
+                                         "lora_r": 8})
+
+
+def test_target_modules_are_checked_against_the_base_before_anything_is_made(cli_tiny: CLI, home, tmp_path):
+    from modelmill.errors import InputError
+    from modelmill.store import open_store
+    from modelmill.train.runs import prepare
+    from modelmill.train.sft import SFTConfig
+
+    cli_tiny("data", "import", write_jsonl(tmp_path / "chat.jsonl", CHAT), "--name", "chat")
+    p = cli_tiny("train", "--base", "tiny", "--data", "chat", "--name", "x", "--target-modules", "foo_proj", ok=False)
+    assert p.returncode == 2 and "--target-modules: no layer of 'tiny' is named 'foo_proj'" in p.stderr, p.stderr
+    assert "q_proj" in p.stderr and "Traceback" not in p.stderr
+    with pytest.raises(InputError, match="--target-modules: ',' names no module"):
+        prepare(open_store(), SFTConfig(base="tiny", data="chat", name="x", target_modules=","))
+    assert not (home / "runs" / "x").exists()
+    job = prepare(open_store(), SFTConfig(base="tiny", data="chat", name="ok", target_modules="self_attn.q_proj,v_proj"))
+    assert job.config.target_modules == "self_attn.q_proj,v_proj"
+    # a queued job is refused when it is submitted, naming the REST field, and nothing is queued
+    from modelmill.jobs.queue import JobQueue
+
+    with pytest.raises(InputError, match="field 'target_modules': no layer of 'tiny' is named 'foo_proj'"):
+        JobQueue(open_store()).submit("train", {"base": "tiny", "data": "chat", "name": "q",
+                                                "target_modules": "foo_proj"})
+    assert JobQueue(open_store()).list() == []

@@ -47,6 +47,7 @@ class AdapterRegistry:
         if self.find(row.name) is not None:
             raise ConflictError(f"an adapter named '{row.name}' already exists", field="--name",
                                 fix="choose another --name, or `modelmill adapters remove` the old one")
+        check_not_a_model(self.store, row.name)
         with self.store.session() as s:
             s.add(row)
         return row
@@ -105,11 +106,28 @@ def check_name_free(store: Store, name: str, field: str = "--name", *, checkpoin
     if AdapterRegistry(store).find(name) is not None:
         raise ConflictError(f"an adapter named '{name}' already exists", field=field,
                             fix=f"choose another {field}, or `modelmill adapters remove {name}`")
+    check_not_a_model(store, name, field)
+    folder = store.adapters_dir / name
+    if folder.exists() or folder.is_symlink():  # not registered: never ours to delete
+        raise ConflictError(f"the store already holds a folder {folder} that no adapter owns", field=field,
+                            fix=f"choose another {field}, or move that folder out of the store")
     ckpts = store.runs_dir / name / "checkpoints"
     if checkpoints and ckpts.is_dir() and any(ckpts.glob("checkpoint-*")):
         raise ConflictError(f"an interrupted run named '{name}' has checkpoints", field=field,
                             fix=f"continue it with `modelmill train --name {name} --resume`, or choose another "
                                 f"{field}")
+
+
+def check_not_a_model(store: Store, name: str, field: str = "--name") -> None:
+    """Refuse an adapter name that a base model (registered, built-in or remote) has: a model id
+    ``NAME`` would then mean either one."""
+    from modelmill.models.builtin import BUILTIN_MODELS
+
+    with store.session() as s:
+        taken = name in BUILTIN_MODELS or s.scalar(select(BaseModel.id).where(BaseModel.name == name)) is not None
+    if taken:
+        raise ConflictError(f"'{name}' is the name of a base model; adapters and models share one namespace",
+                            field=field, fix=f"choose another {field} (see `modelmill models list`)")
 
 
 @contextmanager

@@ -28,12 +28,19 @@ def export(store, name: str, out: str | Path, *, dtype: str = "auto", log=None) 
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'", field="--dtype", fix="use one of " + ", ".join(DTYPES))
     out = Path(out).expanduser().resolve()
+    home = Path(store.home).expanduser().resolve()
+    if out == home or home in out.parents:  # the store's folders are its own: a name there would be taken
+        raise InputError(f"the folder is inside the modelmill store ({home})", file=str(out),
+                         fix="export to a folder outside the store")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError("the folder exists and is not empty", file=str(out),
                          fix="give a new folder, or empty this one")
     reg = AdapterRegistry(store)
     row = reg.get(name)
-    base = ModelRegistry(store).ready(row.base_model, progress=False)
+    models = ModelRegistry(store)
+    base = models.ready(row.base_model, progress=False)
+    if row.method != "full":
+        check_base_weights(models, row, base)
     say = log or (lambda msg: None)
 
     import torch
@@ -73,3 +80,11 @@ def export(store, name: str, out: str | Path, *, dtype: str = "auto", log=None) 
         raise
     say(f"exported {name} ({dtype}) to {out}")
     return out
+
+
+def check_base_weights(models, row, base, field: str | None = None) -> None:
+    """Refuse an adapter trained on other weights of its base (the base's files were replaced since):
+    its update no longer fits them."""
+    if row.base_model_hash and row.base_model_hash != models.base_hash(base):
+        raise InputError(f"adapter '{row.name}' was trained on other weights of '{base.name}' (the base was "
+                         "replaced since)", field=field, fix=f"retrain '{row.name}' on this base")

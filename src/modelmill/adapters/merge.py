@@ -127,6 +127,9 @@ def check(store, cfg: MergeConfig) -> list[tuple]:
         if row.method == "full" or not (Path(row.path) / "adapter_config.json").is_file():
             raise InputError(f"'{name}' is a {row.method} fine-tune, not a LoRA adapter", field="--from",
                              fix="merge LoRA adapters only (a full fine-tune has no low-rank update to add)")
+        if any(r.id == row.id for r, _ in rows):
+            raise InputError(f"'{name}' names the adapter '{row.name}' again", field="--from",
+                             fix="name each adapter once, with its weight")
         rows.append((row, weight))
     bases = {r.base_model for r, _ in rows}
     if len(bases) > 1:
@@ -137,6 +140,13 @@ def check(store, cfg: MergeConfig) -> list[tuple]:
     if len(hashes) > 1:
         raise ConflictError(f"the adapters were trained on different weights of '{bases.pop()}' (its files changed "
                             "between their trainings)", field="--from", fix="merge adapters trained on the same weights")
+    if hashes:
+        from modelmill.adapters.export import check_base_weights
+        from modelmill.models.registry import ModelRegistry
+
+        models = ModelRegistry(store)
+        row = next(r for r, _ in rows if r.base_model_hash)
+        check_base_weights(models, row, models.get(row.base_model), field="--from")
     ranks = {r.name: _rank(r) for r, _ in rows}
     if cfg.how in SAME_RANK and len(set(ranks.values())) > 1:
         which = ", ".join(f"{n} r{k}" for n, k in ranks.items())

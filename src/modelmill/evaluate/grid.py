@@ -157,9 +157,11 @@ def _same(existing, cfg: TrainConfig, data_hash: str, data_kind: str) -> bool:
             "block_size", "general_data", "general_ratio", "desirable_weight", "undesirable_weight")
     old = existing.config or {}
     want = {**cfg.__dict__, "learning_rate": cfg.lr_for(data_kind), "epochs": cfg.epochs_for(data_kind)}
+    # trained --from an adapter: the LoRA shape is that adapter's (train records it), not the template's
+    shape = ("lora_r", "lora_alpha", "target_modules") if cfg.from_adapter else ()
     return existing.dataset_hash == data_hash and all(
         k not in old or k not in want or old[k] == want[k] or (k == "max_length" and cfg.max_length == 0)
-        for k in keep)
+        for k in keep if k not in shape)
 
 
 def check(store, cells: list[Cell], spec=None) -> None:

@@ -110,8 +110,8 @@ def _import_upload(store, file_id: str, name: str, field_name: str):
 def _validate_train(store, cfg, job):
     from modelmill.jobs.queue import JobQueue
     from modelmill.models.registry import ModelRegistry
-    from modelmill.train.runs import (check_name_free, general_dataset, held_out_dataset, run_name, starting_adapter,
-                                      trainable_dataset)
+    from modelmill.train.runs import (check_name_free, check_target_modules, general_dataset, held_out_dataset,
+                                      run_name, starting_adapter, trainable_dataset)
 
     q = JobQueue(store)
     base = ModelRegistry(store).get(cfg.base)  # NotFoundError names the model
@@ -140,6 +140,8 @@ def _validate_train(store, cfg, job):
         cfg = dataclasses.replace(cfg, eval_data=held_out_dataset(store, cfg.eval_data, ds, field=field,
                                                                   method=cfg.method).ref)
     _field_named(starting_adapter, store, cfg, base, field="from_adapter")
+    if not cfg.from_adapter and not cfg.full_weights and base.path and (Path(base.path) / "config.json").is_file():
+        _field_named(check_target_modules, cfg, base, field="target_modules")  # peft would fail in the trainer
     _field_named(general_dataset, store, cfg, field="general_data")
     if not cfg.name and job.suffix:
         cfg = dataclasses.replace(cfg, name=f"{job.suffix}-{job.id.removeprefix('ftjob-')[:8]}")
@@ -159,7 +161,10 @@ def _field_named(check, *args, field: str):
         return check(*args)
     except ModelmillError as e:
         if getattr(e, "field", None) and e.field.startswith("--"):
-            e.field = field
+            # a flag that is a config field keeps its name (--lora-r: lora_r); others are the check's field
+            own = e.field[2:].replace("-", "_")
+            names = {f.name for a in args if dataclasses.is_dataclass(a) for f in dataclasses.fields(a)}
+            e.field = own if own in names else field
             e.args = (str(e),)
         raise
 

@@ -67,6 +67,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, progress: bool |
     say(f"Converting {path.name} ({info.architecture}{size}, {info.dtype}) to safetensors (once) ...")
     started = time.perf_counter()
 
+    if not info.num_parameters:
+        raise InputError("the GGUF file holds no model weights (a vocabulary-only file?)", file=str(path),
+                         fix="use a GGUF export of the whole model (e.g. its F16 or Q8_0 file)")
+
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     try:
@@ -76,6 +80,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, progress: bool |
                 path.parent, gguf_file=path.name, local_files_only=True,
                 quantization_config=GgufConfig(dequantize=True))
     except (ValueError, KeyError, NotImplementedError, RuntimeError, OSError, TypeError) as e:
+        if _gguf_type(path) == "adapter":
+            raise InputError("the GGUF file is a LoRA adapter, not a model", file=str(path),
+                             fix="add the base model it was made for; a llama.cpp adapter GGUF is no base") from None
         fix = "use a GGUF of an architecture transformers can load (llama, mistral, qwen2, qwen3, gemma, phi3, ...)"
         try:
             from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
@@ -146,3 +153,14 @@ def _clean_tokenizer_config(path: Path) -> None:
         for k in _LOAD_TIME_KEYS:
             data.pop(k, None)
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")  # inside the temp folder
+
+
+def _gguf_type(path: Path) -> str | None:
+    """The file's general.type ("model", "adapter"), when it says."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(path).fields.get("general.type")
+        return field.contents() if field is not None else None
+    except Exception:  # unreadable: the caller's own message stands
+        return None

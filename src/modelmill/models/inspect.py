@@ -276,6 +276,7 @@ def validate_hf_folder(folder: str | Path, chat_template: str | None = None) -> 
     if info.architecture and not info.architecture.endswith(_GENERATIVE_SUFFIXES):
         raise InputError(f"architecture {info.architecture} does not generate text", file=str(folder / "config.json"),
                          field="architectures", fix="use a causal language model (an architecture named ...ForCausalLM)")
+    check_loadable(folder)
     if chat_template is not None:
         from modelmill.models.chat_templates import resolve_chat_template
 
@@ -285,6 +286,37 @@ def validate_hf_folder(folder: str | Path, chat_template: str | None = None) -> 
         raise InputError("the model has no chat template", file=str(folder),
                          fix="pass --chat-template chatml|llama3|gemma|alpaca|<file.jinja>")
     return info
+
+
+def check_loadable(folder: Path) -> None:
+    """Load the folder's config and tokenizer as training, chat and ``data stats`` will (cheap: no
+    weights); InputError naming the file transformers cannot read."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    def reason(e: Exception) -> str:
+        text = " ".join(str(e).split()) or type(e).__name__
+        return text[:300] + ("..." if len(text) > 300 else "")
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its own warnings would come before our one line
+    try:
+        try:
+            AutoConfig.from_pretrained(folder)
+        except Exception as e:  # an unknown model_type, damaged JSON: many kinds inside transformers
+            raise InputError(f"transformers cannot load the model's config ({reason(e)})",
+                             file=str(folder / "config.json"),
+                             fix="fix config.json (model_type must be one this transformers knows), or upgrade "
+                                 "transformers") from None
+        try:
+            AutoTokenizer.from_pretrained(folder)
+        except Exception as e:
+            name = next((n for n in TOKENIZER_FILES if (folder / n).is_file()), "tokenizer_config.json")
+            raise InputError(f"the tokenizer does not load ({reason(e)})", file=str(folder / name),
+                             fix="save the tokenizer again: AutoTokenizer.from_pretrained(ORIGINAL)"
+                                 ".save_pretrained(folder)") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 # ---------------------------------------------------------------------------- GGUF files

@@ -89,9 +89,20 @@ class ModelRegistry:
         """The tokenizer of every local model whose folder is ready (remote ones and built-ins not
         converted yet are left out): what ``data stats`` compares tokens per character with.
         ``have``: tokenizers already loaded, by model name (not loaded again)."""
-        have = have or {}
-        return {row.name: have[row.name] if row.name in have else _counting_tokenizer(row)
-                for row in self.list() if row.path and Path(row.path).is_dir()}
+        import logging
+
+        have, out = have or {}, {}
+        for row in self.list():
+            if row.name in have:
+                out[row.name] = have[row.name]
+            elif row.path and Path(row.path).is_dir():
+                try:
+                    out[row.name] = _counting_tokenizer(row)
+                except Exception as e:  # one damaged folder must not stop the comparison with the others
+                    logging.getLogger("modelmill.models").warning(
+                        "warning: left out model '%s': its tokenizer does not load (%s)", row.name,
+                        " ".join(str(e).split())[:200] or type(e).__name__)
+        return out
 
     def base_hash(self, row: BaseModel) -> str:
         """SHA-256 of the model's weights (its GGUF for converted models), cached by size and mtime."""
@@ -106,12 +117,8 @@ class ModelRegistry:
 
     # writing
     def add(self, name: str, path: str | Path, chat_template: str | None = None, progress: bool = True) -> BaseModel:
-        from modelmill.models.builtin import BUILTIN_MODELS
-
         check_name(name, "NAME")
-        if name in BUILTIN_MODELS or self._row(name) is not None:
-            raise ConflictError(f"a model named '{name}' already exists", field="NAME",
-                                fix="choose another name, or `modelmill models remove` the old one")
+        self._check_free(name)
         src = Path(path).expanduser().resolve()
         if not src.exists():
             raise InputError("no such file or folder", file=str(path),
@@ -129,13 +136,10 @@ class ModelRegistry:
         endpoint knows (default: ``name``); ``api_key_env`` names the environment variable holding
         the key, which is read at call time and never stored. The endpoint is not contacted unless
         ``check``: then ``GET {endpoint}/models`` must list the model, or nothing is stored."""
-        from modelmill.models.builtin import BUILTIN_MODELS
         from modelmill.models.remote import RemoteModel, check_env_name, check_remote_model, normalize_endpoint
 
         check_name(name, "NAME")
-        if name in BUILTIN_MODELS or self._row(name) is not None:
-            raise ConflictError(f"a model named '{name}' already exists", field="NAME",
-                                fix="choose another name, or `modelmill models remove` the old one")
+        self._check_free(name)
         url = normalize_endpoint(endpoint)
         model_id = check_remote_model(name if remote_model is None else remote_model)
         if api_key_env is not None:
@@ -157,6 +161,10 @@ class ModelRegistry:
 
     def remove(self, name: str) -> None:
         row = self.get(name)
+        if row.source_type == "builtin" and self._row(name) is None:
+            raise InputError(f"'{name}' is a built-in model not converted yet: there is nothing to remove",
+                             field="NAME", fix="built-in models are always listed; only their converted copy "
+                                               "can be removed, once it exists")
         with self.store.session() as s:
             users = list(s.scalars(select(Adapter.name).where(Adapter.base_model == name)))
         if users:
@@ -171,6 +179,18 @@ class ModelRegistry:
             self.store.remove_tree(Path(row.path))
 
     # helpers
+    def _check_free(self, name: str) -> None:
+        """Refuse a new model's name that a model or an adapter has: ``NAME`` in a model id means one thing."""
+        from modelmill.models.builtin import BUILTIN_MODELS
+
+        if name in BUILTIN_MODELS or self._row(name) is not None:
+            raise ConflictError(f"a model named '{name}' already exists", field="NAME",
+                                fix="choose another name, or `modelmill models remove` the old one")
+        with self.store.session() as s:
+            if s.scalar(select(Adapter.id).where(Adapter.name == name)) is not None:
+                raise ConflictError(f"'{name}' is the name of an adapter; models and adapters share one namespace",
+                                    field="NAME", fix="choose another name (see `modelmill adapters list`)")
+
     def _row(self, name: str) -> BaseModel | None:
         with self.store.session() as s:
             return s.scalar(select(BaseModel).where(BaseModel.name == name))

@@ -62,15 +62,25 @@ class RemoteError(ModelmillError):
 def normalize_endpoint(url: str, field: str = "--endpoint") -> str:
     """The API's base URL without a trailing slash; InputError unless it is a plain http(s) URL."""
     text = (url or "").strip()
+    if any(c.isspace() for c in text):
+        raise InputError(f"'{text}' holds white space", field=field,
+                         fix=f"give the API's base URL without spaces, {_EXAMPLE_URL}")
     try:
         parts = urlsplit(text)
-        parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+        port = parts.port  # raises ValueError on a port that is not a number or out of range
     except ValueError as e:
         raise InputError(f"'{text}' is not a valid URL ({e})", field=field,
                          fix=f"give the API's base URL, {_EXAMPLE_URL}") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise InputError(f"'{text}' is not an http:// or https:// URL", field=field,
                          fix=f"give the API's base URL, {_EXAMPLE_URL}")
+    host = parts.hostname
+    if ":" not in host and not all(host.removesuffix(".").split(".")):  # an IPv6 address has no labels
+        raise InputError(f"'{text}' has an empty part in its host name '{host}'", field=field,
+                         fix=f"check the host name, {_EXAMPLE_URL}")
+    if port == 0:
+        raise InputError(f"'{text}' names port 0, which no server listens on", field=field,
+                         fix=f"give the server's port, {_EXAMPLE_URL}")
     if parts.username or parts.password:
         # the URL is stored in plain text in the database; do not echo it either
         raise InputError("the URL holds a user name or password, which would be stored in plain text", field=field,
@@ -79,9 +89,10 @@ def normalize_endpoint(url: str, field: str = "--endpoint") -> str:
         raise InputError(f"'{text}' has a query string or fragment", field=field,
                          fix=f"give only the API's base URL, {_EXAMPLE_URL}")
     path = parts.path.rstrip("/")
-    if path.endswith("/chat/completions"):  # the URL of one route pasted from the provider's docs
-        base = urlunsplit((parts.scheme.lower(), parts.netloc, path[: -len("/chat/completions")], "", ""))
-        raise InputError(f"'{text}' is the URL of the chat route, not the API's base", field=field, fix=f"use {base}")
+    for route, what in (("/chat/completions", "chat route"), ("/models", "model list")):
+        if path.endswith(route):  # the URL of one route pasted from the provider's docs
+            base = urlunsplit((parts.scheme.lower(), parts.netloc, path[: -len(route)], "", ""))
+            raise InputError(f"'{text}' is the URL of the {what}, not the API's base", field=field, fix=f"use {base}")
     return urlunsplit((parts.scheme.lower(), parts.netloc, path, "", ""))
 
 

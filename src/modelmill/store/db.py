@@ -102,6 +102,11 @@ class Store:
         either nothing or the whole folder.
         """
         final = Path(final)
+        if final.exists() or final.is_symlink():  # not ours to replace: it may be someone's files
+            from modelmill.errors import ConflictError
+
+            raise ConflictError(f"the store already holds a folder {final}",
+                                fix="choose another name, or move that folder out of the store")
         tmp = self.home / "tmp" / f"{final.name}.{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:

@@ -10,6 +10,7 @@ torch at import.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -79,7 +80,8 @@ class TrainConfig:
         check([
             (self.method in self.METHODS, "--method", f"unknown method '{self.method}' for {type(self).__name__}",
              "use one of " + ", ".join(self.METHODS)),
-            (self.epochs >= 0, "--epochs", f"must be >= 0 (0: auto), got {self.epochs}", "e.g. --epochs 1"),
+            (0 <= self.epochs <= 10**6, "--epochs", f"must be a number of passes from 0 (auto) to 1000000, got "
+             f"{self.epochs}", "e.g. --epochs 1"),
             (self.eval_steps >= 0, "--eval-steps", f"must be >= 0, got {self.eval_steps}", "e.g. --eval-steps 50"),
             (self.max_steps == -1 or self.max_steps > 0, "--max-steps", f"must be -1 or > 0, got {self.max_steps}", "e.g. --max-steps 100"),
             (0 <= self.time_budget <= 10**6, "--time-budget", f"must be minutes >= 0, got {self.time_budget}", "e.g. --time-budget 10"),
@@ -90,7 +92,10 @@ class TrainConfig:
             (1 <= self.lora_r <= 1024, "--lora-r", f"must be in [1, 1024], got {self.lora_r}", "e.g. --lora-r 16"),
             (self.lora_alpha >= 1, "--lora-alpha", f"must be >= 1, got {self.lora_alpha}", "e.g. --lora-alpha 32"),
             (0 <= self.lora_dropout < 1, "--lora-dropout", f"must be in [0, 1), got {self.lora_dropout}", "e.g. --lora-dropout 0.05"),
-            (self.warmup >= 0, "--warmup", f"must be >= 0, got {self.warmup}", "e.g. --warmup 0.03"),
+            (math.isfinite(self.warmup) and self.warmup >= 0, "--warmup", f"must be a finite number >= 0, got "
+             f"{self.warmup}", "e.g. --warmup 0.03 (a share of the steps) or --warmup 10 (steps)"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "--weight-decay",
+             f"must be a finite number >= 0, got {self.weight_decay}", "e.g. --weight-decay 0.01"),
             (self.save_steps >= 1, "--save-steps", f"must be >= 1, got {self.save_steps}", "e.g. --save-steps 50"),
             (self.save_total_limit >= 1, "--save-total-limit", f"must be >= 1, got {self.save_total_limit}", "e.g. --save-total-limit 2"),
             (self.logging_steps >= 1, "--logging-steps", f"must be >= 1, got {self.logging_steps}", "e.g. --logging-steps 5"),

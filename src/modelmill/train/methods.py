@@ -97,6 +97,16 @@ def describe_methods() -> list[dict]:
 def from_mapping(spec: dict, *, file: str | None = None) -> TrainConfig:
     """A method's config from a mapping (REST body, job spec, YAML file), keys named as they are
     there: unknown keys, bad types and settings of other methods are refused by name."""
+    try:
+        return _from_mapping(spec, file)
+    except InputError as e:
+        if file and not e.file:  # a value the config's own checks refuse: it came from this file
+            e.file = file
+            e.args = (str(e),)
+        raise
+
+
+def _from_mapping(spec: dict, file: str | None) -> TrainConfig:
     from modelmill.schema import from_mapping as checked
 
     if not isinstance(spec, dict):

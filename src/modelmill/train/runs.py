@@ -110,6 +110,10 @@ def prepare(store: Store, cfg: TrainConfig, resume: bool = False) -> TrainJob:
     base = ModelRegistry(store).ready(cfg.base)
     check_quantize(cfg)
     start = starting_adapter(store, cfg, base)
+    if start is not None:
+        cfg = keep_starting_shape(cfg, start)
+    elif not cfg.full_weights:
+        check_target_modules(cfg, base)
     general = general_dataset(store, cfg)
     ctx = (base.info or {}).get("context_length")
     if cfg.max_length == 0:
@@ -172,7 +176,80 @@ def starting_adapter(store: Store, cfg: TrainConfig, base):
     if row.method == "full" or not (Path(row.path) / "adapter_config.json").is_file():
         raise InputError(f"'{row.name}' holds full weights, not a LoRA adapter", field="--from",
                          fix="register it as a base model (`modelmill models add`) and train on that instead")
+    keep_starting_shape(cfg, row)  # refuses a LoRA shape setting that training from it would ignore
     return row
+
+
+# the LoRA settings a --from adapter already has: config field -> what it is called in messages
+SHAPE = {"lora_r": "rank", "lora_alpha": "alpha", "target_modules": "target modules", "lora_dropout": "dropout"}
+
+
+def keep_starting_shape(cfg: TrainConfig, start) -> TrainConfig:
+    """``cfg`` with the LoRA shape of the ``--from`` adapter ``start`` (its rank, alpha, target modules
+    and dropout are what training continues with, and what the lineage records). A shape setting
+    changed from its default to another value than the adapter's is refused: it would be ignored."""
+    from dataclasses import fields
+
+    path = Path(start.path) / "adapter_config.json"
+    try:
+        own = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read the starting adapter's config: {e}", file=str(path), field="--from",
+                         fix="the adapter's folder is damaged: train or copy it again") from None
+    targets = own.get("target_modules")
+    have = {"lora_r": own.get("r"), "lora_alpha": own.get("lora_alpha"), "lora_dropout": own.get("lora_dropout"),
+            "target_modules": ",".join(sorted(targets)) if isinstance(targets, (list, tuple, set)) else targets}
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for name, what in SHAPE.items():
+        asked, kept = getattr(cfg, name), have[name]
+        if kept is None or asked == defaults[name]:
+            continue
+        same = (_module_set(asked) == _module_set(kept)) if name == "target_modules" else asked == kept
+        if not same:
+            from modelmill.train.methods import cli_flag
+
+            flag = cli_flag(name)
+            raise InputError(f"{asked} differs from the {what} of the starting adapter '{start.name}' ({kept}), "
+                             "which training from it keeps", field=flag,
+                             fix=f"drop {flag}: the starting adapter's shape is kept (or start without --from)")
+    return replace(cfg, **{k: v for k, v in have.items() if v is not None})
+
+
+def _module_set(text) -> set[str]:
+    return {t.strip() for t in str(text).split(",") if t.strip()}
+
+
+# the layer types peft puts LoRA on (by class name: no torch import needed to compare)
+_LORA_LAYERS = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D")
+
+
+def check_target_modules(cfg: TrainConfig, base) -> None:
+    """Refuse ``--target-modules`` names that match no layer of the base (peft would fail inside the
+    trainer, after the run's folder is made). The names come from the base's architecture built on
+    the meta device: no weights are read."""
+    if cfg.target_modules == "all-linear":
+        return
+    wanted = [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
+    if not wanted:
+        raise InputError(f"'{cfg.target_modules}' names no module", field="--target-modules",
+                         fix="give comma-separated names such as q_proj,v_proj, or all-linear")
+    names = base_layer_names(base.path)
+    short = sorted({n.rsplit(".", 1)[-1] for n in names})
+    missing = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise InputError(f"no layer of '{base.name}' is named {', '.join(repr(m) for m in missing)}",
+                         field="--target-modules", fix=f"use all-linear, or names of its layers: {', '.join(short)}")
+
+
+def base_layer_names(path: str) -> list[str]:
+    """The dotted names of the layers of the model in folder ``path`` that LoRA can adapt."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return [n for n, m in model.named_modules() if n and type(m).__name__ in _LORA_LAYERS]
 
 
 def general_dataset(store: Store, cfg: TrainConfig):
