@@ -194,3 +194,10 @@ def test_export_and_merge_refuse_an_adapter_of_replaced_base_weights(cli3: CLI, 
     with pytest.raises(InputError, match="--from: adapter 'a' was trained on other weights of 'tiny'"):
         merge(store, MergeConfig(name="ab", sources="a,b"))
     assert not (tmp_path / "out").exists() and AdapterRegistry(store).find("ab") is None
+    # training from it is refused by the same check, with its own fix
+    from modelmill.models.registry import ModelRegistry
+    from modelmill.train.runs import starting_adapter
+    from modelmill.train.sft import SFTConfig
+
+    with pytest.raises(InputError, match="--from: adapter 'a' was trained on other weights of 'tiny'.*start without"):
+        starting_adapter(store, SFTConfig(base="tiny", data="x", from_adapter="a"), ModelRegistry(store).get("tiny"))

@@ -82,9 +82,9 @@ def export(store, name: str, out: str | Path, *, dtype: str = "auto", log=None) 
     return out
 
 
-def check_base_weights(models, row, base, field: str | None = None) -> None:
+def check_base_weights(models, row, base, field: str | None = None, fix: str | None = None) -> None:
     """Refuse an adapter trained on other weights of its base (the base's files were replaced since):
-    its update no longer fits them."""
+    its update no longer fits them. What export, merge and training ``--from`` it check."""
     if row.base_model_hash and row.base_model_hash != models.base_hash(base):
         raise InputError(f"adapter '{row.name}' was trained on other weights of '{base.name}' (the base was "
-                         "replaced since)", field=field, fix=f"retrain '{row.name}' on this base")
+                         "replaced since)", field=field, fix=fix or f"retrain '{row.name}' on this base")

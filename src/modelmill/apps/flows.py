@@ -571,9 +571,8 @@ async def _answer(services, wf, node, ctx, private):
     cites = [str(c) for c in dict.fromkeys(_ids(node.fields.get("citations")))]
     if cites:
         # each item keeps the number its retrieve node showed it with (the ranges follow this list's order)
-        cited = rag.cited_numbers(text)
-        out["citations"] = [{"index": n, **hit.citation(kb), "score": hit.score, "cited": n in cited}
-                            for c in cites for n, (kb, hit) in (private.get(c) or {}).get("numbered", [])]
+        numbered = [p for c in cites for p in (private.get(c) or {}).get("numbered", [])]
+        out["citations"] = rag.citations(text, [it for _, it in numbered], [n for n, _ in numbered])
     return out, {}
 
 

@@ -128,14 +128,14 @@ def cited_numbers(answer: str) -> set[int]:
     return {int(n) for m in _CITE.finditer(answer or "") for n in re.split(r"[,，、]", m.group(1))}
 
 
-def citations(answer: str | list[str], items: list[Item]) -> list[dict]:
+def citations(answer: str | list[str], items: list[Item], numbers: list[int] | None = None) -> list[dict]:
     """Every item as a citation: knowledge base, document, section, chunk id, text span, plus
-    ``index`` (its number in the prompt), ``score`` and ``cited`` (whether the answer, or any of
-    several answers, cites it)."""
+    ``index`` (its number in the prompt: ``numbers``, default 1, 2, ...), ``score`` and ``cited``
+    (whether the answer, or any of several answers, cites it)."""
     answers = [answer] if isinstance(answer, str) else list(answer)
     cited = set().union(*(cited_numbers(a) for a in answers)) if answers else set()
     return [{"index": n, **hit.citation(kb), "score": hit.score, "cited": n in cited}
-            for n, (kb, hit) in enumerate(items, 1)]
+            for n, (kb, hit) in zip(numbers or range(1, len(items) + 1), items)]
 
 
 # ----------------------------------------------------------------------------- groundedness

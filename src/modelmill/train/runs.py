@@ -159,6 +159,7 @@ def starting_adapter(store: Store, cfg: TrainConfig, base):
     """The adapter ``--from`` names, checked: of the same base (and the same base weights), and an
     adapter rather than a full fine-tune."""
     from modelmill.adapters import AdapterRegistry
+    from modelmill.adapters.export import check_base_weights
     from modelmill.models.registry import ModelRegistry
 
     if not cfg.from_adapter:
@@ -170,9 +171,8 @@ def starting_adapter(store: Store, cfg: TrainConfig, base):
     if row.base_model != base.name:
         raise InputError(f"adapter '{row.name}' was trained on '{row.base_model}', not on '{base.name}'",
                          field="--from", fix=f"use --base {row.base_model}, or an adapter of {base.name}")
-    if row.base_model_hash and row.base_model_hash != ModelRegistry(store).base_hash(base):
-        raise InputError(f"adapter '{row.name}' was trained on other weights of '{base.name}' (the base was "
-                         "replaced since)", field="--from", fix="retrain that adapter on this base, or start without --from")
+    check_base_weights(ModelRegistry(store), row, base, field="--from",
+                       fix="retrain that adapter on this base, or start without --from")
     if row.method == "full" or not (Path(row.path) / "adapter_config.json").is_file():
         raise InputError(f"'{row.name}' holds full weights, not a LoRA adapter", field="--from",
                          fix="register it as a base model (`modelmill models add`) and train on that instead")
